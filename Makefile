@@ -1,0 +1,60 @@
+# Opinion Market — run `make help` for the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+# Use the uv on PATH, or install one into .tools/ (nothing global is touched).
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+PYTEST_ARGS ?=
+
+.PHONY: help install up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/pip install --quiet uv
+
+install: $(UV) ## Create .venv with every service, library and dev tool (from uv.lock)
+	$(UV) sync --locked --all-packages
+
+up: install ## Run the whole platform: embedded Kafka, PostgreSQL, Redis, five services, simulator (Ctrl-C stops)
+	$(UV) run om up
+
+down: ## Stop a platform started by `make up` in another terminal
+	$(UV) run om down
+
+test: install contracts-check ## Run every test (unit, integration against real servers, end-to-end)
+	$(UV) run pytest $(PYTEST_ARGS)
+
+test-unit: install ## Run only the fast tests that need no servers
+	$(UV) run pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+
+test-integration: install ## Run only the tests against real Kafka, PostgreSQL and Redis
+	$(UV) run pytest -m "integration" $(PYTEST_ARGS)
+
+test-e2e: install ## Run only the end-to-end test (every service as its own process)
+	$(UV) run pytest -m "e2e" $(PYTEST_ARGS)
+
+lint: install ## Check style and common bugs with ruff
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+
+format: install ## Format the code with ruff
+	$(UV) run ruff check --fix .
+	$(UV) run ruff format .
+
+contracts: install ## Regenerate contracts/schemas/*.json and contracts/asyncapi.json from the event models
+	$(UV) run om-contracts
+
+contracts-check: install ## Fail if the committed contract documents differ from the event models
+	$(UV) run om-contracts --check
+
+simulate: install ## Drive an already running platform with simulated markets and traders
+	$(UV) run om simulate
+
+bench: install ## Run the benchmarks in bench/ and print their figures
+	$(UV) run python -m bench
+
+clean: ## Remove the virtual environment, local data (.om/) and caches
+	rm -rf .venv .tools .om .pytest_cache .ruff_cache

@@ -1,0 +1,55 @@
+"""Opinion Market event contracts: what flows over Kafka, defined once.
+
+Every event shares the `Envelope`; every topic is declared once in `topics.TOPICS`.
+"""
+
+from om_contracts.codec import DecodeError, decode, encode, key_of
+from om_contracts.envelope import Envelope, derived_event_id, utcnow
+from om_contracts.events import (
+    DeadLetter,
+    FeatureContribution,
+    FeatureVectorComputed,
+    MarketCancelled,
+    MarketClosed,
+    MarketCreated,
+    MarketFeatures,
+    MarketLifecycleEvent,
+    MarketMetricsUpdated,
+    MarketResolved,
+    MarketSummary,
+    PredictionMade,
+    SignalObserved,
+    SystemMetrics,
+    SystemMetricsUpdated,
+    TradeExecuted,
+)
+from om_contracts.topics import TOPICS, Topic, topic
+
+__all__ = [
+    "TOPICS",
+    "DeadLetter",
+    "DecodeError",
+    "Envelope",
+    "FeatureContribution",
+    "FeatureVectorComputed",
+    "MarketCancelled",
+    "MarketClosed",
+    "MarketCreated",
+    "MarketFeatures",
+    "MarketLifecycleEvent",
+    "MarketMetricsUpdated",
+    "MarketResolved",
+    "MarketSummary",
+    "PredictionMade",
+    "SignalObserved",
+    "SystemMetrics",
+    "SystemMetricsUpdated",
+    "Topic",
+    "TradeExecuted",
+    "decode",
+    "derived_event_id",
+    "key_of",
+    "encode",
+    "topic",
+    "utcnow",
+]

@@ -1,0 +1,46 @@
+"""The envelope every event carries: identity, type, version and the two clocks."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import ClassVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Envelope(BaseModel):
+    """Fields shared by every event. Subclasses fix `event_type` with a Literal."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Major version of the payload; a breaking change is a new model on a new topic.
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4, description="Unique id; consumers dedupe on it.")
+    event_type: str
+    schema_version: int = Field(default=1, ge=1)
+    occurred_at: AwareDatetime = Field(description="Event time (UTC): when it happened in the domain.")
+    produced_at: AwareDatetime = Field(default_factory=utcnow, description="When the producer emitted it.")
+    producer: str = Field(min_length=1, description="Service that produced the event.")
+
+    @field_validator("occurred_at", "produced_at")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+
+_DERIVED = uuid.UUID("6f4d3c1e-0b1a-4d2e-9c51-0d7e3f3a9b10")
+
+
+def derived_event_id(source_event_id: uuid.UUID, producer: str) -> uuid.UUID:
+    """A stable id for an event derived from another one.
+
+    Reprocessing a redelivered source event yields the same derived id, so downstream
+    consumers dedupe the republished event instead of counting it twice.
+    """
+    return uuid.uuid5(_DERIVED, f"{producer}:{source_event_id}")

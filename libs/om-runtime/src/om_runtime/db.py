@@ -1,0 +1,88 @@
+"""PostgreSQL access: an async psycopg 3 pool bound to the service's own schema, and its migrations.
+
+Each service owns one schema. Migrations are plain SQL files in the service's `migrations/` folder, applied with
+yoyo (which takes a lock, so replicas starting together apply each migration once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+log = logging.getLogger(__name__)
+
+
+def migrate(database_url: str, schema: str, migrations: Path) -> int:
+    """Create `schema` if needed and apply pending migrations from `migrations`; return how many ran."""
+    from yoyo import get_backend, read_migrations
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    parts = urlsplit(database_url)
+    query = "&".join(q for q in (parts.query, urlencode({"schema": schema})) if q)
+    yoyo_url = urlunsplit(("postgresql+psycopg", parts.netloc, parts.path, query, ""))
+    backend = get_backend(yoyo_url, migration_table="schema_migrations")
+    try:
+        with backend.lock():
+            pending = backend.to_apply(read_migrations(str(migrations)))
+            backend.apply_migrations(pending)
+    finally:
+        backend.connection.close()
+    if pending:
+        log.info("applied %d migration(s) to schema %s", len(pending), schema)
+    return len(pending)
+
+
+class Database:
+    """A connection pool whose connections see only the service's schema (via `search_path`)."""
+
+    def __init__(self, database_url: str, *, schema: str, migrations: Path, pool_size: int = 5) -> None:
+        self.url = database_url
+        self.schema = schema
+        self.migrations = migrations
+        self.pool = AsyncConnectionPool(
+            database_url,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            kwargs={"options": f"-c search_path={schema}", "row_factory": dict_row},
+        )
+
+    async def __aenter__(self) -> Database:
+        await asyncio.to_thread(migrate, self.url, self.schema, self.migrations)
+        await self.pool.open(wait=True, timeout=30)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        async with self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+    async def ping(self) -> None:
+        async with self.pool.connection(timeout=2) as conn:
+            await conn.execute("SELECT 1")
+
+
+async def claim_event(conn: psycopg.AsyncConnection, event_id: uuid.UUID | str) -> bool:
+    """Record that this transaction processes `event_id`; False if it was processed before.
+
+    Call it first inside the transaction that applies the event, so the effect and the mark commit together:
+    a redelivered event then changes nothing. Needs the `processed_events` table in the service's schema.
+    """
+    cur = await conn.execute(
+        "INSERT INTO processed_events (event_id) VALUES (%s) ON CONFLICT DO NOTHING", (str(event_id),)
+    )
+    return cur.rowcount == 1

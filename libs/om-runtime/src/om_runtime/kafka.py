@@ -1,0 +1,159 @@
+"""Kafka: the broker factory, topic provisioning, publishing events, and consumers that never stop on bad input.
+
+A consumer decodes each message against its topic's contract. Bytes that are not a valid event go to the
+dead-letter topic with the reason and the original bytes, and the consumer carries on. Any other error is taken
+as transient: the message is not committed and comes back, so nothing is lost (handlers are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.message import StreamMessage
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
+
+from om_contracts import DeadLetter, DecodeError, Topic, decode, encode, key_of, utcnow
+from om_contracts.topics import DEAD_LETTERS, TOPICS
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any], Awaitable[None]]
+
+# After a transient failure, wait before the message is redelivered instead of spinning on it.
+RETRY_DELAY_S = 0.5
+
+
+def create_broker(
+    bootstrap_servers: str,
+    *,
+    client_id: str,
+    tracer_provider: TracerProvider | None = None,
+    registry: CollectorRegistry | None = None,
+) -> KafkaBroker:
+    middlewares: list[Any] = [KafkaTelemetryMiddleware(tracer_provider=tracer_provider)]
+    if registry is not None:
+        middlewares.append(KafkaPrometheusMiddleware(registry=registry, app_name=client_id))
+    return KafkaBroker(
+        bootstrap_servers,
+        client_id=client_id,
+        # Tansu rejects the idempotent producer; consumers dedupe on event_id instead.
+        enable_idempotence=False,
+        acks="all",
+        middlewares=middlewares,
+        logger=logging.getLogger(f"{client_id}.kafka"),
+        graceful_timeout=10.0,
+    )
+
+
+async def ensure_topics(bootstrap_servers: str, topics: Iterable[Topic] = TOPICS) -> list[str]:
+    """Create the registry's topics that do not exist yet; return the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="om-provisioner")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t.name not in existing]
+        if missing:
+            configs = [
+                NewTopic(t.name, t.partitions, 1, topic_configs={"retention.ms": str(t.retention_ms)})
+                for t in missing
+            ]
+            response = await admin.create_topics(configs)
+            for name, code, message in _topic_errors(response):
+                if code not in (0, 36):  # 36: created meanwhile by another process
+                    raise RuntimeError(f"cannot create topic {name}: {message} (error {code})")
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
+    return [(e[0], e[1], e[2] if len(e) > 2 else None) for e in response.topic_errors]
+
+
+class EventPublisher:
+    """Publishes contract events keyed as the registry says."""
+
+    def __init__(self, broker: KafkaBroker) -> None:
+        self.broker = broker
+
+    async def publish(self, topic: Topic, event: BaseModel, headers: dict[str, str] | None = None) -> None:
+        await self.broker.publish(
+            encode(event),
+            topic.name,
+            key=key_of(topic, event),
+            headers={"content-type": "application/json", "event_type": event.event_type, **(headers or {})},
+        )
+
+    async def dead_letter(self, consumer: str, msg: KafkaMessage, reason: str) -> None:
+        record = msg.raw_message
+        key = record.key.decode(errors="replace") if record.key else None
+        letter = DeadLetter(
+            occurred_at=utcnow(),
+            producer=consumer,
+            consumer=consumer,
+            original_topic=record.topic,
+            original_partition=record.partition,
+            original_offset=record.offset,
+            original_key=key,
+            reason=reason,
+            payload_base64=base64.b64encode(msg.body).decode(),
+        )
+        await self.publish(DEAD_LETTERS, letter)
+
+
+async def _raw_body(msg: StreamMessage[Any]) -> bytes:
+    """Hand handlers the bytes as they arrived; decoding is the contract's job, not the transport's."""
+    return msg.body
+
+
+def consume(
+    broker: KafkaBroker,
+    topic: Topic,
+    handler: Handler,
+    *,
+    consumer: str,
+    publisher: EventPublisher,
+    fanout: bool = False,
+    fetch_max_wait_ms: int = 10,
+) -> None:
+    """Subscribe `handler` to `topic`: it receives decoded, valid events only.
+
+    Normally the consumer group `consumer` shares the partitions, starts from the earliest offset and commits
+    only what was handled. With `fanout` there is no group: every process receives every new message (as each
+    gateway replica must), and a missed live update is simply superseded by the next.
+    """
+    group_id = None if fanout else consumer
+
+    @broker.subscriber(
+        topic.name,
+        group_id=group_id,
+        auto_offset_reset="earliest" if group_id else "latest",
+        fetch_max_wait_ms=fetch_max_wait_ms,
+        ack_policy=AckPolicy.NACK_ON_ERROR if group_id else AckPolicy.ACK_FIRST,
+        decoder=_raw_body,
+        title=f"{consumer}:{topic.name}",
+    )
+    async def on_message(body: bytes, msg: KafkaMessage) -> None:
+        try:
+            event = decode(topic, body)
+        except DecodeError as exc:
+            log.warning("dead-lettered a message from %s: %s", topic.name, exc.reason)
+            await publisher.dead_letter(consumer, msg, exc.reason)
+            return
+        try:
+            await handler(event)
+        except Exception:
+            log.exception("handling %s from %s failed; it will be redelivered", event.event_type, topic.name)
+            await asyncio.sleep(RETRY_DELAY_S)
+            raise

@@ -1,0 +1,35 @@
+"""Settings every service shares. Shared infrastructure uses the standard variable names
+(`KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`, `REDIS_URL`, `OTEL_*`); a service's own settings use its prefix."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Subclass per service and set `model_config = SettingsConfigDict(env_prefix="INGEST_")`."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_file=None)
+
+    service_name: str = "service"
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    log_level: str = "INFO"
+
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS")
+    )
+    # Tansu (the embedded broker) answers a fetch only after fetch.max.wait; a low value keeps each hop fast.
+    kafka_fetch_max_wait_ms: int = Field(default=10, validation_alias=AliasChoices("KAFKA_FETCH_MAX_WAIT_MS"))
+
+
+class PostgresSettings(BaseSettings):
+    database_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/postgres", validation_alias=AliasChoices("DATABASE_URL")
+    )
+    database_pool_size: int = Field(default=5, ge=1, validation_alias=AliasChoices("DATABASE_POOL_SIZE"))
+
+
+class RedisSettings(BaseSettings):
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL"))

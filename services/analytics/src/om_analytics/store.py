@@ -1,0 +1,144 @@
+"""analytics' own read models in PostgreSQL, and the queries that turn them into metrics."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from om_analytics.metrics import price_change_pct, window_start
+from om_contracts import (
+    MarketCreated,
+    MarketSummary,
+    PredictionMade,
+    SystemMetrics,
+    TradeExecuted,
+)
+
+
+async def record_created(conn: AsyncConnection, e: MarketCreated) -> None:
+    await conn.execute(
+        "INSERT INTO markets (market_id, category, created_at, close_at, opening_price, current_price) "
+        "VALUES (%(id)s, %(category)s, %(at)s, %(close)s, %(price)s, %(price)s) "
+        "ON CONFLICT (market_id) DO UPDATE SET category = excluded.category, created_at = excluded.created_at, "
+        "close_at = excluded.close_at, opening_price = excluded.opening_price",
+        {"id": e.market_id, "category": e.category, "at": e.occurred_at, "close": e.close_at, "price": e.initial_price},
+    )
+
+
+async def record_status(conn: AsyncConnection, market_id: str, status: str) -> None:
+    await conn.execute(
+        "INSERT INTO markets (market_id, status, current_price) VALUES (%s, %s, 0.5) "
+        "ON CONFLICT (market_id) DO UPDATE SET status = excluded.status",
+        (market_id, status),
+    )
+
+
+async def record_trade(conn: AsyncConnection, t: TradeExecuted) -> None:
+    """Add a trade to the market, its participants and the user. The caller has claimed the event."""
+    await conn.execute(
+        "INSERT INTO trades (trade_id, market_id, user_id, amount, price_after, executed_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (t.trade_id, t.market_id, t.user_id, t.amount, t.price_after, t.occurred_at),
+    )
+    cur = await conn.execute(
+        "INSERT INTO participants (market_id, user_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+        (t.market_id, t.user_id),
+    )
+    new_participant = cur.rowcount
+    await conn.execute(
+        "INSERT INTO users (user_id, first_seen_at, last_trade_at) VALUES (%(u)s, %(at)s, %(at)s) "
+        "ON CONFLICT (user_id) DO UPDATE SET first_seen_at = least(users.first_seen_at, excluded.first_seen_at), "
+        "last_trade_at = greatest(users.last_trade_at, excluded.last_trade_at)",
+        {"u": t.user_id, "at": t.occurred_at},
+    )
+    # A market first seen through a trade opens at the trade's price_before; the latest trade sets the price.
+    await conn.execute(
+        "INSERT INTO markets AS m (market_id, opening_price, current_price, last_trade_at, total_volume, "
+        "trade_count, participant_count) VALUES (%(id)s, %(before)s, %(after)s, %(at)s, %(amount)s, 1, %(new)s) "
+        "ON CONFLICT (market_id) DO UPDATE SET "
+        "total_volume = m.total_volume + %(amount)s, trade_count = m.trade_count + 1, "
+        "participant_count = m.participant_count + %(new)s, "
+        "current_price = CASE WHEN m.last_trade_at IS NULL OR %(at)s >= m.last_trade_at "
+        "  THEN %(after)s ELSE m.current_price END, "
+        "last_trade_at = greatest(m.last_trade_at, %(at)s)",
+        {
+            "id": t.market_id,
+            "before": t.price_before,
+            "after": t.price_after,
+            "at": t.occurred_at,
+            "amount": t.amount,
+            "new": new_participant,
+        },
+    )
+
+
+async def record_prediction(conn: AsyncConnection, p: PredictionMade) -> None:
+    await conn.execute(
+        "UPDATE markets SET predicted_probability = %(p)s, model_version = %(v)s, predicted_as_of = %(at)s "
+        "WHERE market_id = %(id)s AND (predicted_as_of IS NULL OR predicted_as_of <= %(at)s)",
+        {"p": p.probability, "v": p.model_version, "at": p.features_as_of, "id": p.market_id},
+    )
+
+
+_MARKET_METRICS = """
+SELECT m.market_id, m.status, m.current_price, m.total_volume, m.trade_count, m.participant_count,
+       m.predicted_probability, m.model_version, m.opening_price,
+       coalesce(w.volume_24h, 0) AS volume_24h,
+       coalesce(
+         (SELECT t.price_after FROM trades t
+           WHERE t.market_id = m.market_id AND t.executed_at <= %(since)s
+           ORDER BY t.executed_at DESC LIMIT 1),
+         m.opening_price) AS reference_price
+FROM markets m
+LEFT JOIN LATERAL (
+  SELECT sum(t.amount) AS volume_24h FROM trades t WHERE t.market_id = m.market_id AND t.executed_at > %(since)s
+) w ON true
+"""
+
+
+def _metrics(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    row["price_change_24h"] = price_change_pct(row["current_price"], row.pop("reference_price"))
+    row.pop("opening_price")
+    return row
+
+
+async def market_metrics(conn: AsyncConnection, market_id: str, now: datetime) -> dict[str, Any] | None:
+    cur = await conn.execute(_MARKET_METRICS + " WHERE m.market_id = %(id)s", {"since": window_start(now), "id": market_id})
+    row = await cur.fetchone()
+    return _metrics(row) if row else None
+
+
+async def system_metrics(conn: AsyncConnection, now: datetime) -> SystemMetrics:
+    cur = await conn.execute(
+        "SELECT (SELECT count(*) FROM users) AS total_users, "
+        "(SELECT count(*) FROM users WHERE last_trade_at > %(since)s) AS active_users, "
+        "(SELECT count(*) FROM markets) AS total_markets, "
+        "(SELECT count(*) FROM markets WHERE status = 'open') AS active_markets, "
+        "(SELECT coalesce(sum(amount), 0) FROM trades WHERE executed_at > %(since)s) AS total_volume_24h, "
+        "(SELECT count(*) FROM trades WHERE executed_at > %(since)s) AS total_trades_24h",
+        {"since": window_start(now)},
+    )
+    return SystemMetrics(**await cur.fetchone())
+
+
+async def top_markets(conn: AsyncConnection, now: datetime, limit: int) -> list[MarketSummary]:
+    """The markets with the most volume in the last 24 h."""
+    cur = await conn.execute(
+        "WITH top AS (SELECT market_id FROM trades WHERE executed_at > %(since)s "
+        "  GROUP BY market_id ORDER BY sum(amount) DESC, market_id LIMIT %(limit)s) "
+        + _MARKET_METRICS
+        + " JOIN top USING (market_id) ORDER BY volume_24h DESC, m.market_id",
+        {"since": window_start(now), "limit": limit},
+    )
+    return [
+        MarketSummary(
+            market_id=r["market_id"],
+            current_price=r["current_price"],
+            volume_24h=r["volume_24h"],
+            price_change_24h=r["price_change_24h"],
+        )
+        for r in map(_metrics, await cur.fetchall())
+    ]

@@ -1,0 +1,1 @@
+"""ingest: the system of record for markets, users, trades and signals."""

@@ -1,0 +1,153 @@
+"""ingest's write use cases. Each is one transaction: lock, check the rules, record the change, enqueue its event."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from om_contracts import (
+    MarketCancelled,
+    MarketClosed,
+    MarketCreated,
+    MarketResolved,
+    SignalObserved,
+    TradeExecuted,
+    utcnow,
+)
+from om_contracts.topics import MARKET_LIFECYCLE, MARKET_SIGNALS, MARKET_TRADES
+from om_ingest import domain, store
+from om_ingest.domain import Conflict
+from om_ingest.models import CancelIn, MarketIn, ResolveIn, SignalIn, TradeIn
+from om_runtime.db import Database
+
+PRODUCER = "ingest"
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+class Ingest:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create_market(self, body: MarketIn) -> dict[str, Any]:
+        created_at = body.created_at or utcnow()
+        domain.check_new_market(created_at, body.close_at)
+        market = {**body.model_dump(), "market_id": body.market_id or _new_id("mkt"), "created_at": created_at}
+        async with self.db.transaction() as conn:
+            if not await store.insert_market(conn, market):
+                raise Conflict(f"market {market['market_id']!r} already exists", field="market_id")
+            event = MarketCreated(
+                occurred_at=created_at,
+                producer=PRODUCER,
+                market_id=market["market_id"],
+                question=body.question,
+                category=body.category,
+                close_at=body.close_at,
+                initial_price=body.initial_price,
+            )
+            await store.enqueue(conn, MARKET_LIFECYCLE, event)
+            return await store.market_row(conn, market["market_id"])
+
+    async def record_trades(self, trades: list[TradeIn]) -> tuple[int, list[dict[str, Any]]]:
+        """Record trades atomically: all of them, or none if any breaks a rule.
+
+        A `trade_id` seen before is an idempotent replay: the stored trade is returned and nothing is counted again.
+        """
+        recorded, out = 0, []
+        async with self.db.transaction() as conn:
+            for index, trade in enumerate(trades):
+                try:
+                    row, new = await self._record_trade(conn, trade)
+                except domain.DomainError as exc:
+                    if len(trades) > 1:
+                        exc.field = f"trades.{index}.{exc.field or 'market_id'}"
+                    raise
+                recorded += new
+                out.append(row)
+        return recorded, out
+
+    async def _record_trade(self, conn: AsyncConnection, t: TradeIn) -> tuple[dict[str, Any], bool]:
+        if t.trade_id and (existing := await store.trade_row(conn, t.trade_id)):
+            return _same_trade(existing, t), False
+        executed_at = t.executed_at or utcnow()
+        market = domain.require(await store.lock_market(conn, t.market_id), t.market_id)
+        domain.check_trade(market, executed_at)
+        new_price, last_trade_at = domain.price_after(market, t.price, executed_at)
+        trade = {
+            **t.model_dump(exclude={"price", "executed_at"}),
+            "trade_id": t.trade_id or _new_id("trd"),
+            "price_before": market.current_price,
+            "price_after": t.price,
+            "executed_at": executed_at,
+        }
+        await store.ensure_user(conn, t.user_id, executed_at)
+        await store.insert_trade(conn, trade)
+        await store.set_price(conn, t.market_id, new_price, last_trade_at)
+        fields = {k: v for k, v in trade.items() if k != "executed_at"}
+        event = TradeExecuted(occurred_at=executed_at, producer=PRODUCER, **fields)
+        await store.enqueue(conn, MARKET_TRADES, event)
+        return trade, True
+
+    async def record_signal(self, s: SignalIn) -> dict[str, Any]:
+        observed_at = s.observed_at or utcnow()
+        signal = {**s.model_dump(), "signal_id": s.signal_id or _new_id("sig"), "observed_at": observed_at}
+        async with self.db.transaction() as conn:
+            domain.require(await store.lock_market(conn, s.market_id), s.market_id)
+            if await store.insert_signal(conn, signal):
+                event_fields = {k: v for k, v in signal.items() if k != "observed_at"}
+                event = SignalObserved(occurred_at=observed_at, producer=PRODUCER, **event_fields)
+                await store.enqueue(conn, MARKET_SIGNALS, event)
+        return signal
+
+    async def close_market(self, market_id: str, at: datetime | None = None) -> dict[str, Any]:
+        async with self.db.transaction() as conn:
+            market = domain.require(await store.lock_market(conn, market_id), market_id)
+            domain.check_close(market)
+            await store.set_status(conn, market_id, "closed")
+            event = MarketClosed(occurred_at=at or utcnow(), producer=PRODUCER, market_id=market_id)
+            await store.enqueue(conn, MARKET_LIFECYCLE, event)
+            return await store.market_row(conn, market_id)
+
+    async def resolve_market(self, market_id: str, body: ResolveIn) -> dict[str, Any]:
+        async with self.db.transaction() as conn:
+            market = domain.require(await store.lock_market(conn, market_id), market_id)
+            price = domain.resolution_price(market, body.resolution, body.resolution_price)
+            await store.set_status(
+                conn, market_id, "resolved", resolution=body.resolution, resolution_price=price
+            )
+            event = MarketResolved(
+                occurred_at=utcnow(),
+                producer=PRODUCER,
+                market_id=market_id,
+                resolution=body.resolution,
+                resolution_price=price,
+            )
+            await store.enqueue(conn, MARKET_LIFECYCLE, event)
+            return await store.market_row(conn, market_id)
+
+    async def cancel_market(self, market_id: str, body: CancelIn) -> dict[str, Any]:
+        async with self.db.transaction() as conn:
+            market = domain.require(await store.lock_market(conn, market_id), market_id)
+            domain.check_cancel(market)
+            await store.set_status(conn, market_id, "cancelled")
+            event = MarketCancelled(
+                occurred_at=utcnow(), producer=PRODUCER, market_id=market_id, reason=body.reason
+            )
+            await store.enqueue(conn, MARKET_LIFECYCLE, event)
+            return await store.market_row(conn, market_id)
+
+
+def _same_trade(existing: dict[str, Any], t: TradeIn) -> dict[str, Any]:
+    """A replayed trade id must describe the same trade; a different one under the same id is a conflict."""
+    sent = t.model_dump(exclude={"trade_id", "price", "executed_at"}) | {"price_after": t.price}
+    if t.executed_at is not None:
+        sent["executed_at"] = t.executed_at
+    differs = [k for k, v in sent.items() if existing[k] != v]
+    if differs:
+        raise Conflict(f"trade {t.trade_id!r} was recorded with different {', '.join(differs)}", field="trade_id")
+    return existing

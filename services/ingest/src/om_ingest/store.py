@@ -1,0 +1,122 @@
+"""SQL for ingest's own schema. Every function takes the connection of the caller's transaction."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from opentelemetry import propagate
+from psycopg import AsyncConnection
+from pydantic import BaseModel
+
+from om_contracts import Topic, encode, key_of
+from om_ingest.domain import Market
+
+MARKET_COLUMNS = (
+    "market_id, question, category, status, created_at, close_at, current_price, last_trade_at, "
+    "resolution, resolution_price"
+)
+
+
+def _market(row: dict[str, Any]) -> Market:
+    return Market(**{k: row[k] for k in Market.__dataclass_fields__})
+
+
+async def market_row(conn: AsyncConnection, market_id: str, *, for_update: bool = False) -> dict[str, Any] | None:
+    lock = " FOR UPDATE" if for_update else ""
+    cur = await conn.execute(f"SELECT {MARKET_COLUMNS} FROM markets WHERE market_id = %s{lock}", (market_id,))
+    return await cur.fetchone()
+
+
+async def lock_market(conn: AsyncConnection, market_id: str) -> Market | None:
+    """Load a market and hold its row lock, so concurrent writes to one market apply one at a time."""
+    row = await market_row(conn, market_id, for_update=True)
+    return _market(row) if row else None
+
+
+async def list_markets(conn: AsyncConnection, status: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        f"SELECT {MARKET_COLUMNS} FROM markets WHERE %(status)s::text IS NULL OR status = %(status)s "
+        "ORDER BY created_at DESC, market_id LIMIT %(limit)s OFFSET %(offset)s",
+        {"status": status, "limit": limit, "offset": offset},
+    )
+    return await cur.fetchall()
+
+
+async def insert_market(conn: AsyncConnection, m: dict[str, Any]) -> bool:
+    cur = await conn.execute(
+        "INSERT INTO markets (market_id, question, category, status, created_at, close_at, current_price) "
+        "VALUES (%(market_id)s, %(question)s, %(category)s, 'open', %(created_at)s, %(close_at)s, %(initial_price)s) "
+        "ON CONFLICT (market_id) DO NOTHING",
+        m,
+    )
+    return cur.rowcount == 1
+
+
+async def set_status(conn: AsyncConnection, market_id: str, status: str, **fields: Any) -> None:
+    sets = ", ".join(["status = %(status)s", "updated_at = now()", *(f"{k} = %({k})s" for k in fields)])
+    await conn.execute(
+        f"UPDATE markets SET {sets} WHERE market_id = %(market_id)s",
+        {"market_id": market_id, "status": status, **fields},
+    )
+
+
+async def set_price(conn: AsyncConnection, market_id: str, price: float, last_trade_at: Any) -> None:
+    await conn.execute(
+        "UPDATE markets SET current_price = %s, last_trade_at = %s, updated_at = now() WHERE market_id = %s",
+        (price, last_trade_at, market_id),
+    )
+
+
+async def ensure_user(conn: AsyncConnection, user_id: str, seen_at: Any) -> None:
+    await conn.execute(
+        "INSERT INTO users (user_id, first_seen_at) VALUES (%s, %s) ON CONFLICT (user_id) DO NOTHING",
+        (user_id, seen_at),
+    )
+
+
+TRADE_COLUMNS = (
+    "trade_id, market_id, user_id, outcome, side, amount, shares, price_before, price_after, executed_at"
+)
+
+
+async def trade_row(conn: AsyncConnection, trade_id: str) -> dict[str, Any] | None:
+    cur = await conn.execute(f"SELECT {TRADE_COLUMNS} FROM trades WHERE trade_id = %s", (trade_id,))
+    return await cur.fetchone()
+
+
+async def insert_trade(conn: AsyncConnection, t: dict[str, Any]) -> None:
+    await conn.execute(
+        f"INSERT INTO trades ({TRADE_COLUMNS}) VALUES (%(trade_id)s, %(market_id)s, %(user_id)s, %(outcome)s, "
+        "%(side)s, %(amount)s, %(shares)s, %(price_before)s, %(price_after)s, %(executed_at)s)",
+        t,
+    )
+
+
+async def recent_trades(conn: AsyncConnection, market_id: str, limit: int) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        f"SELECT {TRADE_COLUMNS} FROM trades WHERE market_id = %s ORDER BY executed_at DESC LIMIT %s",
+        (market_id, limit),
+    )
+    return await cur.fetchall()
+
+
+async def insert_signal(conn: AsyncConnection, s: dict[str, Any]) -> bool:
+    cur = await conn.execute(
+        "INSERT INTO signals (signal_id, market_id, kind, source, text, sentiment, observed_at) "
+        "VALUES (%(signal_id)s, %(market_id)s, %(kind)s, %(source)s, %(text)s, %(sentiment)s, %(observed_at)s) "
+        "ON CONFLICT (signal_id) DO NOTHING",
+        s,
+    )
+    return cur.rowcount == 1
+
+
+async def enqueue(conn: AsyncConnection, topic: Topic, event: BaseModel) -> None:
+    """Write an event to the outbox in the caller's transaction, with the current trace context."""
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    await conn.execute(
+        "INSERT INTO outbox (topic, key, payload, headers) VALUES (%s, %s, %s, %s)",
+        (topic.name, key_of(topic, event).decode(), encode(event), json.dumps(headers)),
+    )
+    await conn.execute("SELECT pg_notify('ingest_outbox', '')")

@@ -1,0 +1,46 @@
+"""prediction's Kafka handler: score each feature vector, record it, publish the prediction."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from om_contracts import FeatureVectorComputed, PredictionMade, derived_event_id
+from om_contracts.topics import PREDICTIONS
+from om_prediction import scoring, store
+from om_runtime.db import Database, claim_event
+from om_runtime.kafka import EventPublisher
+
+PRODUCER = "prediction"
+
+
+def prediction_for(vector: FeatureVectorComputed) -> PredictionMade:
+    score = scoring.baseline(vector.features)
+    return PredictionMade(
+        event_id=derived_event_id(vector.event_id, PRODUCER),
+        occurred_at=vector.occurred_at,
+        producer=PRODUCER,
+        market_id=vector.market_id,
+        probability=score.probability,
+        confidence=score.confidence,
+        risk_level=score.risk_level,
+        model_version=score.model_version,
+        contributions=score.contributions,
+        features_as_of=vector.occurred_at,
+    )
+
+
+class PredictionHandlers:
+    def __init__(self, db: Database, redis: Redis, publisher: EventPublisher, cache_ttl_s: int) -> None:
+        self.db = db
+        self.redis = redis
+        self.publisher = publisher
+        self.cache_ttl_s = cache_ttl_s
+
+    async def on_vector(self, vector: FeatureVectorComputed) -> None:
+        async with self.db.transaction() as conn:
+            if not await claim_event(conn, vector.event_id):
+                return
+            prediction = prediction_for(vector)
+            await store.save(conn, prediction)
+            await store.cache_latest(self.redis, prediction, self.cache_ttl_s)
+            await self.publisher.publish(PREDICTIONS, prediction)

@@ -1,0 +1,61 @@
+"""prediction's own data: history in PostgreSQL, the latest prediction per market cached in Redis."""
+
+from __future__ import annotations
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+from redis.asyncio import Redis
+
+from om_contracts import PredictionMade
+from om_runtime.cache import KeySpace
+
+KEYS = KeySpace("prediction")
+COLUMNS = (
+    "event_id, market_id, probability, confidence, risk_level, model_version, contributions, features_as_of, made_at"
+)
+
+
+async def save(conn: AsyncConnection, p: PredictionMade) -> None:
+    await conn.execute(
+        f"INSERT INTO predictions ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (
+            str(p.event_id),
+            p.market_id,
+            p.probability,
+            p.confidence,
+            p.risk_level,
+            p.model_version,
+            Jsonb([c.model_dump() for c in p.contributions]),
+            p.features_as_of,
+            p.produced_at,
+        ),
+    )
+
+
+async def latest(conn: AsyncConnection, market_id: str) -> dict | None:
+    cur = await conn.execute(
+        f"SELECT {COLUMNS} FROM predictions WHERE market_id = %s ORDER BY features_as_of DESC LIMIT 1", (market_id,)
+    )
+    return await cur.fetchone()
+
+
+async def history(conn: AsyncConnection, market_id: str, limit: int) -> list[dict]:
+    cur = await conn.execute(
+        f"SELECT {COLUMNS} FROM predictions WHERE market_id = %s ORDER BY features_as_of DESC LIMIT %s",
+        (market_id, limit),
+    )
+    return await cur.fetchall()
+
+
+async def cache_latest(redis: Redis, p: PredictionMade, ttl_s: int) -> None:
+    """Cache `p` unless a prediction from newer features is already cached (events can arrive out of order)."""
+    key = KEYS.key("latest", p.market_id)
+    cached = await redis.get(key)
+    if cached and PredictionMade.model_validate_json(cached).features_as_of > p.features_as_of:
+        return
+    await redis.set(key, p.model_dump_json(), ex=ttl_s)
+
+
+async def cached_latest(redis: Redis, market_id: str) -> PredictionMade | None:
+    raw = await redis.get(KEYS.key("latest", market_id))
+    return PredictionMade.model_validate_json(raw) if raw else None
