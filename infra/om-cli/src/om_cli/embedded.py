@@ -111,7 +111,12 @@ class EmbeddedServer:
         self.prepare()
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **self.popen_kwargs()
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops servers in order
+            **self.popen_kwargs(),
         )
         log.close()
         deadline = time.monotonic() + timeout_s

@@ -85,6 +85,7 @@ class Platform:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches the launcher only; it stops services in order
             )
         self.running.append(RunningService(name, self.ports.of(name), process, log_path))
 

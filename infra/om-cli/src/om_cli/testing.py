@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psycopg
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from fastapi import FastAPI
 from psycopg import sql
 
@@ -109,3 +109,26 @@ async def consume_until(
     finally:
         await consumer.stop()
     return messages
+
+
+async def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None) -> None:
+    """Publish raw values, as an upstream producer (or a buggy one) would."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], *, timeout_s: float = 20.0, interval_s: float = 0.1) -> Any:
+    """Retry an async check (which raises AssertionError until it holds); return its result."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            return await check()
+        except AssertionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(interval_s)

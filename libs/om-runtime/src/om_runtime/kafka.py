@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -53,6 +53,7 @@ def create_broker(
         middlewares=middlewares,
         logger=logging.getLogger(f"{client_id}.kafka"),
         graceful_timeout=10.0,
+        log_level=logging.DEBUG,  # per-message "Received/Processed" lines are debug detail, not operations news
     )
 
 
@@ -119,32 +120,33 @@ async def _raw_body(msg: StreamMessage[Any]) -> bytes:
 
 def consume(
     broker: KafkaBroker,
-    topic: Topic,
-    handler: Handler,
+    handlers: Mapping[Topic, Handler],
     *,
     consumer: str,
     publisher: EventPublisher,
     fanout: bool = False,
     fetch_max_wait_ms: int = 10,
 ) -> None:
-    """Subscribe `handler` to `topic`: it receives decoded, valid events only.
+    """Subscribe one Kafka consumer to every topic in `handlers`; each handler receives valid events only.
 
     Normally the consumer group `consumer` shares the partitions, starts from the earliest offset and commits
     only what was handled. With `fanout` there is no group: every process receives every new message (as each
-    gateway replica must), and a missed live update is simply superseded by the next.
+    gateway replica must), and a missed live update is simply superseded by the next. One consumer for all
+    topics, rather than one per topic, keeps the group to one member per process and rebalances rare.
     """
-    group_id = None if fanout else consumer
+    by_name = {topic.name: (topic, handler) for topic, handler in handlers.items()}
 
     @broker.subscriber(
-        topic.name,
-        group_id=group_id,
-        auto_offset_reset="earliest" if group_id else "latest",
+        *by_name,
+        group_id=None if fanout else consumer,
+        auto_offset_reset="latest" if fanout else "earliest",
         fetch_max_wait_ms=fetch_max_wait_ms,
-        ack_policy=AckPolicy.NACK_ON_ERROR if group_id else AckPolicy.ACK_FIRST,
+        ack_policy=AckPolicy.ACK_FIRST if fanout else AckPolicy.NACK_ON_ERROR,
         decoder=_raw_body,
-        title=f"{consumer}:{topic.name}",
+        title=f"{consumer}:{','.join(by_name)}",
     )
     async def on_message(body: bytes, msg: KafkaMessage) -> None:
+        topic, handler = by_name[msg.raw_message.topic]
         try:
             event = decode(topic, body)
         except DecodeError as exc:

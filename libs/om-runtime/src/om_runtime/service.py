@@ -3,7 +3,7 @@ background loops run, and an HTTP app with probes and metrics — all closed aga
 
     runtime = ServiceRuntime(settings)
     runtime.add_resource(database, check=database.ping)
-    runtime.consume(MARKET_TRADES, handlers.on_trade)
+    runtime.consume({MARKET_TRADES: handlers.on_trade})
     app = runtime.create_app(title="feature", routers=[api])
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
 
@@ -55,11 +55,11 @@ class ServiceRuntime:
         """Run `loop()` as a task while the service is up (it should loop until cancelled)."""
         self._loops.append((name, loop))
 
-    def consume(self, topic: Topic, handler: Handler, *, fanout: bool = False) -> None:
+    def consume(self, handlers: Mapping[Topic, Handler], *, fanout: bool = False) -> None:
+        """Handle these topics with one consumer in the service's group (or in no group, with `fanout`)."""
         consume(
             self.broker,
-            topic,
-            handler,
+            handlers,
             consumer=self.settings.service_name,
             publisher=self.publisher,
             fanout=fanout,

@@ -24,9 +24,9 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     )
     runtime.add_resource(db, name="postgres", check=db.ping)
     handlers = AnalyticsHandlers(db, runtime.publisher, settings.top_markets)
-    runtime.consume(MARKET_LIFECYCLE, handlers.on_lifecycle)
-    runtime.consume(MARKET_TRADES, handlers.on_trade)
-    runtime.consume(PREDICTIONS, handlers.on_prediction)
+    runtime.consume(
+        {MARKET_LIFECYCLE: handlers.on_lifecycle, MARKET_TRADES: handlers.on_trade, PREDICTIONS: handlers.on_prediction}
+    )
     runtime.add_loop(
         "system-metrics",
         lambda: handlers.publish_system_metrics(settings.system_interval_s, settings.system_heartbeat_s),

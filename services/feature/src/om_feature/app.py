@@ -26,9 +26,9 @@ def create_app(settings: FeatureSettings | None = None) -> FastAPI:
     runtime.add_resource(db, name="postgres", check=db.ping)
     runtime.add_resource(contextlib.aclosing(redis), name="redis", check=redis.ping)
     handlers = FeatureHandlers(db, redis, runtime.publisher)
-    runtime.consume(MARKET_LIFECYCLE, handlers.on_lifecycle)
-    runtime.consume(MARKET_TRADES, handlers.on_trade)
-    runtime.consume(MARKET_SIGNALS, handlers.on_signal)
+    runtime.consume(
+        {MARKET_LIFECYCLE: handlers.on_lifecycle, MARKET_TRADES: handlers.on_trade, MARKET_SIGNALS: handlers.on_signal}
+    )
     return runtime.create_app(
         title="Opinion Market feature",
         description="Streaming per-market features (internal).",

@@ -26,8 +26,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     runtime.add_resource(upstreams.open(), name="services", check=upstreams.ready)
     hub = LiveHub(settings.ws_queue_size)
-    runtime.consume(ANALYTICS_SYSTEM, hub.on_system, fanout=True)
-    runtime.consume(ANALYTICS_MARKET, hub.on_market, fanout=True)
+    runtime.consume({ANALYTICS_SYSTEM: hub.on_system, ANALYTICS_MARKET: hub.on_market}, fanout=True)
     app = runtime.create_app(
         title="Opinion Market API",
         description="Markets, trades, predictions and analytics of the Opinion Market platform, with live updates.",

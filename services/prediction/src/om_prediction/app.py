@@ -28,7 +28,7 @@ def create_app(settings: PredictionSettings | None = None) -> FastAPI:
     runtime.add_resource(db, name="postgres", check=db.ping)
     runtime.add_resource(contextlib.aclosing(redis), name="redis", check=redis.ping)
     handlers = PredictionHandlers(db, redis, runtime.publisher, settings.cache_ttl_s)
-    runtime.consume(FEATURE_VECTORS, handlers.on_vector)
+    runtime.consume({FEATURE_VECTORS: handlers.on_vector})
     return runtime.create_app(
         title="Opinion Market prediction",
         description="Calibrated predictions of each market's outcome (internal).",

@@ -1,0 +1,81 @@
+"""feature as a Kafka consumer against a real broker, PostgreSQL and Redis: good events become feature vectors,
+a malformed one goes to the dead-letter topic with its reason and bytes, and the consumer keeps going."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from om_cli.testing import app_client, consume_until, produce
+from om_contracts import MarketCreated, TradeExecuted, encode
+from om_feature.app import create_app
+from om_feature.settings import FeatureSettings
+
+pytestmark = pytest.mark.integration
+
+
+def created(market_id: str) -> MarketCreated:
+    now = datetime.now(UTC)
+    return MarketCreated(
+        occurred_at=now,
+        producer="test",
+        market_id=market_id,
+        question="Will the test pass?",
+        category="testing",
+        close_at=now + timedelta(days=2),
+        initial_price=0.5,
+    )
+
+
+def trade(market_id: str, user: str, price: float, amount: float) -> TradeExecuted:
+    return TradeExecuted(
+        occurred_at=datetime.now(UTC),
+        producer="test",
+        trade_id=f"t-{uuid.uuid4().hex[:8]}",
+        market_id=market_id,
+        user_id=user,
+        outcome="YES",
+        amount=amount,
+        shares=amount / price,
+        price_before=0.5,
+        price_after=price,
+    )
+
+
+async def test_bad_event_is_dead_lettered_and_good_ones_still_flow(
+    kafka_bootstrap: str, database_url: str, redis_url: str
+) -> None:
+    settings = FeatureSettings(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, DATABASE_URL=database_url, REDIS_URL=redis_url)
+    market = f"m-{uuid.uuid4().hex[:8]}"
+    opened = created(market)
+    first, second = trade(market, "alice", 0.6, 10.0), trade(market, "bob", 0.7, 5.0)
+    garbage = b'{"event_type": "trade.executed", "market_id": "' + market.encode() + b'", "amount": -3}'
+    async with app_client(create_app(settings)) as client:
+        await produce(kafka_bootstrap, "market.lifecycle.v1", [encode(opened)], key=market.encode())
+        await produce(
+            kafka_bootstrap,
+            "market.trades.v1",
+            [encode(first), b"not json at all", garbage, encode(second), encode(second)],  # and a redelivery
+            key=market.encode(),
+        )
+        letters = await consume_until(kafka_bootstrap, "platform.dead-letters.v1", lambda m: len(m) >= 2)
+        vectors = await consume_until(
+            kafka_bootstrap, "feature.vectors.v1", lambda m: any(v["source_event_id"] == str(second.event_id) for v in m)
+        )
+        online = (await client.get(f"/v1/markets/{market}/features")).json()
+
+    assert {base64.b64decode(d["payload_base64"]) for d in letters} == {b"not json at all", garbage}
+    assert all(d["consumer"] == "feature" and d["original_topic"] == "market.trades.v1" for d in letters)
+    assert any("amount" in d["reason"] for d in letters)
+
+    # One vector per distinct event: created, first, second — the redelivered trade changed nothing.
+    assert len(vectors) == 3
+    latest = vectors[-1]["features"]
+    assert latest["current_price"] == 0.7
+    assert latest["total_volume"] == 15.0
+    assert latest["participant_count"] == 2 and latest["trade_count"] == 2
+    assert 1.9 < latest["days_remaining"] <= 2.0
+    assert online["features"] == latest

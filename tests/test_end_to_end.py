@@ -1,0 +1,92 @@
+"""The whole pipeline with every service as its own process, over real Kafka, PostgreSQL and Redis:
+an HTTP trade through the gateway comes back as an `analytics_update` on a WebSocket, with the right numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+
+from om_cli.embedded import free_port
+from om_cli.platform import Platform, ServicePorts
+from om_cli.testing import eventually
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def platform(infra_env: dict[str, str], tmp_path: Path) -> Iterator[Platform]:
+    ports = ServicePorts(*(free_port() for _ in range(5)))
+    # Publish system metrics promptly so the test sees updates quickly.
+    extra = {"ANALYTICS_SYSTEM_INTERVAL_S": "0.2"}
+    running = Platform(infra_env, tmp_path / "logs", ports, extra_env=extra)
+    running.start(timeout_s=90)
+    yield running
+    running.stop()
+
+
+async def test_trade_through_gateway_reaches_websocket_clients(platform: Platform) -> None:
+    api = platform.url("gateway") + "/api/v1"
+    ws_url = platform.url("gateway").replace("http://", "ws://") + "/api/v1/ai-analytics/ws/analytics/e2e-client"
+    market = f"e2e-{uuid.uuid4().hex[:8]}"
+    close_at = (datetime.now(UTC) + timedelta(days=7)).isoformat()
+
+    async with httpx.AsyncClient(base_url=api, timeout=10) as http, websockets.connect(ws_url) as ws:
+        created = await http.post(
+            "/markets", json={"market_id": market, "question": "Will e2e pass?", "category": "ci", "close_at": close_at}
+        )
+        assert created.status_code == 201, created.text
+        trades = [("alice", "YES", 30.0, 0.6), ("bob", "NO", 20.0, 0.55), ("alice", "YES", 50.0, 0.7)]
+        for user, outcome, amount, price in trades:
+            body = {"market_id": market, "user_id": user, "outcome": outcome, "amount": amount, "shares": amount * 2, "price": price}
+            reply = await http.post("/trades", json=body)
+            assert reply.status_code == 201, reply.text
+
+        update = await _wait_for_update(ws, lambda u: any(m["market_id"] == market for m in u["top_markets"]))
+        assert set(update) == {"type", "timestamp", "system_metrics", "top_markets"}
+        assert update["system_metrics"] == {
+            "total_users": 2,
+            "active_users": 2,
+            "total_markets": 1,
+            "active_markets": 1,
+            "total_volume_24h": 100.0,
+            "total_trades_24h": 3,
+        }
+        [top] = update["top_markets"]
+        assert top == {"market_id": market, "current_price": 0.7, "volume_24h": 100.0, "price_change_24h": 40.0}
+
+        async def prediction_of_latest_trade() -> dict:
+            reply = await http.get(f"/ai-analytics/predictions/{market}")
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["probability"] == 0.7
+            return reply.json()
+
+        prediction = await eventually(prediction_of_latest_trade)
+        assert prediction["model_version"] == "baseline-market-price"
+        assert prediction["confidence"] == 0.7
+
+        metrics = (await http.get(f"/ai-analytics/analytics/market/{market}")).json()
+        assert (metrics["participant_count"], metrics["trade_count"], metrics["total_volume"]) == (2, 3, 100.0)
+
+        missing = await http.get("/ai-analytics/predictions/no-such-market")
+        assert missing.status_code == 404
+        invalid = await http.post("/trades", json={"market_id": market, "user_id": "x", "outcome": "MAYBE"})
+        assert invalid.status_code == 422
+        assert {"outcome", "amount", "shares", "price"} <= {e["loc"][-1] for e in invalid.json()["detail"]}
+
+
+async def _wait_for_update(ws: websockets.ClientConnection, ready, timeout_s: float = 30.0) -> dict:
+    async def next_matching() -> dict:
+        while True:
+            message = json.loads(await ws.recv())
+            if message["type"] == "analytics_update" and ready(message):
+                return message
+
+    return await asyncio.wait_for(next_matching(), timeout_s)
