@@ -34,6 +34,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         routers=[api.router(upstreams, hub)],
     )
 
+    app.state.hub = hub
+
     @app.get("/", include_in_schema=False)
     async def dashboard() -> FileResponse:
         return FileResponse(DASHBOARD)
