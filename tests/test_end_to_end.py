@@ -4,7 +4,10 @@ an HTTP trade through the gateway comes back as an `analytics_update` on a WebSo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import socket
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,18 +24,69 @@ from om_cli.testing import eventually
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def platform(infra_env: dict[str, str], tmp_path: Path) -> Iterator[Platform]:
+def run_platform(infra_env: dict[str, str], log_dir: Path) -> Iterator[Platform]:
     ports = ServicePorts(*(free_port() for _ in range(5)))
     # Publish system metrics promptly so the test sees updates quickly.
     extra = {"ANALYTICS_SYSTEM_INTERVAL_S": "0.2"}
-    running = Platform(infra_env, tmp_path / "logs", ports, extra_env=extra)
+    running = Platform(infra_env, log_dir, ports, extra_env=extra)
     running.start(timeout_s=90)
     yield running
     running.stop()
 
 
+@pytest.fixture
+def platform(infra_env: dict[str, str], tmp_path: Path) -> Iterator[Platform]:
+    yield from run_platform(infra_env, tmp_path / "logs")
+
+
+@pytest.fixture
+def platform_on_containers(tmp_path: Path) -> Iterator[Platform]:
+    """The same platform on Apache Kafka, PostgreSQL and Redis in containers (testcontainers)."""
+    if reason := _no_docker_engine():
+        pytest.skip(f"needs a Docker engine for testcontainers: {reason}")
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.postgres import PostgresContainer
+    from testcontainers.redis import RedisContainer
+
+    with (
+        KafkaContainer().with_kraft() as kafka,
+        PostgresContainer("postgres:16", driver=None) as postgres,
+        RedisContainer("redis:7") as redis,
+    ):
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.get_bootstrap_server(),
+            "DATABASE_URL": postgres.get_connection_url(),
+            "REDIS_URL": f"redis://{redis.get_container_host_ip()}:{redis.get_exposed_port(6379)}/0",
+        }
+        yield from run_platform(env, tmp_path / "logs")
+
+
+def _no_docker_engine() -> str | None:
+    """Why no Docker engine answers here, or None if one does. (Asked over the socket directly: the docker
+    client library leaks a socket when the engine is missing.)"""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        return None  # a remote engine: let testcontainers try it
+    path = host.removeprefix("unix://")
+    with contextlib.closing(socket.socket(socket.AF_UNIX)) as sock:
+        sock.settimeout(2)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            return f"nothing answers at {path} ({exc.strerror or exc})"
+    return None
+
+
 async def test_trade_through_gateway_reaches_websocket_clients(platform: Platform) -> None:
+    await check_trade_reaches_websocket(platform)
+
+
+@pytest.mark.docker
+async def test_same_pipeline_on_apache_kafka_in_containers(platform_on_containers: Platform) -> None:
+    await check_trade_reaches_websocket(platform_on_containers)
+
+
+async def check_trade_reaches_websocket(platform: Platform) -> None:
     api = platform.url("gateway") + "/api/v1"
     ws_url = platform.url("gateway").replace("http://", "ws://") + "/api/v1/ai-analytics/ws/analytics/e2e-client"
     market = f"e2e-{uuid.uuid4().hex[:8]}"

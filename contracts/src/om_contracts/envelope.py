@@ -6,11 +6,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+#: A timezone-aware time, normalised to UTC so every event writes times the same way.
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda value: value.astimezone(UTC))]
 
 
 class Envelope(BaseModel):
@@ -24,14 +30,9 @@ class Envelope(BaseModel):
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4, description="Unique id; consumers dedupe on it.")
     event_type: str
     schema_version: int = Field(default=1, ge=1)
-    occurred_at: AwareDatetime = Field(description="Event time (UTC): when it happened in the domain.")
-    produced_at: AwareDatetime = Field(default_factory=utcnow, description="When the producer emitted it.")
+    occurred_at: UtcDatetime = Field(description="Event time (UTC): when it happened in the domain.")
+    produced_at: UtcDatetime = Field(default_factory=utcnow, description="When the producer emitted it.")
     producer: str = Field(min_length=1, description="Service that produced the event.")
-
-    @field_validator("occurred_at", "produced_at")
-    @classmethod
-    def _to_utc(cls, value: datetime) -> datetime:
-        return value.astimezone(UTC)
 
 
 _DERIVED = uuid.UUID("6f4d3c1e-0b1a-4d2e-9c51-0d7e3f3a9b10")

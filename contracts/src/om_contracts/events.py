@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from om_contracts.envelope import Envelope
+from om_contracts.envelope import Envelope, UtcDatetime
 
 MarketId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 UserId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -28,7 +28,7 @@ class MarketCreated(Envelope):
     market_id: MarketId
     question: str = Field(min_length=1, max_length=500)
     category: str = Field(min_length=1, max_length=64)
-    close_at: AwareDatetime
+    close_at: UtcDatetime
     initial_price: Probability = 0.5
 
 
@@ -140,7 +140,7 @@ class PredictionMade(Envelope):
     risk_level: Literal["low", "medium", "high"]
     model_version: str = Field(min_length=1)
     contributions: list[FeatureContribution] = Field(default_factory=list)
-    features_as_of: AwareDatetime
+    features_as_of: UtcDatetime
 
 
 # --- analytics.market.v1 / analytics.system.v1 ----------------------------------------------------

@@ -4,13 +4,14 @@ Definitions (also in docs/features.md):
 - current_price: YES price after the latest trade by event time (the opening price before any trade).
 - total_volume: sum of trade amounts. trade_count: number of trades. participant_count: distinct traders.
 - days_remaining: (close_at - as_of) in days, never below 0; unknown until the market's creation is seen.
-- price_volatility: population standard deviation of the last `WINDOW` trade prices (needs 2).
-- momentum_indicator: current_price minus the oldest price in that window.
+- price_volatility: population standard deviation of the last `WINDOW` trade prices by event time (needs 2).
+- momentum_indicator: the newest minus the oldest price in that window.
 - social_sentiment / news_sentiment: exponentially weighted mean (alpha 0.3) of scored signals of that kind.
 """
 
 from __future__ import annotations
 
+import bisect
 import statistics
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -33,7 +34,8 @@ class MarketState:
     total_volume: float = 0.0
     trade_count: int = 0
     participant_count: int = 0
-    recent_prices: tuple[float, ...] = field(default=())
+    #: The last WINDOW trades as (event time, price), oldest first, whatever order they arrived in.
+    recent_trades: tuple[tuple[datetime, float], ...] = field(default=())
     social_sentiment: float | None = None
     news_sentiment: float | None = None
 
@@ -55,8 +57,16 @@ def on_trade(
         total_volume=state.total_volume + amount,
         trade_count=state.trade_count + 1,
         participant_count=state.participant_count + int(new_participant),
-        recent_prices=(state.recent_prices + (price_after,))[-WINDOW:] if latest else state.recent_prices,
+        recent_trades=_in_window(state.recent_trades, executed_at, price_after),
     )
+
+
+def _in_window(
+    window: tuple[tuple[datetime, float], ...], at: datetime, price: float
+) -> tuple[tuple[datetime, float], ...]:
+    """Insert a trade in event-time order (a late one lands where it belongs) and keep the newest WINDOW."""
+    position = bisect.bisect_right([t for t, _ in window], at)
+    return (window[:position] + ((at, price),) + window[position:])[-WINDOW:]
 
 
 def on_signal(state: MarketState, *, kind: str, sentiment: float | None) -> MarketState:
@@ -73,7 +83,7 @@ def on_status(state: MarketState, status: str) -> MarketState:
 
 
 def vector(state: MarketState, as_of: datetime) -> MarketFeatures:
-    prices = state.recent_prices
+    prices = [price for _, price in state.recent_trades]
     days = None
     if state.close_at is not None:
         days = max(0.0, (state.close_at - as_of).total_seconds() / DAY_S)
@@ -84,7 +94,7 @@ def vector(state: MarketState, as_of: datetime) -> MarketFeatures:
         trade_count=state.trade_count,
         days_remaining=days,
         price_volatility=statistics.pstdev(prices) if len(prices) >= 2 else None,
-        momentum_indicator=state.current_price - prices[0] if len(prices) >= 2 else None,
+        momentum_indicator=prices[-1] - prices[0] if len(prices) >= 2 else None,
         social_sentiment=state.social_sentiment,
         news_sentiment=state.news_sentiment,
     )

@@ -113,15 +113,22 @@ async def _send(websocket: WebSocket, client: Client) -> None:
         await websocket.send_json(await client.queue.get())
 
 
+def _market_ids(message: dict[str, Any]) -> list[str]:
+    ids = message["market_ids"]
+    if not isinstance(ids, list) or not all(isinstance(i, str | int) and not isinstance(i, bool) for i in ids):
+        raise TypeError("market_ids must be a list of market ids")
+    return [str(i) for i in ids]
+
+
 def _handle(client: Client, text: str) -> None:
     """Client messages: subscribe/unsubscribe to markets, ping. Anything else gets an error message back."""
     try:
         message = json.loads(text)
         kind = message["type"]
         if kind == "subscribe":
-            client.markets.update(map(str, message["market_ids"]))
+            client.markets.update(_market_ids(message))
         elif kind == "unsubscribe":
-            client.markets.difference_update(map(str, message["market_ids"]))
+            client.markets.difference_update(_market_ids(message))
         elif kind == "ping":
             client.offer({"type": "pong"})
         else:

@@ -1,0 +1,175 @@
+"""`om up`: the whole platform on one machine, with one command.
+
+Starts Kafka, PostgreSQL and Redis (embedded unless the environment names them), creates the topics, starts
+the five services, prints where to look, and drives them with the market simulator until Ctrl-C or `om down`.
+Everything started is stopped again, in reverse order, by the PIDs recorded here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from om_cli.embedded import EmbeddedServer, Ports, PortInUse, ServerFailed, start_infrastructure
+from om_cli.platform import SERVICES, Platform, ServicePorts
+from om_runtime.kafka import ensure_topics
+
+DEFAULT_DATA_DIR = Path(os.environ.get("OM_DATA_DIR", ".om"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="local state (default .om/)")
+    parser.add_argument("--keep-data", action="store_true", help="keep PostgreSQL data from the previous run")
+    parser.add_argument("--kafka-port", type=int, default=int(os.environ.get("OM_KAFKA_PORT", 9092)))
+    parser.add_argument("--postgres-port", type=int, default=int(os.environ.get("OM_POSTGRES_PORT", 54320)))
+    parser.add_argument("--redis-port", type=int, default=int(os.environ.get("OM_REDIS_PORT", 63790)))
+    parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("OM_GATEWAY_PORT", 8000)))
+    parser.add_argument(
+        "--service-ports-from",
+        type=int,
+        default=int(os.environ.get("OM_SERVICE_PORTS_FROM", 8001)),
+        help="first of four consecutive ports for ingest, feature, prediction, analytics",
+    )
+    parser.add_argument("--no-simulator", action="store_true", help="start the platform without simulated traffic")
+    parser.add_argument("--rate", type=float, default=10.0, help="simulated trades per second")
+    parser.add_argument("--markets", type=int, default=8, help="simulated open markets")
+    parser.add_argument("--seed", type=int, default=None, help="simulator seed (default: a new one each run)")
+
+
+def say(message: str) -> None:
+    print(f"om | {message}", flush=True)
+
+
+def _pid_file(data_dir: Path) -> Path:
+    return data_dir / "om.pid"
+
+
+def _claim_pid_file(data_dir: Path) -> Path:
+    path = _pid_file(data_dir)
+    if path.exists():
+        pid = int(path.read_text().strip() or 0)
+        if pid and _alive(pid):
+            raise SystemExit(f"om up is already running (pid {pid}); stop it with `make down`")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(os.getpid()))
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def down(args: argparse.Namespace) -> int:
+    path = _pid_file(args.data_dir)
+    if not path.exists() or not _alive(pid := int(path.read_text().strip() or 0)):
+        say("nothing is running")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    say("stopped" if not _alive(pid) else f"pid {pid} is still stopping; see {args.data_dir}/logs")
+    return 0
+
+
+def up(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir.resolve()
+    pid_file = _claim_pid_file(data_dir)
+    # Tansu keeps events in memory only, so state from an earlier run would not match Kafka's: start clean.
+    if not args.keep_data:
+        for sub in ("kafka", "postgres", "redis", "logs"):
+            shutil.rmtree(data_dir / sub, ignore_errors=True)
+    # SIGTERM (from `om down`) stops as gracefully as Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
+    infra = platform = None
+    try:
+        ports = Ports(args.kafka_port, args.postgres_port, args.redis_port)
+        infra = start_infrastructure(data_dir, ports, on_start=_announce)
+        asyncio.run(ensure_topics(infra.kafka_bootstrap_servers))
+        first = args.service_ports_from
+        service_ports = ServicePorts(args.gateway_port, first, first + 1, first + 2, first + 3)
+        platform = Platform(infra.env(), data_dir / "logs", service_ports)
+        say(f"starting {', '.join(SERVICES)} (logs in {data_dir / 'logs'})")
+        platform.start()
+        _print_urls(platform, infra.env())
+        if args.no_simulator:
+            say("running without simulator; Ctrl-C to stop")
+            while True:
+                time.sleep(3600)
+        asyncio.run(_simulate(platform.url("gateway"), args))
+        say("simulation finished; Ctrl-C to stop")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        say("stopping…")
+    except (PortInUse, ServerFailed, TimeoutError, RuntimeError) as exc:
+        say(f"error: {exc}")
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the cleanup
+        if platform:
+            platform.stop()
+        if infra:
+            infra.stop()
+        pid_file.unlink(missing_ok=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        say("stopped everything")
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _announce(server: EmbeddedServer) -> None:
+    say(f"{server.name:<8} embedded, {server.url}")
+
+
+def _print_urls(platform: Platform, env: dict[str, str]) -> None:
+    gateway = platform.url("gateway")
+    ws = gateway.replace("http://", "ws://")
+    lines = [
+        f"Dashboard    {gateway}/",
+        f"REST API     {gateway}/api/v1   (docs: {gateway}/docs)",
+        f"WebSocket    {ws}/api/v1/ai-analytics/ws/analytics/<client_id>",
+        f"Kafka        {env['KAFKA_BOOTSTRAP_SERVERS']}",
+        f"PostgreSQL   {env['DATABASE_URL']}",
+        f"Redis        {env['REDIS_URL']}",
+        *(f"{s.name:<12} {s.url}  (internal)" for s in platform.running if s.name != "gateway"),
+    ]
+    width = max(map(len, lines))
+    print("\n┌" + "─" * (width + 2) + "┐", *(f"│ {line:<{width}} │" for line in lines), "└" + "─" * (width + 2) + "┘\n",
+          sep="\n", flush=True)
+
+
+async def _simulate(gateway_url: str, args: argparse.Namespace) -> None:
+    from om_cli.simulator.runner import simulate
+
+    seed = args.seed if args.seed is not None else int(time.time())
+    say(f"simulator: {args.markets} markets, {args.rate:g} trades/s, seed {seed}")
+    with contextlib.suppress(asyncio.CancelledError):
+        await simulate(gateway_url, rate=args.rate, markets=args.markets, seed=seed, duration_s=None)
+
+
+def main_up(argv: list[str] | None = None) -> int:  # pragma: no cover - thin wrapper for direct use
+    parser = argparse.ArgumentParser(prog="om up")
+    add_arguments(parser)
+    return up(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main_up())
