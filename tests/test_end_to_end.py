@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
-
 from om_cli.embedded import free_port
 from om_cli.platform import Platform, ServicePorts
 from om_cli.testing import eventually
@@ -94,12 +93,20 @@ async def check_trade_reaches_websocket(platform: Platform) -> None:
 
     async with httpx.AsyncClient(base_url=api, timeout=10) as http, websockets.connect(ws_url) as ws:
         created = await http.post(
-            "/markets", json={"market_id": market, "question": "Will e2e pass?", "category": "ci", "close_at": close_at}
+            "/markets",
+            json={"market_id": market, "question": "Will e2e pass?", "category": "ci", "close_at": close_at},
         )
         assert created.status_code == 201, created.text
         trades = [("alice", "YES", 30.0, 0.6), ("bob", "NO", 20.0, 0.55), ("alice", "YES", 50.0, 0.7)]
         for user, outcome, amount, price in trades:
-            body = {"market_id": market, "user_id": user, "outcome": outcome, "amount": amount, "shares": amount * 2, "price": price}
+            body = {
+                "market_id": market,
+                "user_id": user,
+                "outcome": outcome,
+                "amount": amount,
+                "shares": amount * 2,
+                "price": price,
+            }
             reply = await http.post("/trades", json=body)
             assert reply.status_code == 201, reply.text
 
@@ -114,7 +121,12 @@ async def check_trade_reaches_websocket(platform: Platform) -> None:
             "total_trades_24h": 3,
         }
         [top] = update["top_markets"]
-        assert top == {"market_id": market, "current_price": 0.7, "volume_24h": 100.0, "price_change_24h": 40.0}
+        assert top == {
+            "market_id": market,
+            "current_price": 0.7,
+            "volume_24h": 100.0,
+            "price_change_24h": 40.0,
+        }
 
         async def prediction_of_latest_trade() -> dict:
             reply = await http.get(f"/ai-analytics/predictions/{market}")
@@ -127,7 +139,11 @@ async def check_trade_reaches_websocket(platform: Platform) -> None:
         assert prediction["confidence"] == 0.7
 
         metrics = (await http.get(f"/ai-analytics/analytics/market/{market}")).json()
-        assert (metrics["participant_count"], metrics["trade_count"], metrics["total_volume"]) == (2, 3, 100.0)
+        assert (metrics["participant_count"], metrics["trade_count"], metrics["total_volume"]) == (
+            2,
+            3,
+            100.0,
+        )
 
         missing = await http.get("/ai-analytics/predictions/no-such-market")
         assert missing.status_code == 404

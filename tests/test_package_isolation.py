@@ -32,11 +32,19 @@ def test_service_installs_and_imports_alone(service: str, tmp_path: Path) -> Non
     env.pop("VIRTUAL_ENV", None)
     sync = subprocess.run(
         [str(UV), "sync", "--frozen", "--no-dev", "--package", f"om-{service}", "--quiet"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert sync.returncode == 0, sync.stderr
     python = tmp_path / "venv" / "bin" / "python"
     run = subprocess.run(
-        [str(python), "-c", IMPORT_EVERYTHING, f"om_{service}"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [str(python), "-c", IMPORT_EVERYTHING, f"om_{service}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]

@@ -505,9 +505,7 @@ def test_committed_schema_accepts_the_encoded_example(t: Topic, event: BaseModel
         "empty-question",
     ],
 )
-def test_committed_schema_rejects_what_decode_rejects(
-    t: Topic, event: BaseModel, changes: dict[str, Any]
-) -> None:
+def test_committed_schema_rejects_what_decode_rejects(t: Topic, event: BaseModel, changes: dict[str, Any]) -> None:
     doc = json.loads(raw(event, **changes))
     assert not Draft202012Validator(schema_for(t)).is_valid(doc)
     with pytest.raises(DecodeError):

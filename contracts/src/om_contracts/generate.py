@@ -1,7 +1,7 @@
 """Generate the committed contract documents from the models: one JSON Schema per topic and AsyncAPI 3.0.
 
-    om-contracts            # write contracts/schemas/*.json and contracts/asyncapi.json
-    om-contracts --check    # exit 1 if the committed files differ from the models
+om-contracts            # write contracts/schemas/*.json and contracts/asyncapi.json
+om-contracts --check    # exit 1 if the committed files differ from the models
 """
 
 from __future__ import annotations

@@ -123,9 +123,7 @@ def test_cost_is_path_independent(b: float, p0: float, trades: list, o: str, x: 
 
 @SETTINGS
 @given(liquidity, initial_price, trade_sizes, outcome, st.floats(min_value=1e-3, max_value=3.0))
-def test_selling_what_was_bought_refunds_the_cost(
-    b: float, p0: float, trades: list, o: str, size: float
-) -> None:
+def test_selling_what_was_bought_refunds_the_cost(b: float, p0: float, trades: list, o: str, size: float) -> None:
     m = _maker(b, p0, trades)
     price = m.price("YES")
     cost = m.buy(o, size * b)  # type: ignore[arg-type]
@@ -148,9 +146,7 @@ def test_shares_for_amount_inverts_the_cost(b: float, p0: float, trades: list, o
 
 @SETTINGS
 @given(liquidity, initial_price, trade_sizes, outcome, st.floats(min_value=1e-6, max_value=0.999))
-def test_shares_for_proceeds_inverts_the_sale(
-    b: float, p0: float, trades: list, o: str, fraction: float
-) -> None:
+def test_shares_for_proceeds_inverts_the_sale(b: float, p0: float, trades: list, o: str, fraction: float) -> None:
     m = _maker(b, p0, trades)
     amount = fraction * m.max_proceeds(o)  # type: ignore[arg-type]
     shares = m.shares_for_proceeds(o, amount)  # type: ignore[arg-type]
@@ -606,9 +602,7 @@ async def test_runner_drives_the_api_in_order_and_survives_transient_failures() 
     assert len(settled) >= 4 and stats.markets_resolved + stats.markets_cancelled == len(settled)
     assert stats.markets_created == len(gateway.markets) >= 8
     assert sum(m["status"] == "open" for m in gateway.markets.values()) >= 4
-    assert all(
-        0.0 <= t["price"] <= 1.0 and t["market_id"] in gateway.markets for t in gateway.trades.values()
-    )
+    assert all(0.0 <= t["price"] <= 1.0 and t["market_id"] in gateway.markets for t in gateway.trades.values())
     assert all(m.startswith("sim-1-") for m in gateway.markets)
     assert "trades" in stats.summary()
 
@@ -677,14 +671,10 @@ async def test_runner_stops_on_cancellation() -> None:
     assert gateway.trades and gateway.violations == []
 
 
-async def test_om_simulate_arguments(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def test_om_simulate_arguments(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser(prog="om simulate")
     add_arguments(parser)
-    args = parser.parse_args(
-        "--api http://127.0.0.1:8000 --rate 20 --markets 8 --seed 1 --duration 60".split()
-    )
+    args = parser.parse_args("--api http://127.0.0.1:8000 --rate 20 --markets 8 --seed 1 --duration 60".split())
     assert (args.api, args.rate, args.markets, args.seed, args.duration) == (
         "http://127.0.0.1:8000",
         20.0,

@@ -7,7 +7,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from om_analytics.app import create_app
 from om_analytics.settings import AnalyticsSettings
 from om_cli.testing import app_client, consume_until, eventually, produce
@@ -23,25 +22,48 @@ async def test_metrics_follow_events_and_redeliveries_change_nothing(kafka_boots
     now = datetime.now(UTC)
     market = f"m-{uuid.uuid4().hex[:8]}"
     created = MarketCreated(
-        occurred_at=now - timedelta(hours=30), producer="t", market_id=market, question="q?", category="c",
-        close_at=now + timedelta(days=1), initial_price=0.5,
+        occurred_at=now - timedelta(hours=30),
+        producer="t",
+        market_id=market,
+        question="q?",
+        category="c",
+        close_at=now + timedelta(days=1),
+        initial_price=0.5,
     )
 
     def trade(user: str, amount: float, price: float, hours_ago: float) -> TradeExecuted:
         return TradeExecuted(
-            occurred_at=now - timedelta(hours=hours_ago), producer="t", trade_id=uuid.uuid4().hex[:10],
-            market_id=market, user_id=user, outcome="YES", amount=amount, shares=amount * 2,
-            price_before=0.5, price_after=price,
+            occurred_at=now - timedelta(hours=hours_ago),
+            producer="t",
+            trade_id=uuid.uuid4().hex[:10],
+            market_id=market,
+            user_id=user,
+            outcome="YES",
+            amount=amount,
+            shares=amount * 2,
+            price_before=0.5,
+            price_after=price,
         )
 
     old, recent = trade("alice", 40.0, 0.4, hours_ago=26), trade("bob", 10.0, 0.6, hours_ago=1)
     prediction = PredictionMade(
-        occurred_at=now, producer="t", market_id=market, probability=0.6, confidence=0.6, risk_level="high",
-        model_version="baseline-market-price", features_as_of=now,
+        occurred_at=now,
+        producer="t",
+        market_id=market,
+        probability=0.6,
+        confidence=0.6,
+        risk_level="high",
+        model_version="baseline-market-price",
+        features_as_of=now,
     )
     async with app_client(create_app(settings)) as client:
         await produce(kafka_bootstrap, "market.lifecycle.v1", [encode(created)], key=market.encode())
-        await produce(kafka_bootstrap, "market.trades.v1", [encode(old), encode(recent), encode(recent)], key=market.encode())
+        await produce(
+            kafka_bootstrap,
+            "market.trades.v1",
+            [encode(old), encode(recent), encode(recent)],
+            key=market.encode(),
+        )
         await produce(kafka_bootstrap, "prediction.predictions.v1", [encode(prediction)], key=market.encode())
 
         async def metrics_include_prediction() -> dict:
@@ -59,20 +81,28 @@ async def test_metrics_follow_events_and_redeliveries_change_nothing(kafka_boots
 
         system = (await client.get("/v1/system/metrics")).json()
         assert system["system_metrics"] == {
-            "total_users": 2, "active_users": 1, "total_markets": 1, "active_markets": 1,
-            "total_volume_24h": 10.0, "total_trades_24h": 1,
+            "total_users": 2,
+            "active_users": 1,
+            "total_markets": 1,
+            "active_markets": 1,
+            "total_volume_24h": 10.0,
+            "total_trades_24h": 1,
         }
         assert system["top_markets"] == [
             {"market_id": market, "current_price": 0.6, "volume_24h": 10.0, "price_change_24h": 50.0}
         ]
 
-        resolved = MarketResolved(occurred_at=now, producer="t", market_id=market, resolution="YES", resolution_price=1.0)
+        resolved = MarketResolved(
+            occurred_at=now, producer="t", market_id=market, resolution="YES", resolution_price=1.0
+        )
         await produce(kafka_bootstrap, "market.lifecycle.v1", [encode(resolved)], key=market.encode())
         updates = await consume_until(
             kafka_bootstrap, "analytics.market.v1", lambda m: any(u["status"] == "resolved" for u in m)
         )
         snapshots = await consume_until(
-            kafka_bootstrap, "analytics.system.v1", lambda m: any(s["system_metrics"]["active_markets"] == 0 for s in m)
+            kafka_bootstrap,
+            "analytics.system.v1",
+            lambda m: any(s["system_metrics"]["active_markets"] == 0 for s in m),
         )
     # One market update per distinct event: created, two trades, prediction, resolution.
     assert len(updates) == 5

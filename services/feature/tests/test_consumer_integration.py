@@ -8,7 +8,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from om_cli.testing import app_client, consume_until, produce
 from om_contracts import MarketCreated, TradeExecuted, encode
 from om_feature.app import create_app
@@ -63,7 +62,9 @@ async def test_bad_event_is_dead_lettered_and_good_ones_still_flow(
         )
         letters = await consume_until(kafka_bootstrap, "platform.dead-letters.v1", lambda m: len(m) >= 2)
         vectors = await consume_until(
-            kafka_bootstrap, "feature.vectors.v1", lambda m: any(v["source_event_id"] == str(second.event_id) for v in m)
+            kafka_bootstrap,
+            "feature.vectors.v1",
+            lambda m: any(v["source_event_id"] == str(second.event_id) for v in m),
         )
         online = (await client.get(f"/v1/markets/{market}/features")).json()
 

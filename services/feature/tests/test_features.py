@@ -18,9 +18,7 @@ from om_feature.features import SENTIMENT_ALPHA, WINDOW, MarketState
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 
 
-def trade(
-    state: MarketState, price: float, *, at: datetime, amount: float = 10.0, new: bool = True
-) -> MarketState:
+def trade(state: MarketState, price: float, *, at: datetime, amount: float = 10.0, new: bool = True) -> MarketState:
     return features.on_trade(state, price_after=price, amount=amount, executed_at=at, new_participant=new)
 
 

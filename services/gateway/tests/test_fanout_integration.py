@@ -6,7 +6,6 @@ import contextlib
 from datetime import UTC, datetime
 
 import pytest
-
 from om_cli.testing import app_client, eventually, produce
 from om_contracts import MarketSummary, SystemMetrics, SystemMetricsUpdated, encode
 from om_gateway.app import create_app
@@ -20,7 +19,12 @@ def snapshot(trades: int) -> SystemMetricsUpdated:
         occurred_at=datetime.now(UTC),
         producer="test",
         system_metrics=SystemMetrics(
-            total_users=3, active_users=2, total_markets=1, active_markets=1, total_volume_24h=12.5, total_trades_24h=trades
+            total_users=3,
+            active_users=2,
+            total_markets=1,
+            active_markets=1,
+            total_volume_24h=12.5,
+            total_trades_24h=trades,
         ),
         top_markets=[MarketSummary(market_id="m1", current_price=0.6, volume_24h=12.5, price_change_24h=20.0)],
     )

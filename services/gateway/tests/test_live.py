@@ -29,9 +29,7 @@ def system_event(total_users: int = 10, *, at: datetime = T0, top: int = 2) -> S
             total_trades_24h=321,
         ),
         top_markets=[
-            MarketSummary(
-                market_id=f"m-{i}", current_price=0.25 * (i + 1), volume_24h=100.0 - i, price_change_24h=-1.5
-            )
+            MarketSummary(market_id=f"m-{i}", current_price=0.25 * (i + 1), volume_24h=100.0 - i, price_change_24h=-1.5)
             for i in range(top)
         ],
     )

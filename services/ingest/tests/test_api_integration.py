@@ -7,7 +7,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from om_cli.testing import app_client, consume_until
 from om_ingest.app import create_app
 from om_ingest.settings import IngestSettings
@@ -100,5 +99,7 @@ async def test_batch_is_all_or_nothing(settings: IngestSettings) -> None:
         assert refused.json()["detail"][0]["loc"] == ["body", "trades", "1", "market_id"]
         assert (await client.get(f"/v1/markets/{mid}/trades")).json() == []
 
-        ok = await client.post("/v1/trades/batch", json={"trades": [trade_body(mid, trade_id=f"c-{i}") for i in range(5)]})
+        ok = await client.post(
+            "/v1/trades/batch", json={"trades": [trade_body(mid, trade_id=f"c-{i}") for i in range(5)]}
+        )
         assert ok.status_code == 201 and ok.json()["recorded"] == 5

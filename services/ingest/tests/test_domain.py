@@ -107,9 +107,7 @@ def test_trade_on_market_that_is_not_open_is_a_conflict(status: str) -> None:
     assert status in info.value.message
 
 
-@pytest.mark.parametrize(
-    "executed_at", [CLOSE, CLOSE + timedelta(microseconds=1), CLOSE + timedelta(days=30)]
-)
+@pytest.mark.parametrize("executed_at", [CLOSE, CLOSE + timedelta(microseconds=1), CLOSE + timedelta(days=30)])
 def test_trade_at_or_after_close_is_a_conflict_on_executed_at(executed_at: datetime) -> None:
     with pytest.raises(Conflict) as info:
         domain.check_trade(market(), executed_at)
@@ -164,9 +162,7 @@ prices = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 @st.composite
 def trade_sequences(draw: st.DrawFn) -> list[tuple[int, float]]:
     """A set of (seconds-after-creation, price) trades in any order; timestamps may repeat."""
-    trades = draw(
-        st.lists(st.tuples(st.integers(min_value=0, max_value=50), prices), min_size=1, max_size=25)
-    )
+    trades = draw(st.lists(st.tuples(st.integers(min_value=0, max_value=50), prices), min_size=1, max_size=25))
     return draw(st.permutations(trades))
 
 

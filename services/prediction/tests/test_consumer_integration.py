@@ -7,7 +7,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from om_cli.testing import app_client, consume_until, eventually, produce
 from om_contracts import FeatureVectorComputed, MarketFeatures, encode
 from om_prediction.app import create_app
@@ -17,18 +16,27 @@ pytestmark = pytest.mark.integration
 
 
 def vector(market: str, price: float, at: datetime) -> FeatureVectorComputed:
-    features = MarketFeatures(current_price=price, total_volume=100, participant_count=12, trade_count=20, days_remaining=3)
+    features = MarketFeatures(
+        current_price=price, total_volume=100, participant_count=12, trade_count=20, days_remaining=3
+    )
     return FeatureVectorComputed(occurred_at=at, producer="t", market_id=market, features=features, source_event_id="s")
 
 
 async def test_vectors_become_predictions_once(kafka_bootstrap: str, database_url: str, redis_url: str) -> None:
-    settings = PredictionSettings(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, DATABASE_URL=database_url, REDIS_URL=redis_url)
+    settings = PredictionSettings(
+        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, DATABASE_URL=database_url, REDIS_URL=redis_url
+    )
     market = f"m-{uuid.uuid4().hex[:8]}"
     now = datetime.now(UTC)
     newer, older = vector(market, 0.9, now), vector(market, 0.3, now - timedelta(minutes=5))
     async with app_client(create_app(settings)) as client:
         # The newer vector arrives first; the late older one must not replace it as "latest".
-        await produce(kafka_bootstrap, "feature.vectors.v1", [encode(newer), encode(newer), encode(older)], key=market.encode())
+        await produce(
+            kafka_bootstrap,
+            "feature.vectors.v1",
+            [encode(newer), encode(newer), encode(older)],
+            key=market.encode(),
+        )
         published = await consume_until(kafka_bootstrap, "prediction.predictions.v1", lambda m: len(m) >= 2)
 
         async def history_has_both() -> list:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import Coroutine
@@ -16,7 +17,9 @@ def infra(args: argparse.Namespace) -> int:
     """Start only Kafka, PostgreSQL and Redis, print the environment to reach them, wait for Ctrl-C."""
     from om_cli.embedded import Ports, start_infrastructure
 
-    servers = start_infrastructure(args.data_dir.resolve() / "infra", Ports(args.kafka_port, args.postgres_port, args.redis_port))
+    servers = start_infrastructure(
+        args.data_dir.resolve() / "infra", Ports(args.kafka_port, args.postgres_port, args.redis_port)
+    )
     try:
         for key, value in servers.env().items():
             print(f"export {key}={value}")
@@ -52,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     simulate.set_defaults(run=lambda args: _run_async(run_from_args(args)))
 
     args = parser.parse_args(argv)
+    logging.basicConfig(format="om | %(message)s", level=logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the summaries
     return args.run(args) or 0
 
 

@@ -198,7 +198,15 @@ class EmbeddedPostgres(EmbeddedServer):
             shutil.chown(self.pgdata, user, user)
         if not (self.pgdata / "PG_VERSION").exists():
             subprocess.run(
-                [self._bin("initdb"), "-D", str(self.pgdata), "--auth=trust", "-U", "postgres", "--encoding=UTF8"],
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "--auth=trust",
+                    "-U",
+                    "postgres",
+                    "--encoding=UTF8",
+                ],
                 check=True,
                 capture_output=True,
                 **_as_user(user),

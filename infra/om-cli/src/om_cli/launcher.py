@@ -17,9 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-from om_cli.embedded import EmbeddedServer, Ports, PortInUse, ServerFailed, start_infrastructure
-from om_cli.platform import SERVICES, Platform, ServicePorts
 from om_runtime.kafka import ensure_topics
+
+from om_cli.embedded import EmbeddedServer, PortInUse, Ports, ServerFailed, start_infrastructure
+from om_cli.platform import SERVICES, Platform, ServicePorts
 
 DEFAULT_DATA_DIR = Path(os.environ.get("OM_DATA_DIR", ".om"))
 
@@ -152,8 +153,13 @@ def _print_urls(platform: Platform, env: dict[str, str]) -> None:
         *(f"{s.name:<12} {s.url}  (internal)" for s in platform.running if s.name != "gateway"),
     ]
     width = max(map(len, lines))
-    print("\n┌" + "─" * (width + 2) + "┐", *(f"│ {line:<{width}} │" for line in lines), "└" + "─" * (width + 2) + "┘\n",
-          sep="\n", flush=True)
+    print(
+        "\n┌" + "─" * (width + 2) + "┐",
+        *(f"│ {line:<{width}} │" for line in lines),
+        "└" + "─" * (width + 2) + "┘\n",
+        sep="\n",
+        flush=True,
+    )
 
 
 async def _simulate(gateway_url: str, args: argparse.Namespace) -> None:

@@ -19,12 +19,11 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.message import StreamMessage
+from om_contracts import DeadLetter, DecodeError, Topic, decode, encode, key_of, utcnow
+from om_contracts.topics import DEAD_LETTERS, TOPICS
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
-
-from om_contracts import DeadLetter, DecodeError, Topic, decode, encode, key_of, utcnow
-from om_contracts.topics import DEAD_LETTERS, TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +65,7 @@ async def ensure_topics(bootstrap_servers: str, topics: Iterable[Topic] = TOPICS
         missing = [t for t in topics if t.name not in existing]
         if missing:
             configs = [
-                NewTopic(t.name, t.partitions, 1, topic_configs={"retention.ms": str(t.retention_ms)})
-                for t in missing
+                NewTopic(t.name, t.partitions, 1, topic_configs={"retention.ms": str(t.retention_ms)}) for t in missing
             ]
             response = await admin.create_topics(configs)
             for name, code, message in _topic_errors(response):

@@ -18,10 +18,10 @@ from typing import Any
 
 import uvicorn
 from fastapi import APIRouter, FastAPI
+from om_contracts import Topic
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CollectorRegistry
 
-from om_contracts import Topic
 from om_runtime.http import Check, ops_router
 from om_runtime.kafka import EventPublisher, Handler, consume, create_broker, ensure_topics
 from om_runtime.settings import ServiceSettings

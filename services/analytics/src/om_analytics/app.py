@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
+from om_contracts.topics import MARKET_LIFECYCLE, MARKET_TRADES, PREDICTIONS
+from om_runtime.db import Database
+from om_runtime.service import ServiceRuntime
 
 from om_analytics import api
 from om_analytics.handlers import AnalyticsHandlers
 from om_analytics.settings import AnalyticsSettings
-from om_contracts.topics import MARKET_LIFECYCLE, MARKET_TRADES, PREDICTIONS
-from om_runtime.db import Database
-from om_runtime.service import ServiceRuntime
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -20,12 +20,19 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     settings = settings or AnalyticsSettings()
     runtime = ServiceRuntime(settings)
     db = Database(
-        settings.database_url, schema="analytics", migrations=MIGRATIONS, pool_size=settings.database_pool_size
+        settings.database_url,
+        schema="analytics",
+        migrations=MIGRATIONS,
+        pool_size=settings.database_pool_size,
     )
     runtime.add_resource(db, name="postgres", check=db.ping)
     handlers = AnalyticsHandlers(db, runtime.publisher, settings.top_markets)
     runtime.consume(
-        {MARKET_LIFECYCLE: handlers.on_lifecycle, MARKET_TRADES: handlers.on_trade, PREDICTIONS: handlers.on_prediction}
+        {
+            MARKET_LIFECYCLE: handlers.on_lifecycle,
+            MARKET_TRADES: handlers.on_trade,
+            PREDICTIONS: handlers.on_prediction,
+        }
     )
     runtime.add_loop(
         "system-metrics",

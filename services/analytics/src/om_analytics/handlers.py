@@ -11,7 +11,6 @@ import asyncio
 import time
 from typing import Any
 
-from om_analytics import store
 from om_contracts import (
     MarketCancelled,
     MarketClosed,
@@ -27,6 +26,8 @@ from om_contracts import (
 from om_contracts.topics import ANALYTICS_MARKET, ANALYTICS_SYSTEM
 from om_runtime.db import Database, claim_event
 from om_runtime.kafka import EventPublisher
+
+from om_analytics import store
 
 PRODUCER = "analytics"
 STATUS_AFTER = {MarketClosed: "closed", MarketResolved: "resolved", MarketCancelled: "cancelled"}

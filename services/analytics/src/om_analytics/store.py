@@ -5,9 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncConnection
-
-from om_analytics.metrics import price_change_pct, window_start
 from om_contracts import (
     MarketCreated,
     MarketSummary,
@@ -15,6 +12,9 @@ from om_contracts import (
     SystemMetrics,
     TradeExecuted,
 )
+from psycopg import AsyncConnection
+
+from om_analytics.metrics import price_change_pct, window_start
 
 
 async def record_created(conn: AsyncConnection, e: MarketCreated) -> None:
@@ -23,7 +23,13 @@ async def record_created(conn: AsyncConnection, e: MarketCreated) -> None:
         "VALUES (%(id)s, %(category)s, %(at)s, %(close)s, %(price)s, %(price)s) "
         "ON CONFLICT (market_id) DO UPDATE SET category = excluded.category, created_at = excluded.created_at, "
         "close_at = excluded.close_at, opening_price = excluded.opening_price",
-        {"id": e.market_id, "category": e.category, "at": e.occurred_at, "close": e.close_at, "price": e.initial_price},
+        {
+            "id": e.market_id,
+            "category": e.category,
+            "at": e.occurred_at,
+            "close": e.close_at,
+            "price": e.initial_price,
+        },
     )
 
 
@@ -106,7 +112,9 @@ def _metrics(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def market_metrics(conn: AsyncConnection, market_id: str, now: datetime) -> dict[str, Any] | None:
-    cur = await conn.execute(_MARKET_METRICS + " WHERE m.market_id = %(id)s", {"since": window_start(now), "id": market_id})
+    cur = await conn.execute(
+        _MARKET_METRICS + " WHERE m.market_id = %(id)s", {"since": window_start(now), "id": market_id}
+    )
     row = await cur.fetchone()
     return _metrics(row) if row else None
 

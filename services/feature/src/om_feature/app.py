@@ -6,14 +6,14 @@ import contextlib
 from pathlib import Path
 
 from fastapi import FastAPI
-
 from om_contracts.topics import MARKET_LIFECYCLE, MARKET_SIGNALS, MARKET_TRADES
-from om_feature import api
-from om_feature.handlers import FeatureHandlers
-from om_feature.settings import FeatureSettings
 from om_runtime.cache import create_redis
 from om_runtime.db import Database
 from om_runtime.service import ServiceRuntime
+
+from om_feature import api
+from om_feature.handlers import FeatureHandlers
+from om_feature.settings import FeatureSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -27,7 +27,11 @@ def create_app(settings: FeatureSettings | None = None) -> FastAPI:
     runtime.add_resource(contextlib.aclosing(redis), name="redis", check=redis.ping)
     handlers = FeatureHandlers(db, redis, runtime.publisher)
     runtime.consume(
-        {MARKET_LIFECYCLE: handlers.on_lifecycle, MARKET_TRADES: handlers.on_trade, MARKET_SIGNALS: handlers.on_signal}
+        {
+            MARKET_LIFECYCLE: handlers.on_lifecycle,
+            MARKET_TRADES: handlers.on_trade,
+            MARKET_SIGNALS: handlers.on_signal,
+        }
     )
     return runtime.create_app(
         title="Opinion Market feature",

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio import Redis
-
 from om_contracts import (
     FeatureVectorComputed,
     MarketCancelled,
@@ -21,10 +19,12 @@ from om_contracts import (
     derived_event_id,
 )
 from om_contracts.topics import FEATURE_VECTORS
-from om_feature import features, store
-from om_feature.features import MarketState
 from om_runtime.db import Database, claim_event
 from om_runtime.kafka import EventPublisher
+from redis.asyncio import Redis
+
+from om_feature import features, store
+from om_feature.features import MarketState
 
 PRODUCER = "feature"
 STATUS_AFTER = {MarketClosed: "closed", MarketResolved: "resolved", MarketCancelled: "cancelled"}

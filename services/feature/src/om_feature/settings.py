@@ -1,6 +1,5 @@
-from pydantic_settings import SettingsConfigDict
-
 from om_runtime.settings import PostgresSettings, RedisSettings, ServiceSettings
+from pydantic_settings import SettingsConfigDict
 
 
 class FeatureSettings(ServiceSettings, PostgresSettings, RedisSettings):

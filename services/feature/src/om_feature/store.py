@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
+from om_contracts import FeatureVectorComputed
+from om_runtime.cache import KeySpace
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
 
-from om_contracts import FeatureVectorComputed
 from om_feature.features import MarketState
-from om_runtime.cache import KeySpace
 
 _STATE = TypeAdapter(MarketState)
 KEYS = KeySpace("feature")
@@ -36,7 +36,8 @@ async def save_state(conn: AsyncConnection, state: MarketState) -> None:
 
 async def add_participant(conn: AsyncConnection, market_id: str, user_id: str) -> bool:
     cur = await conn.execute(
-        "INSERT INTO participants (market_id, user_id) VALUES (%s, %s) ON CONFLICT DO NOTHING", (market_id, user_id)
+        "INSERT INTO participants (market_id, user_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+        (market_id, user_id),
     )
     return cur.rowcount == 1
 
@@ -45,7 +46,13 @@ async def save_snapshot(conn: AsyncConnection, v: FeatureVectorComputed) -> None
     await conn.execute(
         "INSERT INTO feature_snapshots (event_id, market_id, as_of, source_event_id, features) "
         "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-        (str(v.event_id), v.market_id, v.occurred_at, v.source_event_id, Jsonb(v.features.model_dump(mode="json"))),
+        (
+            str(v.event_id),
+            v.market_id,
+            v.occurred_at,
+            v.source_event_id,
+            Jsonb(v.features.model_dump(mode="json")),
+        ),
     )
 
 

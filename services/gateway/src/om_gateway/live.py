@@ -26,7 +26,8 @@ def analytics_update(event: SystemMetricsUpdated) -> dict[str, Any]:
 
 def market_update(event: MarketMetricsUpdated) -> dict[str, Any]:
     market = event.model_dump(
-        mode="json", exclude={"event_id", "event_type", "schema_version", "produced_at", "producer", "occurred_at"}
+        mode="json",
+        exclude={"event_id", "event_type", "schema_version", "produced_at", "producer", "occurred_at"},
     )
     return {
         "type": "market_update",

@@ -6,8 +6,6 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncConnection
-
 from om_contracts import (
     MarketCancelled,
     MarketClosed,
@@ -18,10 +16,12 @@ from om_contracts import (
     utcnow,
 )
 from om_contracts.topics import MARKET_LIFECYCLE, MARKET_SIGNALS, MARKET_TRADES
+from om_runtime.db import Database
+from psycopg import AsyncConnection
+
 from om_ingest import domain, store
 from om_ingest.domain import Conflict
 from om_ingest.models import CancelIn, MarketIn, ResolveIn, SignalIn, TradeIn
-from om_runtime.db import Database
 
 PRODUCER = "ingest"
 
@@ -37,7 +37,11 @@ class Ingest:
     async def create_market(self, body: MarketIn) -> dict[str, Any]:
         created_at = body.created_at or utcnow()
         domain.check_new_market(created_at, body.close_at)
-        market = {**body.model_dump(), "market_id": body.market_id or _new_id("mkt"), "created_at": created_at}
+        market = {
+            **body.model_dump(),
+            "market_id": body.market_id or _new_id("mkt"),
+            "created_at": created_at,
+        }
         async with self.db.transaction() as conn:
             if not await store.insert_market(conn, market):
                 raise Conflict(f"market {market['market_id']!r} already exists", field="market_id")
@@ -117,9 +121,7 @@ class Ingest:
         async with self.db.transaction() as conn:
             market = domain.require(await store.lock_market(conn, market_id), market_id)
             price = domain.resolution_price(market, body.resolution, body.resolution_price)
-            await store.set_status(
-                conn, market_id, "resolved", resolution=body.resolution, resolution_price=price
-            )
+            await store.set_status(conn, market_id, "resolved", resolution=body.resolution, resolution_price=price)
             event = MarketResolved(
                 occurred_at=utcnow(),
                 producer=PRODUCER,
@@ -135,9 +137,7 @@ class Ingest:
             market = domain.require(await store.lock_market(conn, market_id), market_id)
             domain.check_cancel(market)
             await store.set_status(conn, market_id, "cancelled")
-            event = MarketCancelled(
-                occurred_at=utcnow(), producer=PRODUCER, market_id=market_id, reason=body.reason
-            )
+            event = MarketCancelled(occurred_at=utcnow(), producer=PRODUCER, market_id=market_id, reason=body.reason)
             await store.enqueue(conn, MARKET_LIFECYCLE, event)
             return await store.market_row(conn, market_id)
 

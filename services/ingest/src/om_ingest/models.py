@@ -5,10 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-
 from om_contracts.events import MarketId, Probability, UserId
-
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 
 class _In(BaseModel):
@@ -26,7 +24,10 @@ class MarketIn(_In):
 
 class TradeIn(_In):
     trade_id: str | None = Field(
-        default=None, min_length=1, max_length=64, description="Idempotency key: the same id is recorded once."
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Idempotency key: the same id is recorded once.",
     )
     market_id: MarketId
     user_id: UserId

@@ -11,9 +11,8 @@ import logging
 
 import psycopg
 from faststream.kafka import KafkaBroker
-from opentelemetry import propagate, trace
-
 from om_runtime.db import Database
+from opentelemetry import propagate, trace
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)

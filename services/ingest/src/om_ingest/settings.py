@@ -1,6 +1,5 @@
-from pydantic_settings import SettingsConfigDict
-
 from om_runtime.settings import PostgresSettings, ServiceSettings
+from pydantic_settings import SettingsConfigDict
 
 
 class IngestSettings(ServiceSettings, PostgresSettings):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from om_contracts import Topic, encode, key_of
 from opentelemetry import propagate
 from psycopg import AsyncConnection
 from pydantic import BaseModel
 
-from om_contracts import Topic, encode, key_of
 from om_ingest.domain import Market
 
 MARKET_COLUMNS = (
@@ -75,9 +75,7 @@ async def ensure_user(conn: AsyncConnection, user_id: str, seen_at: Any) -> None
     )
 
 
-TRADE_COLUMNS = (
-    "trade_id, market_id, user_id, outcome, side, amount, shares, price_before, price_after, executed_at"
-)
+TRADE_COLUMNS = "trade_id, market_id, user_id, outcome, side, amount, shares, price_before, price_after, executed_at"
 
 
 async def trade_row(conn: AsyncConnection, trade_id: str) -> dict[str, Any] | None:

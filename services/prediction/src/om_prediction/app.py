@@ -6,14 +6,14 @@ import contextlib
 from pathlib import Path
 
 from fastapi import FastAPI
-
 from om_contracts.topics import FEATURE_VECTORS
-from om_prediction import api
-from om_prediction.handlers import PredictionHandlers
-from om_prediction.settings import PredictionSettings
 from om_runtime.cache import create_redis
 from om_runtime.db import Database
 from om_runtime.service import ServiceRuntime
+
+from om_prediction import api
+from om_prediction.handlers import PredictionHandlers
+from om_prediction.settings import PredictionSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -22,7 +22,10 @@ def create_app(settings: PredictionSettings | None = None) -> FastAPI:
     settings = settings or PredictionSettings()
     runtime = ServiceRuntime(settings)
     db = Database(
-        settings.database_url, schema="prediction", migrations=MIGRATIONS, pool_size=settings.database_pool_size
+        settings.database_url,
+        schema="prediction",
+        migrations=MIGRATIONS,
+        pool_size=settings.database_pool_size,
     )
     redis = create_redis(settings.redis_url)
     runtime.add_resource(db, name="postgres", check=db.ping)

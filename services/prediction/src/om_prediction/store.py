@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from om_contracts import PredictionMade
+from om_runtime.cache import KeySpace
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from redis.asyncio import Redis
-
-from om_contracts import PredictionMade
-from om_runtime.cache import KeySpace
 
 KEYS = KeySpace("prediction")
 COLUMNS = (
@@ -34,7 +33,8 @@ async def save(conn: AsyncConnection, p: PredictionMade) -> None:
 
 async def latest(conn: AsyncConnection, market_id: str) -> dict | None:
     cur = await conn.execute(
-        f"SELECT {COLUMNS} FROM predictions WHERE market_id = %s ORDER BY features_as_of DESC LIMIT 1", (market_id,)
+        f"SELECT {COLUMNS} FROM predictions WHERE market_id = %s ORDER BY features_as_of DESC LIMIT 1",
+        (market_id,),
     )
     return await cur.fetchone()
 

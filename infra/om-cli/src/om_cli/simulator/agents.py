@@ -116,9 +116,7 @@ class InformedStrategy:
         t = min(max(truth, 1e-6), 1 - 1e-6)
         return sigmoid(logit(t) + rng.gauss(0.0, trader.noise_sd))
 
-    def decide(
-        self, rng: random.Random, trader: Trader, market_id: str, lmsr: LMSR, truth: float
-    ) -> Order | None:
+    def decide(self, rng: random.Random, trader: Trader, market_id: str, lmsr: LMSR, truth: float) -> Order | None:
         belief_yes = self.estimate(rng, trader, truth)
         p_yes = lmsr.price("YES")
         edge = belief_yes - p_yes
@@ -147,9 +145,7 @@ class NoiseStrategy:
     max_amount: float = 150.0
     sell_probability: float = 0.25
 
-    def decide(
-        self, rng: random.Random, trader: Trader, market_id: str, lmsr: LMSR, truth: float
-    ) -> Order | None:
+    def decide(self, rng: random.Random, trader: Trader, market_id: str, lmsr: LMSR, truth: float) -> Order | None:
         del truth  # noise traders know nothing
         held = [(o, trader.position(market_id, o)) for o in ("YES", "NO")]
         held = [(o, s) for o, s in held if s > 0]

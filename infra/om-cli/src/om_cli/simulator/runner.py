@@ -188,13 +188,9 @@ class _Runner:
         self._warned[key] += 1
         n = self._warned[key]
         if n <= 3 or n % 100 == 0:
-            log.warning(
-                "%s rejected (HTTP %d, %d so far): %s", what, response.status_code, n, _detail(response)
-            )
+            log.warning("%s rejected (HTTP %d, %d so far): %s", what, response.status_code, n, _detail(response))
 
-    async def _post(
-        self, path: str, body: dict[str, Any] | None, what: str
-    ) -> tuple[httpx.Response | None, int]:
+    async def _post(self, path: str, body: dict[str, Any] | None, what: str) -> tuple[httpx.Response | None, int]:
         """POST with retries of transient failures. Returns (final response or None if given up, attempts)."""
         deadline = self.monotonic() + self.retry_for_s
         attempt = 0
@@ -203,9 +199,7 @@ class _Runner:
             self.stats.requests += 1
             wait: float | None = None
             try:
-                response = await (
-                    self.client.post(path, json=body) if body is not None else self.client.post(path)
-                )
+                response = await (self.client.post(path, json=body) if body is not None else self.client.post(path))
             except httpx.TransportError as exc:
                 self.stats.connection_errors[type(exc).__name__] += 1
                 failure = f"{type(exc).__name__}: {exc}"
@@ -217,17 +211,11 @@ class _Runner:
                 failure = f"HTTP {response.status_code}"
                 wait = _retry_after(response)
             backoff = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (attempt - 1))
-            delay = (
-                min(wait, self.backoff_max_s)
-                if wait is not None
-                else backoff * self._jitter.uniform(0.5, 1.0)
-            )
+            delay = min(wait, self.backoff_max_s) if wait is not None else backoff * self._jitter.uniform(0.5, 1.0)
             if self.monotonic() + delay > deadline:
                 log.warning("giving up on %s after %d attempts: %s", what, attempt, failure)
                 return None, attempt
-            (log.warning if attempt == 1 else log.debug)(
-                "%s failed (%s); retrying in %.2fs", what, failure, delay
-            )
+            (log.warning if attempt == 1 else log.debug)("%s failed (%s); retrying in %.2fs", what, failure, delay)
             self.stats.retries += 1
             if await self._sleep(delay):
                 return None, attempt
@@ -260,9 +248,7 @@ class _Runner:
                 self.stats.markets_cancelled += 1
 
     def _created(self, action: CreateMarket, response: httpx.Response | None, attempts: int) -> None:
-        if response is not None and (
-            response.status_code == 201 or (response.status_code == 409 and attempts > 1)
-        ):
+        if response is not None and (response.status_code == 201 or (response.status_code == 409 and attempts > 1)):
             self.stats.markets_created += 1
             self._created_any = True
             self._create_failures_in_row = 0
@@ -536,9 +522,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("OM_API_URL", DEFAULT_API),
         help="gateway base URL (default: $OM_API_URL or %(default)s)",
     )
-    parser.add_argument(
-        "--rate", type=_non_negative_float, default=10.0, help="trades per second (default 10)"
-    )
+    parser.add_argument("--rate", type=_non_negative_float, default=10.0, help="trades per second (default 10)")
     parser.add_argument("--markets", type=_positive_int, default=8, help="markets kept open (default 8)")
     parser.add_argument("--seed", type=int, default=1, help="random seed; ids are sim-<seed>-<n> (default 1)")
     parser.add_argument("--duration", type=_positive_float, default=None, help="stop after this many seconds")
@@ -565,9 +549,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra id part (sim-<seed>-<run-id>-<n>) to rerun a seed on the same data",
     )
     parser.add_argument("--no-batch", dest="batch", action="store_false", help="never use /trades/batch")
-    parser.add_argument(
-        "--batch-max", type=_positive_int, default=200, help="largest trade batch (default 200)"
-    )
+    parser.add_argument("--batch-max", type=_positive_int, default=200, help="largest trade batch (default 200)")
     parser.add_argument(
         "--no-event-time",
         dest="event_time",
@@ -577,9 +559,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--settle-on-exit", action="store_true", help="close and resolve the remaining markets when stopping"
     )
-    parser.add_argument(
-        "--log-every", type=_positive_float, default=10.0, help="seconds between summary lines"
-    )
+    parser.add_argument("--log-every", type=_positive_float, default=10.0, help="seconds between summary lines")
     parser.add_argument("--http-timeout", type=_positive_float, default=10.0, help="per-request timeout (s)")
     parser.add_argument(
         "--retry-for", type=_non_negative_float, default=60.0, help="retry a failing request this long (s)"

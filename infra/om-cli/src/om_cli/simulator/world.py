@@ -312,9 +312,7 @@ class SimMarket:
     def settle_action(self) -> ResolveMarket | CancelMarket:
         if self.fate == "CANCEL":
             # the reason is a pure function of the id, so it draws nothing from any stream
-            return CancelMarket(
-                self.market_id, CANCEL_REASONS[sum(map(ord, self.market_id)) % len(CANCEL_REASONS)]
-            )
+            return CancelMarket(self.market_id, CANCEL_REASONS[sum(map(ord, self.market_id)) % len(CANCEL_REASONS)])
         if self.fate == "MKT":
             return ResolveMarket(self.market_id, "MKT", round(_clamp(self.truth, 0.0, 1.0), 4))
         return ResolveMarket(self.market_id, self.fate)
@@ -413,9 +411,7 @@ class World:
 
     def open_markets(self, now: datetime | None = None) -> list[SimMarket]:
         """Markets accepting trades (at `now`, if given)."""
-        return [
-            m for m in self.markets.values() if m.state == "open" and (now is None or now < m.trade_until)
-        ]
+        return [m for m in self.markets.values() if m.state == "open" and (now is None or now < m.trade_until)]
 
     def _spawn(self, now: datetime) -> SimMarket:
         self.markets_created += 1
@@ -453,9 +449,7 @@ class World:
         """When `due_lifecycle` will next have something to do."""
         times = []
         for m in self.markets.values():
-            times.append(
-                m.trade_until if m.state == "open" else m.close_at if m.state == "winding" else m.settle_at
-            )
+            times.append(m.trade_until if m.state == "open" else m.close_at if m.state == "winding" else m.settle_at)
         return min(times, default=None)
 
     def discard(self, market_id: str) -> None:
