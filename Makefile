@@ -58,7 +58,7 @@ simulate: install ## Drive an already running platform with simulated markets an
 	$(UV) run om simulate
 
 bench: install ## Run the benchmarks in bench/ and print their figures
-	$(UV) run python -m bench
+	$(UV) run python -m bench $(BENCH_ARGS)
 
 clean: ## Remove the virtual environment, local data (.om/) and caches
 	rm -rf .venv .tools .om .pytest_cache .ruff_cache

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import psycopg
+from om_contracts import Topic
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from om_runtime.kafka import BatchHandler
+
 log = logging.getLogger(__name__)
+
+#: Applies one event using the caller's transaction.
+TxHandler = Callable[[Any, psycopg.AsyncConnection], Awaitable[None]]
 
 
 def migrate(database_url: str, schema: str, migrations: Path) -> int:
@@ -76,13 +82,29 @@ class Database:
             await conn.execute("SELECT 1")
 
 
-async def claim_event(conn: psycopg.AsyncConnection, event_id: uuid.UUID | str) -> bool:
-    """Record that this transaction processes `event_id`; False if it was processed before.
+def transactional(
+    db: Database, handlers: Mapping[Topic, TxHandler], *, after_commit: Callable[[], None] | None = None
+) -> BatchHandler:
+    """A batch handler that applies a batch's events in one transaction, each exactly once.
 
-    Call it first inside the transaction that applies the event, so the effect and the mark commit together:
-    a redelivered event then changes nothing. Needs the `processed_events` table in the service's schema.
+    The batch's event ids are claimed in `processed_events` in one statement; events already processed (a
+    redelivery, or a repeat within the batch) are skipped. Each remaining event is passed to its topic's
+    handler with the transaction's connection, so its effects commit together with its claim.
     """
-    cur = await conn.execute(
-        "INSERT INTO processed_events (event_id) VALUES (%s) ON CONFLICT DO NOTHING", (str(event_id),)
-    )
-    return cur.rowcount == 1
+
+    async def process(events: list[tuple[Topic, Any]]) -> None:
+        async with db.transaction() as conn:
+            cur = await conn.execute(
+                "INSERT INTO processed_events (event_id) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING "
+                "RETURNING event_id",
+                ([str(e.event_id) for _, e in events],),
+            )
+            fresh = {row["event_id"] for row in await cur.fetchall()}
+            for topic, event in events:
+                if (event_id := str(event.event_id)) in fresh:
+                    fresh.discard(event_id)  # a repeat later in the same batch is a duplicate too
+                    await handlers[topic](event, conn)
+        if after_commit is not None:
+            after_commit()
+
+    return process

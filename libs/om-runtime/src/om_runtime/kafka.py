@@ -1,8 +1,9 @@
 """Kafka: the broker factory, topic provisioning, publishing events, and consumers that never stop on bad input.
 
-A consumer decodes each message against its topic's contract. Bytes that are not a valid event go to the
-dead-letter topic with the reason and the original bytes, and the consumer carries on. Any other error is taken
-as transient: the message is not committed and comes back, so nothing is lost (handlers are idempotent).
+A consumer takes messages in batches and decodes each against its topic's contract. Bytes that are not a valid
+event go to the dead-letter topic with the reason and the original bytes, and the consumer carries on. Any other
+error is taken as transient: the batch is not committed and comes back, so nothing is lost (handlers are
+idempotent).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
+from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
@@ -28,6 +30,8 @@ from pydantic import BaseModel
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Any], Awaitable[None]]
+#: Receives a batch's valid events, in arrival order, each with the topic it came from.
+BatchHandler = Callable[[list[tuple[Topic, Any]]], Awaitable[None]]
 
 # After a transient failure, wait before the message is redelivered instead of spinning on it.
 RETRY_DELAY_S = 0.5
@@ -94,8 +98,7 @@ class EventPublisher:
             headers={"content-type": "application/json", "event_type": event.event_type, **(headers or {})},
         )
 
-    async def dead_letter(self, consumer: str, msg: KafkaMessage, reason: str) -> None:
-        record = msg.raw_message
+    async def dead_letter(self, consumer: str, record: ConsumerRecord, body: bytes, reason: str) -> None:
         key = record.key.decode(errors="replace") if record.key else None
         letter = DeadLetter(
             occurred_at=utcnow(),
@@ -106,54 +109,72 @@ class EventPublisher:
             original_offset=record.offset,
             original_key=key,
             reason=reason,
-            payload_base64=base64.b64encode(msg.body).decode(),
+            payload_base64=base64.b64encode(body).decode(),
         )
         await self.publish(DEAD_LETTERS, letter)
 
 
-async def _raw_body(msg: StreamMessage[Any]) -> bytes:
-    """Hand handlers the bytes as they arrived; decoding is the contract's job, not the transport's."""
+async def _raw_bodies(msg: StreamMessage[Any]) -> list[bytes]:
+    """Hand the batch over as the bytes that arrived; decoding is the contract's job, not the transport's."""
     return msg.body
 
 
 def consume(
     broker: KafkaBroker,
-    handlers: Mapping[Topic, Handler],
+    topics: Collection[Topic],
+    process: BatchHandler,
     *,
     consumer: str,
     publisher: EventPublisher,
     fanout: bool = False,
     fetch_max_wait_ms: int = 10,
+    max_records: int = 500,
 ) -> None:
-    """Subscribe one Kafka consumer to every topic in `handlers`; each handler receives valid events only.
+    """Subscribe one Kafka consumer to `topics`; `process` receives each batch's valid events, in order.
 
     Normally the consumer group `consumer` shares the partitions, starts from the earliest offset and commits
-    only what was handled. With `fanout` there is no group: every process receives every new message (as each
-    gateway replica must), and a missed live update is simply superseded by the next. One consumer for all
-    topics, rather than one per topic, keeps the group to one member per process and rebalances rare.
+    a batch only after `process` returned. With `fanout` there is no group: every process receives every new
+    message (as each gateway replica must), and a missed live update is simply superseded by the next.
+    One consumer for all topics, rather than one per topic, keeps the group to one member per process.
     """
-    by_name = {topic.name: (topic, handler) for topic, handler in handlers.items()}
+    by_name = {topic.name: topic for topic in topics}
 
     @broker.subscriber(
         *by_name,
+        batch=True,
+        max_records=max_records,
+        batch_timeout_ms=fetch_max_wait_ms,
         group_id=None if fanout else consumer,
         auto_offset_reset="latest" if fanout else "earliest",
         fetch_max_wait_ms=fetch_max_wait_ms,
         ack_policy=AckPolicy.ACK_FIRST if fanout else AckPolicy.NACK_ON_ERROR,
-        decoder=_raw_body,
+        decoder=_raw_bodies,
         title=f"{consumer}:{','.join(by_name)}",
     )
-    async def on_message(body: bytes, msg: KafkaMessage) -> None:
-        topic, handler = by_name[msg.raw_message.topic]
-        try:
-            event = decode(topic, body)
-        except DecodeError as exc:
-            log.warning("dead-lettered a message from %s: %s", topic.name, exc.reason)
-            await publisher.dead_letter(consumer, msg, exc.reason)
+    async def on_batch(bodies: list[bytes], msg: KafkaMessage) -> None:
+        events: list[tuple[Topic, Any]] = []
+        for record, body in zip(msg.raw_message, bodies, strict=True):
+            topic = by_name[record.topic]
+            try:
+                events.append((topic, decode(topic, body)))
+            except DecodeError as exc:
+                log.warning("dead-lettered a message from %s: %s", topic.name, exc.reason)
+                await publisher.dead_letter(consumer, record, body, exc.reason)
+        if not events:
             return
         try:
-            await handler(event)
+            await process(events)
         except Exception:
-            log.exception("handling %s from %s failed; it will be redelivered", event.event_type, topic.name)
+            log.exception("handling %d event(s) failed; they will be redelivered", len(events))
             await asyncio.sleep(RETRY_DELAY_S)
             raise
+
+
+def dispatch(handlers: Mapping[Topic, Handler]) -> BatchHandler:
+    """A batch handler that calls each event's topic handler in turn (no shared transaction)."""
+
+    async def process(events: list[tuple[Topic, Any]]) -> None:
+        for topic, event in events:
+            await handlers[topic](event)
+
+    return process

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import APIRouter, FastAPI
@@ -23,9 +23,12 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CollectorRegistry
 
 from om_runtime.http import Check, ops_router
-from om_runtime.kafka import EventPublisher, Handler, consume, create_broker, ensure_topics
+from om_runtime.kafka import BatchHandler, EventPublisher, Handler, consume, create_broker, dispatch, ensure_topics
 from om_runtime.settings import ServiceSettings
 from om_runtime.telemetry import setup_logging, setup_tracing
+
+if TYPE_CHECKING:  # only services with a database import om_runtime.db (and psycopg)
+    from om_runtime.db import Database, TxHandler
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +59,26 @@ class ServiceRuntime:
         self._loops.append((name, loop))
 
     def consume(self, handlers: Mapping[Topic, Handler], *, fanout: bool = False) -> None:
-        """Handle these topics with one consumer in the service's group (or in no group, with `fanout`)."""
+        """Call each event's topic handler; with `fanout`, every process receives every new event."""
+        self._subscribe(handlers, dispatch(handlers), fanout=fanout)
+
+    def consume_in_transaction(
+        self,
+        db: Database,
+        handlers: Mapping[Topic, TxHandler],
+        *,
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:
+        """Apply each batch of events in one transaction, each event exactly once (see db.transactional)."""
+        from om_runtime.db import transactional
+
+        self._subscribe(handlers, transactional(db, handlers, after_commit=after_commit))
+
+    def _subscribe(self, topics: Collection[Topic], process: BatchHandler, *, fanout: bool = False) -> None:
         consume(
             self.broker,
-            handlers,
+            topics,
+            process,
             consumer=self.settings.service_name,
             publisher=self.publisher,
             fanout=fanout,

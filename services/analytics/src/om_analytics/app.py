@@ -27,12 +27,14 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     )
     runtime.add_resource(db, name="postgres", check=db.ping)
     handlers = AnalyticsHandlers(db, runtime.publisher, settings.top_markets)
-    runtime.consume(
+    runtime.consume_in_transaction(
+        db,
         {
             MARKET_LIFECYCLE: handlers.on_lifecycle,
             MARKET_TRADES: handlers.on_trade,
             PREDICTIONS: handlers.on_prediction,
-        }
+        },
+        after_commit=handlers.changed.set,
     )
     runtime.add_loop(
         "system-metrics",

@@ -1,7 +1,8 @@
 """analytics' Kafka handlers and its system-metrics publisher.
 
-Each event updates the read models in one transaction that also marks it processed, then the market's new
-metrics are published under an id derived from the event's (so a redelivery is deduped downstream).
+Events arrive in batches applied in one transaction that also marks each processed (om_runtime.db). Each
+updates the read models, then the market's new metrics are published under an id derived from the event's
+(so a redelivery is deduped downstream).
 System metrics are published by a loop, at most once per interval: a snapshot, not a per-trade stream.
 """
 
@@ -24,8 +25,9 @@ from om_contracts import (
     utcnow,
 )
 from om_contracts.topics import ANALYTICS_MARKET, ANALYTICS_SYSTEM
-from om_runtime.db import Database, claim_event
+from om_runtime.db import Database
 from om_runtime.kafka import EventPublisher
+from psycopg import AsyncConnection
 
 from om_analytics import store
 
@@ -40,34 +42,31 @@ class AnalyticsHandlers:
         self.top_markets = top_markets
         self.changed = asyncio.Event()
 
-    async def on_lifecycle(self, event: Any) -> None:
+    async def on_lifecycle(self, event: Any, conn: AsyncConnection) -> None:
         if isinstance(event, MarketCreated):
-            await self._apply(event, store.record_created)
+            await store.record_created(conn, event)
         else:
-            status = STATUS_AFTER[type(event)]
-            await self._apply(event, lambda conn, e: store.record_status(conn, e.market_id, status))
+            await store.record_status(conn, event.market_id, STATUS_AFTER[type(event)])
+        await self._publish_market(event, conn)
 
-    async def on_trade(self, event: TradeExecuted) -> None:
-        await self._apply(event, store.record_trade)
+    async def on_trade(self, event: TradeExecuted, conn: AsyncConnection) -> None:
+        await store.record_trade(conn, event)
+        await self._publish_market(event, conn)
 
-    async def on_prediction(self, event: PredictionMade) -> None:
-        await self._apply(event, store.record_prediction)
+    async def on_prediction(self, event: PredictionMade, conn: AsyncConnection) -> None:
+        await store.record_prediction(conn, event)
+        await self._publish_market(event, conn)
 
-    async def _apply(self, event: Any, record: Any) -> None:
-        async with self.db.transaction() as conn:
-            if not await claim_event(conn, event.event_id):
-                return
-            await record(conn, event)
-            metrics = await store.market_metrics(conn, event.market_id, utcnow())
-            if metrics is not None:
-                update = MarketMetricsUpdated(
-                    event_id=derived_event_id(event.event_id, PRODUCER),
-                    occurred_at=event.occurred_at,
-                    producer=PRODUCER,
-                    **metrics,
-                )
-                await self.publisher.publish(ANALYTICS_MARKET, update)
-        self.changed.set()
+    async def _publish_market(self, event: Any, conn: AsyncConnection) -> None:
+        metrics = await store.market_metrics(conn, event.market_id, utcnow())
+        if metrics is not None:
+            update = MarketMetricsUpdated(
+                event_id=derived_event_id(event.event_id, PRODUCER),
+                occurred_at=event.occurred_at,
+                producer=PRODUCER,
+                **metrics,
+            )
+            await self.publisher.publish(ANALYTICS_MARKET, update)
 
     async def system_snapshot(self) -> SystemMetricsUpdated:
         now = utcnow()

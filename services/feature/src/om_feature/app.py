@@ -25,13 +25,9 @@ def create_app(settings: FeatureSettings | None = None) -> FastAPI:
     redis = create_redis(settings.redis_url)
     runtime.add_resource(db, name="postgres", check=db.ping)
     runtime.add_resource(contextlib.aclosing(redis), name="redis", check=redis.ping)
-    handlers = FeatureHandlers(db, redis, runtime.publisher)
-    runtime.consume(
-        {
-            MARKET_LIFECYCLE: handlers.on_lifecycle,
-            MARKET_TRADES: handlers.on_trade,
-            MARKET_SIGNALS: handlers.on_signal,
-        }
+    handlers = FeatureHandlers(redis, runtime.publisher)
+    runtime.consume_in_transaction(
+        db, {MARKET_LIFECYCLE: handlers.apply, MARKET_TRADES: handlers.apply, MARKET_SIGNALS: handlers.apply}
     )
     return runtime.create_app(
         title="Opinion Market feature",

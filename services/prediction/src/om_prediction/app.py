@@ -30,8 +30,8 @@ def create_app(settings: PredictionSettings | None = None) -> FastAPI:
     redis = create_redis(settings.redis_url)
     runtime.add_resource(db, name="postgres", check=db.ping)
     runtime.add_resource(contextlib.aclosing(redis), name="redis", check=redis.ping)
-    handlers = PredictionHandlers(db, redis, runtime.publisher, settings.cache_ttl_s)
-    runtime.consume({FEATURE_VECTORS: handlers.on_vector})
+    handlers = PredictionHandlers(redis, runtime.publisher, settings.cache_ttl_s)
+    runtime.consume_in_transaction(db, {FEATURE_VECTORS: handlers.on_vector})
     return runtime.create_app(
         title="Opinion Market prediction",
         description="Calibrated predictions of each market's outcome (internal).",

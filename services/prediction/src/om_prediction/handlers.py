@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from om_contracts import FeatureVectorComputed, PredictionMade, derived_event_id
 from om_contracts.topics import PREDICTIONS
-from om_runtime.db import Database, claim_event
 from om_runtime.kafka import EventPublisher
+from psycopg import AsyncConnection
 from redis.asyncio import Redis
 
 from om_prediction import scoring, store
@@ -30,17 +30,13 @@ def prediction_for(vector: FeatureVectorComputed) -> PredictionMade:
 
 
 class PredictionHandlers:
-    def __init__(self, db: Database, redis: Redis, publisher: EventPublisher, cache_ttl_s: int) -> None:
-        self.db = db
+    def __init__(self, redis: Redis, publisher: EventPublisher, cache_ttl_s: int) -> None:
         self.redis = redis
         self.publisher = publisher
         self.cache_ttl_s = cache_ttl_s
 
-    async def on_vector(self, vector: FeatureVectorComputed) -> None:
-        async with self.db.transaction() as conn:
-            if not await claim_event(conn, vector.event_id):
-                return
-            prediction = prediction_for(vector)
-            await store.save(conn, prediction)
-            await store.cache_latest(self.redis, prediction, self.cache_ttl_s)
-            await self.publisher.publish(PREDICTIONS, prediction)
+    async def on_vector(self, vector: FeatureVectorComputed, conn: AsyncConnection) -> None:
+        prediction = prediction_for(vector)
+        await store.save(conn, prediction)
+        await store.cache_latest(self.redis, prediction, self.cache_ttl_s)
+        await self.publisher.publish(PREDICTIONS, prediction)
