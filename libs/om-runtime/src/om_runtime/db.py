@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from om_runtime.kafka import BatchHandler
+from om_runtime.kafka import BatchHandler, EventPublisher
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +83,22 @@ class Database:
 
 
 def transactional(
-    db: Database, handlers: Mapping[Topic, TxHandler], *, after_commit: Callable[[], None] | None = None
+    db: Database,
+    publisher: EventPublisher,
+    handlers: Mapping[Topic, TxHandler],
+    *,
+    after_commit: Callable[[], None] | None = None,
 ) -> BatchHandler:
     """A batch handler that applies a batch's events in one transaction, each exactly once.
 
     The batch's event ids are claimed in `processed_events` in one statement; events already processed (a
     redelivery, or a repeat within the batch) are skipped. Each remaining event is passed to its topic's
-    handler with the transaction's connection, so its effects commit together with its claim.
+    handler with the transaction's connection, so its effects commit together with its claim. What handlers
+    publish is confirmed by Kafka before the commit: a failure rolls the batch back and it is redelivered.
     """
 
     async def process(events: list[tuple[Topic, Any]]) -> None:
-        async with db.transaction() as conn:
+        async with db.transaction() as conn, publisher.confirmed_together():
             cur = await conn.execute(
                 "INSERT INTO processed_events (event_id) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING "
                 "RETURNING event_id",

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from aiokafka import ConsumerRecord
@@ -84,6 +86,10 @@ def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
     return [(e[0], e[1], e[2] if len(e) > 2 else None) for e in response.topic_errors]
 
 
+# Delivery confirmations still to wait for, inside EventPublisher.confirmed_together().
+_unconfirmed: ContextVar[list[asyncio.Future[Any]] | None] = ContextVar("unconfirmed", default=None)
+
+
 class EventPublisher:
     """Publishes contract events keyed as the registry says."""
 
@@ -91,12 +97,30 @@ class EventPublisher:
         self.broker = broker
 
     async def publish(self, topic: Topic, event: BaseModel, headers: dict[str, str] | None = None) -> None:
-        await self.broker.publish(
-            encode(event),
+        await self.publish_bytes(
             topic.name,
+            encode(event),
             key=key_of(topic, event),
             headers={"content-type": "application/json", "event_type": event.event_type, **(headers or {})},
         )
+
+    async def publish_bytes(self, topic: str, value: bytes, *, key: bytes, headers: dict[str, str]) -> None:
+        pending = _unconfirmed.get()
+        result = await self.broker.publish(value, topic, key=key, headers=headers, no_confirm=pending is not None)
+        if pending is not None:
+            pending.append(result)
+
+    @contextlib.asynccontextmanager
+    async def confirmed_together(self) -> AsyncIterator[None]:
+        """Inside, publishing does not wait for each acknowledgement; leaving waits for all of them and raises
+        if any failed. Messages keep their order, since each is queued before the next publish starts."""
+        pending: list[asyncio.Future[Any]] = []
+        token = _unconfirmed.set(pending)
+        try:
+            yield
+            await asyncio.gather(*pending)
+        finally:
+            _unconfirmed.reset(token)
 
     async def dead_letter(self, consumer: str, record: ConsumerRecord, body: bytes, reason: str) -> None:
         key = record.key.decode(errors="replace") if record.key else None

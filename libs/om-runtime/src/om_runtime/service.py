@@ -72,7 +72,7 @@ class ServiceRuntime:
         """Apply each batch of events in one transaction, each event exactly once (see db.transactional)."""
         from om_runtime.db import transactional
 
-        self._subscribe(handlers, transactional(db, handlers, after_commit=after_commit))
+        self._subscribe(handlers, transactional(db, self.publisher, handlers, after_commit=after_commit))
 
     def _subscribe(self, topics: Collection[Topic], process: BatchHandler, *, fanout: bool = False) -> None:
         consume(

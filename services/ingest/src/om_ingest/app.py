@@ -26,7 +26,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         "outbox-relay",
         lambda: relay(
             db,
-            runtime.broker,
+            runtime.publisher,
             batch_size=settings.outbox_batch_size,
             poll_interval_s=settings.outbox_poll_interval_s,
         ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -17,10 +18,9 @@ from om_contracts import (
 )
 from om_contracts.topics import MARKET_LIFECYCLE, MARKET_SIGNALS, MARKET_TRADES
 from om_runtime.db import Database
-from psycopg import AsyncConnection
 
 from om_ingest import domain, store
-from om_ingest.domain import Conflict
+from om_ingest.domain import Conflict, Market
 from om_ingest.models import CancelIn, MarketIn, ResolveIn, SignalIn, TradeIn
 
 PRODUCER = "ingest"
@@ -60,42 +60,34 @@ class Ingest:
     async def record_trades(self, trades: list[TradeIn]) -> tuple[int, list[dict[str, Any]]]:
         """Record trades atomically: all of them, or none if any breaks a rule.
 
-        A `trade_id` seen before is an idempotent replay: the stored trade is returned and nothing is counted again.
+        A `trade_id` seen before is an idempotent replay: the stored trade is returned and nothing is counted
+        again. The batch costs a fixed number of statements, however many trades it holds.
         """
-        recorded, out = 0, []
+        now = utcnow()
         async with self.db.transaction() as conn:
-            for index, trade in enumerate(trades):
+            known = await store.trades_by_id(conn, [t.trade_id for t in trades if t.trade_id])
+            markets = await store.lock_markets(conn, sorted({t.market_id for t in trades}))
+            new: list[dict[str, Any]] = []
+            out: list[dict[str, Any]] = []
+            for index, t in enumerate(trades):
                 try:
-                    row, new = await self._record_trade(conn, trade)
+                    if t.trade_id in known:
+                        out.append(_same_trade(known[t.trade_id], t))
+                        continue
+                    trade = _execute(t, markets, now)
                 except domain.DomainError as exc:
                     if len(trades) > 1:
                         exc.field = f"trades.{index}.{exc.field or 'market_id'}"
                     raise
-                recorded += new
-                out.append(row)
-        return recorded, out
-
-    async def _record_trade(self, conn: AsyncConnection, t: TradeIn) -> tuple[dict[str, Any], bool]:
-        if t.trade_id and (existing := await store.trade_row(conn, t.trade_id)):
-            return _same_trade(existing, t), False
-        executed_at = t.executed_at or utcnow()
-        market = domain.require(await store.lock_market(conn, t.market_id), t.market_id)
-        domain.check_trade(market, executed_at)
-        new_price, last_trade_at = domain.price_after(market, t.price, executed_at)
-        trade = {
-            **t.model_dump(exclude={"price", "executed_at"}),
-            "trade_id": t.trade_id or _new_id("trd"),
-            "price_before": market.current_price,
-            "price_after": t.price,
-            "executed_at": executed_at,
-        }
-        await store.ensure_user(conn, t.user_id, executed_at)
-        await store.insert_trade(conn, trade)
-        await store.set_price(conn, t.market_id, new_price, last_trade_at)
-        fields = {k: v for k, v in trade.items() if k != "executed_at"}
-        event = TradeExecuted(occurred_at=executed_at, producer=PRODUCER, **fields)
-        await store.enqueue(conn, MARKET_TRADES, event)
-        return trade, True
+                known[trade["trade_id"]] = trade  # the same id again in this batch is a replay too
+                new.append(trade)
+                out.append(trade)
+            if new:
+                await store.ensure_users(conn, _first_seen(new))
+                await store.insert_trades(conn, new)
+                await store.set_prices(conn, [markets[m] for m in {t["market_id"] for t in new}])
+                await store.enqueue(conn, MARKET_TRADES, *map(_trade_event, new))
+        return len(new), out
 
     async def record_signal(self, s: SignalIn) -> dict[str, Any]:
         observed_at = s.observed_at or utcnow()
@@ -140,6 +132,34 @@ class Ingest:
             event = MarketCancelled(occurred_at=utcnow(), producer=PRODUCER, market_id=market_id, reason=body.reason)
             await store.enqueue(conn, MARKET_LIFECYCLE, event)
             return await store.market_row(conn, market_id)
+
+
+def _execute(t: TradeIn, markets: dict[str, Market], now: datetime) -> dict[str, Any]:
+    """Check a new trade against its market and move the market's price (in `markets`, not yet stored)."""
+    executed_at = t.executed_at or now
+    market = domain.require(markets.get(t.market_id), t.market_id)
+    domain.check_trade(market, executed_at)
+    price, last_trade_at = domain.price_after(market, t.price, executed_at)
+    markets[t.market_id] = replace(market, current_price=price, last_trade_at=last_trade_at)
+    return {
+        **t.model_dump(exclude={"price", "executed_at"}),
+        "trade_id": t.trade_id or _new_id("trd"),
+        "price_before": market.current_price,
+        "price_after": t.price,
+        "executed_at": executed_at,
+    }
+
+
+def _first_seen(trades: list[dict[str, Any]]) -> dict[str, datetime]:
+    first: dict[str, datetime] = {}
+    for t in trades:
+        first[t["user_id"]] = min(first.get(t["user_id"], t["executed_at"]), t["executed_at"])
+    return first
+
+
+def _trade_event(trade: dict[str, Any]) -> TradeExecuted:
+    fields = {k: v for k, v in trade.items() if k != "executed_at"}
+    return TradeExecuted(occurred_at=trade["executed_at"], producer=PRODUCER, **fields)
 
 
 def _same_trade(existing: dict[str, Any], t: TradeIn) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 
 import psycopg
-from faststream.kafka import KafkaBroker
 from om_runtime.db import Database
+from om_runtime.kafka import EventPublisher
 from opentelemetry import propagate, trace
 
 log = logging.getLogger(__name__)
@@ -19,9 +19,10 @@ tracer = trace.get_tracer(__name__)
 
 CHANNEL = "ingest_outbox"
 RELAY_LOCK_ID = 0x6F6D_0001  # any constant; one per relay kind
+JSON = {"content-type": "application/json"}
 
 
-async def publish_pending(db: Database, broker: KafkaBroker, batch_size: int) -> int:
+async def publish_pending(db: Database, publisher: EventPublisher, batch_size: int) -> int:
     """Publish up to `batch_size` outbox events in id order; return how many were published."""
     async with db.transaction() as conn:
         cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS leader", (RELAY_LOCK_ID,))
@@ -31,25 +32,23 @@ async def publish_pending(db: Database, broker: KafkaBroker, batch_size: int) ->
             "SELECT id, topic, key, payload, headers FROM outbox ORDER BY id LIMIT %s", (batch_size,)
         )
         rows = await cur.fetchall()
-        for row in rows:
-            # Continue the trace of the request that wrote the event.
-            with tracer.start_as_current_span("outbox relay", context=propagate.extract(row["headers"])):
-                await broker.publish(
-                    bytes(row["payload"]),
-                    row["topic"],
-                    key=row["key"].encode(),
-                    headers={"content-type": "application/json"},
-                )
+        async with publisher.confirmed_together():
+            for row in rows:
+                # Continue the trace of the request that wrote the event.
+                with tracer.start_as_current_span("outbox relay", context=propagate.extract(row["headers"])):
+                    await publisher.publish_bytes(
+                        row["topic"], bytes(row["payload"]), key=row["key"].encode(), headers=JSON
+                    )
         if rows:
             await conn.execute("DELETE FROM outbox WHERE id = ANY(%s)", ([r["id"] for r in rows],))
         return len(rows)
 
 
-async def relay(db: Database, broker: KafkaBroker, *, batch_size: int, poll_interval_s: float) -> None:
+async def relay(db: Database, publisher: EventPublisher, *, batch_size: int, poll_interval_s: float) -> None:
     """Publish forever: woken by NOTIFY from writers, and polling in case a notification was missed."""
     async with await psycopg.AsyncConnection.connect(db.url, autocommit=True) as listener:
         await listener.execute(f"LISTEN {CHANNEL}")
         while True:
-            if await publish_pending(db, broker, batch_size) < batch_size:
+            if await publish_pending(db, publisher, batch_size) < batch_size:
                 async for _ in listener.notifies(timeout=poll_interval_s, stop_after=1):
                     pass

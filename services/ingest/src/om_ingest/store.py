@@ -34,6 +34,15 @@ async def lock_market(conn: AsyncConnection, market_id: str) -> Market | None:
     return _market(row) if row else None
 
 
+async def lock_markets(conn: AsyncConnection, market_ids: list[str]) -> dict[str, Market]:
+    """Lock several markets, always in id order so two concurrent batches cannot deadlock."""
+    cur = await conn.execute(
+        f"SELECT {MARKET_COLUMNS} FROM markets WHERE market_id = ANY(%s) ORDER BY market_id FOR UPDATE",
+        (market_ids,),
+    )
+    return {row["market_id"]: _market(row) for row in await cur.fetchall()}
+
+
 async def list_markets(conn: AsyncConnection, status: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
     cur = await conn.execute(
         f"SELECT {MARKET_COLUMNS} FROM markets WHERE %(status)s::text IS NULL OR status = %(status)s "
@@ -61,34 +70,37 @@ async def set_status(conn: AsyncConnection, market_id: str, status: str, **field
     )
 
 
-async def set_price(conn: AsyncConnection, market_id: str, price: float, last_trade_at: Any) -> None:
-    await conn.execute(
-        "UPDATE markets SET current_price = %s, last_trade_at = %s, updated_at = now() WHERE market_id = %s",
-        (price, last_trade_at, market_id),
-    )
+async def set_prices(conn: AsyncConnection, markets: list[Market]) -> None:
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "UPDATE markets SET current_price = %s, last_trade_at = %s, updated_at = now() WHERE market_id = %s",
+            [(m.current_price, m.last_trade_at, m.market_id) for m in markets],
+        )
 
 
-async def ensure_user(conn: AsyncConnection, user_id: str, seen_at: Any) -> None:
+async def ensure_users(conn: AsyncConnection, first_seen: dict[str, Any]) -> None:
     await conn.execute(
-        "INSERT INTO users (user_id, first_seen_at) VALUES (%s, %s) ON CONFLICT (user_id) DO NOTHING",
-        (user_id, seen_at),
+        "INSERT INTO users (user_id, first_seen_at) SELECT * FROM unnest(%s::text[], %s::timestamptz[]) "
+        "ON CONFLICT (user_id) DO NOTHING",
+        (list(first_seen), list(first_seen.values())),
     )
 
 
 TRADE_COLUMNS = "trade_id, market_id, user_id, outcome, side, amount, shares, price_before, price_after, executed_at"
 
 
-async def trade_row(conn: AsyncConnection, trade_id: str) -> dict[str, Any] | None:
-    cur = await conn.execute(f"SELECT {TRADE_COLUMNS} FROM trades WHERE trade_id = %s", (trade_id,))
-    return await cur.fetchone()
+async def trades_by_id(conn: AsyncConnection, trade_ids: list[str]) -> dict[str, dict[str, Any]]:
+    cur = await conn.execute(f"SELECT {TRADE_COLUMNS} FROM trades WHERE trade_id = ANY(%s)", (trade_ids,))
+    return {row["trade_id"]: row for row in await cur.fetchall()}
 
 
-async def insert_trade(conn: AsyncConnection, t: dict[str, Any]) -> None:
-    await conn.execute(
-        f"INSERT INTO trades ({TRADE_COLUMNS}) VALUES (%(trade_id)s, %(market_id)s, %(user_id)s, %(outcome)s, "
-        "%(side)s, %(amount)s, %(shares)s, %(price_before)s, %(price_after)s, %(executed_at)s)",
-        t,
-    )
+async def insert_trades(conn: AsyncConnection, trades: list[dict[str, Any]]) -> None:
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            f"INSERT INTO trades ({TRADE_COLUMNS}) VALUES (%(trade_id)s, %(market_id)s, %(user_id)s, %(outcome)s, "
+            "%(side)s, %(amount)s, %(shares)s, %(price_before)s, %(price_after)s, %(executed_at)s)",
+            trades,
+        )
 
 
 async def recent_trades(conn: AsyncConnection, market_id: str, limit: int) -> list[dict[str, Any]]:
@@ -109,12 +121,14 @@ async def insert_signal(conn: AsyncConnection, s: dict[str, Any]) -> bool:
     return cur.rowcount == 1
 
 
-async def enqueue(conn: AsyncConnection, topic: Topic, event: BaseModel) -> None:
-    """Write an event to the outbox in the caller's transaction, with the current trace context."""
+async def enqueue(conn: AsyncConnection, topic: Topic, *events: BaseModel) -> None:
+    """Write events to the outbox in the caller's transaction, with the current trace context, and wake
+    the relay (PostgreSQL delivers the notification only if the transaction commits)."""
     headers: dict[str, str] = {}
     propagate.inject(headers)
-    await conn.execute(
-        "INSERT INTO outbox (topic, key, payload, headers) VALUES (%s, %s, %s, %s)",
-        (topic.name, key_of(topic, event).decode(), encode(event), json.dumps(headers)),
-    )
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO outbox (topic, key, payload, headers) VALUES (%s, %s, %s, %s)",
+            [(topic.name, key_of(topic, e).decode(), encode(e), json.dumps(headers)) for e in events],
+        )
     await conn.execute("SELECT pg_notify('ingest_outbox', '')")
