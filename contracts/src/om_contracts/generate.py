@@ -92,7 +92,6 @@ def asyncapi() -> dict[str, Any]:
                 "title": f"{consumer} consumes {t.name}",
                 "channel": {"$ref": f"#/channels/{channel_id}"},
                 "messages": refs,
-                "bindings": {"kafka": {"groupId": {"type": "string", "enum": [consumer]}}},
             }
     return {
         "asyncapi": "3.0.0",

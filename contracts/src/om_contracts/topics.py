@@ -87,7 +87,7 @@ TOPICS: tuple[Topic, ...] = (
         model=PredictionMade,
         key="market_id",
         producer="prediction",
-        consumers=("analytics", "gateway"),
+        consumers=("analytics",),
         visibility="public",
         description="Each market's predicted YES probability, confidence, explanation and model version.",
     ),

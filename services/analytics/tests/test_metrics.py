@@ -68,30 +68,3 @@ def test_window_start_is_24_hours_of_elapsed_time_across_offsets() -> None:
     local = NOW.astimezone(timezone(timedelta(hours=-5)))
     assert metrics.window_start(local) == datetime(2025, 6, 14, 12, 0, tzinfo=UTC)
     assert NOW - metrics.window_start(NOW) == timedelta(days=1)
-
-
-# --- is_latest --------------------------------------------------------------------------------------
-
-
-def test_first_event_is_latest() -> None:
-    assert metrics.is_latest(NOW, None) is True
-
-
-def test_newer_or_simultaneous_event_is_latest() -> None:
-    assert metrics.is_latest(NOW + timedelta(microseconds=1), NOW) is True
-    assert metrics.is_latest(NOW, NOW) is True
-
-
-def test_older_event_is_not_latest() -> None:
-    assert metrics.is_latest(NOW - timedelta(microseconds=1), NOW) is False
-    assert metrics.is_latest(NOW - timedelta(days=2), NOW) is False
-
-
-@given(st.lists(st.integers(0, 1_000_000), min_size=1, max_size=30))
-def test_keeping_only_latest_events_ends_at_the_max_event_time(offsets: list[int]) -> None:
-    last_seen = None
-    for seconds in offsets:
-        t = NOW + timedelta(seconds=seconds)
-        if metrics.is_latest(t, last_seen):
-            last_seen = t
-    assert last_seen == NOW + timedelta(seconds=max(offsets))

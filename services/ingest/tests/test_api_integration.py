@@ -103,3 +103,20 @@ async def test_batch_is_all_or_nothing(settings: IngestSettings) -> None:
             "/v1/trades/batch", json={"trades": [trade_body(mid, trade_id=f"c-{i}") for i in range(5)]}
         )
         assert ok.status_code == 201 and ok.json()["recorded"] == 5
+
+
+async def test_replays_are_idempotent_and_path_errors_point_at_the_path(settings: IngestSettings) -> None:
+    async with app_client(create_app(settings)) as client:
+        mid = (await client.post("/v1/markets", json=market_body())).json()["market_id"]
+        signal = {"signal_id": "s-1", "market_id": mid, "kind": "news", "source": "wire", "text": "Rain likely"}
+        assert (await client.post("/v1/signals", json=signal)).status_code == 201
+        assert (await client.post("/v1/signals", json=signal)).status_code == 200
+        changed = await client.post("/v1/signals", json={**signal, "text": "Sunny"})
+        assert changed.status_code == 409 and changed.json()["detail"][0]["loc"] == ["body", "signal_id"]
+
+        missing = await client.post("/v1/markets/nope/close")
+        assert missing.status_code == 404 and missing.json()["detail"][0]["loc"] == ["path", "market_id"]
+        assert (await client.post(f"/v1/markets/{mid}/cancel")).status_code == 200  # the body is optional
+
+        events = await consume_until(settings.kafka_bootstrap_servers, "market.signals.v1", lambda m: len(m) >= 1)
+    assert [e["signal_id"] for e in events] == ["s-1"]

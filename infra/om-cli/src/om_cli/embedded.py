@@ -72,7 +72,8 @@ def _as_user(user: str | None) -> dict[str, object]:
 
 
 def _make_traversable(path: Path) -> None:
-    """Let the unprivileged server user reach `path`: add o+x to each parent folder that lacks it."""
+    """Let the unprivileged server user reach `path`: add o+x (search, not read) to each parent folder
+    that lacks it, as pgserver itself does. Needed when the project lives under a private folder."""
     for parent in path.parents:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
@@ -194,6 +195,7 @@ class EmbeddedPostgres(EmbeddedServer):
             _ensure_unprivileged_user(user)
             self.pgdata.mkdir(parents=True, exist_ok=True)
             _make_traversable(self.pgdata)
+            _make_traversable(Path(self._bin("postgres")))  # and its libraries, beside bin/
             shutil.chown(self.data_dir, user, user)
             shutil.chown(self.pgdata, user, user)
         if not (self.pgdata / "PG_VERSION").exists():

@@ -1,8 +1,8 @@
 """`om up`: the whole platform on one machine, with one command.
 
-Starts Kafka, PostgreSQL and Redis (embedded unless the environment names them), creates the topics, starts
-the five services, prints where to look, and drives them with the market simulator until Ctrl-C or `om down`.
-Everything started is stopped again, in reverse order, by the PIDs recorded here.
+Starts Kafka, PostgreSQL and Redis (embedded unless the environment names them), starts the five services
+(each creates its topics and migrates its schema), prints where to look, and drives them with the market
+simulator until Ctrl-C or `om down`. Everything started is stopped again, in reverse order, by PID.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-
-from om_runtime.kafka import ensure_topics
 
 from om_cli.embedded import EmbeddedServer, PortInUse, Ports, ServerFailed, start_infrastructure
 from om_cli.platform import SERVICES, Platform, ServicePorts
@@ -99,7 +97,6 @@ def up(args: argparse.Namespace) -> int:
     try:
         ports = Ports(args.kafka_port, args.postgres_port, args.redis_port)
         infra = start_infrastructure(data_dir, ports, on_start=_announce)
-        asyncio.run(ensure_topics(infra.kafka_bootstrap_servers))
         first = args.service_ports_from
         service_ports = ServicePorts(args.gateway_port, first, first + 1, first + 2, first + 3)
         platform = Platform(infra.env(), data_dir / "logs", service_ports)

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -62,7 +63,9 @@ def create_broker(
     )
 
 
-async def ensure_topics(bootstrap_servers: str, topics: Iterable[Topic] = TOPICS) -> list[str]:
+async def ensure_topics(
+    bootstrap_servers: str, topics: Iterable[Topic] = TOPICS, *, replication_factor: int = 1
+) -> list[str]:
     """Create the registry's topics that do not exist yet; return the names created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="om-provisioner")
     await admin.start()
@@ -71,7 +74,8 @@ async def ensure_topics(bootstrap_servers: str, topics: Iterable[Topic] = TOPICS
         missing = [t for t in topics if t.name not in existing]
         if missing:
             configs = [
-                NewTopic(t.name, t.partitions, 1, topic_configs={"retention.ms": str(t.retention_ms)}) for t in missing
+                NewTopic(t.name, t.partitions, replication_factor, topic_configs={"retention.ms": str(t.retention_ms)})
+                for t in missing
             ]
             response = await admin.create_topics(configs)
             for name, code, message in _topic_errors(response):
@@ -85,6 +89,8 @@ async def ensure_topics(bootstrap_servers: str, topics: Iterable[Topic] = TOPICS
 def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
     return [(e[0], e[1], e[2] if len(e) > 2 else None) for e in response.topic_errors]
 
+
+_DEAD_LETTERS = uuid.UUID("1b0e4a52-8f0e-4a0c-9d7c-3f5e2b6a7c11")
 
 # Delivery confirmations still to wait for, inside EventPublisher.confirmed_together().
 _unconfirmed: ContextVar[list[asyncio.Future[Any]] | None] = ContextVar("unconfirmed", default=None)
@@ -125,6 +131,8 @@ class EventPublisher:
     async def dead_letter(self, consumer: str, record: ConsumerRecord, body: bytes, reason: str) -> None:
         key = record.key.decode(errors="replace") if record.key else None
         letter = DeadLetter(
+            # The same message dead-lettered again (its batch was redelivered) gets the same id.
+            event_id=uuid.uuid5(_DEAD_LETTERS, f"{consumer}:{record.topic}:{record.partition}:{record.offset}"),
             occurred_at=utcnow(),
             producer=consumer,
             consumer=consumer,

@@ -90,7 +90,9 @@ class ServiceRuntime:
         async with AsyncExitStack() as stack:
             for resource in self._resources:
                 await stack.enter_async_context(resource)
-            await ensure_topics(self.settings.kafka_bootstrap_servers)
+            await ensure_topics(
+                self.settings.kafka_bootstrap_servers, replication_factor=self.settings.kafka_replication_factor
+            )
             await self.broker.start()
             stack.push_async_callback(self.broker.stop)
             for name, loop in self._loops:

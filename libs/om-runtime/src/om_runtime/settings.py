@@ -20,6 +20,8 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS")
     )
+    #: Replicas of each topic a service creates at start (the embedded broker has one; a cluster wants 3).
+    kafka_replication_factor: int = Field(default=1, ge=1, validation_alias=AliasChoices("KAFKA_REPLICATION_FACTOR"))
     # Tansu (the embedded broker) answers a fetch only after fetch.max.wait; a low value keeps each hop fast.
     kafka_fetch_max_wait_ms: int = Field(default=10, validation_alias=AliasChoices("KAFKA_FETCH_MAX_WAIT_MS"))
 

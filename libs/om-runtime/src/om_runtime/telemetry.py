@@ -1,7 +1,8 @@
 """OpenTelemetry tracing configured from the standard `OTEL_*` variables, and JSON logs that carry the trace id.
 
 Exporters: `OTEL_TRACES_EXPORTER` = `otlp` (the default when `OTEL_EXPORTER_OTLP_ENDPOINT` is set), `console`,
-or `none` (the default otherwise). Endpoint, headers and protocol options are read by the exporter itself.
+or `none` (the default otherwise). OTLP goes over HTTP/protobuf; the exporter reads the endpoint and headers
+itself (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_HEADERS`). Traces only: metrics are at /metrics.
 """
 
 from __future__ import annotations

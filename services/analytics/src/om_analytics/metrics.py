@@ -21,8 +21,3 @@ def price_change_pct(current: float, reference: float | None) -> float:
     if not reference:
         return 0.0
     return round((current - reference) / reference * 100.0, 4)
-
-
-def is_latest(event_time: datetime, last_seen: datetime | None) -> bool:
-    """Whether an event is the newest seen so far by event time (late events don't overwrite newer state)."""
-    return last_seen is None or event_time >= last_seen

@@ -22,7 +22,8 @@ async def record_created(conn: AsyncConnection, e: MarketCreated) -> None:
         "INSERT INTO markets (market_id, category, created_at, close_at, opening_price, current_price) "
         "VALUES (%(id)s, %(category)s, %(at)s, %(close)s, %(price)s, %(price)s) "
         "ON CONFLICT (market_id) DO UPDATE SET category = excluded.category, created_at = excluded.created_at, "
-        "close_at = excluded.close_at, opening_price = excluded.opening_price",
+        "close_at = excluded.close_at, opening_price = excluded.opening_price, "
+        "current_price = coalesce(markets.current_price, excluded.current_price)",
         {
             "id": e.market_id,
             "category": e.category,
@@ -35,7 +36,7 @@ async def record_created(conn: AsyncConnection, e: MarketCreated) -> None:
 
 async def record_status(conn: AsyncConnection, market_id: str, status: str) -> None:
     await conn.execute(
-        "INSERT INTO markets (market_id, status, current_price) VALUES (%s, %s, 0.5) "
+        "INSERT INTO markets (market_id, status) VALUES (%s, %s) "
         "ON CONFLICT (market_id) DO UPDATE SET status = excluded.status",
         (market_id, status),
     )
@@ -81,9 +82,13 @@ async def record_trade(conn: AsyncConnection, t: TradeExecuted) -> None:
 
 
 async def record_prediction(conn: AsyncConnection, p: PredictionMade) -> None:
+    """Keep the prediction from the newest features (predictions can arrive out of order, or before the market)."""
     await conn.execute(
-        "UPDATE markets SET predicted_probability = %(p)s, model_version = %(v)s, predicted_as_of = %(at)s "
-        "WHERE market_id = %(id)s AND (predicted_as_of IS NULL OR predicted_as_of <= %(at)s)",
+        "INSERT INTO markets AS m (market_id, predicted_probability, model_version, predicted_as_of) "
+        "VALUES (%(id)s, %(p)s, %(v)s, %(at)s) ON CONFLICT (market_id) DO UPDATE SET "
+        "predicted_probability = excluded.predicted_probability, model_version = excluded.model_version, "
+        "predicted_as_of = excluded.predicted_as_of "
+        "WHERE m.predicted_as_of IS NULL OR m.predicted_as_of <= excluded.predicted_as_of",
         {"p": p.probability, "v": p.model_version, "at": p.features_as_of, "id": p.market_id},
     )
 
@@ -112,8 +117,10 @@ def _metrics(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def market_metrics(conn: AsyncConnection, market_id: str, now: datetime) -> dict[str, Any] | None:
+    """A market's metrics; None until its price is known (from its creation or a trade)."""
     cur = await conn.execute(
-        _MARKET_METRICS + " WHERE m.market_id = %(id)s", {"since": window_start(now), "id": market_id}
+        _MARKET_METRICS + " WHERE m.market_id = %(id)s AND m.current_price IS NOT NULL",
+        {"since": window_start(now), "id": market_id},
     )
     row = await cur.fetchone()
     return _metrics(row) if row else None

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 from fastapi import Response
 from fastapi.responses import JSONResponse
+from opentelemetry import propagate
 
 
 class Upstreams:
@@ -38,14 +39,10 @@ class Upstreams:
     async def forward(
         self, service: str, method: str, path: str, *, content: bytes | None = None, params: Any = None
     ) -> Response:
+        headers = {"content-type": "application/json"} if content is not None else {}
+        propagate.inject(headers)  # the owning service continues this request's trace
         try:
-            reply = await self.clients[service].request(
-                method,
-                path,
-                content=content,
-                params=params,
-                headers={"content-type": "application/json"} if content is not None else None,
-            )
+            reply = await self.clients[service].request(method, path, content=content, params=params, headers=headers)
         except httpx.TimeoutException:
             return JSONResponse({"detail": f"{service} did not answer in time"}, status_code=504)
         except httpx.TransportError:

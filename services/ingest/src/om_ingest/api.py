@@ -29,7 +29,7 @@ ERRORS = {404: {"description": "Not found"}, 409: {"description": "Conflicts wit
 def domain_error_response(_: Request, exc: Exception) -> JSONResponse:
     """Shape rule violations like FastAPI's validation errors: a list of {loc, msg, type}."""
     assert isinstance(exc, DomainError)
-    loc = ["body", *(exc.field.split(".") if exc.field else [])]
+    loc = [exc.location, *(exc.field.split(".") if exc.field else [])]
     kind = type(exc).__name__.lower()
     return JSONResponse({"detail": [{"loc": loc, "msg": exc.message, "type": kind}]}, status_code=exc.status_code)
 
@@ -55,7 +55,7 @@ def router(ingest: Ingest) -> APIRouter:
         async with ingest.db.transaction() as conn:
             row = await store.market_row(conn, market_id)
         if row is None:
-            raise NotFound(f"market {market_id!r} does not exist")
+            raise NotFound(f"market {market_id!r} does not exist", field="market_id", location="path")
         return row
 
     @api.get("/markets/{market_id}/trades", response_model=list[TradeOut])
@@ -72,8 +72,8 @@ def router(ingest: Ingest) -> APIRouter:
         return await ingest.resolve_market(market_id, body)
 
     @api.post("/markets/{market_id}/cancel", response_model=MarketOut)
-    async def cancel_market(market_id: str, body: CancelIn) -> dict:
-        return await ingest.cancel_market(market_id, body)
+    async def cancel_market(market_id: str, body: CancelIn | None = None) -> dict:
+        return await ingest.cancel_market(market_id, body or CancelIn())
 
     @api.post(
         "/trades",
@@ -92,8 +92,16 @@ def router(ingest: Ingest) -> APIRouter:
         recorded, trades = await ingest.record_trades(body.trades)
         return {"recorded": recorded, "trades": trades}
 
-    @api.post("/signals", status_code=status.HTTP_201_CREATED, response_model=SignalOut)
-    async def record_signal(body: SignalIn) -> dict:
-        return await ingest.record_signal(body)
+    @api.post(
+        "/signals",
+        status_code=status.HTTP_201_CREATED,
+        response_model=SignalOut,
+        responses={200: {"description": "Replay of a signal_id already recorded; nothing changed"}},
+    )
+    async def record_signal(body: SignalIn, response: Response) -> dict:
+        signal, new = await ingest.record_signal(body)
+        if not new:
+            response.status_code = status.HTTP_200_OK
+        return signal
 
     return api

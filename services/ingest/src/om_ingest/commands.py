@@ -89,20 +89,25 @@ class Ingest:
                 await store.enqueue(conn, MARKET_TRADES, *map(_trade_event, new))
         return len(new), out
 
-    async def record_signal(self, s: SignalIn) -> dict[str, Any]:
+    async def record_signal(self, s: SignalIn) -> tuple[dict[str, Any], bool]:
+        """Record a signal; a `signal_id` seen before is a replay (returned, not recorded again)."""
         observed_at = s.observed_at or utcnow()
         signal = {**s.model_dump(), "signal_id": s.signal_id or _new_id("sig"), "observed_at": observed_at}
         async with self.db.transaction() as conn:
+            if s.signal_id and (existing := await store.signal_row(conn, s.signal_id)):
+                return _same(
+                    existing, signal, what="signal", skip={"observed_at"} if s.observed_at is None else set()
+                ), False
             domain.require(await store.lock_market(conn, s.market_id), s.market_id)
-            if await store.insert_signal(conn, signal):
-                event_fields = {k: v for k, v in signal.items() if k != "observed_at"}
-                event = SignalObserved(occurred_at=observed_at, producer=PRODUCER, **event_fields)
-                await store.enqueue(conn, MARKET_SIGNALS, event)
-        return signal
+            await store.insert_signal(conn, signal)
+            event_fields = {k: v for k, v in signal.items() if k != "observed_at"}
+            event = SignalObserved(occurred_at=observed_at, producer=PRODUCER, **event_fields)
+            await store.enqueue(conn, MARKET_SIGNALS, event)
+        return signal, True
 
     async def close_market(self, market_id: str, at: datetime | None = None) -> dict[str, Any]:
         async with self.db.transaction() as conn:
-            market = domain.require(await store.lock_market(conn, market_id), market_id)
+            market = domain.require(await store.lock_market(conn, market_id), market_id, location="path")
             domain.check_close(market)
             await store.set_status(conn, market_id, "closed")
             event = MarketClosed(occurred_at=at or utcnow(), producer=PRODUCER, market_id=market_id)
@@ -111,7 +116,7 @@ class Ingest:
 
     async def resolve_market(self, market_id: str, body: ResolveIn) -> dict[str, Any]:
         async with self.db.transaction() as conn:
-            market = domain.require(await store.lock_market(conn, market_id), market_id)
+            market = domain.require(await store.lock_market(conn, market_id), market_id, location="path")
             price = domain.resolution_price(market, body.resolution, body.resolution_price)
             await store.set_status(conn, market_id, "resolved", resolution=body.resolution, resolution_price=price)
             event = MarketResolved(
@@ -126,7 +131,7 @@ class Ingest:
 
     async def cancel_market(self, market_id: str, body: CancelIn) -> dict[str, Any]:
         async with self.db.transaction() as conn:
-            market = domain.require(await store.lock_market(conn, market_id), market_id)
+            market = domain.require(await store.lock_market(conn, market_id), market_id, location="path")
             domain.check_cancel(market)
             await store.set_status(conn, market_id, "cancelled")
             event = MarketCancelled(occurred_at=utcnow(), producer=PRODUCER, market_id=market_id, reason=body.reason)
@@ -163,11 +168,15 @@ def _trade_event(trade: dict[str, Any]) -> TradeExecuted:
 
 
 def _same_trade(existing: dict[str, Any], t: TradeIn) -> dict[str, Any]:
-    """A replayed trade id must describe the same trade; a different one under the same id is a conflict."""
-    sent = t.model_dump(exclude={"trade_id", "price", "executed_at"}) | {"price_after": t.price}
-    if t.executed_at is not None:
-        sent["executed_at"] = t.executed_at
-    differs = [k for k, v in sent.items() if existing[k] != v]
+    sent = t.model_dump(exclude={"price", "executed_at"}) | {"price_after": t.price, "executed_at": t.executed_at}
+    return _same(existing, sent, what="trade", skip={"executed_at"} if t.executed_at is None else set())
+
+
+def _same(existing: dict[str, Any], sent: dict[str, Any], *, what: str, skip: set[str]) -> dict[str, Any]:
+    """A replayed id must describe the same thing; something different under the same id is a conflict.
+    Fields the client left to default (such as the time) are not compared."""
+    key = f"{what}_id"
+    differs = [k for k, v in sent.items() if k not in skip and k != key and existing[k] != v]
     if differs:
-        raise Conflict(f"trade {t.trade_id!r} was recorded with different {', '.join(differs)}", field="trade_id")
+        raise Conflict(f"{what} {sent[key]!r} was recorded with different {', '.join(differs)}", field=key)
     return existing

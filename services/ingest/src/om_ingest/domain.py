@@ -15,10 +15,11 @@ class DomainError(Exception):
 
     status_code = 400
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, location: str = "body") -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.location = location  # "body" or "path": where the offending input was
 
 
 class NotFound(DomainError):
@@ -48,9 +49,9 @@ def check_new_market(created_at: datetime, close_at: datetime) -> None:
         raise Invalid(f"close_at ({close_at.isoformat()}) must be after created_at", field="close_at")
 
 
-def require(market: Market | None, market_id: str) -> Market:
+def require(market: Market | None, market_id: str, *, location: str = "body") -> Market:
     if market is None:
-        raise NotFound(f"market {market_id!r} does not exist", field="market_id")
+        raise NotFound(f"market {market_id!r} does not exist", field="market_id", location=location)
     return market
 
 

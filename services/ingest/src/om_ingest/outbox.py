@@ -19,7 +19,6 @@ tracer = trace.get_tracer(__name__)
 
 CHANNEL = "ingest_outbox"
 RELAY_LOCK_ID = 0x6F6D_0001  # any constant; one per relay kind
-JSON = {"content-type": "application/json"}
 
 
 async def publish_pending(db: Database, publisher: EventPublisher, batch_size: int) -> int:
@@ -36,8 +35,9 @@ async def publish_pending(db: Database, publisher: EventPublisher, batch_size: i
             for row in rows:
                 # Continue the trace of the request that wrote the event.
                 with tracer.start_as_current_span("outbox relay", context=propagate.extract(row["headers"])):
+                    headers = {"content-type": "application/json", "event_type": row["headers"]["event_type"]}
                     await publisher.publish_bytes(
-                        row["topic"], bytes(row["payload"]), key=row["key"].encode(), headers=JSON
+                        row["topic"], bytes(row["payload"]), key=row["key"].encode(), headers=headers
                     )
         if rows:
             await conn.execute("DELETE FROM outbox WHERE id = ANY(%s)", ([r["id"] for r in rows],))

@@ -10,4 +10,3 @@ class IngestSettings(ServiceSettings, PostgresSettings):
     #: The relay also polls this often, for events written by other replicas.
     outbox_poll_interval_s: float = 0.5
     outbox_batch_size: int = 500
-    max_batch_trades: int = 1000

@@ -111,6 +111,14 @@ async def recent_trades(conn: AsyncConnection, market_id: str, limit: int) -> li
     return await cur.fetchall()
 
 
+async def signal_row(conn: AsyncConnection, signal_id: str) -> dict[str, Any] | None:
+    cur = await conn.execute(
+        "SELECT signal_id, market_id, kind, source, text, sentiment, observed_at FROM signals WHERE signal_id = %s",
+        (signal_id,),
+    )
+    return await cur.fetchone()
+
+
 async def insert_signal(conn: AsyncConnection, s: dict[str, Any]) -> bool:
     cur = await conn.execute(
         "INSERT INTO signals (signal_id, market_id, kind, source, text, sentiment, observed_at) "
@@ -124,11 +132,14 @@ async def insert_signal(conn: AsyncConnection, s: dict[str, Any]) -> bool:
 async def enqueue(conn: AsyncConnection, topic: Topic, *events: BaseModel) -> None:
     """Write events to the outbox in the caller's transaction, with the current trace context, and wake
     the relay (PostgreSQL delivers the notification only if the transaction commits)."""
-    headers: dict[str, str] = {}
-    propagate.inject(headers)
+    trace: dict[str, str] = {}
+    propagate.inject(trace)
     async with conn.cursor() as cur:
         await cur.executemany(
             "INSERT INTO outbox (topic, key, payload, headers) VALUES (%s, %s, %s, %s)",
-            [(topic.name, key_of(topic, e).decode(), encode(e), json.dumps(headers)) for e in events],
+            [
+                (topic.name, key_of(topic, e).decode(), encode(e), json.dumps({**trace, "event_type": e.event_type}))
+                for e in events
+            ],
         )
     await conn.execute("SELECT pg_notify('ingest_outbox', '')")

@@ -23,10 +23,10 @@ def router(db: Database, redis: Redis) -> APIRouter:
             raise HTTPException(404, f"no prediction for market {market_id!r} yet")
         return _event(row)
 
-    @api.get("/markets/{market_id}/predictions", summary="Prediction history, newest first")
+    @api.get("/markets/{market_id}/predictions", response_model=list[PredictionMade], summary="History, newest first")
     async def history(market_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
         async with db.transaction() as conn:
-            return await store.history(conn, market_id, limit)
+            return [_event(row) for row in await store.history(conn, market_id, limit)]
 
     return api
 

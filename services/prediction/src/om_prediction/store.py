@@ -47,15 +47,22 @@ async def history(conn: AsyncConnection, market_id: str, limit: int) -> list[dic
     return await cur.fetchall()
 
 
+# Replace the cached prediction only with one from newer features, atomically (replicas may race, and
+# events can arrive out of order). The hash holds the prediction and its features' time in epoch seconds.
+_CACHE_IF_NEWER = """
+local cached = redis.call('HGET', KEYS[1], 'as_of')
+if cached and tonumber(cached) > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'as_of', ARGV[1], 'prediction', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
 async def cache_latest(redis: Redis, p: PredictionMade, ttl_s: int) -> None:
-    """Cache `p` unless a prediction from newer features is already cached (events can arrive out of order)."""
     key = KEYS.key("latest", p.market_id)
-    cached = await redis.get(key)
-    if cached and PredictionMade.model_validate_json(cached).features_as_of > p.features_as_of:
-        return
-    await redis.set(key, p.model_dump_json(), ex=ttl_s)
+    await redis.eval(_CACHE_IF_NEWER, 1, key, p.features_as_of.timestamp(), p.model_dump_json(), ttl_s)
 
 
 async def cached_latest(redis: Redis, market_id: str) -> PredictionMade | None:
-    raw = await redis.get(KEYS.key("latest", market_id))
+    raw = await redis.hget(KEYS.key("latest", market_id), "prediction")
     return PredictionMade.model_validate_json(raw) if raw else None

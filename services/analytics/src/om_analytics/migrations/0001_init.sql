@@ -7,7 +7,7 @@ CREATE TABLE markets (
     created_at            timestamptz,
     close_at              timestamptz,
     opening_price         double precision,
-    current_price         double precision NOT NULL,
+    current_price         double precision,  -- unknown until the market's creation or a trade is seen
     last_trade_at         timestamptz,
     total_volume          double precision NOT NULL DEFAULT 0,
     trade_count           integer NOT NULL DEFAULT 0,

@@ -55,8 +55,3 @@ CREATE TABLE outbox (
     headers    jsonb NOT NULL DEFAULT '{}',
     created_at timestamptz NOT NULL DEFAULT now()
 );
-
-CREATE TABLE processed_events (
-    event_id     text PRIMARY KEY,
-    processed_at timestamptz NOT NULL DEFAULT now()
-);
