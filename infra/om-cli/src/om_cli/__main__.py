@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
+import signal
 import sys
 import time
 from collections.abc import Coroutine
@@ -15,15 +17,20 @@ from om_cli import launcher
 
 def infra(args: argparse.Namespace) -> int:
     """Start only Kafka, PostgreSQL and Redis, print the environment to reach them, wait for Ctrl-C."""
-    from om_cli.embedded import Ports, start_infrastructure
+    from om_cli.embedded import PortInUse, Ports, ServerFailed, start_infrastructure
 
-    servers = start_infrastructure(
-        args.data_dir.resolve() / "infra", Ports(args.kafka_port, args.postgres_port, args.redis_port)
-    )
+    data_dir = args.data_dir.resolve() / "infra"
+    shutil.rmtree(data_dir, ignore_errors=True)  # the broker starts empty, so the database must too
+    signal.signal(signal.SIGTERM, launcher.interrupt)
+    try:
+        servers = start_infrastructure(data_dir, Ports(args.kafka_port, args.postgres_port, args.redis_port))
+    except (PortInUse, ServerFailed) as exc:
+        launcher.say(f"error: {exc}")
+        return 1
     try:
         for key, value in servers.env().items():
             print(f"export {key}={value}")
-        print("# Ctrl-C to stop", flush=True)
+        print("# paste these lines into another shell; Ctrl-C here stops the servers", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -45,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     down.set_defaults(run=launcher.down)
 
     servers = commands.add_parser("infra", help="start only Kafka, PostgreSQL and Redis, and print their URLs")
-    launcher.add_arguments(servers)
+    launcher.add_server_arguments(servers)
     servers.set_defaults(run=infra)
 
     simulate = commands.add_parser("simulate", help="drive a running platform with simulated markets and traders")

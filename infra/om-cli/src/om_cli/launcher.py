@@ -23,12 +23,16 @@ from om_cli.platform import SERVICES, Platform, ServicePorts
 DEFAULT_DATA_DIR = Path(os.environ.get("OM_DATA_DIR", ".om"))
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="local state (default .om/)")
-    parser.add_argument("--keep-data", action="store_true", help="keep PostgreSQL data from the previous run")
     parser.add_argument("--kafka-port", type=int, default=int(os.environ.get("OM_KAFKA_PORT", 9092)))
     parser.add_argument("--postgres-port", type=int, default=int(os.environ.get("OM_POSTGRES_PORT", 54320)))
     parser.add_argument("--redis-port", type=int, default=int(os.environ.get("OM_REDIS_PORT", 63790)))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_server_arguments(parser)
+    parser.add_argument("--keep-data", action="store_true", help="keep PostgreSQL data from the previous run")
     parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("OM_GATEWAY_PORT", 8000)))
     parser.add_argument(
         "--service-ports-from",
@@ -54,33 +58,36 @@ def _claim_pid_file(data_dir: Path) -> Path:
     path = _pid_file(data_dir)
     if path.exists():
         pid = int(path.read_text().strip() or 0)
-        if pid and _alive(pid):
+        if pid and process_alive(pid):
             raise SystemExit(f"om up is already running (pid {pid}); stop it with `make down`")
     data_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(str(os.getpid()))
     return path
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, exited but not yet reaped by its parent, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     return True
 
 
 def down(args: argparse.Namespace) -> int:
     path = _pid_file(args.data_dir)
-    if not path.exists() or not _alive(pid := int(path.read_text().strip() or 0)):
+    if not path.exists() or not process_alive(pid := int(path.read_text().strip() or 0)):
         say("nothing is running")
         return 0
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 60
-    while _alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    say("stopped" if not _alive(pid) else f"pid {pid} is still stopping; see {args.data_dir}/logs")
+    say("stopped" if not process_alive(pid) else f"pid {pid} is still stopping; see {args.data_dir}/logs")
     return 0
 
 
@@ -92,7 +99,7 @@ def up(args: argparse.Namespace) -> int:
         for sub in ("kafka", "postgres", "redis", "logs"):
             shutil.rmtree(data_dir / sub, ignore_errors=True)
     # SIGTERM (from `om down`) stops as gracefully as Ctrl-C.
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     infra = platform = None
     try:
         ports = Ports(args.kafka_port, args.postgres_port, args.redis_port)
@@ -113,7 +120,7 @@ def up(args: argparse.Namespace) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         say("stopping…")
-    except (PortInUse, ServerFailed, TimeoutError, RuntimeError) as exc:
+    except (PortInUse, ServerFailed, TimeoutError, RuntimeError) as exc:  # RuntimeError: a service exited
         say(f"error: {exc}")
         return 1
     finally:
@@ -129,7 +136,8 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def interrupt(signum: int, frame: object) -> None:
+    """SIGTERM handler: stop as gracefully as on Ctrl-C."""
     raise KeyboardInterrupt
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from om_cli.embedded import check_port_free
+
 # Start order: producers of what others need first; the gateway last (its readiness needs the others).
 SERVICES = ("ingest", "feature", "prediction", "analytics", "gateway")
 
@@ -64,6 +66,10 @@ class Platform:
     running: list[RunningService] = field(default_factory=list)
 
     def start(self, timeout_s: float = 60.0) -> None:
+        """Start every service and wait until each is ready. A taken port fails first (PortInUse): otherwise
+        whatever holds it might answer the readiness check in the service's place."""
+        for name in SERVICES:
+            check_port_free(self.ports.of(name), name, "choose other ports (see `om up --help`)")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             for name in SERVICES:
