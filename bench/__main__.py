@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import websockets
+
 from om_cli.embedded import Ports, free_port, start_infrastructure
 from om_cli.platform import Platform, ServicePorts
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
+
 from om_cli.embedded import free_port
 from om_cli.platform import Platform, ServicePorts
 from om_cli.testing import eventually

@@ -12,11 +12,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import om_contracts
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
+from pydantic import BaseModel, ValidationError
+
+import om_contracts
 from om_contracts import (
     TOPICS,
     DeadLetter,
@@ -45,7 +47,6 @@ from om_contracts import (
 )
 from om_contracts.generate import OUT_DIR, main, message_models
 from om_contracts.topics import MARKET_LIFECYCLE, MARKET_TRADES
-from pydantic import BaseModel, ValidationError
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 T0 = datetime(2025, 4, 1, 8, 0, tzinfo=UTC)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from om_cli.embedded import free_port
 from om_cli.launcher import process_alive
 

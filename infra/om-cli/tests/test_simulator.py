@@ -18,6 +18,7 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from om_cli.simulator import runner as runner_module
 from om_cli.simulator.agents import InformedStrategy, make_population
 from om_cli.simulator.lmsr import LMSR, logit

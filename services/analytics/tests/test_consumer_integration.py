@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from om_analytics.app import create_app
 from om_analytics.settings import AnalyticsSettings
 from om_cli.testing import app_client, consume_until, eventually, produce

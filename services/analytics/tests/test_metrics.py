@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from om_analytics import metrics
 
 NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC)

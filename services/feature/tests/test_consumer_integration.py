@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from om_cli.testing import app_client, consume_until, produce
 from om_contracts import MarketCreated, TradeExecuted, encode
 from om_feature.app import create_app

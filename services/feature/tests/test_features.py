@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from om_contracts import FeatureVectorComputed, MarketFeatures, decode, encode
 from om_contracts.topics import FEATURE_VECTORS
 from om_feature import features

@@ -6,6 +6,7 @@ import contextlib
 from datetime import UTC, datetime
 
 import pytest
+
 from om_cli.testing import app_client, eventually, produce
 from om_contracts import MarketSummary, SystemMetrics, SystemMetricsUpdated, encode
 from om_gateway.app import create_app

@@ -9,6 +9,7 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+
 from om_contracts import MarketMetricsUpdated, MarketSummary, SystemMetrics, SystemMetricsUpdated
 from om_gateway.api import _handle
 from om_gateway.live import Client, LiveHub, analytics_update, market_update

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from om_cli.testing import app_client, consume_until
 from om_ingest.app import create_app
 from om_ingest.settings import IngestSettings

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from om_cli.testing import app_client, consume_until, eventually, produce
 from om_contracts import FeatureVectorComputed, MarketFeatures, encode
 from om_prediction.app import create_app

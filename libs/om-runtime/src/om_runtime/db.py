@@ -15,11 +15,11 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import psycopg
-from om_contracts import Topic
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from om_contracts import Topic
 from om_runtime.kafka import BatchHandler, EventPublisher
 
 log = logging.getLogger(__name__)

@@ -24,11 +24,12 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.message import StreamMessage
-from om_contracts import DeadLetter, DecodeError, Topic, decode, encode, key_of, utcnow
-from om_contracts.topics import DEAD_LETTERS, TOPICS
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
+
+from om_contracts import DeadLetter, DecodeError, Topic, decode, encode, key_of, utcnow
+from om_contracts.topics import DEAD_LETTERS, TOPICS
 
 log = logging.getLogger(__name__)
 

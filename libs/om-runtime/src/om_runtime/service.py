@@ -2,8 +2,8 @@
 background loops run, and an HTTP app with probes and metrics — all closed again in reverse on shutdown.
 
     runtime = ServiceRuntime(settings)
-    runtime.add_resource(database, check=database.ping)
-    runtime.consume({MARKET_TRADES: handlers.on_trade})
+    runtime.add_resource(db, name="postgres", check=db.ping)
+    runtime.consume_in_transaction(db, {MARKET_TRADES: handlers.on_trade})
     app = runtime.create_app(title="feature", routers=[api])
 """
 
@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import APIRouter, FastAPI
-from om_contracts import Topic
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CollectorRegistry
 
+from om_contracts import Topic
 from om_runtime.http import Check, ops_router
 from om_runtime.kafka import BatchHandler, EventPublisher, Handler, consume, create_broker, dispatch, ensure_topics
 from om_runtime.settings import ServiceSettings

@@ -1,7 +1,6 @@
-from om_runtime.service import serve, setup_telemetry
-
 from om_analytics.app import create_app
 from om_analytics.settings import AnalyticsSettings
+from om_runtime.service import serve, setup_telemetry
 
 
 def main() -> None:

@@ -1,10 +1,10 @@
 """analytics' internal API: one market's metrics, and the platform's."""
 
 from fastapi import APIRouter, HTTPException
-from om_contracts import SystemMetricsUpdated, utcnow
 
 from om_analytics import store
 from om_analytics.handlers import AnalyticsHandlers
+from om_contracts import SystemMetricsUpdated, utcnow
 
 
 def router(handlers: AnalyticsHandlers) -> APIRouter:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
-from om_contracts.topics import MARKET_LIFECYCLE, MARKET_TRADES, PREDICTIONS
-from om_runtime.db import Database
-from om_runtime.service import ServiceRuntime
 
 from om_analytics import api
 from om_analytics.handlers import AnalyticsHandlers
 from om_analytics.settings import AnalyticsSettings
+from om_contracts.topics import MARKET_LIFECYCLE, MARKET_TRADES, PREDICTIONS
+from om_runtime.db import Database
+from om_runtime.service import ServiceRuntime
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -12,6 +12,9 @@ import asyncio
 import time
 from typing import Any
 
+from psycopg import AsyncConnection
+
+from om_analytics import store
 from om_contracts import (
     MarketCancelled,
     MarketClosed,
@@ -27,9 +30,6 @@ from om_contracts import (
 from om_contracts.topics import ANALYTICS_MARKET, ANALYTICS_SYSTEM
 from om_runtime.db import Database
 from om_runtime.kafka import EventPublisher
-from psycopg import AsyncConnection
-
-from om_analytics import store
 
 PRODUCER = "analytics"
 STATUS_AFTER = {MarketClosed: "closed", MarketResolved: "resolved", MarketCancelled: "cancelled"}

@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from psycopg import AsyncConnection
+
+from om_analytics.metrics import price_change_pct, window_start
 from om_contracts import (
     MarketCreated,
     MarketSummary,
@@ -12,9 +15,6 @@ from om_contracts import (
     SystemMetrics,
     TradeExecuted,
 )
-from psycopg import AsyncConnection
-
-from om_analytics.metrics import price_change_pct, window_start
 
 
 async def record_created(conn: AsyncConnection, e: MarketCreated) -> None:

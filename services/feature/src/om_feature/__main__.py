@@ -1,7 +1,6 @@
-from om_runtime.service import serve, setup_telemetry
-
 from om_feature.app import create_app
 from om_feature.settings import FeatureSettings
+from om_runtime.service import serve, setup_telemetry
 
 
 def main() -> None:

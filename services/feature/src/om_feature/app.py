@@ -6,14 +6,14 @@ import contextlib
 from pathlib import Path
 
 from fastapi import FastAPI
-from om_contracts.topics import MARKET_LIFECYCLE, MARKET_SIGNALS, MARKET_TRADES
-from om_runtime.cache import create_redis
-from om_runtime.db import Database
-from om_runtime.service import ServiceRuntime
 
+from om_contracts.topics import MARKET_LIFECYCLE, MARKET_SIGNALS, MARKET_TRADES
 from om_feature import api
 from om_feature.handlers import FeatureHandlers
 from om_feature.settings import FeatureSettings
+from om_runtime.cache import create_redis
+from om_runtime.db import Database
+from om_runtime.service import ServiceRuntime
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

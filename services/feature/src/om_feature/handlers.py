@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from psycopg import AsyncConnection
+from redis.asyncio import Redis
+
 from om_contracts import (
     FeatureVectorComputed,
     MarketCancelled,
@@ -20,12 +23,9 @@ from om_contracts import (
     derived_event_id,
 )
 from om_contracts.topics import FEATURE_VECTORS
-from om_runtime.kafka import EventPublisher
-from psycopg import AsyncConnection
-from redis.asyncio import Redis
-
 from om_feature import features, store
 from om_feature.features import MarketState
+from om_runtime.kafka import EventPublisher
 
 PRODUCER = "feature"
 STATUS_AFTER = {MarketClosed: "closed", MarketResolved: "resolved", MarketCancelled: "cancelled"}

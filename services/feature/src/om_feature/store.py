@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from om_contracts import FeatureVectorComputed
-from om_runtime.cache import KeySpace
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
 
+from om_contracts import FeatureVectorComputed
 from om_feature.features import MarketState
+from om_runtime.cache import KeySpace
 
 _STATE = TypeAdapter(MarketState)
 KEYS = KeySpace("feature")

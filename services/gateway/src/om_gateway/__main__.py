@@ -1,7 +1,6 @@
-from om_runtime.service import serve, setup_telemetry
-
 from om_gateway.app import create_app
 from om_gateway.settings import GatewaySettings
+from om_runtime.service import serve, setup_telemetry
 
 
 def main() -> None:

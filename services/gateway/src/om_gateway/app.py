@@ -6,13 +6,13 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
-from om_contracts.topics import ANALYTICS_MARKET, ANALYTICS_SYSTEM
-from om_runtime.service import ServiceRuntime
 
+from om_contracts.topics import ANALYTICS_MARKET, ANALYTICS_SYSTEM
 from om_gateway import api
 from om_gateway.live import LiveHub
 from om_gateway.settings import GatewaySettings
 from om_gateway.upstream import Upstreams
+from om_runtime.service import ServiceRuntime
 
 DASHBOARD = Path(__file__).parent / "static" / "dashboard.html"
 

@@ -1,5 +1,6 @@
-from om_runtime.settings import ServiceSettings
 from pydantic_settings import SettingsConfigDict
+
+from om_runtime.settings import ServiceSettings
 
 
 class GatewaySettings(ServiceSettings):

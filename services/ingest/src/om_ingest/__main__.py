@@ -1,7 +1,6 @@
-from om_runtime.service import serve, setup_telemetry
-
 from om_ingest.app import create_app
 from om_ingest.settings import IngestSettings
+from om_runtime.service import serve, setup_telemetry
 
 
 def main() -> None:

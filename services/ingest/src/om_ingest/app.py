@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
-from om_runtime.db import Database
-from om_runtime.service import ServiceRuntime
 
 from om_ingest import api
 from om_ingest.commands import Ingest
 from om_ingest.domain import DomainError
 from om_ingest.outbox import relay
 from om_ingest.settings import IngestSettings
+from om_runtime.db import Database
+from om_runtime.service import ServiceRuntime
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -17,11 +17,10 @@ from om_contracts import (
     utcnow,
 )
 from om_contracts.topics import MARKET_LIFECYCLE, MARKET_SIGNALS, MARKET_TRADES
-from om_runtime.db import Database
-
 from om_ingest import domain, store
 from om_ingest.domain import Conflict, Market
 from om_ingest.models import CancelIn, MarketIn, ResolveIn, SignalIn, TradeIn
+from om_runtime.db import Database
 
 PRODUCER = "ingest"
 

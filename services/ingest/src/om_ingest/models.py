@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from om_contracts.events import MarketId, Probability, UserId
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from om_contracts.events import MarketId, Probability, UserId
 
 
 class _In(BaseModel):

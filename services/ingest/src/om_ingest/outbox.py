@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 
 import psycopg
+from opentelemetry import propagate, trace
+
 from om_runtime.db import Database
 from om_runtime.kafka import EventPublisher
-from opentelemetry import propagate, trace
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)

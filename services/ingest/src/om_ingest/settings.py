@@ -1,5 +1,6 @@
-from om_runtime.settings import PostgresSettings, ServiceSettings
 from pydantic_settings import SettingsConfigDict
+
+from om_runtime.settings import PostgresSettings, ServiceSettings
 
 
 class IngestSettings(ServiceSettings, PostgresSettings):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from om_contracts import Topic, encode, key_of
 from opentelemetry import propagate
 from psycopg import AsyncConnection
 from pydantic import BaseModel
 
+from om_contracts import Topic, encode, key_of
 from om_ingest.domain import Market
 
 MARKET_COLUMNS = (

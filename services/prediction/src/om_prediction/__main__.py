@@ -1,7 +1,6 @@
-from om_runtime.service import serve, setup_telemetry
-
 from om_prediction.app import create_app
 from om_prediction.settings import PredictionSettings
+from om_runtime.service import serve, setup_telemetry
 
 
 def main() -> None:

@@ -3,11 +3,11 @@
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
-from om_contracts import PredictionMade
-from om_runtime.db import Database
 from redis.asyncio import Redis
 
+from om_contracts import PredictionMade
 from om_prediction import store
+from om_runtime.db import Database
 
 
 def router(db: Database, redis: Redis) -> APIRouter:

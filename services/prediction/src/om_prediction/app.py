@@ -6,14 +6,14 @@ import contextlib
 from pathlib import Path
 
 from fastapi import FastAPI
-from om_contracts.topics import FEATURE_VECTORS
-from om_runtime.cache import create_redis
-from om_runtime.db import Database
-from om_runtime.service import ServiceRuntime
 
+from om_contracts.topics import FEATURE_VECTORS
 from om_prediction import api
 from om_prediction.handlers import PredictionHandlers
 from om_prediction.settings import PredictionSettings
+from om_runtime.cache import create_redis
+from om_runtime.db import Database
+from om_runtime.service import ServiceRuntime
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from om_contracts import FeatureVectorComputed, PredictionMade, derived_event_id
-from om_contracts.topics import PREDICTIONS
-from om_runtime.kafka import EventPublisher
 from psycopg import AsyncConnection
 from redis.asyncio import Redis
 
+from om_contracts import FeatureVectorComputed, PredictionMade, derived_event_id
+from om_contracts.topics import PREDICTIONS
 from om_prediction import scoring, store
+from om_runtime.kafka import EventPublisher
 
 PRODUCER = "prediction"
 

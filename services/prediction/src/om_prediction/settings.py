@@ -1,5 +1,6 @@
-from om_runtime.settings import PostgresSettings, RedisSettings, ServiceSettings
 from pydantic_settings import SettingsConfigDict
+
+from om_runtime.settings import PostgresSettings, RedisSettings, ServiceSettings
 
 
 class PredictionSettings(ServiceSettings, PostgresSettings, RedisSettings):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from om_contracts import PredictionMade
-from om_runtime.cache import KeySpace
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from redis.asyncio import Redis
+
+from om_contracts import PredictionMade
+from om_runtime.cache import KeySpace
 
 KEYS = KeySpace("prediction")
 COLUMNS = (
