@@ -1,9 +1,10 @@
 """Kafka: the broker factory, topic provisioning, publishing events, and consumers that never stop on bad input.
 
 A consumer takes messages in batches and decodes each against its topic's contract. Bytes that are not a valid
-event go to the dead-letter topic with the reason and the original bytes, and the consumer carries on. Any other
-error is taken as transient: the batch is not committed and comes back, so nothing is lost (handlers are
-idempotent).
+event go to the dead-letter topic with the reason and the original bytes, and the consumer carries on. When the
+infrastructure fails (a connection, a timeout) the batch is not committed and comes back, however often: nothing
+is lost, and handlers are idempotent. When an event itself cannot be applied, it is found by applying the batch
+one event at a time, and dead-lettered with the error, so it never blocks the events behind it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from contextvars import ContextVar
@@ -19,6 +21,7 @@ from typing import Any
 
 from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
@@ -185,22 +188,49 @@ def consume(
         title=f"{consumer}:{','.join(by_name)}",
     )
     async def on_batch(bodies: list[bytes], msg: KafkaMessage) -> None:
-        events: list[tuple[Topic, Any]] = []
+        valid: list[tuple[Topic, Any, ConsumerRecord, bytes]] = []
         for record, body in zip(msg.raw_message, bodies, strict=True):
             topic = by_name[record.topic]
             try:
-                events.append((topic, decode(topic, body)))
+                valid.append((topic, decode(topic, body), record, body))
             except DecodeError as exc:
                 log.warning("dead-lettered a message from %s: %s", topic.name, exc.reason)
                 await publisher.dead_letter(consumer, record, body, exc.reason)
-        if not events:
+        if not valid:
             return
         try:
-            await process(events)
-        except Exception:
-            log.exception("handling %d event(s) failed; they will be redelivered", len(events))
-            await asyncio.sleep(RETRY_DELAY_S)
-            raise
+            await process([(topic, event) for topic, event, _, _ in valid])
+        except Exception as exc:
+            if is_transient(exc):
+                log.exception("handling %d event(s) failed; they will be redelivered", len(valid))
+                await asyncio.sleep(RETRY_DELAY_S)
+                raise
+            # Not the infrastructure: some event cannot be applied. Apply them one by one (each in its own
+            # transaction, already-applied ones are skipped as duplicates) and dead-letter those that fail.
+            log.warning("a batch of %d failed (%r); isolating the event(s) at fault", len(valid), exc)
+            for topic, event, record, body in valid:
+                try:
+                    await process([(topic, event)])
+                except Exception as one:
+                    if is_transient(one):
+                        await asyncio.sleep(RETRY_DELAY_S)
+                        raise
+                    reason = f"{topic.name} event {event.event_id} could not be applied: {type(one).__name__}: {one}"
+                    log.exception("dead-lettered: %s", reason)
+                    await publisher.dead_letter(consumer, record, body, reason)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an error says the infrastructure is unavailable (retry, never drop) rather than the event is
+    unusable. Connection and timeout errors of the network, Kafka, PostgreSQL and Redis count as transient."""
+    transient: tuple[type[BaseException], ...] = (OSError, TimeoutError, KafkaError)
+    for module, names in (
+        ("psycopg", ("OperationalError",)),
+        ("redis.exceptions", ("ConnectionError", "TimeoutError")),
+    ):
+        if found := sys.modules.get(module):  # only drivers the service imported can have raised
+            transient += tuple(getattr(found, name) for name in names)
+    return isinstance(exc, transient)
 
 
 def dispatch(handlers: Mapping[Topic, Handler]) -> BatchHandler:
