@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: A TCP port (0 lets the system choose).
+Port = Annotated[int, Field(ge=0, le=65535)]
 
 
 class ServiceSettings(BaseSettings):
@@ -14,7 +19,7 @@ class ServiceSettings(BaseSettings):
 
     service_name: str = "service"
     http_host: str = "127.0.0.1"
-    http_port: int = Field(default=8000, ge=0, le=65535)
+    http_port: Port = 8000
     log_level: str = "INFO"
 
     kafka_bootstrap_servers: str = Field(

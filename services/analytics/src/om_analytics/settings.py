@@ -1,13 +1,13 @@
 from pydantic_settings import SettingsConfigDict
 
-from om_runtime.settings import PostgresSettings, ServiceSettings
+from om_runtime.settings import Port, PostgresSettings, ServiceSettings
 
 
 class AnalyticsSettings(ServiceSettings, PostgresSettings):
     model_config = SettingsConfigDict(env_prefix="ANALYTICS_", extra="ignore")
 
     service_name: str = "analytics"
-    http_port: int = 8004
+    http_port: Port = 8004
     #: System metrics are published at most this often when something changed...
     system_interval_s: float = 1.0
     #: ...and at least this often regardless, since 24 h windows move with the clock.
