@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from om_analytics import metrics
+from om_contracts import PredictionMade, TradeExecuted
 
 NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
 
@@ -69,3 +70,51 @@ def test_window_start_is_24_hours_of_elapsed_time_across_offsets() -> None:
     local = NOW.astimezone(timezone(timedelta(hours=-5)))
     assert metrics.window_start(local) == datetime(2025, 6, 14, 12, 0, tzinfo=UTC)
     assert NOW - metrics.window_start(NOW) == timedelta(days=1)
+
+
+# --- batch aggregation ---------------------------------------------------------------------------------
+
+
+def _trade(market: str, user: str, amount: float, before: float, after: float, minutes: int) -> TradeExecuted:
+    return TradeExecuted(
+        occurred_at=NOW + timedelta(minutes=minutes), producer="t", trade_id=f"{market}-{user}-{minutes}",
+        market_id=market, user_id=user, outcome="YES", amount=amount, shares=1.0,
+        price_before=before, price_after=after,
+    )  # fmt: skip
+
+
+def test_trade_deltas_sum_per_market_and_take_the_latest_price_by_event_time() -> None:
+    trades = [
+        _trade("a", "u1", 10.0, 0.50, 0.60, minutes=5),
+        _trade("a", "u2", 5.0, 0.60, 0.40, minutes=1),  # arrives later but happened first
+        _trade("b", "u1", 2.0, 0.30, 0.35, minutes=2),
+    ]
+    deltas = {d.market_id: d for d in metrics.trade_deltas(trades, new_participants={("a", "u1"), ("a", "u2")})}
+    a = deltas["a"]
+    assert (a.volume, a.trades, a.new_participants) == (15.0, 2, 2)
+    assert (a.last_price, a.last_trade_at) == (0.60, NOW + timedelta(minutes=5))
+    assert a.opening_price == 0.60  # price_before of the earliest trade
+    assert (deltas["b"].new_participants, deltas["b"].last_price) == (0, 0.35)
+
+
+def test_on_a_tie_the_trade_given_last_sets_the_price() -> None:
+    trades = [_trade("a", "u1", 1.0, 0.5, 0.6, minutes=0), _trade("a", "u2", 1.0, 0.6, 0.7, minutes=0)]
+    [delta] = metrics.trade_deltas(trades, set())
+    assert delta.last_price == 0.7
+
+
+def test_user_activity_spans_first_to_last_trade() -> None:
+    trades = [_trade("a", "u1", 1.0, 0.5, 0.5, minutes=m) for m in (3, 1, 7)]
+    assert metrics.user_activity(trades) == {"u1": (NOW + timedelta(minutes=1), NOW + timedelta(minutes=7))}
+
+
+def test_latest_prediction_per_market_is_the_one_from_the_newest_features() -> None:
+    def prediction(market: str, p: float, minutes: int) -> PredictionMade:
+        at = NOW + timedelta(minutes=minutes)
+        return PredictionMade(
+            occurred_at=at, producer="t", market_id=market, probability=p, confidence=max(p, 1 - p),
+            risk_level="low", model_version="v", features_as_of=at,
+        )  # fmt: skip
+
+    latest = metrics.latest_predictions([prediction("a", 0.9, 5), prediction("a", 0.2, 1), prediction("b", 0.4, 0)])
+    assert {p.market_id: p.probability for p in latest} == {"a": 0.9, "b": 0.4}

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 #: Applies one event using the caller's transaction.
 TxHandler = Callable[[Any, psycopg.AsyncConnection], Awaitable[None]]
+#: Applies a batch's new events, in order, each with its topic, using the caller's transaction.
+TxBatchHandler = Callable[[list[tuple[Topic, Any]], psycopg.AsyncConnection], Awaitable[None]]
 
 
 def migrate(database_url: str, schema: str, migrations: Path) -> int:
@@ -85,16 +87,17 @@ class Database:
 def transactional(
     db: Database,
     publisher: EventPublisher,
-    handlers: Mapping[Topic, TxHandler],
+    handlers: Mapping[Topic, TxHandler] | TxBatchHandler,
     *,
     after_commit: Callable[[], None] | None = None,
 ) -> BatchHandler:
     """A batch handler that applies a batch's events in one transaction, each exactly once.
 
     The batch's event ids are claimed in `processed_events` in one statement; events already processed (a
-    redelivery, or a repeat within the batch) are skipped. Each remaining event is passed to its topic's
-    handler with the transaction's connection, so its effects commit together with its claim. What handlers
-    publish is confirmed by Kafka before the commit: a failure rolls the batch back and it is redelivered.
+    redelivery, or a repeat within the batch) are skipped. The remaining events go, with the transaction's
+    connection, either one by one to their topic's handler (a mapping) or all at once to a batch handler (a
+    callable, for services that save work by grouping), so their effects commit together with their claims.
+    What handlers publish is confirmed by Kafka before the commit: a failure rolls the batch back.
     """
 
     async def process(events: list[tuple[Topic, Any]]) -> None:
@@ -104,10 +107,17 @@ def transactional(
                 "RETURNING event_id",
                 ([str(e.event_id) for _, e in events],),
             )
-            fresh = {row["event_id"] for row in await cur.fetchall()}
+            claimed = {row["event_id"] for row in await cur.fetchall()}
+            fresh = []
             for topic, event in events:
-                if (event_id := str(event.event_id)) in fresh:
-                    fresh.discard(event_id)  # a repeat later in the same batch is a duplicate too
+                if (event_id := str(event.event_id)) in claimed:
+                    claimed.discard(event_id)  # a repeat later in the same batch is a duplicate too
+                    fresh.append((topic, event))
+            if not isinstance(handlers, Mapping):
+                if fresh:
+                    await handlers(fresh, conn)
+            else:
+                for topic, event in fresh:
                     await handlers[topic](event, conn)
         if after_commit is not None:
             after_commit()

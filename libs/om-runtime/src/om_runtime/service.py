@@ -28,7 +28,7 @@ from om_runtime.settings import ServiceSettings
 from om_runtime.telemetry import setup_logging, setup_tracing
 
 if TYPE_CHECKING:  # only services with a database import om_runtime.db (and psycopg)
-    from om_runtime.db import Database, TxHandler
+    from om_runtime.db import Database, TxBatchHandler, TxHandler
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,17 @@ class ServiceRuntime:
     def consume_in_transaction(
         self,
         db: Database,
-        handlers: Mapping[Topic, TxHandler],
+        handlers: Mapping[Topic, TxHandler] | TxBatchHandler,
         *,
+        topics: Collection[Topic] = (),
         after_commit: Callable[[], None] | None = None,
     ) -> None:
-        """Apply each batch of events in one transaction, each event exactly once (see db.transactional)."""
+        """Apply each batch of events in one transaction, each event exactly once (see db.transactional):
+        per event with a mapping of topic handlers, or as a whole with a batch handler and its `topics`."""
         from om_runtime.db import transactional
 
-        self._subscribe(handlers, transactional(db, self.publisher, handlers, after_commit=after_commit))
+        topics = handlers.keys() if isinstance(handlers, Mapping) else topics
+        self._subscribe(topics, transactional(db, self.publisher, handlers, after_commit=after_commit))
 
     def _subscribe(self, topics: Collection[Topic], process: BatchHandler, *, fanout: bool = False) -> None:
         consume(

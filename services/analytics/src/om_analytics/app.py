@@ -29,11 +29,8 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     handlers = AnalyticsHandlers(db, runtime.publisher, settings.top_markets)
     runtime.consume_in_transaction(
         db,
-        {
-            MARKET_LIFECYCLE: handlers.on_lifecycle,
-            MARKET_TRADES: handlers.on_trade,
-            PREDICTIONS: handlers.on_prediction,
-        },
+        handlers.apply_batch,
+        topics=(MARKET_LIFECYCLE, MARKET_TRADES, PREDICTIONS),
         after_commit=handlers.changed.set,
     )
     runtime.add_loop(

@@ -1,8 +1,8 @@
 """analytics' Kafka handlers and its system-metrics publisher.
 
-Events arrive in batches applied in one transaction that also marks each processed (om_runtime.db). Each
-updates the read models, then the market's new metrics are published under an id derived from the event's
-(so a redelivery is deduped downstream).
+Events arrive in batches applied in one transaction that also marks each processed (om_runtime.db). A batch
+updates the read models with a fixed number of statements, then each touched market's new metrics are
+published once, under an id derived from its last event in the batch (a redelivery is deduped downstream).
 System metrics are published by a loop, at most once per interval: a snapshot, not a per-trade stream.
 """
 
@@ -23,6 +23,7 @@ from om_contracts import (
     MarketResolved,
     PredictionMade,
     SystemMetricsUpdated,
+    Topic,
     TradeExecuted,
     derived_event_id,
     utcnow,
@@ -42,27 +43,23 @@ class AnalyticsHandlers:
         self.top_markets = top_markets
         self.changed = asyncio.Event()
 
-    async def on_lifecycle(self, event: Any, conn: AsyncConnection) -> None:
-        if isinstance(event, MarketCreated):
-            await store.record_created(conn, event)
-        else:
-            await store.record_status(conn, event.market_id, STATUS_AFTER[type(event)])
-        await self._publish_market(event, conn)
-
-    async def on_trade(self, event: TradeExecuted, conn: AsyncConnection) -> None:
-        await store.record_trade(conn, event)
-        await self._publish_market(event, conn)
-
-    async def on_prediction(self, event: PredictionMade, conn: AsyncConnection) -> None:
-        await store.record_prediction(conn, event)
-        await self._publish_market(event, conn)
-
-    async def _publish_market(self, event: Any, conn: AsyncConnection) -> None:
-        metrics = await store.market_metrics(conn, event.market_id, utcnow())
-        if metrics is not None:
+    async def apply_batch(self, events: list[tuple[Topic, Any]], conn: AsyncConnection) -> None:
+        """Apply a batch of new lifecycle events, trades and predictions in the caller's transaction, then
+        publish the metrics of each market the batch touched, once."""
+        for _, event in events:  # lifecycle events are rare and their order matters: one at a time
+            if isinstance(event, MarketCreated):
+                await store.record_created(conn, event)
+            elif type(event) in STATUS_AFTER:
+                await store.record_status(conn, event.market_id, STATUS_AFTER[type(event)])
+        await store.record_trades(conn, [e for _, e in events if isinstance(e, TradeExecuted)])
+        await store.record_predictions(conn, [e for _, e in events if isinstance(e, PredictionMade)])
+        last_event = {event.market_id: event for _, event in events}
+        for market_id, metrics in (await store.markets_metrics(conn, list(last_event), utcnow())).items():
+            source = last_event[market_id]
             update = MarketMetricsUpdated(
-                event_id=derived_event_id(event.event_id, PRODUCER),
-                occurred_at=event.occurred_at,
+                # Derived from the market's last event in the batch: a redelivered batch gives the same id.
+                event_id=derived_event_id(source.event_id, PRODUCER),
+                occurred_at=source.occurred_at,
                 producer=PRODUCER,
                 **metrics,
             )

@@ -7,7 +7,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from om_analytics.metrics import price_change_pct, window_start
+from om_analytics.metrics import latest_predictions, price_change_pct, trade_deltas, user_activity, window_start
 from om_contracts import (
     MarketCreated,
     MarketSummary,
@@ -42,55 +42,71 @@ async def record_status(conn: AsyncConnection, market_id: str, status: str) -> N
     )
 
 
-async def record_trade(conn: AsyncConnection, t: TradeExecuted) -> None:
-    """Add a trade to the market, its participants and the user. The caller has claimed the event."""
-    await conn.execute(
-        "INSERT INTO trades (trade_id, market_id, user_id, amount, price_after, executed_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-        (t.trade_id, t.market_id, t.user_id, t.amount, t.price_after, t.occurred_at),
-    )
+async def record_trades(conn: AsyncConnection, trades: list[TradeExecuted]) -> None:
+    """Add new trades to their markets, participants and users: a fixed number of statements per batch."""
+    if not trades:
+        return
     cur = await conn.execute(
-        "INSERT INTO participants (market_id, user_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-        (t.market_id, t.user_id),
+        "INSERT INTO trades (trade_id, market_id, user_id, amount, price_after, executed_at) "
+        "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], %s::timestamptz[]) "
+        "ON CONFLICT DO NOTHING RETURNING trade_id",
+        _columns(trades, "trade_id", "market_id", "user_id", "amount", "price_after", "occurred_at"),
     )
-    new_participant = cur.rowcount
+    inserted = {row["trade_id"] for row in await cur.fetchall()}
+    trades = [t for t in trades if t.trade_id in inserted]  # a trade id seen before counts once
+    if not trades:
+        return
+    cur = await conn.execute(
+        "INSERT INTO participants (market_id, user_id) SELECT * FROM unnest(%s::text[], %s::text[]) "
+        "ON CONFLICT DO NOTHING RETURNING market_id, user_id",
+        _columns(trades, "market_id", "user_id"),
+    )
+    newcomers = {(row["market_id"], row["user_id"]) for row in await cur.fetchall()}
+    activity = user_activity(trades)
     await conn.execute(
-        "INSERT INTO users (user_id, first_seen_at, last_trade_at) VALUES (%(u)s, %(at)s, %(at)s) "
-        "ON CONFLICT (user_id) DO UPDATE SET first_seen_at = least(users.first_seen_at, excluded.first_seen_at), "
-        "last_trade_at = greatest(users.last_trade_at, excluded.last_trade_at)",
-        {"u": t.user_id, "at": t.occurred_at},
+        "INSERT INTO users AS u (user_id, first_seen_at, last_trade_at) "
+        "SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) ON CONFLICT (user_id) DO UPDATE "
+        "SET first_seen_at = least(u.first_seen_at, excluded.first_seen_at), "
+        "last_trade_at = greatest(u.last_trade_at, excluded.last_trade_at)",
+        (list(activity), [f for f, _ in activity.values()], [last for _, last in activity.values()]),
     )
-    # A market first seen through a trade opens at the trade's price_before; the latest trade sets the price.
-    await conn.execute(
-        "INSERT INTO markets AS m (market_id, opening_price, current_price, last_trade_at, total_volume, "
-        "trade_count, participant_count) VALUES (%(id)s, %(before)s, %(after)s, %(at)s, %(amount)s, 1, %(new)s) "
-        "ON CONFLICT (market_id) DO UPDATE SET "
-        "total_volume = m.total_volume + %(amount)s, trade_count = m.trade_count + 1, "
-        "participant_count = m.participant_count + %(new)s, "
-        "current_price = CASE WHEN m.last_trade_at IS NULL OR %(at)s >= m.last_trade_at "
-        "  THEN %(after)s ELSE m.current_price END, "
-        "last_trade_at = greatest(m.last_trade_at, %(at)s)",
-        {
-            "id": t.market_id,
-            "before": t.price_before,
-            "after": t.price_after,
-            "at": t.occurred_at,
-            "amount": t.amount,
-            "new": new_participant,
-        },
-    )
+    # The latest trade by event time sets the price; a market first seen here opens at its first price_before.
+    async with conn.cursor() as c:
+        await c.executemany(
+            "INSERT INTO markets AS m (market_id, opening_price, current_price, last_trade_at, total_volume, "
+            "trade_count, participant_count) VALUES (%(market_id)s, %(opening_price)s, %(last_price)s, "
+            "%(last_trade_at)s, %(volume)s, %(trades)s, %(new_participants)s) "
+            "ON CONFLICT (market_id) DO UPDATE SET "
+            "total_volume = m.total_volume + excluded.total_volume, "
+            "trade_count = m.trade_count + excluded.trade_count, "
+            "participant_count = m.participant_count + excluded.participant_count, "
+            "opening_price = coalesce(m.opening_price, excluded.opening_price), "
+            "current_price = CASE WHEN m.last_trade_at IS NULL OR excluded.last_trade_at >= m.last_trade_at "
+            "  THEN excluded.current_price ELSE m.current_price END, "
+            "last_trade_at = greatest(m.last_trade_at, excluded.last_trade_at)",
+            [vars(d) for d in trade_deltas(trades, newcomers)],
+        )
 
 
-async def record_prediction(conn: AsyncConnection, p: PredictionMade) -> None:
-    """Keep the prediction from the newest features (predictions can arrive out of order, or before the market)."""
-    await conn.execute(
-        "INSERT INTO markets AS m (market_id, predicted_probability, model_version, predicted_as_of) "
-        "VALUES (%(id)s, %(p)s, %(v)s, %(at)s) ON CONFLICT (market_id) DO UPDATE SET "
-        "predicted_probability = excluded.predicted_probability, model_version = excluded.model_version, "
-        "predicted_as_of = excluded.predicted_as_of "
-        "WHERE m.predicted_as_of IS NULL OR m.predicted_as_of <= excluded.predicted_as_of",
-        {"p": p.probability, "v": p.model_version, "at": p.features_as_of, "id": p.market_id},
-    )
+def _columns(rows: list[Any], *names: str) -> tuple[list[Any], ...]:
+    return tuple([getattr(row, name) for row in rows] for name in names)
+
+
+async def record_predictions(conn: AsyncConnection, predictions: list[PredictionMade]) -> None:
+    """Keep each market's prediction from the newest features (they can arrive out of order, or before the
+    market itself)."""
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO markets AS m (market_id, predicted_probability, model_version, predicted_as_of) "
+            "VALUES (%(id)s, %(p)s, %(v)s, %(at)s) ON CONFLICT (market_id) DO UPDATE SET "
+            "predicted_probability = excluded.predicted_probability, model_version = excluded.model_version, "
+            "predicted_as_of = excluded.predicted_as_of "
+            "WHERE m.predicted_as_of IS NULL OR m.predicted_as_of <= excluded.predicted_as_of",
+            [
+                {"p": p.probability, "v": p.model_version, "at": p.features_as_of, "id": p.market_id}
+                for p in latest_predictions(predictions)
+            ],
+        )
 
 
 _MARKET_METRICS = """
@@ -118,12 +134,16 @@ def _metrics(row: dict[str, Any]) -> dict[str, Any]:
 
 async def market_metrics(conn: AsyncConnection, market_id: str, now: datetime) -> dict[str, Any] | None:
     """A market's metrics; None until its price is known (from its creation or a trade)."""
+    return (await markets_metrics(conn, [market_id], now)).get(market_id)
+
+
+async def markets_metrics(conn: AsyncConnection, market_ids: list[str], now: datetime) -> dict[str, dict[str, Any]]:
+    """Metrics of the markets whose price is known, by market id."""
     cur = await conn.execute(
-        _MARKET_METRICS + " WHERE m.market_id = %(id)s AND m.current_price IS NOT NULL",
-        {"since": window_start(now), "id": market_id},
+        _MARKET_METRICS + " WHERE m.market_id = ANY(%(ids)s) AND m.current_price IS NOT NULL",
+        {"since": window_start(now), "ids": market_ids},
     )
-    row = await cur.fetchone()
-    return _metrics(row) if row else None
+    return {row["market_id"]: _metrics(row) for row in await cur.fetchall()}
 
 
 async def system_metrics(conn: AsyncConnection, now: datetime) -> SystemMetrics:

@@ -26,9 +26,7 @@ def create_app(settings: FeatureSettings | None = None) -> FastAPI:
     runtime.add_resource(db, name="postgres", check=db.ping)
     runtime.add_resource(contextlib.aclosing(redis), name="redis", check=redis.ping)
     handlers = FeatureHandlers(redis, runtime.publisher)
-    runtime.consume_in_transaction(
-        db, {MARKET_LIFECYCLE: handlers.apply, MARKET_TRADES: handlers.apply, MARKET_SIGNALS: handlers.apply}
-    )
+    runtime.consume_in_transaction(db, handlers.apply_batch, topics=(MARKET_LIFECYCLE, MARKET_TRADES, MARKET_SIGNALS))
     return runtime.create_app(
         title="Opinion Market feature",
         description="Streaming per-market features (internal).",

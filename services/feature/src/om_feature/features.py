@@ -15,12 +15,22 @@ import bisect
 import statistics
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
-from om_contracts import MarketFeatures
+from om_contracts import (
+    MarketCancelled,
+    MarketClosed,
+    MarketCreated,
+    MarketFeatures,
+    MarketResolved,
+    SignalObserved,
+    TradeExecuted,
+)
 
 WINDOW = 20
 SENTIMENT_ALPHA = 0.3
 DAY_S = 86_400.0
+STATUS_AFTER = {MarketClosed: "closed", MarketResolved: "resolved", MarketCancelled: "cancelled"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,23 @@ def on_signal(state: MarketState, *, kind: str, sentiment: float | None) -> Mark
 
 def on_status(state: MarketState, status: str) -> MarketState:
     return replace(state, status=status)
+
+
+def apply(state: MarketState, event: Any, *, new_participant: bool = False) -> MarketState:
+    """The state after a lifecycle event, trade or signal. `new_participant`: the trade's user is new here."""
+    if isinstance(event, TradeExecuted):
+        return on_trade(
+            state,
+            price_after=event.price_after,
+            amount=event.amount,
+            executed_at=event.occurred_at,
+            new_participant=new_participant,
+        )
+    if isinstance(event, SignalObserved):
+        return on_signal(state, kind=event.kind, sentiment=event.sentiment)
+    if isinstance(event, MarketCreated):
+        return on_created(state, category=event.category, close_at=event.close_at, initial_price=event.initial_price)
+    return on_status(state, STATUS_AFTER[type(event)])
 
 
 def vector(state: MarketState, as_of: datetime) -> MarketFeatures:

@@ -1,4 +1,4 @@
-"""feature's Kafka handlers: apply each event to the market's state, then publish the new feature vector.
+"""feature's Kafka handler: apply each event to its market's state, then publish the new feature vector.
 
 Events arrive in batches applied in one transaction that also marks each event processed (om_runtime.db), so a
 redelivered event changes nothing. A vector's id is derived from its source event's: if the transaction fails
@@ -12,23 +12,13 @@ from typing import Any
 from psycopg import AsyncConnection
 from redis.asyncio import Redis
 
-from om_contracts import (
-    FeatureVectorComputed,
-    MarketCancelled,
-    MarketClosed,
-    MarketCreated,
-    MarketResolved,
-    SignalObserved,
-    TradeExecuted,
-    derived_event_id,
-)
+from om_contracts import FeatureVectorComputed, Topic, TradeExecuted, derived_event_id
 from om_contracts.topics import FEATURE_VECTORS
 from om_feature import features, store
 from om_feature.features import MarketState
 from om_runtime.kafka import EventPublisher
 
 PRODUCER = "feature"
-STATUS_AFTER = {MarketClosed: "closed", MarketResolved: "resolved", MarketCancelled: "cancelled"}
 
 
 class FeatureHandlers:
@@ -36,31 +26,28 @@ class FeatureHandlers:
         self.redis = redis
         self.publisher = publisher
 
-    async def apply(self, event: Any, conn: AsyncConnection) -> None:
-        """Apply a lifecycle event, trade or signal (in the caller's transaction, exactly once)."""
-        state = await store.lock_state(conn, event.market_id)
-        if isinstance(event, TradeExecuted):
-            new = await store.add_participant(conn, event.market_id, event.user_id)
-            state = features.on_trade(
-                state,
-                price_after=event.price_after,
-                amount=event.amount,
-                executed_at=event.occurred_at,
-                new_participant=new,
+    async def apply_batch(self, events: list[tuple[Topic, Any]], conn: AsyncConnection) -> None:
+        """Apply a batch of lifecycle events, trades and signals (new ones, in order, in the caller's
+        transaction): each market's state is loaded and saved once per batch, and each event that leaves its
+        market open yields a feature vector."""
+        states = await store.lock_states(conn, sorted({event.market_id for _, event in events}))
+        trades = [e for _, e in events if isinstance(e, TradeExecuted)]
+        newcomers = await store.add_participants(conn, [(t.market_id, t.user_id) for t in trades])
+        vectors = []
+        for _, event in events:
+            new_participant = False
+            if isinstance(event, TradeExecuted) and (event.market_id, event.user_id) in newcomers:
+                newcomers.discard((event.market_id, event.user_id))  # only their first trade is new
+                new_participant = True
+            state = states[event.market_id] = features.apply(
+                states[event.market_id], event, new_participant=new_participant
             )
-        elif isinstance(event, SignalObserved):
-            state = features.on_signal(state, kind=event.kind, sentiment=event.sentiment)
-        elif isinstance(event, MarketCreated):
-            state = features.on_created(
-                state, category=event.category, close_at=event.close_at, initial_price=event.initial_price
-            )
-        else:
-            state = features.on_status(state, STATUS_AFTER[type(event)])
-        await store.save_state(conn, state)
-        if state.status == "open":
-            vector = self._vector(state, event)
-            await store.save_snapshot(conn, vector)
-            await store.write_online(self.redis, vector)
+            if state.status == "open":
+                vectors.append(self._vector(state, event))
+        await store.save_states(conn, list(states.values()))
+        await store.save_snapshots(conn, vectors)
+        await store.write_online(self.redis, vectors)
+        for vector in vectors:
             await self.publisher.publish(FEATURE_VECTORS, vector)
 
     @staticmethod

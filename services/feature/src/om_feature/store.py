@@ -17,48 +17,69 @@ _STATE = TypeAdapter(MarketState)
 KEYS = KeySpace("feature")
 
 
-async def lock_state(conn: AsyncConnection, market_id: str) -> MarketState:
-    """The market's state, row-locked for this transaction; a fresh state if the market is new."""
+async def lock_states(conn: AsyncConnection, market_ids: list[str]) -> dict[str, MarketState]:
+    """The markets' states, row-locked for this transaction (in id order, so batches cannot deadlock);
+    a fresh state for a market seen for the first time."""
+    fresh = [Jsonb(_STATE.dump_python(MarketState(m), mode="json")) for m in market_ids]
     await conn.execute(
-        "INSERT INTO market_state (market_id, state) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-        (market_id, Jsonb(_STATE.dump_python(MarketState(market_id), mode="json"))),
+        "INSERT INTO market_state (market_id, state) SELECT * FROM unnest(%s::text[], %s::jsonb[]) "
+        "ON CONFLICT DO NOTHING",
+        (market_ids, fresh),
     )
-    cur = await conn.execute("SELECT state FROM market_state WHERE market_id = %s FOR UPDATE", (market_id,))
-    return _STATE.validate_python((await cur.fetchone())["state"])
-
-
-async def save_state(conn: AsyncConnection, state: MarketState) -> None:
-    await conn.execute(
-        "UPDATE market_state SET state = %s, updated_at = now() WHERE market_id = %s",
-        (Jsonb(_STATE.dump_python(state, mode="json")), state.market_id),
-    )
-
-
-async def add_participant(conn: AsyncConnection, market_id: str, user_id: str) -> bool:
     cur = await conn.execute(
-        "INSERT INTO participants (market_id, user_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-        (market_id, user_id),
+        "SELECT market_id, state FROM market_state WHERE market_id = ANY(%s) ORDER BY market_id FOR UPDATE",
+        (market_ids,),
     )
-    return cur.rowcount == 1
+    return {row["market_id"]: _STATE.validate_python(row["state"]) for row in await cur.fetchall()}
 
 
-async def save_snapshot(conn: AsyncConnection, v: FeatureVectorComputed) -> None:
-    await conn.execute(
-        "INSERT INTO feature_snapshots (event_id, market_id, as_of, source_event_id, features) "
-        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-        (
-            str(v.event_id),
-            v.market_id,
-            v.occurred_at,
-            v.source_event_id,
-            Jsonb(v.features.model_dump(mode="json")),
-        ),
+async def save_states(conn: AsyncConnection, states: list[MarketState]) -> None:
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "UPDATE market_state SET state = %s, updated_at = now() WHERE market_id = %s",
+            [(Jsonb(_STATE.dump_python(s, mode="json")), s.market_id) for s in states],
+        )
+
+
+async def add_participants(conn: AsyncConnection, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Record (market, user) pairs; return those not seen before."""
+    if not pairs:
+        return set()
+    cur = await conn.execute(
+        "INSERT INTO participants (market_id, user_id) SELECT * FROM unnest(%s::text[], %s::text[]) "
+        "ON CONFLICT DO NOTHING RETURNING market_id, user_id",
+        ([m for m, _ in pairs], [u for _, u in pairs]),
     )
+    return {(row["market_id"], row["user_id"]) for row in await cur.fetchall()}
 
 
-async def write_online(redis: Redis, v: FeatureVectorComputed) -> None:
+async def save_snapshots(conn: AsyncConnection, vectors: list[FeatureVectorComputed]) -> None:
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO feature_snapshots (event_id, market_id, as_of, source_event_id, features) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [
+                (
+                    str(v.event_id),
+                    v.market_id,
+                    v.occurred_at,
+                    v.source_event_id,
+                    Jsonb(v.features.model_dump(mode="json")),
+                )
+                for v in vectors
+            ],
+        )
+
+
+def _features(v: FeatureVectorComputed) -> Jsonb:
+    return Jsonb(v.features.model_dump(mode="json"))
+
+
+async def write_online(redis: Redis, vectors: list[FeatureVectorComputed]) -> None:
     """The latest vector per market, for low-latency reads (the prediction cache's inputs)."""
-    await redis.set(KEYS.key("market", v.market_id), v.model_dump_json())
+    latest = {KEYS.key("market", v.market_id): v.model_dump_json() for v in vectors}
+    if latest:
+        await redis.mset(latest)
 
 
 async def read_online(redis: Redis, market_id: str) -> dict | None:
