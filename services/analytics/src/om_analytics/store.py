@@ -95,6 +95,8 @@ def _columns(rows: list[Any], *names: str) -> tuple[list[Any], ...]:
 async def record_predictions(conn: AsyncConnection, predictions: list[PredictionMade]) -> None:
     """Keep each market's prediction from the newest features (they can arrive out of order, or before the
     market itself)."""
+    if not predictions:
+        return
     async with conn.cursor() as cur:
         await cur.executemany(
             "INSERT INTO markets AS m (market_id, predicted_probability, model_version, predicted_as_of) "

@@ -54,6 +54,8 @@ async def add_participants(conn: AsyncConnection, pairs: list[tuple[str, str]]) 
 
 
 async def save_snapshots(conn: AsyncConnection, vectors: list[FeatureVectorComputed]) -> None:
+    if not vectors:
+        return
     async with conn.cursor() as cur:
         await cur.executemany(
             "INSERT INTO feature_snapshots (event_id, market_id, as_of, source_event_id, features) "
