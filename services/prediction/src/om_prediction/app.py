@@ -31,7 +31,7 @@ def create_app(settings: PredictionSettings | None = None) -> FastAPI:
     runtime.add_resource(db, name="postgres", check=db.ping)
     runtime.add_resource(contextlib.aclosing(redis), name="redis", check=redis.ping)
     handlers = PredictionHandlers(redis, runtime.publisher, settings.cache_ttl_s)
-    runtime.consume_in_transaction(db, {FEATURE_VECTORS: handlers.on_vector})
+    runtime.consume_in_transaction(db, handlers.apply_batch, topics=(FEATURE_VECTORS,))
     return runtime.create_app(
         title="Opinion Market prediction",
         description="Calibrated predictions of each market's outcome (internal).",

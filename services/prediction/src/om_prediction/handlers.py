@@ -5,7 +5,7 @@ from __future__ import annotations
 from psycopg import AsyncConnection
 from redis.asyncio import Redis
 
-from om_contracts import FeatureVectorComputed, PredictionMade, derived_event_id
+from om_contracts import FeatureVectorComputed, PredictionMade, Topic, derived_event_id
 from om_contracts.topics import PREDICTIONS
 from om_prediction import scoring, store
 from om_runtime.kafka import EventPublisher
@@ -35,8 +35,10 @@ class PredictionHandlers:
         self.publisher = publisher
         self.cache_ttl_s = cache_ttl_s
 
-    async def on_vector(self, vector: FeatureVectorComputed, conn: AsyncConnection) -> None:
-        prediction = prediction_for(vector)
-        await store.save(conn, prediction)
-        await store.cache_latest(self.redis, prediction, self.cache_ttl_s)
-        await self.publisher.publish(PREDICTIONS, prediction)
+    async def apply_batch(self, events: list[tuple[Topic, FeatureVectorComputed]], conn: AsyncConnection) -> None:
+        """Predict each new vector (in the caller's transaction): record, cache and publish the predictions."""
+        predictions = [prediction_for(vector) for _, vector in events]
+        await store.save(conn, predictions)
+        await store.cache_latest(self.redis, predictions, self.cache_ttl_s)
+        for prediction in predictions:
+            await self.publisher.publish(PREDICTIONS, prediction)

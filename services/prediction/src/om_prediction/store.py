@@ -15,21 +15,25 @@ COLUMNS = (
 )
 
 
-async def save(conn: AsyncConnection, p: PredictionMade) -> None:
-    await conn.execute(
-        f"INSERT INTO predictions ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-        (
-            str(p.event_id),
-            p.market_id,
-            p.probability,
-            p.confidence,
-            p.risk_level,
-            p.model_version,
-            Jsonb([c.model_dump() for c in p.contributions]),
-            p.features_as_of,
-            p.produced_at,
-        ),
-    )
+async def save(conn: AsyncConnection, predictions: list[PredictionMade]) -> None:
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            f"INSERT INTO predictions ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [
+                (
+                    str(p.event_id),
+                    p.market_id,
+                    p.probability,
+                    p.confidence,
+                    p.risk_level,
+                    p.model_version,
+                    Jsonb([c.model_dump() for c in p.contributions]),
+                    p.features_as_of,
+                    p.produced_at,
+                )
+                for p in predictions
+            ],
+        )
 
 
 async def latest(conn: AsyncConnection, market_id: str) -> dict | None:
@@ -59,9 +63,13 @@ return 1
 """
 
 
-async def cache_latest(redis: Redis, p: PredictionMade, ttl_s: int) -> None:
-    key = KEYS.key("latest", p.market_id)
-    await redis.eval(_CACHE_IF_NEWER, 1, key, p.features_as_of.timestamp(), p.model_dump_json(), ttl_s)
+async def cache_latest(redis: Redis, predictions: list[PredictionMade], ttl_s: int) -> None:
+    """Offer each prediction to its market's cache entry, in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for p in predictions:
+            key = KEYS.key("latest", p.market_id)
+            pipe.eval(_CACHE_IF_NEWER, 1, key, p.features_as_of.timestamp(), p.model_dump_json(), ttl_s)
+        await pipe.execute()
 
 
 async def cached_latest(redis: Redis, market_id: str) -> PredictionMade | None:
