@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from om_contracts import FeatureVectorComputed, MarketFeatures, decode, encode
+from om_contracts import FeatureVectorComputed, MarketFeatures, SignalObserved, decode, encode
 from om_contracts.topics import FEATURE_VECTORS
 from om_feature import features
 from om_feature.features import SENTIMENT_ALPHA, WINDOW, MarketState
@@ -290,3 +290,19 @@ def test_vector_always_validates_as_market_features(
         occurred_at=T0, producer="feature", market_id="m-1", category="c", features=v, source_event_id="src"
     )
     assert decode(FEATURE_VECTORS, encode(event)).features == v
+
+
+def test_unscored_signal_text_is_scored_and_a_source_score_is_kept() -> None:
+    def signal(text: str, sentiment: float | None) -> SignalObserved:
+        return SignalObserved(
+            occurred_at=T0, producer="t", signal_id=text[:8], market_id="m-1", kind="news", source="wire",
+            text=text, sentiment=sentiment,
+        )  # fmt: skip
+
+    good = features.apply(MarketState("m-1"), signal("Great news: the bill passed with strong support", None))
+    bad = features.apply(MarketState("m-1"), signal("Terrible setback, the bill failed and support collapsed", None))
+    kept = features.apply(MarketState("m-1"), signal("Great news: the bill passed with strong support", -0.25))
+    assert good.news_sentiment is not None and good.news_sentiment > 0.3
+    assert bad.news_sentiment is not None and bad.news_sentiment < -0.3
+    assert kept.news_sentiment == -0.25
+    assert good.social_sentiment is None

@@ -6,7 +6,8 @@ Definitions (also in docs/features.md):
 - days_remaining: (close_at - as_of) in days, never below 0; unknown until the market's creation is seen.
 - price_volatility: population standard deviation of the last `WINDOW` trade prices by event time (needs 2).
 - momentum_indicator: the newest minus the oldest price in that window.
-- social_sentiment / news_sentiment: exponentially weighted mean (alpha 0.3) of scored signals of that kind.
+- social_sentiment / news_sentiment: exponentially weighted mean (alpha 0.3) of the sentiment of that kind's
+  signals: the source's score when it gave one, else the text's VADER compound score (om_feature.sentiment).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from om_contracts import (
     SignalObserved,
     TradeExecuted,
 )
+from om_feature import sentiment
 
 WINDOW = 20
 SENTIMENT_ALPHA = 0.3
@@ -103,7 +105,8 @@ def apply(state: MarketState, event: Any, *, new_participant: bool = False) -> M
             new_participant=new_participant,
         )
     if isinstance(event, SignalObserved):
-        return on_signal(state, kind=event.kind, sentiment=event.sentiment)
+        scored = event.sentiment if event.sentiment is not None else sentiment.score(event.text)
+        return on_signal(state, kind=event.kind, sentiment=scored)
     if isinstance(event, MarketCreated):
         return on_created(state, category=event.category, close_at=event.close_at, initial_price=event.initial_price)
     return on_status(state, STATUS_AFTER[type(event)])
