@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, ClassVar
+from typing import Annotated
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -22,12 +22,9 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: Major version of the payload; a breaking change is a new model on a new topic.
-    SCHEMA_VERSION: ClassVar[int] = 1
-
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4, description="Unique id; consumers dedupe on it.")
     event_type: str
-    schema_version: int = Field(default=1, ge=1)
+    schema_version: int = Field(default=1, ge=1, description="Major version; a breaking change is a new topic.")
     occurred_at: UtcDatetime = Field(description="Event time (UTC): when it happened in the domain.")
     produced_at: UtcDatetime = Field(default_factory=utcnow, description="When the producer emitted it.")
     producer: str = Field(min_length=1, description="Service that produced the event.")

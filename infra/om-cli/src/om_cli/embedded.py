@@ -7,7 +7,6 @@ and is stopped by its PID when the caller is done. Nothing is downloaded: the bi
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import pwd
@@ -17,7 +16,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -339,12 +338,3 @@ def start_infrastructure(
         redis_url=environ.get("REDIS_URL") or urls["redis"],
         started=started,
     )
-
-
-@contextlib.contextmanager
-def infrastructure(data_dir: Path, ports: Ports | None = None) -> Iterator[Infrastructure]:
-    infra = start_infrastructure(data_dir, ports)
-    try:
-        yield infra
-    finally:
-        infra.stop()

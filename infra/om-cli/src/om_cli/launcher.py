@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -174,13 +173,3 @@ async def _simulate(gateway_url: str, args: argparse.Namespace) -> None:
     say(f"simulator: {args.markets} markets, {args.rate:g} trades/s, seed {seed}")
     with contextlib.suppress(asyncio.CancelledError):
         await simulate(gateway_url, rate=args.rate, markets=args.markets, seed=seed, duration_s=None)
-
-
-def main_up(argv: list[str] | None = None) -> int:  # pragma: no cover - thin wrapper for direct use
-    parser = argparse.ArgumentParser(prog="om up")
-    add_arguments(parser)
-    return up(parser.parse_args(argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main_up())

@@ -73,10 +73,6 @@ async def save_snapshots(conn: AsyncConnection, vectors: list[FeatureVectorCompu
         )
 
 
-def _features(v: FeatureVectorComputed) -> Jsonb:
-    return Jsonb(v.features.model_dump(mode="json"))
-
-
 async def write_online(redis: Redis, vectors: list[FeatureVectorComputed]) -> None:
     """The latest vector per market, for low-latency reads (the prediction cache's inputs)."""
     latest = {KEYS.key("market", v.market_id): v.model_dump_json() for v in vectors}
