@@ -1,20 +1,37 @@
 """The public REST API under /api/v1 and the live WebSocket. Queries are answered by the service that owns
-the data; writes are forwarded to ingest, whose validation errors (422, with field detail) pass through."""
+the data. Writes are validated here against the shared API models (om_contracts.api), so bad input gets its 422
+at the edge, then forwarded to ingest, whose rule violations (404, 409) pass through."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Path, Query, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Path, Query, Request, Response, WebSocket, WebSocketDisconnect
 
+from om_contracts import PredictionMade, SystemMetricsUpdated
+from om_contracts.api import (
+    CancelIn,
+    MarketIn,
+    MarketOut,
+    ResolveIn,
+    SignalIn,
+    SignalOut,
+    TradeBatchIn,
+    TradeBatchOut,
+    TradeIn,
+    TradeOut,
+)
 from om_gateway.live import Client, LiveHub
 from om_gateway.upstream import Upstreams
 
 MarketIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-JsonBody = Annotated[dict[str, Any], Body(description="See ingest's API for the fields; unknown fields get 422.")]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Unknown market"},
+    409: {"description": "Conflicts with the market's state, or a replayed id with different fields"},
+}
 
 
 def router(up: Upstreams, hub: LiveHub) -> APIRouter:
@@ -26,50 +43,86 @@ def router(up: Upstreams, hub: LiveHub) -> APIRouter:
 
     # --- writes and reads of the system of record (ingest) ---------------------------------------
 
-    @api.post("/markets", tags=["markets"], status_code=201, summary="Create a market")
-    async def create_market(request: Request, _: JsonBody) -> Response:
+    # The body parameters (`_`) make FastAPI validate and document the request; the original bytes go on.
+
+    @api.post("/markets", tags=["markets"], status_code=201, response_model=MarketOut, responses=ERRORS)
+    async def create_market(request: Request, _: MarketIn) -> Response:
+        """Create a binary market, open for trading until `close_at`."""
         return await to_ingest("POST", "/markets", request)
 
-    @api.get("/markets", tags=["markets"], summary="List markets (filter with ?status=open)")
-    async def list_markets(request: Request) -> Response:
+    @api.get("/markets", tags=["markets"], response_model=list[MarketOut])
+    async def list_markets(
+        request: Request,
+        status: Literal["open", "closed", "resolved", "cancelled"] | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> Response:
+        """List markets, newest first."""
         return await to_ingest("GET", "/markets", request)
 
-    @api.get("/markets/{market_id}", tags=["markets"], summary="One market")
+    @api.get("/markets/{market_id}", tags=["markets"], response_model=MarketOut, responses=ERRORS)
     async def get_market(market_id: MarketIdPath, request: Request) -> Response:
+        """One market, with its current price and status."""
         return await to_ingest("GET", f"/markets/{market_id}", request)
 
-    @api.get("/markets/{market_id}/trades", tags=["markets"], summary="A market's latest trades")
-    async def market_trades(market_id: MarketIdPath, request: Request) -> Response:
+    @api.get("/markets/{market_id}/trades", tags=["markets"], response_model=list[TradeOut])
+    async def market_trades(
+        market_id: MarketIdPath, request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> Response:
+        """A market's latest trades, newest first."""
         return await to_ingest("GET", f"/markets/{market_id}/trades", request)
 
-    for action in ("close", "resolve", "cancel"):
+    @api.post("/markets/{market_id}/close", tags=["markets"], response_model=MarketOut, responses=ERRORS)
+    async def close_market(market_id: MarketIdPath, request: Request) -> Response:
+        """Stop trading; the outcome is not known yet."""
+        return await to_ingest("POST", f"/markets/{market_id}/close", request)
 
-        async def lifecycle(market_id: MarketIdPath, request: Request, _action: str = action) -> Response:
-            return await to_ingest("POST", f"/markets/{market_id}/{_action}", request)
+    @api.post("/markets/{market_id}/resolve", tags=["markets"], response_model=MarketOut, responses=ERRORS)
+    async def resolve_market(market_id: MarketIdPath, request: Request, _: ResolveIn) -> Response:
+        """Settle the market: YES (1), NO (0) or MKT at a probability."""
+        return await to_ingest("POST", f"/markets/{market_id}/resolve", request)
 
-        api.add_api_route(
-            f"/markets/{{market_id}}/{action}",
-            lifecycle,
-            methods=["POST"],
-            tags=["markets"],
-            summary=f"{action.capitalize()} a market",
-        )
+    @api.post("/markets/{market_id}/cancel", tags=["markets"], response_model=MarketOut, responses=ERRORS)
+    async def cancel_market(market_id: MarketIdPath, request: Request, _: CancelIn | None = None) -> Response:
+        """Void the market; it will have no outcome."""
+        return await to_ingest("POST", f"/markets/{market_id}/cancel", request)
 
-    @api.post("/trades", tags=["trades"], status_code=201, summary="Record a trade")
-    async def record_trade(request: Request, _: JsonBody) -> Response:
+    @api.post(
+        "/trades",
+        tags=["trades"],
+        status_code=201,
+        response_model=TradeOut,
+        responses={**ERRORS, 200: {"description": "Replay of a recorded trade_id; nothing changed"}},
+    )
+    async def record_trade(request: Request, _: TradeIn) -> Response:
+        """Record a trade; `trade_id` makes retries safe."""
         return await to_ingest("POST", "/trades", request)
 
-    @api.post("/trades/batch", tags=["trades"], status_code=201, summary="Record up to 1000 trades at once")
-    async def record_trades(request: Request, _: JsonBody) -> Response:
+    @api.post("/trades/batch", tags=["trades"], status_code=201, response_model=TradeBatchOut, responses=ERRORS)
+    async def record_trades(request: Request, _: TradeBatchIn) -> Response:
+        """Record up to 1000 trades at once: all of them, or none if any breaks a rule."""
         return await to_ingest("POST", "/trades/batch", request)
 
-    @api.post("/signals", tags=["signals"], status_code=201, summary="Record a social or news signal")
-    async def record_signal(request: Request, _: JsonBody) -> Response:
+    @api.post(
+        "/signals",
+        tags=["signals"],
+        status_code=201,
+        response_model=SignalOut,
+        responses={**ERRORS, 200: {"description": "Replay of a recorded signal_id; nothing changed"}},
+    )
+    async def record_signal(request: Request, _: SignalIn) -> Response:
+        """Record a social post or news item about a market."""
         return await to_ingest("POST", "/signals", request)
 
     # --- AI analytics (prediction and analytics services) ----------------------------------------
 
-    @api.get("/ai-analytics/predictions/{market_id}", tags=["ai-analytics"], summary="A market's prediction")
+    @api.get(
+        "/ai-analytics/predictions/{market_id}",
+        tags=["ai-analytics"],
+        summary="A market's prediction",
+        response_model=PredictionMade,
+        responses={404: {"description": "No prediction for this market yet"}},
+    )
     async def prediction(market_id: MarketIdPath) -> Response:
         return await up.forward("prediction", "GET", f"/v1/markets/{market_id}/prediction")
 
@@ -83,7 +136,12 @@ def router(up: Upstreams, hub: LiveHub) -> APIRouter:
     async def market_analytics(market_id: MarketIdPath) -> Response:
         return await up.forward("analytics", "GET", f"/v1/markets/{market_id}/metrics")
 
-    @api.get("/ai-analytics/analytics/system", tags=["ai-analytics"], summary="Platform metrics, top markets")
+    @api.get(
+        "/ai-analytics/analytics/system",
+        tags=["ai-analytics"],
+        summary="Platform metrics, top markets",
+        response_model=SystemMetricsUpdated,
+    )
     async def system_analytics() -> Response:
         return await up.forward("analytics", "GET", "/v1/system/metrics")
 

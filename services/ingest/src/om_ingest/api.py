@@ -7,10 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from om_ingest import store
-from om_ingest.commands import Ingest
-from om_ingest.domain import DomainError, NotFound
-from om_ingest.models import (
+from om_contracts.api import (
     CancelIn,
     MarketIn,
     MarketOut,
@@ -22,6 +19,9 @@ from om_ingest.models import (
     TradeIn,
     TradeOut,
 )
+from om_ingest import store
+from om_ingest.commands import Ingest
+from om_ingest.domain import DomainError, NotFound
 
 ERRORS = {404: {"description": "Not found"}, 409: {"description": "Conflicts with the market's state"}}
 

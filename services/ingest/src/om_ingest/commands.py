@@ -16,10 +16,10 @@ from om_contracts import (
     TradeExecuted,
     utcnow,
 )
+from om_contracts.api import CancelIn, MarketIn, ResolveIn, SignalIn, TradeIn
 from om_contracts.topics import MARKET_LIFECYCLE, MARKET_SIGNALS, MARKET_TRADES
 from om_ingest import domain, store
 from om_ingest.domain import Conflict, Market
-from om_ingest.models import CancelIn, MarketIn, ResolveIn, SignalIn, TradeIn
 from om_runtime.db import Database
 
 PRODUCER = "ingest"

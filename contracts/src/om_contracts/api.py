@@ -1,4 +1,7 @@
-"""Request and response bodies of ingest's HTTP API. Unknown fields are refused, so typos fail loudly."""
+"""The public write API's request and response bodies: served by the gateway, implemented by ingest.
+
+Defined once here so the gateway validates and documents exactly what ingest accepts. Unknown fields are
+refused, so typos fail loudly (422, naming the field)."""
 
 from __future__ import annotations
 
