@@ -22,6 +22,9 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from om_contracts import DecodeError, Topic, decode
@@ -33,6 +36,13 @@ log = logging.getLogger(__name__)
 
 #: Applies deliveries and, in the same unit of work, records `offsets` (next offset per partition) as consumed.
 DeliveryProcessor = Callable[[list[Delivery], Mapping[Partition, int]], Awaitable[None]]
+
+#: Links from a batch's span to the traces of its events, at most (a span with thousands of links costs more
+#: than it tells).
+MAX_LINKS = 64
+
+_tracer = trace.get_tracer("om_runtime.consumer")
+_propagator = TraceContextTextMapPropagator()
 
 #: Attempts at an event applied alone before it is judged poison.
 POISON_ATTEMPTS = 3
@@ -271,31 +281,39 @@ class GroupConsumer:
             records = [r for tp, rs in batch.items() if tp in assignment for r in rs]
             if not records:
                 return
-            batch_end = _next_offsets(records)
-            deliveries: list[Delivery] = []
-            for record in records:
-                topic = self.by_name[record.topic]
-                try:
-                    deliveries.append(_delivery(topic, record))
-                except DecodeError as exc:
-                    log.warning("dead-lettered a message from %s: %s", topic.name, exc.reason)
-                    await self.publisher.dead_letter(self.group, record, record.value or b"", exc.reason)
-                    self.metrics.dead_letters.labels(self.group, topic.name, "decode").inc()
-            done = await self._apply(deliveries, batch_end, epoch)
-        if done:
-            for tp, records_of_tp in batch.items():
-                if records_of_tp and (hw := consumer.highwater(tp)) is not None:
-                    self.metrics.lag.labels(self.group, tp.topic, str(tp.partition)).set(
-                        max(0, hw - records_of_tp[-1].offset - 1)
-                    )
-            with contextlib.suppress(Exception):  # Kafka's copy is for lag reports only
-                await consumer.commit(
-                    {
-                        TopicPartition(t, p): o
-                        for (t, p), o in batch_end.items()
-                        if TopicPartition(t, p) in consumer.assignment()
-                    }
-                )
+            # One span per batch, linked to each event's trace, rather than one per event.
+            with _tracer.start_as_current_span(
+                f"{self.group} process",
+                kind=SpanKind.CONSUMER,
+                links=_links(records),
+                attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(records)},
+            ):
+                batch_end = _next_offsets(records)
+                deliveries = await self._decode(records)
+                if not await self._apply(deliveries, batch_end, epoch):
+                    return
+        for tp, records_of_tp in batch.items():
+            if records_of_tp and (hw := consumer.highwater(tp)) is not None:
+                lag = max(0, hw - records_of_tp[-1].offset - 1)
+                self.metrics.lag.labels(self.group, tp.topic, str(tp.partition)).set(lag)
+        # Kafka's copy of the offsets serves lag reports (om status, tools) only.
+        assigned = consumer.assignment()
+        committed = {tp: o for (t, p), o in batch_end.items() if (tp := TopicPartition(t, p)) in assigned}
+        with contextlib.suppress(Exception):
+            await consumer.commit(committed)
+
+    async def _decode(self, records: list[Any]) -> list[Delivery]:
+        """Decode each record once; dead-letter those that are not valid events (poison by definition)."""
+        deliveries: list[Delivery] = []
+        for record in records:
+            topic = self.by_name[record.topic]
+            try:
+                deliveries.append(_delivery(topic, record))
+            except DecodeError as exc:
+                log.warning("dead-lettered a message from %s: %s", topic.name, exc.reason)
+                await self.publisher.dead_letter(self.group, record, record.value or b"", exc.reason)
+                self.metrics.dead_letters.labels(self.group, topic.name, "decode").inc()
+        return deliveries
 
     async def _apply(self, deliveries: list[Delivery], batch_end: Mapping[Partition, int], epoch: int) -> bool:
         """Apply a batch; return False when a rebalance made it stale on the way (it will be fetched again)."""
@@ -423,6 +441,17 @@ def _delivery(topic: Topic, record: Any) -> Delivery:
         else datetime.now(UTC),
         record=record,
     )
+
+
+def _links(records: list[Any]) -> list[Link]:
+    links = []
+    for record in records[:MAX_LINKS]:
+        carrier = {k: v.decode(errors="replace") for k, v in record.headers or () if k == "traceparent"}
+        if carrier:
+            context = trace.get_current_span(_propagator.extract(carrier)).get_span_context()
+            if context.is_valid:
+                links.append(Link(context))
+    return links
 
 
 def _next_offsets(records: list[Any]) -> dict[Partition, int]:

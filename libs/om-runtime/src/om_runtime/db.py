@@ -57,8 +57,17 @@ def migrate(database_url: str, schema: str, migrations: Path) -> int:
 class Database:
     """A connection pool whose connections see only the service's schema (via `search_path`)."""
 
-    def __init__(self, database_url: str, *, schema: str, migrations: Path, pool_size: int = 5) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        schema: str,
+        migrations: Path,
+        pool_size: int = 5,
+        read_url: str | None = None,
+    ) -> None:
         self.url = database_url
+        self.read_url = read_url
         self.schema = schema
         self.migrations = migrations
         self.pool = AsyncConnectionPool(
@@ -68,14 +77,30 @@ class Database:
             open=False,
             kwargs={"options": f"-c search_path={schema}", "row_factory": dict_row},
         )
+        #: Connections to the read replica (DATABASE_READ_URL) for query paths; the primary's pool without one.
+        self.read_pool = (
+            AsyncConnectionPool(
+                read_url,
+                min_size=1,
+                max_size=pool_size,
+                open=False,
+                kwargs={"options": f"-c search_path={schema}", "row_factory": dict_row},
+            )
+            if read_url
+            else self.pool
+        )
 
     async def __aenter__(self) -> Database:
         await asyncio.to_thread(migrate, self.url, self.schema, self.migrations)
         await asyncio.to_thread(self._ensure_runtime_tables)
         await self.pool.open(wait=True, timeout=30)
+        if self.read_pool is not self.pool:
+            await self.read_pool.open(wait=True, timeout=30)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.read_pool is not self.pool:
+            await self.read_pool.close()
         await self.pool.close()
 
     def _ensure_runtime_tables(self) -> None:
@@ -87,6 +112,13 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection]:
         async with self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A connection for queries: the read replica's when DATABASE_READ_URL is set (it may lag the primary by
+        replication delay), else the primary's."""
+        async with self.read_pool.connection() as conn:
             yield conn
 
     async def ping(self) -> None:

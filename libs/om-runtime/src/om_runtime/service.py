@@ -54,7 +54,11 @@ class ServiceRuntime:
         self.kafka_required = kafka_required
         self.registry = CollectorRegistry()
         self.broker = create_broker(
-            settings.kafka_bootstrap_servers, client_id=settings.service_name, registry=self.registry
+            settings.kafka_bootstrap_servers,
+            client_id=settings.service_name,
+            registry=self.registry,
+            linger_ms=settings.kafka_linger_ms,
+            compression_type=settings.kafka_compression_type,
         )
         self.publisher = EventPublisher(self.broker)
         self.checks: dict[str, Check] = {"kafka": self._kafka_ready}
