@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from om_contracts import utcnow
+from om_contracts.topics import MARKET_LIFECYCLE, MARKET_SIGNALS, MARKET_TRADES
 from om_ingest import api, store
 from om_ingest.commands import Ingest
 from om_ingest.domain import DomainError
@@ -17,10 +18,13 @@ from om_ingest.outbox import relay
 from om_ingest.readdb import ReadDatabase
 from om_ingest.settings import IngestSettings
 from om_runtime.db import Database
+from om_runtime.kafka import ensure_topics
 from om_runtime.service import ServiceRuntime
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 EXPIRY_SWEEP_S = 600.0
+#: The topics the outbox publishes to (re-created if the broker lost them).
+PRODUCED = (MARKET_LIFECYCLE, MARKET_TRADES, MARKET_SIGNALS)
 
 
 def create_app(settings: IngestSettings | None = None) -> FastAPI:
@@ -39,6 +43,11 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
             runtime.publisher,
             batch_size=settings.outbox_batch_size,
             poll_interval_s=settings.outbox_poll_interval_s,
+            shards=settings.outbox_relays,
+            confirm_timeout_s=settings.outbox_confirm_timeout_s,
+            after_failure=lambda: ensure_topics(
+                settings.kafka_bootstrap_servers, PRODUCED, replication_factor=settings.kafka_replication_factor
+            ),
         ),
     )
     runtime.add_loop("idempotency-expiry", lambda: forget_expired_keys(db))

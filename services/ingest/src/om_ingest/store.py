@@ -176,16 +176,25 @@ async def forget_expired_idempotency_keys(conn: AsyncConnection, now: datetime) 
 
 
 async def enqueue(conn: AsyncConnection, topic: Topic, *events: BaseModel) -> None:
-    """Write events to the outbox in the caller's transaction, with the current trace context, and wake
-    the relay (PostgreSQL delivers the notification only if the transaction commits)."""
+    """Write events to the outbox in the caller's transaction (one statement), with the current trace context,
+    and wake the relay (PostgreSQL delivers the notification only if the transaction commits).
+
+    Each row's `slot` (0..63) is a hash of its Kafka key: a market's events share a slot, which one relay
+    publishes at a time, in id order (see outbox.py)."""
     trace: dict[str, str] = {}
     propagate.inject(trace)
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO outbox (topic, key, payload, headers) VALUES (%s, %s, %s, %s)",
-            [
-                (topic.name, key_of(topic, e).decode(), encode(e), json.dumps({**trace, "event_type": e.event_type}))
-                for e in events
-            ],
-        )
+    headers: dict[str, str] = {}  # per event type; the trace context is the same for all
+    keys, payloads, row_headers = [], [], []
+    for e in events:
+        keys.append(key_of(topic, e).decode())
+        payloads.append(encode(e))
+        if e.event_type not in headers:
+            headers[e.event_type] = json.dumps({**trace, "event_type": e.event_type})
+        row_headers.append(headers[e.event_type])
+    await conn.execute(
+        "INSERT INTO outbox (topic, key, slot, payload, headers) "
+        "SELECT %s, key, hashtext(key) & 63, payload, headers "
+        "FROM unnest(%s::text[], %s::bytea[], %s::jsonb[]) AS e(key, payload, headers)",
+        (topic.name, keys, payloads, row_headers),
+    )
     await conn.execute("SELECT pg_notify('ingest_outbox', '')")
