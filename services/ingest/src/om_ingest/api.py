@@ -94,10 +94,10 @@ def _json(model: type[BaseModel], row: Any) -> Any:
     return model.model_validate(row).model_dump(mode="json")
 
 
-def router(ingest: Ingest, read_db: Any = None) -> APIRouter:
-    """The routes; queries use `read_db` (a read replica, when configured) and writes the primary."""
+def router(ingest: Ingest) -> APIRouter:
+    """The routes; queries read from the replica when DATABASE_READ_URL is set, writes go to the primary."""
     api = APIRouter(prefix="/v1", tags=["ingest"])
-    reads = read_db or ingest.db
+    reads = ingest.db
 
     async def run(
         request: Request,
@@ -129,12 +129,12 @@ def router(ingest: Ingest, read_db: Any = None) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> list[dict]:
-        async with reads.transaction() as conn:
+        async with reads.reading() as conn:
             return await store.list_markets(conn, status_, limit, offset)
 
     @api.get("/markets/{market_id}", response_model=MarketOut, responses=READ_ERRORS)
     async def get_market(market_id: str) -> dict:
-        async with reads.transaction() as conn:
+        async with reads.reading() as conn:
             row = await store.market_row(conn, market_id)
         if row is None:
             raise NotFound(f"market {market_id!r} does not exist", field="market_id", location="path")
@@ -142,7 +142,7 @@ def router(ingest: Ingest, read_db: Any = None) -> APIRouter:
 
     @api.get("/markets/{market_id}/trades", response_model=list[TradeOut])
     async def market_trades(market_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
-        async with reads.transaction() as conn:
+        async with reads.reading() as conn:
             return await store.recent_trades(conn, market_id, limit)
 
     @api.post("/markets/{market_id}/close", response_model=MarketOut, responses=WRITE_ERRORS)

@@ -1,4 +1,4 @@
-"""Wires ingest together: database (and an optional read replica), outbox relay, HTTP API."""
+"""Wires ingest together: database (and an optional read replica for queries), outbox relay, HTTP API."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from om_ingest import api, store
 from om_ingest.commands import Ingest
 from om_ingest.domain import DomainError
 from om_ingest.outbox import relay
-from om_ingest.readdb import ReadDatabase
 from om_ingest.settings import IngestSettings
 from om_runtime.db import Database
 from om_runtime.kafka import ensure_topics
@@ -29,13 +28,16 @@ PRODUCED = (MARKET_LIFECYCLE, MARKET_TRADES, MARKET_SIGNALS)
 
 def create_app(settings: IngestSettings | None = None) -> FastAPI:
     settings = settings or IngestSettings()
-    runtime = ServiceRuntime(settings)
-    db = Database(settings.database_url, schema="ingest", migrations=MIGRATIONS, pool_size=settings.database_pool_size)
+    # Kafka is not needed to take writes (the outbox keeps the events): start and stay ready without it.
+    runtime = ServiceRuntime(settings, kafka_required=False)
+    db = Database(
+        settings.database_url,
+        schema="ingest",
+        migrations=MIGRATIONS,
+        pool_size=settings.database_pool_size,
+        read_url=settings.database_read_url,
+    )
     runtime.add_resource(db, name="postgres", check=db.ping)
-    read_db = None
-    if settings.database_read_url:
-        read_db = ReadDatabase(settings.database_read_url, schema="ingest", pool_size=settings.database_pool_size)
-        runtime.add_resource(read_db, name="postgres-read", check=read_db.ping)
     runtime.add_loop(
         "outbox-relay",
         lambda: relay(
@@ -59,7 +61,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     app = runtime.create_app(
         title="Opinion Market ingest",
         description="Internal API of the system of record: markets, trades, signals.",
-        routers=[api.router(ingest, read_db)],
+        routers=[api.router(ingest)],
     )
     app.add_exception_handler(DomainError, api.domain_error_response)
     app.add_exception_handler(RequestValidationError, api.validation_error_response)

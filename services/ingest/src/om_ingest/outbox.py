@@ -122,8 +122,11 @@ async def relay(
                 log.info("outbox relay %d publishes again", shard)
             backoff, failing = 0.0, False
             if published < batch_size:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that arrives
+                # as it times out, and the relay would then never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake[shard].wait(), poll_interval_s)
+                    async with asyncio.timeout(poll_interval_s):
+                        await wake[shard].wait()
 
     async with asyncio.TaskGroup() as group:
         group.create_task(listen(), name="outbox-listen")

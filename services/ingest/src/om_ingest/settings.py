@@ -1,6 +1,6 @@
 """ingest's settings: the shared service and PostgreSQL settings plus its own (prefix `INGEST_`)."""
 
-from pydantic import AliasChoices, Field
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from om_contracts.api import DEFAULT_MAX_FUTURE_SKEW_S
@@ -12,8 +12,6 @@ class IngestSettings(ServiceSettings, PostgresSettings):
 
     service_name: str = "ingest"
     http_port: Port = 8001
-    #: A read replica for the query endpoints (GET); unset, queries go to DATABASE_URL.
-    database_read_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_READ_URL"))
     #: The relay also polls this often, for events written by other replicas.
     outbox_poll_interval_s: float = 0.5
     outbox_batch_size: int = 500
