@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
-from om_contracts import TradeExecuted, decode
+from om_contracts import DecodeError, TradeExecuted, decode, topic
 from om_contracts.api import MAX_AMOUNT, MAX_SHARES, CancelIn, CloseIn, ResolveIn, SignalIn, TradeBatchIn, TradeIn
 from om_contracts.topics import MARKET_TRADES
 
@@ -103,3 +105,42 @@ def test_trade_event_refuses_an_infinite_amount() -> None:
     ).model_dump_json()
     with pytest.raises(ValueError, match="amount"):
         decode(MARKET_TRADES, payload.replace('"amount":10.0', '"amount":1e999').encode())
+
+
+# --- raw intake records ---------------------------------------------------------------------------------
+
+RAW_EXAMPLES = {
+    "ingest.raw-markets.v1": b'{"market_id": "m-1", "question": "Rain?", "close_at": "2026-02-01T00:00:00Z"}',
+    "ingest.raw-trades.v1": json.dumps({**TRADE, "trade_id": "t-1"}).encode(),
+    "ingest.raw-signals.v1": b'{"signal_id": "s-1", "market_id": "m-1", "kind": "news", "source": "w", "text": "x"}',
+}
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+
+
+@pytest.mark.parametrize("name", sorted(RAW_EXAMPLES))
+def test_raw_records_decode_and_match_their_committed_schema(name: str) -> None:
+    record = decode(topic(name), RAW_EXAMPLES[name])
+    assert record.market_id == "m-1"
+    schema = json.loads((SCHEMAS / f"{name}.json").read_text())
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    assert [e.message for e in validator.iter_errors(json.loads(RAW_EXAMPLES[name]))] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "id_field"),
+    [
+        ("ingest.raw-trades.v1", "trade_id"),
+        ("ingest.raw-signals.v1", "signal_id"),
+        ("ingest.raw-markets.v1", "market_id"),
+    ],
+)
+def test_raw_records_need_their_id_so_a_redelivery_is_a_replay(name: str, id_field: str) -> None:
+    doc = json.loads(RAW_EXAMPLES[name])
+    del doc[id_field]
+    with pytest.raises(DecodeError, match=id_field):
+        decode(topic(name), json.dumps(doc).encode())
+
+
+def test_raw_trades_refuse_non_finite_numbers_with_a_reason_naming_the_field() -> None:
+    with pytest.raises(DecodeError, match="amount"):
+        decode(topic("ingest.raw-trades.v1"), RAW_EXAMPLES["ingest.raw-trades.v1"].replace(b"10.0", b"NaN", 1))

@@ -160,3 +160,27 @@ class SignalOut(BaseModel):
     source: str
     sentiment: float | None
     observed_at: datetime
+
+
+# --- raw upstream intake (ingest.raw-*.v1): records producers write to Kafka directly -------------------
+
+
+class RawMarket(MarketIn):
+    """A market written to `ingest.raw-markets.v1` by an upstream producer; ingest records it like
+    `POST /v1/markets`. `market_id` is required, so a redelivered record is recognised (a replay)."""
+
+    market_id: MarketId = Field(description="Required: the id that makes a redelivery a replay.")
+
+
+class RawTrade(TradeIn):
+    """A trade written to `ingest.raw-trades.v1` by an upstream producer; ingest records it like `POST /v1/trades`
+    (same rules and bounds). `trade_id` is required, so a redelivered record is recognised (a replay)."""
+
+    trade_id: str = Field(min_length=1, max_length=64, description="Required: makes a redelivery a replay.")
+
+
+class RawSignal(SignalIn):
+    """A signal written to `ingest.raw-signals.v1` by an upstream producer; ingest records it like
+    `POST /v1/signals`. `signal_id` is required, so a redelivered record is recognised (a replay)."""
+
+    signal_id: str = Field(min_length=1, max_length=64, description="Required: makes a redelivery a replay.")

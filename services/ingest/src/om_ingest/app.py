@@ -14,9 +14,10 @@ from om_contracts.topics import MARKET_LIFECYCLE, MARKET_SIGNALS, MARKET_TRADES
 from om_ingest import api, store
 from om_ingest.commands import Ingest
 from om_ingest.domain import DomainError
+from om_ingest.intake import RAW_TOPICS, RawIntake
 from om_ingest.outbox import relay
 from om_ingest.settings import IngestSettings
-from om_runtime.db import Database
+from om_runtime.db import Database, StoredOffsets
 from om_runtime.kafka import ensure_topics
 from om_runtime.service import ServiceRuntime
 
@@ -58,6 +59,9 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         max_future_skew=timedelta(seconds=settings.max_future_skew_s),
         idempotency_ttl=timedelta(seconds=settings.idempotency_ttl_s),
     )
+    if settings.raw_intake:
+        intake = RawIntake(ingest, runtime.publisher, consumer=settings.service_name)
+        runtime.consume_stateful(intake, topics=RAW_TOPICS, listener=StoredOffsets(db, settings.service_name))
     app = runtime.create_app(
         title="Opinion Market ingest",
         description="Internal API of the system of record: markets, trades, signals.",

@@ -21,5 +21,7 @@ class IngestSettings(ServiceSettings, PostgresSettings):
     outbox_confirm_timeout_s: float = Field(default=10.0, gt=0)
     #: How far an event time may run ahead of ingest's clock before a write is refused (422).
     max_future_skew_s: float = Field(default=DEFAULT_MAX_FUTURE_SKEW_S, ge=0)
+    #: Consume the raw upstream topics (ingest.raw-*.v1) and record their records.
+    raw_intake: bool = True
     #: How long an Idempotency-Key and its stored reply are kept.
     idempotency_ttl_s: float = Field(default=24 * 3600, gt=0)
