@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter
 
+from om_contracts.api import RawMarket, RawSignal, RawTrade
 from om_contracts.events import (
     DeadLetter,
     FeatureVectorComputed,
@@ -123,6 +124,36 @@ TOPICS: tuple[Topic, ...] = (
         partitions=1,
         retention_ms=30 * DAY_MS,
     ),
+    # Raw upstream intake: records (not events: no envelope) that producers write to Kafka directly. ingest
+    # validates each like the HTTP write it mirrors, records the valid ones, dead-letters the rest with the reason.
+    Topic(
+        name="ingest.raw-markets.v1",
+        model=RawMarket,
+        key="market_id",
+        producer="upstream producers",
+        consumers=("ingest",),
+        visibility="public",
+        description="Markets from upstream systems, recorded by ingest as if POSTed to /v1/markets.",
+    ),
+    Topic(
+        name="ingest.raw-trades.v1",
+        model=RawTrade,
+        key="market_id",
+        producer="upstream producers",
+        consumers=("ingest",),
+        visibility="public",
+        description="Trades from upstream systems, recorded by ingest as if POSTed to /v1/trades (in bulk).",
+        partitions=6,
+    ),
+    Topic(
+        name="ingest.raw-signals.v1",
+        model=RawSignal,
+        key="market_id",
+        producer="upstream producers",
+        consumers=("ingest",),
+        visibility="public",
+        description="Signals from upstream systems, recorded by ingest as if POSTed to /v1/signals.",
+    ),
 )
 
 _BY_NAME = {t.name: t for t in TOPICS}
@@ -142,3 +173,6 @@ PREDICTIONS = topic("prediction.predictions.v1")
 ANALYTICS_MARKET = topic("analytics.market.v1")
 ANALYTICS_SYSTEM = topic("analytics.system.v1")
 DEAD_LETTERS = topic("platform.dead-letters.v1")
+RAW_MARKETS = topic("ingest.raw-markets.v1")
+RAW_TRADES = topic("ingest.raw-trades.v1")
+RAW_SIGNALS = topic("ingest.raw-signals.v1")

@@ -1,5 +1,9 @@
+"""ingest's settings: the shared service and PostgreSQL settings plus its own (prefix `INGEST_`)."""
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from om_contracts.api import DEFAULT_MAX_FUTURE_SKEW_S
 from om_runtime.settings import Port, PostgresSettings, ServiceSettings
 
 
@@ -11,3 +15,13 @@ class IngestSettings(ServiceSettings, PostgresSettings):
     #: The relay also polls this often, for events written by other replicas.
     outbox_poll_interval_s: float = 0.5
     outbox_batch_size: int = 500
+    #: Relay loops per process; each publishes its share of the outbox's 64 slots (markets hash to slots).
+    outbox_relays: int = Field(default=4, ge=1, le=64)
+    #: A batch whose Kafka confirmations take longer fails and is published again (the broker is down).
+    outbox_confirm_timeout_s: float = Field(default=10.0, gt=0)
+    #: How far an event time may run ahead of ingest's clock before a write is refused (422).
+    max_future_skew_s: float = Field(default=DEFAULT_MAX_FUTURE_SKEW_S, ge=0)
+    #: Consume the raw upstream topics (ingest.raw-*.v1) and record their records.
+    raw_intake: bool = True
+    #: How long an Idempotency-Key and its stored reply are kept.
+    idempotency_ttl_s: float = Field(default=24 * 3600, gt=0)
