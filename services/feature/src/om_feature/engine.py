@@ -88,7 +88,6 @@ class Engine:
         self.held_total = 0
         #: partitions whose offsets regressed: events older than the grace period are taken as already applied
         self.suspect_partitions: set[int] = set()
-        self._bucket_s = self.config.coalesce_ms / 1000.0
 
     # --- state handover -------------------------------------------------------------------------------
 
@@ -233,8 +232,10 @@ class Engine:
 
     def _coalesce(self, s: MarketState, at: float, out: Output) -> None:
         """Publish the pending state if this event starts a later event-time bucket than the pending one's."""
-        if s.pending and at > s.watermark and (at // self._bucket_s) != (s.watermark // self._bucket_s):
-            self._emit(s, out)
+        if s.pending and at > s.watermark:
+            ms = self.config.coalesce_ms  # integer milliseconds: float division of epoch times is not exact
+            if round(at * 1000) // ms != round(s.watermark * 1000) // ms:
+                self._emit(s, out)
 
     def _vector(self, s: MarketState) -> Vector:
         as_of = s.watermark
