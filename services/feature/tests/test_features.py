@@ -21,9 +21,9 @@ from om_contracts import (
     SignalObserved,
     TradeExecuted,
 )
-from om_contracts.topics import FEATURE_VECTORS
 from om_contracts.codec import decode
-from om_feature.engine import Engine, EngineConfig, vector_id
+from om_contracts.topics import FEATURE_VECTORS
+from om_feature.engine import VECTOR_NAMESPACE, Engine, EngineConfig, vector_id
 from om_feature.features import DEFAULT, CategoryHistory, MarketState, compute
 from om_feature.processor import encode_vector
 
@@ -284,8 +284,8 @@ def test_state_does_not_grow_with_trades() -> None:
     for chunk in range(4):
         run([trade(chunk * 20_000 + i * 2, user=f"u{i}") for i in range(10_000)], engine)
         sizes.append(len(pickle.dumps(engine.markets["m"])))
-    assert max(sizes) - min(sizes) < 0.1 * min(sizes), sizes
-    assert sizes[-1] < 16_000
+    # 10,000 then 40,000 trades: the same band (the dedupe ids of the grace period come and go), never a trend
+    assert max(sizes) < 24_000 and sizes[-1] <= max(sizes[:2]), sizes
 
 
 # --- coalescing, ids, snapshots ---------------------------------------------------------------------------
@@ -298,6 +298,7 @@ def test_a_burst_within_100_ms_of_event_time_is_one_vector_and_the_last_is_alway
     assert [v.as_of for v in out.vectors] == [at(0).timestamp(), at(10.08).timestamp(), at(20).timestamp()]
     assert out.vectors[1].features["trade_count"] == 9
     assert out.vectors[1].event_id == vector_id("m", str(burst[-1].event_id))
+    assert vector_id("m", "e1") == str(uuid.uuid5(VECTOR_NAMESPACE, "m:e1"))
     assert out.vectors[1].source_event_id == str(burst[-1].event_id)
 
 
@@ -317,7 +318,8 @@ def test_encoded_vectors_are_valid_contract_events() -> None:
     for v in out.vectors:
         event = decode(FEATURE_VECTORS, encode_vector(v, "2026-01-01T00:00:00Z"))
         assert isinstance(event, FeatureVectorComputed)
-        assert event.event_id == v.event_id and event.occurred_at.timestamp() == v.as_of
+        assert str(event.event_id) == v.event_id and event.occurred_at.timestamp() == v.as_of
+        assert event.features.model_dump() == v.features
 
 
 # --- bad input ---------------------------------------------------------------------------------------------
