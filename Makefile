@@ -6,7 +6,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench test-faults clean
+.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench test-faults clean bench-feature
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -65,3 +65,6 @@ test-faults: install ## Fault suite: every fault, 20,000 trades each (OM_FAULT_T
 
 clean: ## Remove the virtual environment, local data (.om/) and caches
 	rm -rf .venv .tools .om .pytest_cache .ruff_cache
+
+bench-feature: install ## Feature service alone: 200k pre-produced trades -> events/s, vectors, peak RSS, state bytes/market
+	$(UV) run python -m bench.feature $(BENCH_ARGS)

@@ -1,308 +1,370 @@
-"""feature's streaming features as pure functions of a market's state and the next event: exact values,
-out-of-order trades, the bounded price window, sentiment smoothing and the vector the product sees."""
+"""feature's domain without I/O: every feature computed by hand on a small stream, event-time semantics (late events,
+grace, order independence, identical replays), bounded state, coalescing, holds and hostile numbers."""
 
 from __future__ import annotations
 
-import statistics
-from dataclasses import replace
+import math
+import pickle
+import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from om_contracts import FeatureVectorComputed, MarketFeatures, SignalObserved, decode, encode
+from om_contracts import (
+    FeatureVectorComputed,
+    MarketClosed,
+    MarketCreated,
+    MarketResolved,
+    SignalObserved,
+    TradeExecuted,
+)
+from om_contracts.codec import decode
 from om_contracts.topics import FEATURE_VECTORS
-from om_feature import features
-from om_feature.features import SENTIMENT_ALPHA, WINDOW, MarketState
+from om_feature.engine import VECTOR_NAMESPACE, Engine, EngineConfig, vector_id
+from om_feature.features import DEFAULT, CategoryHistory, MarketState, compute
+from om_feature.processor import encode_vector
 
-T0 = datetime(2025, 3, 1, tzinfo=UTC)
-
-
-def trade(state: MarketState, price: float, *, at: datetime, amount: float = 10.0, new: bool = True) -> MarketState:
-    return features.on_trade(state, price_after=price, amount=amount, executed_at=at, new_participant=new)
+T0 = datetime(2025, 3, 1, tzinfo=UTC)  # aligned to every bucket size
 
 
-def prices(state: MarketState) -> tuple[float, ...]:
-    return tuple(price for _, price in state.recent_trades)
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
 
 
-def created(close_at: datetime) -> MarketState:
-    return features.on_created(MarketState("m-1"), category="c", close_at=close_at, initial_price=0.5)
+def created(market: str = "m", *, s: float = 0, category: str = "c", close_days: float = 2) -> MarketCreated:
+    return MarketCreated(
+        occurred_at=at(s),
+        producer="t",
+        market_id=market,
+        question="q?",
+        category=category,
+        close_at=T0 + timedelta(days=close_days),
+        initial_price=0.4,
+    )
 
 
-def test_constants() -> None:
-    assert WINDOW == 20
-    assert SENTIMENT_ALPHA == 0.3
+def trade(
+    s: float,
+    *,
+    market: str = "m",
+    user: str = "alice",
+    amount: float = 10.0,
+    before: float = 0.5,
+    after: float = 0.6,
+    event_id: uuid.UUID | None = None,
+) -> TradeExecuted:
+    return TradeExecuted(
+        event_id=event_id or uuid.uuid4(),
+        occurred_at=at(s),
+        producer="t",
+        trade_id=f"t{s}",
+        market_id=market,
+        user_id=user,
+        outcome="YES",
+        amount=amount,
+        shares=amount * 2,
+        price_before=before,
+        price_after=after,
+    )
 
 
-def test_new_state_defaults() -> None:
-    s = MarketState("m-1")
-    assert (s.status, s.current_price, s.total_volume) == ("open", 0.5, 0.0)
-    assert (s.trade_count, s.participant_count) == (0, 0)
-    assert prices(s) == () and s.close_at is None and s.last_trade_at is None
+def signal(s: float, *, kind: str = "news", score: float | None = 0.5, text: str = "x", market: str = "m"):
+    return SignalObserved(
+        occurred_at=at(s),
+        producer="t",
+        signal_id=f"s{s}",
+        market_id=market,
+        kind=kind,
+        source="wire",
+        text=text,
+        sentiment=score,
+    )
 
 
-# --- on_created -------------------------------------------------------------------------------------
+def run(events: list[Any], engine: Engine | None = None) -> tuple[Engine, Any]:
+    engine = engine or Engine()
+    return engine, engine.process((e, 0, e) for e in events)
 
 
-def test_created_sets_category_close_and_opening_price() -> None:
-    close_at = T0 + timedelta(days=2)
-    s = features.on_created(MarketState("m-1"), category="sports", close_at=close_at, initial_price=0.3)
-    assert (s.category, s.close_at, s.current_price) == ("sports", close_at, 0.3)
-    assert s.trade_count == 0 and prices(s) == ()
+def features_of(engine: Engine, market: str = "m") -> dict[str, Any]:
+    s = engine.markets[market]
+    return compute(s, engine.config.features, engine.categories.get(s.category), s.watermark)
 
 
-def test_created_after_a_trade_keeps_the_trade_price() -> None:
-    s = trade(MarketState("m-1"), 0.8, at=T0)
-    s = features.on_created(s, category="politics", close_at=T0 + timedelta(days=1), initial_price=0.2)
-    assert s.current_price == 0.8
-    assert s.category == "politics"
-    assert s.trade_count == 1 and prices(s) == (0.8,)
+# --- each feature by hand -------------------------------------------------------------------------------
 
 
-def test_created_does_not_mutate_the_input_state() -> None:
-    before = MarketState("m-1")
-    features.on_created(before, category="x", close_at=T0, initial_price=0.9)
-    assert before == MarketState("m-1")
+def test_totals_price_and_days_remaining_by_hand() -> None:
+    engine, _ = run(
+        [
+            created(),
+            trade(60, user="alice", amount=10.0, after=0.55),
+            trade(120, user="bob", amount=2.5, after=0.60),
+            trade(43_200, user="alice", amount=7.5, after=0.58),  # 12 h in
+        ]
+    )
+    f = features_of(engine)
+    assert f["total_volume"] == 20.0 and f["trade_count"] == 3 and f["participant_count"] == 2
+    assert f["current_price"] == 0.58
+    assert f["days_remaining"] == pytest.approx(1.5)  # close at 2 days, as of 12 h
 
 
-# --- on_trade ---------------------------------------------------------------------------------------
+def test_price_before_any_trade_is_the_opening_price() -> None:
+    engine, out = run([created()])
+    assert features_of(engine)["current_price"] == 0.4
+    assert out.vectors[-1].features["price_volatility"] is None
 
 
-def test_trades_accumulate_volume_count_and_participants() -> None:
-    s = MarketState("m-1")
-    s = trade(s, 0.55, at=T0, amount=10.0, new=True)
-    s = trade(s, 0.60, at=T0 + timedelta(minutes=1), amount=2.5, new=True)
-    s = trade(s, 0.58, at=T0 + timedelta(minutes=2), amount=7.5, new=False)  # a repeat trader
-    assert s.total_volume == 20.0
-    assert s.trade_count == 3
-    assert s.participant_count == 2
-    assert s.current_price == 0.58
-    assert s.last_trade_at == T0 + timedelta(minutes=2)
-    assert prices(s) == (0.55, 0.60, 0.58)
+def test_volatility_momentum_liquidity_by_hand() -> None:
+    engine, _ = run(
+        [
+            created(),
+            trade(1, amount=10, before=0.50, after=0.60),
+            trade(2, amount=20, before=0.60, after=0.55),
+            trade(3, amount=30, before=0.55, after=0.65),
+        ]
+    )
+    f = features_of(engine)
+    # changes from the first trade's price_before: +0.10, -0.05, +0.10 -> RMS
+    assert f["price_volatility"] == pytest.approx(math.sqrt((0.01 + 0.0025 + 0.01) / 3))
+    assert f["momentum_indicator"] == pytest.approx(0.15)
+    # 60 currency moved the price 0.25 in total = 25 percentage points -> 2.4 per point
+    assert f["liquidity_score"] == pytest.approx(2.4)
 
 
-def test_late_trade_counts_but_does_not_move_the_price() -> None:
-    s = trade(MarketState("m-1"), 0.7, at=T0 + timedelta(hours=1), amount=5.0)
-    s = trade(s, 0.2, at=T0, amount=3.0)
-    assert s.current_price == 0.7
-    assert s.last_trade_at == T0 + timedelta(hours=1)
-    assert s.total_volume == 8.0
-    assert s.trade_count == 2
-    assert s.participant_count == 2
-    assert prices(s) == (0.2, 0.7)  # the late trade takes its place in event-time order
+def test_window_keeps_the_newest_trades_by_event_time() -> None:
+    events = [created()] + [trade(i, before=i / 100, after=(i + 1) / 100) for i in range(1, 31)]
+    engine, _ = run(events)
+    window = engine.markets["m"].window
+    assert len(window) == DEFAULT.window_trades == 20
+    assert [w[0] for w in window] == [at(i).timestamp() for i in range(11, 31)]
+    assert features_of(engine)["momentum_indicator"] == pytest.approx(0.31 - 0.11)
 
 
-def test_trade_at_same_instant_as_latest_moves_the_price() -> None:
-    s = trade(MarketState("m-1"), 0.7, at=T0)
-    s = trade(s, 0.4, at=T0)
-    assert s.current_price == 0.4
-    assert prices(s) == (0.7, 0.4)
+def test_volume_trend_by_hand() -> None:
+    # 60 at 0 h, 30 at 3 h. As of 3 h the last hour (12 five-minute buckets, 2:05..3:05) holds 30; the history
+    # before it is 2 h 5 min long and holds 60: 28.8 per hour. Trend = (30 - 28.8) / (30 + 28.8).
+    engine, _ = run([created(), trade(0, amount=60), trade(3 * 3600, amount=30)])
+    assert features_of(engine)["volume_trend"] == pytest.approx((30 - 28.8) / 58.8)
 
 
-@given(st.permutations(range(8)))
-def test_volatility_and_momentum_do_not_depend_on_arrival_order(order: list[int]) -> None:
-    price_at = [0.2, 0.8, 0.5, 0.4, 0.9, 0.1, 0.6, 0.3]
-    in_time_order, shuffled = MarketState("m-1"), MarketState("m-1")
-    for i in range(8):
-        in_time_order = trade(in_time_order, price_at[i], at=T0 + timedelta(seconds=i))
-    for i in order:
-        shuffled = trade(shuffled, price_at[i], at=T0 + timedelta(seconds=i))
-    expected, got = features.vector(in_time_order, T0), features.vector(shuffled, T0)
-    assert got.price_volatility == pytest.approx(expected.price_volatility)
-    assert got.momentum_indicator == pytest.approx(0.3 - 0.2)
+def test_volume_trend_is_unknown_without_history_and_minus_one_when_trading_stopped() -> None:
+    engine, _ = run([created(), trade(0, amount=60), trade(600, amount=5)])
+    assert features_of(engine)["volume_trend"] is None  # less than an hour of history
+    engine, _ = run([created(), trade(0, amount=60), signal(3 * 3600)])
+    assert features_of(engine)["volume_trend"] == pytest.approx(-1.0)  # volume before, none in the last hour
 
 
-def test_recent_prices_window_keeps_the_last_window_prices() -> None:
-    s = MarketState("m-1")
-    all_prices = [round(i / 100, 2) for i in range(WINDOW + 7)]
-    for i, p in enumerate(all_prices):
-        s = trade(s, p, at=T0 + timedelta(seconds=i))
-        assert len(prices(s)) == min(i + 1, WINDOW)
-    assert prices(s) == tuple(all_prices[-WINDOW:])
-    assert s.trade_count == WINDOW + 7
+def test_sentiment_is_the_mean_of_the_last_24_hours_of_that_kind() -> None:
+    engine, _ = run(
+        [
+            created(),
+            signal(0, score=0.9),
+            signal(25 * 3600, score=0.5),
+            signal(25 * 3600 + 1, score=-0.1),
+            signal(25 * 3600 + 2, kind="social", score=None, text="This is great, I love it!"),
+        ]
+    )
+    f = features_of(engine)
+    assert f["news_sentiment"] == pytest.approx(0.2)  # the 0.9 from 25 h ago is out of the window
+    assert f["social_sentiment"] > 0.5  # scored from the text by VADER
+
+
+def test_historical_accuracy_and_category_risk_use_resolutions_before_t_only() -> None:
+    events = [created("x"), trade(10, market="x", after=0.8), created("y"), trade(10, market="y", after=0.3)]
+    events += [
+        MarketResolved(occurred_at=at(100), producer="t", market_id="x", resolution="YES", resolution_price=1.0),
+        created("z"),
+        trade(150, market="z"),
+        MarketResolved(occurred_at=at(200), producer="t", market_id="y", resolution="NO", resolution_price=0.0),
+        trade(250, market="z", user="bob"),
+    ]
+    engine, out = run(events)
+    z = {v.as_of - T0.timestamp(): v.features for v in out.vectors if v.market_id == "z"}
+    assert z[0]["historical_accuracy"] is None  # created at 0 s, before any resolution
+    first, last = z[150], z[250]
+    # As of 150 s only x counts: Brier (0.8 - 1)^2 = 0.04, surprise 0.2
+    assert first["historical_accuracy"] == pytest.approx(0.96) and first["category_risk"] == pytest.approx(0.2)
+    # As of 250 s, x and y: Brier (0.04 + 0.09) / 2, surprise (0.2 + 0.3) / 2
+    assert last["historical_accuracy"] == pytest.approx(0.935) and last["category_risk"] == pytest.approx(0.25)
+    assert engine.categories["c"].as_of(at(100).timestamp()) == (None, None)  # strictly before t
+    assert [o.market_id for o in out.outcomes] == ["x", "y"]
+
+
+def test_category_history_accepts_resolutions_out_of_order() -> None:
+    h = CategoryHistory()
+    h.add("b", 200.0, 0.3, 0.0)
+    h.add("a", 100.0, 0.8, 1.0)
+    h.add("a", 100.0, 0.8, 1.0)  # the same market again changes nothing
+    assert h.as_of(150.0) == pytest.approx((0.96, 0.2))
+    assert h.as_of(300.0) == pytest.approx((0.935, 0.25))
+
+
+def test_participants_switch_to_hyperloglog_beyond_the_exact_limit() -> None:
+    events = [created()] + [trade(i, user=f"user-{i % 3000}") for i in range(6000)]
+    engine, _ = run(events)
+    s = engine.markets["m"]
+    assert s.participants.exact is None and len(s.participants.registers) == 2**DEFAULT.hll_precision
+    assert features_of(engine)["participant_count"] == pytest.approx(3000, rel=0.07)  # 3 standard errors
+    small, _ = run([created()] + [trade(i, user=f"u{i % 64}") for i in range(200)])
+    assert features_of(small)["participant_count"] == 64  # exact up to the limit
+
+
+# --- event time -----------------------------------------------------------------------------------------
+
+
+def test_a_late_trade_within_grace_lands_where_it_belongs_and_does_not_move_the_price() -> None:
+    engine, _ = run([created(), trade(100, after=0.7), trade(50, amount=3, before=0.5, after=0.2)])
+    s = engine.markets["m"]
+    assert features_of(engine)["current_price"] == 0.7
+    assert [w[3] for w in s.window] == [0.2, 0.7]
+    assert features_of(engine)["total_volume"] == 13.0
+
+
+def test_an_event_far_outside_grace_counts_in_totals_only() -> None:
+    engine, _ = run([created(), trade(10_000, after=0.7)])
+    before = features_of(engine)
+    run([trade(10_000 - DEFAULT.grace_s - 1, user="bob", amount=5, after=0.1)], engine)
+    after = features_of(engine)
+    assert after["total_volume"] == before["total_volume"] + 5 and after["trade_count"] == 2
+    assert after["participant_count"] == 2
+    assert len(engine.markets["m"].window) == 1 and after["current_price"] == 0.7
+    assert after["price_volatility"] == before["price_volatility"]
+
+
+def _stream(draw: st.DrawFn, span_s: float) -> list[Any]:
+    n = draw(st.integers(1, 40))
+    events: list[Any] = []
+    for i in range(n):
+        s = draw(st.floats(0, span_s, allow_nan=False))
+        if draw(st.booleans()):
+            p0, p1 = draw(st.floats(0, 1)), draw(st.floats(0, 1))
+            amount = draw(st.sampled_from([0.1, 1.0, 2.5, 10.0, 1234.5678]))
+            events.append(trade(s, user=f"u{i % 7}", amount=amount, before=p0, after=p1))
+        else:
+            events.append(signal(s, kind=draw(st.sampled_from(["news", "social"])), score=draw(st.floats(-1, 1))))
+    return events
 
 
 @st.composite
-def distinct_trades(draw: st.DrawFn) -> tuple[list[tuple[int, float, float]], list[tuple[int, float, float]]]:
-    """Trades (seconds, price, amount) with distinct event times, and a permutation of them."""
-    times = draw(st.lists(st.integers(min_value=0, max_value=10_000), min_size=1, max_size=30, unique=True))
-    amounts = st.sampled_from([0.5, 1.0, 2.0, 10.0, 100.0, 1234.0])
-    trades = [(t, draw(st.floats(0.0, 1.0)), draw(amounts)) for t in times]
-    return trades, draw(st.permutations(trades))
+def shuffled_within_grace(draw: st.DrawFn) -> tuple[list[Any], list[Any]]:
+    events = _stream(draw, DEFAULT.grace_s - 1)
+    return events, draw(st.permutations(events))
 
 
-@given(distinct_trades())
-def test_any_arrival_order_gives_the_same_totals_and_price(
-    case: tuple[list[tuple[int, float, float]], list[tuple[int, float, float]]],
-) -> None:
-    trades, shuffled = case
-
-    def apply(order: list[tuple[int, float, float]]) -> MarketState:
-        s = MarketState("m-1")
-        for seconds, price, amount in order:
-            s = trade(s, price, at=T0 + timedelta(seconds=seconds), amount=amount)
-        return s
-
-    a, b = apply(trades), apply(shuffled)
-    latest_seconds, latest_price, _ = max(trades)
-    for s in (a, b):
-        assert s.trade_count == len(trades)
-        # Amounts are dyadic-friendly values with small sums, so float addition is exact in any order.
-        assert s.total_volume == sum(amount for _, _, amount in trades)
-        assert s.current_price == latest_price
-        assert s.last_trade_at == T0 + timedelta(seconds=latest_seconds)
-    assert a.total_volume == b.total_volume
+@settings(max_examples=60, deadline=None)
+@given(shuffled_within_grace())
+def test_any_order_within_grace_gives_the_same_final_state_and_features(case: tuple[list[Any], list[Any]]) -> None:
+    events, shuffled = case
+    a, _ = run([created(), *events])
+    b, _ = run([created(), *shuffled])
+    assert a.markets["m"].semantic() == b.markets["m"].semantic()
+    assert features_of(a) == features_of(b)
 
 
-# --- on_signal --------------------------------------------------------------------------------------
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_the_same_events_in_the_same_order_give_identical_vectors(data: st.DataObject) -> None:
+    events = [created(), *data.draw(st.builds(lambda: None).flatmap(lambda _: st.composite(_stream)(3 * 3600.0)))]
+    _, first = run(events)
+    _, second = run(events)
+    assert first.vectors == second.vectors and first.snapshots == second.snapshots
 
 
-def test_first_sentiment_is_taken_as_is_then_smoothed() -> None:
-    s = features.on_signal(MarketState("m-1"), kind="social", sentiment=0.5)
-    assert s.social_sentiment == 0.5
-    s = features.on_signal(s, kind="social", sentiment=-0.5)
-    assert s.social_sentiment == pytest.approx(0.3 * -0.5 + 0.7 * 0.5)  # 0.2
-    s = features.on_signal(s, kind="social", sentiment=1.0)
-    assert s.social_sentiment == pytest.approx(0.3 * 1.0 + 0.7 * 0.2)  # 0.44
-    assert s.news_sentiment is None
+# --- bounded state ----------------------------------------------------------------------------------------
 
 
-def test_unscored_signal_changes_nothing() -> None:
-    s = features.on_signal(MarketState("m-1"), kind="news", sentiment=-0.4)
-    assert features.on_signal(s, kind="news", sentiment=None) == s
-    assert features.on_signal(MarketState("m-1"), kind="social", sentiment=None) == MarketState("m-1")
+def test_state_does_not_grow_with_trades() -> None:
+    engine = Engine()
+    run([created()], engine)
+    sizes = []
+    for chunk in range(4):
+        run([trade(chunk * 20_000 + i * 2, user=f"u{i}") for i in range(10_000)], engine)
+        sizes.append(len(pickle.dumps(engine.markets["m"])))
+    # 10,000 then 40,000 trades: the same band (the dedupe ids of the grace period come and go), never a trend
+    assert max(sizes) < 24_000 and sizes[-1] <= max(sizes[:2]), sizes
 
 
-def test_social_and_news_are_tracked_separately() -> None:
-    s = MarketState("m-1")
-    s = features.on_signal(s, kind="news", sentiment=-1.0)
-    s = features.on_signal(s, kind="social", sentiment=0.8)
-    s = features.on_signal(s, kind="news", sentiment=1.0)
-    assert s.social_sentiment == 0.8
-    assert s.news_sentiment == pytest.approx(0.3 * 1.0 + 0.7 * -1.0)
+# --- coalescing, ids, snapshots ---------------------------------------------------------------------------
 
 
-@given(st.lists(st.floats(-1.0, 1.0), min_size=1, max_size=40))
-def test_smoothed_sentiment_is_the_ewma_and_stays_in_range(values: list[float]) -> None:
-    s = MarketState("m-1")
-    expected = None
-    for v in values:
-        s = features.on_signal(s, kind="news", sentiment=v)
-        expected = v if expected is None else 0.3 * v + 0.7 * expected
-    assert s.news_sentiment == pytest.approx(expected, abs=1e-12)
-    assert min(values) - 1e-12 <= s.news_sentiment <= max(values) + 1e-12
-    assert s.social_sentiment is None
+def test_a_burst_within_100_ms_of_event_time_is_one_vector_and_the_last_is_always_published() -> None:
+    burst = [trade(10 + i * 0.01, user=f"u{i}") for i in range(9)]  # 80 ms
+    engine, out = run([created(), *burst, trade(20.0)])
+    # created (0 s), the burst (published when 20 s starts a new bucket), and the last trade at batch end
+    assert [v.as_of for v in out.vectors] == [at(0).timestamp(), at(10.08).timestamp(), at(20).timestamp()]
+    assert out.vectors[1].features["trade_count"] == 9
+    assert out.vectors[1].event_id == vector_id("m", str(burst[-1].event_id))
+    assert vector_id("m", "e1") == str(uuid.uuid5(VECTOR_NAMESPACE, "m:e1"))
+    assert out.vectors[1].source_event_id == str(burst[-1].event_id)
 
 
-def test_on_status_only_changes_status() -> None:
-    s = trade(MarketState("m-1"), 0.6, at=T0)
-    closed = features.on_status(s, "closed")
-    assert closed.status == "closed"
-    assert replace(closed, status="open") == s
+def test_snapshots_follow_an_event_time_cadence_and_the_close() -> None:
+    engine = Engine(EngineConfig(snapshot_every_s=3600))
+    events = [created(), *(trade(h * 1800) for h in range(1, 6))]  # every 30 min for 2.5 h
+    events.append(MarketClosed(occurred_at=at(3 * 3600), producer="t", market_id="m"))
+    events.append(trade(3 * 3600 + 60))  # after the close: applied, never published
+    _, out = run(events, engine)
+    assert [v.as_of - T0.timestamp() for v in out.snapshots] == [0, 3600, 7200, 9000]
+    assert max(v.as_of for v in out.vectors) == at(9000).timestamp()
+    assert engine.markets["m"].trade_count == 6
 
 
-# --- vector -----------------------------------------------------------------------------------------
+def test_encoded_vectors_are_valid_contract_events() -> None:
+    _, out = run([created(), trade(1), signal(2)])
+    for v in out.vectors:
+        event = decode(FEATURE_VECTORS, encode_vector(v, "2026-01-01T00:00:00Z"))
+        assert isinstance(event, FeatureVectorComputed)
+        assert str(event.event_id) == v.event_id and event.occurred_at.timestamp() == v.as_of
+        assert event.features.model_dump() == v.features
 
 
-def test_days_remaining_from_close_at_and_as_of() -> None:
-    s = created(T0 + timedelta(days=3))
-    assert features.vector(s, T0).days_remaining == 3.0
-    assert features.vector(s, T0 + timedelta(hours=36)).days_remaining == 1.5
-    assert features.vector(s, T0 + timedelta(days=3)).days_remaining == 0.0
+# --- bad input ---------------------------------------------------------------------------------------------
 
 
-def test_days_remaining_is_never_negative() -> None:
-    s = created(T0)
-    assert features.vector(s, T0 + timedelta(days=10)).days_remaining == 0.0
+def test_events_for_an_unknown_market_are_held_until_it_is_created() -> None:
+    engine, out = run([trade(1, market="late"), signal(2, market="late")])
+    assert out.vectors == [] and len(engine.markets["late"].held) == 2 and engine.held_total == 2
+    _, out = run([created("late")], engine)
+    assert engine.markets["late"].trade_count == 1 and engine.held_total == 0
+    assert out.vectors[-1].features["news_sentiment"] == 0.5
 
 
-def test_days_remaining_unknown_before_creation_is_seen() -> None:
-    assert features.vector(MarketState("m-1"), T0).days_remaining is None
+def test_the_hold_is_bounded_and_overflow_is_rejected_with_a_reason() -> None:
+    engine = Engine(EngineConfig(max_held_per_market=2))
+    _, out = run([trade(i, market="ghost") for i in range(3)], engine)
+    assert len(engine.markets["ghost"].held) == 2
+    [(ref, reason)] = out.rejected
+    assert "unknown" in reason and ref.market_id == "ghost"
 
 
-def test_volatility_and_momentum_need_two_prices() -> None:
-    v0 = features.vector(MarketState("m-1"), T0)
-    assert (v0.price_volatility, v0.momentum_indicator) == (None, None)
-    v1 = features.vector(trade(MarketState("m-1"), 0.6, at=T0), T0)
-    assert (v1.price_volatility, v1.momentum_indicator) == (None, None)
-    assert v1.current_price == 0.6
+def test_non_finite_numbers_never_enter_state() -> None:
+    engine, _ = run([created(), trade(1)])
+    before = engine.markets["m"].semantic()
+    bad = trade(2).model_copy(update={"amount": math.inf})
+    _, out = run([bad], engine)
+    assert engine.markets["m"].semantic() == before
+    assert len(out.rejected) == 1 and "finite" in out.rejected[0][1]
 
 
-def test_volatility_is_population_stdev_and_momentum_is_current_minus_oldest() -> None:
-    s = MarketState("m-1")
-    for i, p in enumerate([0.2, 0.4, 0.6, 0.8]):
-        s = trade(s, p, at=T0 + timedelta(seconds=i))
-    v = features.vector(s, T0)
-    assert v.price_volatility == statistics.pstdev([0.2, 0.4, 0.6, 0.8])
-    assert v.price_volatility == pytest.approx(0.223606797749979)  # not the sample stdev (0.258...)
-    assert v.momentum_indicator == pytest.approx(0.6)
+def test_a_repeated_event_changes_nothing() -> None:
+    t = trade(1)
+    engine, out = run([created(), t, t])
+    assert engine.markets["m"].trade_count == 1 and out.duplicates == 1
 
 
-def test_momentum_uses_the_oldest_price_still_in_the_window() -> None:
-    s = MarketState("m-1")
-    for i in range(WINDOW + 5):
-        s = trade(s, 0.01 * i, at=T0 + timedelta(seconds=i))
-    v = features.vector(s, T0)
-    assert v.momentum_indicator == pytest.approx(0.01 * (WINDOW + 4) - 0.01 * 5)
-    assert v.price_volatility == statistics.pstdev([0.01 * i for i in range(5, WINDOW + 5)])
+def test_after_an_offset_regression_old_replayed_events_are_skipped() -> None:
+    engine, _ = run([created(), trade(0), trade(1000)])
+    engine.suspect_partitions.add(0)
+    _, out = run([trade(0, user="again"), trade(1001, user="new")], engine)
+    assert engine.markets["m"].trade_count == 3 and out.duplicates == 1
 
 
-def test_vector_carries_counts_and_sentiments() -> None:
-    s = created(T0 + timedelta(days=1))
-    s = trade(s, 0.6, at=T0, amount=4.0)
-    s = trade(s, 0.65, at=T0 + timedelta(seconds=1), amount=6.0, new=False)
-    s = features.on_signal(s, kind="social", sentiment=0.25)
-    s = features.on_signal(s, kind="news", sentiment=-0.75)
-    v = features.vector(s, T0)
-    assert isinstance(v, MarketFeatures)
-    assert (v.current_price, v.total_volume, v.trade_count, v.participant_count) == (0.65, 10.0, 2, 1)
-    assert (v.social_sentiment, v.news_sentiment) == (0.25, -0.75)
-    assert v.days_remaining == 1.0
-    # Not computed by this version: left unknown rather than invented.
-    assert v.volume_trend is None and v.historical_accuracy is None
-    assert v.category_risk is None and v.liquidity_score is None
-
-
-@given(
-    st.lists(
-        st.tuples(st.integers(0, 100_000), st.floats(0.0, 1.0), st.floats(0.01, 1e6), st.booleans()),
-        max_size=40,
-    ),
-    st.lists(st.tuples(st.sampled_from(["social", "news"]), st.none() | st.floats(-1.0, 1.0)), max_size=10),
-    st.integers(-200_000, 200_000),
-)
-def test_vector_always_validates_as_market_features(
-    trades: list[tuple[int, float, float, bool]], signals: list[tuple[str, float | None]], as_of_s: int
-) -> None:
-    s = created(T0 + timedelta(days=1))
-    for seconds, price, amount, new in trades:
-        s = trade(s, price, at=T0 + timedelta(seconds=seconds), amount=amount, new=new)
-    for kind, sentiment in signals:
-        s = features.on_signal(s, kind=kind, sentiment=sentiment)
-    v = features.vector(s, T0 + timedelta(seconds=as_of_s))
-    again = MarketFeatures.model_validate(v.model_dump())
-    assert again == v
-    assert v.days_remaining is not None and v.days_remaining >= 0
-    # And it travels inside the event that carries it.
-    event = FeatureVectorComputed(
-        occurred_at=T0, producer="feature", market_id="m-1", category="c", features=v, source_event_id="src"
-    )
-    assert decode(FEATURE_VECTORS, encode(event)).features == v
-
-
-def test_unscored_signal_text_is_scored_and_a_source_score_is_kept() -> None:
-    def signal(text: str, sentiment: float | None) -> SignalObserved:
-        return SignalObserved(
-            occurred_at=T0, producer="t", signal_id=text[:8], market_id="m-1", kind="news", source="wire",
-            text=text, sentiment=sentiment,
-        )  # fmt: skip
-
-    good = features.apply(MarketState("m-1"), signal("Great news: the bill passed with strong support", None))
-    bad = features.apply(MarketState("m-1"), signal("Terrible setback, the bill failed and support collapsed", None))
-    kept = features.apply(MarketState("m-1"), signal("Great news: the bill passed with strong support", -0.25))
-    assert good.news_sentiment is not None and good.news_sentiment > 0.3
-    assert bad.news_sentiment is not None and bad.news_sentiment < -0.3
-    assert kept.news_sentiment == -0.25
-    assert good.social_sentiment is None
+def test_market_state_survives_pickling() -> None:
+    engine, _ = run([created(), trade(1), signal(2)])
+    s = engine.markets["m"]
+    assert pickle.loads(pickle.dumps(s)).semantic() == s.semantic()
+    assert isinstance(MarketState("x").semantic(), tuple)
