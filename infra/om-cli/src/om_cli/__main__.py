@@ -56,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     servers.set_defaults(run=infra)
 
     simulate = commands.add_parser("simulate", help="drive a running platform with simulated markets and traders")
-    from om_cli.simulator.runner import add_arguments, run_from_args
+    from om_cli.simulator.runner import add_arguments, run_from_args, write_history_from_args
 
     add_arguments(simulate)
-    simulate.set_defaults(run=lambda args: _run_async(run_from_args(args)))
+    simulate.set_defaults(
+        run=lambda args: write_history_from_args(args) if args.history else _run_async(run_from_args(args))
+    )
 
     args = parser.parse_args(argv)
     logging.basicConfig(format="om | %(message)s", level=logging.INFO)
