@@ -32,6 +32,7 @@ from om_contracts import (
     MarketMetricsUpdated,
     MarketResolved,
     MarketSummary,
+    ModelLifecycleChanged,
     PredictionMade,
     SignalObserved,
     SystemMetrics,
@@ -164,6 +165,11 @@ def examples() -> dict[str, list[BaseModel]]:
                 payload_base64=base64.b64encode(b'{"amount": -1}').decode(),
             )
         ],
+        "model.lifecycle.v1": [
+            ModelLifecycleChanged(
+                **ENV, model_version="m20260101-000000-1", state="production", previous_version=None, checksum="ab12"
+            )
+        ],
     }
 
 
@@ -201,7 +207,7 @@ def test_there_is_an_example_of_every_event_type_of_every_topic() -> None:
 
 def test_event_types_are_unique_across_topics() -> None:
     types = [m.model_fields["event_type"].default for t in TOPICS for m in message_models(t)]
-    assert len(types) == len(set(types)) == 11
+    assert len(types) == len(set(types)) == 12
 
 
 # --- round trip -----------------------------------------------------------------------------------
@@ -432,7 +438,7 @@ def test_topic_names_follow_the_convention(t: Topic) -> None:
 
 def test_topic_names_are_unique_and_unknown_names_fail() -> None:
     names = [t.name for t in TOPICS]
-    assert len(names) == len(set(names)) == 8
+    assert len(names) == len(set(names)) == 9
     with pytest.raises(KeyError):
         topic("market.trades.v2")
 

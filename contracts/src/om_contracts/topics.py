@@ -17,6 +17,7 @@ from om_contracts.events import (
     FeatureVectorComputed,
     MarketLifecycleEvent,
     MarketMetricsUpdated,
+    ModelLifecycleChanged,
     PredictionMade,
     SignalObserved,
     SystemMetricsUpdated,
@@ -123,6 +124,17 @@ TOPICS: tuple[Topic, ...] = (
         partitions=1,
         retention_ms=30 * DAY_MS,
     ),
+    Topic(
+        name="model.lifecycle.v1",
+        model=ModelLifecycleChanged,
+        key="event_type",
+        producer="prediction (om models, prediction train)",
+        consumers=("prediction",),
+        visibility="internal",
+        description="Model versions entering candidate, production or archived; every prediction replica swaps.",
+        partitions=1,
+        retention_ms=30 * DAY_MS,
+    ),
 )
 
 _BY_NAME = {t.name: t for t in TOPICS}
@@ -142,3 +154,4 @@ PREDICTIONS = topic("prediction.predictions.v1")
 ANALYTICS_MARKET = topic("analytics.market.v1")
 ANALYTICS_SYSTEM = topic("analytics.system.v1")
 DEAD_LETTERS = topic("platform.dead-letters.v1")
+MODEL_LIFECYCLE = topic("model.lifecycle.v1")
