@@ -26,7 +26,7 @@ class HistoryConfig:
     market_lifetime_days: float = 7.0
     lifetime_jitter: float = 0.6
     trades_per_market: float = 120.0  # on average over a market's life
-    signals_per_trade: float = 0.15
+    signals_per_trade: float = 0.4
     start: datetime = EPOCH
 
 
