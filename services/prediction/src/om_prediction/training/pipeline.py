@@ -30,7 +30,9 @@ def _buckets(test: ds.Dataset, p: np.ndarray) -> list[tuple[str, str, Scores]]:
         (">= 3 days", days >= 3),
     ):
         if mask.sum() >= 20:
-            out.append(("time to close", name, score(p[mask], test.market_price[mask], test.y[mask], test.market_ids[mask])))
+            out.append(
+                ("time to close", name, score(p[mask], test.market_price[mask], test.y[mask], test.market_ids[mask]))
+            )
     liq = np.nan_to_num(test.liquidity, nan=0.0)
     lo, hi = np.quantile(liq, [1 / 3, 2 / 3]) if len(liq) else (0, 0)
     for name, mask in (
@@ -39,7 +41,9 @@ def _buckets(test: ds.Dataset, p: np.ndarray) -> list[tuple[str, str, Scores]]:
         (f"volume >= {hi:.0f}", liq >= hi),
     ):
         if mask.sum() >= 20:
-            out.append(("liquidity", name, score(p[mask], test.market_price[mask], test.y[mask], test.market_ids[mask])))
+            out.append(
+                ("liquidity", name, score(p[mask], test.market_price[mask], test.y[mask], test.market_ids[mask]))
+            )
     return out
 
 
@@ -150,7 +154,10 @@ def train(
         ensemble,
         {
             "metrics": overall.as_dict(),
-            "confidence_check": {"most_confident_fifth_brier": confident[0], "least_confident_fifth_brier": confident[1]},
+            "confidence_check": {
+                "most_confident_fifth_brier": confident[0],
+                "least_confident_fifth_brier": confident[1],
+            },
             "buckets": [{"group": g, "slice": n, **s.as_dict()} for g, n, s in buckets],
             "weights": list(ensemble.weights),
             "params": asdict(params),
