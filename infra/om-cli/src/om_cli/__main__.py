@@ -63,10 +63,34 @@ def main(argv: list[str] | None = None) -> int:
         run=lambda args: write_history_from_args(args) if args.history else _run_async(run_from_args(args))
     )
 
+    from om_prediction import cli as prediction_cli
+
+    train = commands.add_parser("train", help="train a candidate model (from a history folder or feature's export)")
+    prediction_cli.add_train_arguments(train)
+    train.add_argument("--history", type=launcher.Path, default=None, help="train offline from this history folder")
+    train.set_defaults(run=_train)
+
+    models = commands.add_parser("models", help="list, show, promote or roll back trained models")
+    prediction_cli.add_model_arguments(models)
+    models.set_defaults(run=prediction_cli.run_models)
+
     args = parser.parse_args(argv)
     logging.basicConfig(format="om | %(message)s", level=logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the summaries
     return args.run(args) or 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from om_prediction import cli as prediction_cli
+
+    if args.history is None:
+        return prediction_cli.run_train(args)
+    from om_cli.history.format import read_history
+    from om_cli.history.offline_features import snapshot_rows
+
+    history = read_history(args.history)
+    records = [r for kind in history.values() for r in kind]
+    return prediction_cli.run_train(args, snapshot_rows(records, seed=args.seed), f"history {args.history}")
 
 
 def _run_async(coro: Coroutine[Any, Any, int]) -> int:

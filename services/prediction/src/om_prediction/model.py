@@ -171,10 +171,11 @@ def fit_ensemble(
     y_train: np.ndarray,
     x_val: np.ndarray,
     y_val: np.ndarray,
-    params: TrainParams = TrainParams(),
+    params: TrainParams | None = None,
     features: tuple[str, ...] = FEATURES,
 ) -> Ensemble:
     """Members on the training fold; stacking weights and calibration on the validation fold."""
+    params = params or TrainParams()
     medians = np.nanmedian(np.where(np.isnan(x_train).all(axis=0), 0.0, x_train), axis=0)
     medians = np.where(np.isnan(medians), 0.0, medians)
     xt, xv = impute(x_train, medians), impute(x_val, medians)

@@ -142,7 +142,8 @@ class Registry:
     def folder(self, version: str) -> Path:
         return self.root / version
 
-    def promote(self, version: str, rule: PromotionRule = PromotionRule(), *, force: bool = False) -> dict[str, Any]:
+    def promote(self, version: str, rule: PromotionRule | None = None, *, force: bool = False) -> dict[str, Any]:
+        rule = rule or PromotionRule()
         data = self._read()
         entry = data["versions"].get(version)
         if entry is None:

@@ -124,12 +124,13 @@ def _report(entry: dict[str, Any], overall: Scores, buckets: list, confident: tu
 def train(
     rows: Iterable[dict[str, Any]],
     registry: Registry,
-    params: TrainParams = TrainParams(),
+    params: TrainParams | None = None,
     *,
     source: str = "",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train, evaluate and register a candidate; returns its registry entry (with `report` the report's path)."""
+    params = params or TrainParams()
     steps = tqdm(total=5, desc="train", unit="step", disable=not progress)
     steps.set_postfix_str("dataset")
     data = ds.build(rows)
