@@ -73,8 +73,9 @@ async def test_bad_event_is_dead_lettered_and_good_ones_still_flow(
     assert all(d["consumer"] == "feature" and d["original_topic"] == "market.trades.v1" for d in letters)
     assert any("amount" in d["reason"] for d in letters)
 
-    # One vector per distinct event: created, first, second — the redelivered trade changed nothing.
-    assert len(vectors) == 3
+    # Coalesced by event time (all three events fall within 100 ms): few vectors, distinct ids, and the last one
+    # includes both trades once each — the redelivered trade changed nothing.
+    assert 1 <= len(vectors) <= 3 and len({v["event_id"] for v in vectors}) == len(vectors)
     latest = vectors[-1]["features"]
     assert latest["current_price"] == 0.7
     assert latest["total_volume"] == 15.0
@@ -86,26 +87,28 @@ async def test_bad_event_is_dead_lettered_and_good_ones_still_flow(
 async def test_event_that_cannot_be_applied_is_dead_lettered_and_the_rest_applied(
     kafka_bootstrap: str, database_url: str, redis_url: str
 ) -> None:
-    """Valid on the wire, impossible to store (PostgreSQL text cannot hold NUL): a stand-in for any event that
-    fails deterministically. It must not block the events around it, nor be retried forever."""
+    """Valid on the wire, impossible to apply (an amount that overflows to infinity must never enter state): it
+    is dead-lettered with the reason, and neither blocks the events around it nor is retried forever."""
     settings = FeatureSettings(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, DATABASE_URL=database_url, REDIS_URL=redis_url)
     market = f"m-{uuid.uuid4().hex[:8]}"
     before, poison, after = (
         trade(market, "alice", 0.6, 10.0),
-        trade(market, "bad\x00user", 0.9, 1.0),
+        trade(market, "mallory", 0.9, 1.0),
         trade(market, "bob", 0.7, 5.0),
     )
+    poison_bytes = encode(poison).replace(b'"amount":1.0', b'"amount":1e400')
+    assert poison_bytes != encode(poison)
     async with app_client(create_app(settings)):
         await produce(kafka_bootstrap, "market.lifecycle.v1", [encode(created(market))], key=market.encode())
         await produce(
-            kafka_bootstrap, "market.trades.v1", [encode(before), encode(poison), encode(after)], key=market.encode()
+            kafka_bootstrap, "market.trades.v1", [encode(before), poison_bytes, encode(after)], key=market.encode()
         )
         letters = await consume_until(kafka_bootstrap, "platform.dead-letters.v1", lambda m: len(m) >= 1)
         vectors = await consume_until(
             kafka_bootstrap, "feature.vectors.v1", lambda m: any(v["source_event_id"] == str(after.event_id) for v in m)
         )
     [letter] = letters
-    assert base64.b64decode(letter["payload_base64"]) == encode(poison)
-    assert str(poison.event_id) in letter["reason"] and "could not be applied" in letter["reason"]
+    assert base64.b64decode(letter["payload_base64"]) == poison_bytes
+    assert str(poison.event_id) in letter["reason"] and "not a finite" in letter["reason"]
     latest = vectors[-1]["features"]
     assert (latest["trade_count"], latest["total_volume"], latest["participant_count"]) == (2, 15.0, 2)

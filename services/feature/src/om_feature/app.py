@@ -1,21 +1,36 @@
-"""Wires feature together: database, Redis, the three consumed topics, the internal API."""
+"""Wires feature together: database, Redis, the stateful consumer of the three market topics, the internal API."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
 
-from om_contracts.topics import MARKET_LIFECYCLE, MARKET_SIGNALS, MARKET_TRADES
+from om_contracts.topics import FEATURE_VECTORS, MARKET_LIFECYCLE, MARKET_SIGNALS, MARKET_TRADES
 from om_feature import api
-from om_feature.handlers import FeatureHandlers
+from om_feature.engine import Engine, EngineConfig
+from om_feature.features import FeatureConfig
+from om_feature.processor import FeatureProcessor
 from om_feature.settings import FeatureSettings
+from om_feature.stream import KafkaSink, StatefulLoop
 from om_runtime.cache import create_redis
 from om_runtime.db import Database
 from om_runtime.service import ServiceRuntime
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+TOPICS = (MARKET_LIFECYCLE, MARKET_TRADES, MARKET_SIGNALS)
+
+
+def engine_config(settings: FeatureSettings) -> EngineConfig:
+    return EngineConfig(
+        features=FeatureConfig(grace_s=settings.grace_s),
+        coalesce_ms=settings.coalesce_ms,
+        snapshot_every_s=settings.snapshot_every_s,
+        max_held_per_market=settings.max_held_per_market,
+        max_held_total=settings.max_held_total,
+    )
 
 
 def create_app(settings: FeatureSettings | None = None) -> FastAPI:
@@ -23,12 +38,39 @@ def create_app(settings: FeatureSettings | None = None) -> FastAPI:
     runtime = ServiceRuntime(settings)
     db = Database(settings.database_url, schema="feature", migrations=MIGRATIONS, pool_size=settings.database_pool_size)
     redis = create_redis(settings.redis_url)
+    sink = KafkaSink(settings.kafka_bootstrap_servers, client_id=settings.service_name, topic=FEATURE_VECTORS.name)
+    processor = FeatureProcessor(
+        Engine(engine_config(settings)), db, redis, sink, checkpoint_interval_s=settings.checkpoint_interval_s
+    )
+    loop = StatefulLoop(
+        settings.kafka_bootstrap_servers,
+        TOPICS,
+        processor.process,
+        processor,
+        sink,
+        group=settings.service_name,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        max_records=settings.max_batch,
+    )
+
+    @contextlib.asynccontextmanager
+    async def producing() -> AsyncIterator[None]:
+        await sink.start()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                await processor.checkpoint()  # a graceful stop keeps everything applied so far
+            await sink.stop()
+
     runtime.add_resource(db, name="postgres", check=db.ping)
     runtime.add_resource(contextlib.aclosing(redis), name="redis", check=redis.ping)
-    handlers = FeatureHandlers(redis, runtime.publisher)
-    runtime.consume_in_transaction(db, handlers.apply_batch, topics=(MARKET_LIFECYCLE, MARKET_TRADES, MARKET_SIGNALS))
-    return runtime.create_app(
+    runtime.add_resource(producing(), name="producer", check=runtime.checks["kafka"])
+    runtime.add_loop("feature-stream", loop.run)
+    app = runtime.create_app(
         title="Opinion Market feature",
-        description="Streaming per-market features (internal).",
-        routers=[api.router(redis)],
+        description="Streaming per-market features (internal) and the training export of point-in-time snapshots.",
+        routers=[api.router(redis, db)],
     )
+    app.state.processor = processor
+    return app

@@ -1,3 +1,6 @@
+"""feature's settings: the shared infrastructure ones, plus its event-time windows and checkpoint cadence."""
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from om_runtime.settings import Port, PostgresSettings, RedisSettings, ServiceSettings
@@ -8,3 +11,15 @@ class FeatureSettings(ServiceSettings, PostgresSettings, RedisSettings):
 
     service_name: str = "feature"
     http_port: Port = 8002
+    #: An event later than its market's newest one by more than this is applied to totals only.
+    grace_s: float = Field(default=300.0, ge=0)
+    #: At most one vector per market per this much event time (the last of a burst is always published).
+    coalesce_ms: int = Field(default=100, ge=1)
+    #: A point-in-time snapshot per market per this much event time (and one at close).
+    snapshot_every_s: float = Field(default=900.0, gt=0)
+    #: State + offsets are checkpointed at least this often (and when partitions move, and at shutdown).
+    checkpoint_interval_s: float = Field(default=1.0, gt=0)
+    #: Events held per market (and in all) while its market.created has not arrived; beyond, dead-lettered.
+    max_held_per_market: int = Field(default=1_000, ge=0)
+    max_held_total: int = Field(default=100_000, ge=0)
+    max_batch: int = Field(default=5_000, ge=1, description="records per consumed batch")

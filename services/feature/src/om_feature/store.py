@@ -1,83 +1,223 @@
-"""feature's own data: market state and snapshots in PostgreSQL, online features in Redis (`feature:` keys)."""
+"""feature's own data: checkpoints (market state + consumed offsets, written together), point-in-time snapshots,
+resolutions and the training export in PostgreSQL; the latest vector per market in Redis (`feature:` keys)."""
 
 from __future__ import annotations
 
+import base64
 import json
+import pickle
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb
-from pydantic import TypeAdapter
 from redis.asyncio import Redis
 
-from om_contracts import FeatureVectorComputed
+from om_feature.engine import Outcome, Vector
 from om_feature.features import MarketState
 from om_runtime.cache import KeySpace
 
-_STATE = TypeAdapter(MarketState)
 KEYS = KeySpace("feature")
 
 
-async def lock_states(conn: AsyncConnection, market_ids: list[str]) -> dict[str, MarketState]:
-    """The markets' states, row-locked for this transaction (in id order, so batches cannot deadlock);
-    a fresh state for a market seen for the first time."""
-    fresh = [Jsonb(_STATE.dump_python(MarketState(m), mode="json")) for m in market_ids]
-    await conn.execute(
-        "INSERT INTO market_state (market_id, state) SELECT * FROM unnest(%s::text[], %s::jsonb[]) "
-        "ON CONFLICT DO NOTHING",
-        (market_ids, fresh),
-    )
-    cur = await conn.execute(
-        "SELECT market_id, state FROM market_state WHERE market_id = ANY(%s) ORDER BY market_id FOR UPDATE",
-        (market_ids,),
-    )
-    return {row["market_id"]: _STATE.validate_python(row["state"]) for row in await cur.fetchall()}
+def _time(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
-async def save_states(conn: AsyncConnection, states: list[MarketState]) -> None:
+# --- checkpoints ----------------------------------------------------------------------------------------
+
+
+async def save_checkpoint(
+    conn: AsyncConnection,
+    states: Iterable[MarketState],
+    offsets: Mapping[tuple[str, int], int],
+    snapshots: Iterable[Vector] = (),
+    outcomes: Iterable[Outcome] = (),
+) -> None:
+    """Save changed market states, the offsets they reflect, and the snapshots and outcomes produced since the
+    last checkpoint — in the caller's transaction, so a crash leaves all of them or none."""
+    rows = [(s.market_id, s.partition, pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL)) for s in states]
     async with conn.cursor() as cur:
-        await cur.executemany(
-            "UPDATE market_state SET state = %s, updated_at = now() WHERE market_id = %s",
-            [(Jsonb(_STATE.dump_python(s, mode="json")), s.market_id) for s in states],
-        )
+        if rows:
+            await cur.execute(
+                "INSERT INTO market_checkpoint (market_id, partition, state) "
+                "SELECT * FROM unnest(%s::text[], %s::int[], %s::bytea[]) "
+                "ON CONFLICT (market_id) DO UPDATE SET partition = excluded.partition, state = excluded.state, "
+                "updated_at = now()",
+                ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+            )
+        if offsets:
+            items = list(offsets.items())
+            await cur.execute(
+                "INSERT INTO checkpoint_offsets (topic, partition, next_offset) "
+                "SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[]) "
+                "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset, updated_at = now()",
+                ([t for (t, _), _ in items], [p for (_, p), _ in items], [o for _, o in items]),
+            )
+        await save_snapshots(conn, snapshots)
+        await save_outcomes(conn, outcomes)
 
 
-async def add_participants(conn: AsyncConnection, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Record (market, user) pairs; return those not seen before."""
-    if not pairs:
-        return set()
+async def load_states(conn: AsyncConnection, partitions: Iterable[int]) -> list[MarketState]:
     cur = await conn.execute(
-        "INSERT INTO participants (market_id, user_id) SELECT * FROM unnest(%s::text[], %s::text[]) "
-        "ON CONFLICT DO NOTHING RETURNING market_id, user_id",
-        ([m for m, _ in pairs], [u for _, u in pairs]),
+        "SELECT state FROM market_checkpoint WHERE partition = ANY(%s)", (sorted(set(partitions)),)
     )
-    return {(row["market_id"], row["user_id"]) for row in await cur.fetchall()}
+    return [pickle.loads(row["state"]) for row in await cur.fetchall()]
 
 
-async def save_snapshots(conn: AsyncConnection, vectors: list[FeatureVectorComputed]) -> None:
-    if not vectors:
+async def load_offsets(conn: AsyncConnection, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    wanted = set(partitions)
+    cur = await conn.execute("SELECT topic, partition, next_offset FROM checkpoint_offsets")
+    return {
+        (row["topic"], row["partition"]): row["next_offset"]
+        for row in await cur.fetchall()
+        if (row["topic"], row["partition"]) in wanted
+    }
+
+
+async def reset(conn: AsyncConnection) -> None:
+    """Forget all state, offsets, snapshots and outcomes (the `feature rebuild` command starts from here)."""
+    await conn.execute("TRUNCATE market_checkpoint, checkpoint_offsets, feature_snapshots, market_outcomes")
+
+
+# --- snapshots, outcomes --------------------------------------------------------------------------------
+
+
+async def save_snapshots(conn: AsyncConnection, snapshots: Iterable[Vector]) -> None:
+    rows = [
+        (str(v.event_id), v.market_id, _time(v.as_of), v.source_event_id, json.dumps(v.features)) for v in snapshots
+    ]
+    if not rows:
         return
+    await conn.execute(
+        "INSERT INTO feature_snapshots (event_id, market_id, as_of, source_event_id, features) "
+        "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::jsonb[]) "
+        "ON CONFLICT DO NOTHING",
+        tuple([r[i] for r in rows] for i in range(5)),
+    )
+
+
+async def save_outcomes(conn: AsyncConnection, outcomes: Iterable[Outcome]) -> None:
     async with conn.cursor() as cur:
         await cur.executemany(
-            "INSERT INTO feature_snapshots (event_id, market_id, as_of, source_event_id, features) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            "INSERT INTO market_outcomes (market_id, category, created_at, close_at, closed_at, resolved_at, "
+            "resolution, resolution_price, final_price) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (market_id) DO NOTHING",
             [
                 (
-                    str(v.event_id),
-                    v.market_id,
-                    v.occurred_at,
-                    v.source_event_id,
-                    Jsonb(v.features.model_dump(mode="json")),
+                    o.market_id,
+                    o.category,
+                    _time(o.created_at),
+                    _time(o.close_at),
+                    _time(o.closed_at),
+                    _time(o.resolved_at),
+                    o.resolution,
+                    o.resolution_price,
+                    o.final_price,
                 )
-                for v in vectors
+                for o in outcomes
             ],
         )
 
 
-async def write_online(redis: Redis, vectors: list[FeatureVectorComputed]) -> None:
-    """The latest vector per market, for low-latency reads (the prediction cache's inputs)."""
-    latest = {KEYS.key("market", v.market_id): v.model_dump_json() for v in vectors}
-    if latest:
-        await redis.mset(latest)
+async def load_outcomes(conn: AsyncConnection) -> list[Outcome]:
+    """Every resolution (the category histories are rebuilt from these, whichever process resolved them)."""
+    cur = await conn.execute("SELECT * FROM market_outcomes ORDER BY resolved_at, market_id")
+    return [
+        Outcome(
+            market_id=r["market_id"],
+            category=r["category"],
+            created_at=r["created_at"] and r["created_at"].timestamp(),
+            close_at=r["close_at"] and r["close_at"].timestamp(),
+            closed_at=r["closed_at"] and r["closed_at"].timestamp(),
+            resolved_at=r["resolved_at"].timestamp(),
+            resolution=r["resolution"],
+            resolution_price=r["resolution_price"],
+            final_price=r["final_price"],
+        )
+        for r in await cur.fetchall()
+    ]
+
+
+# --- the training export (docs/interfaces: feature -> prediction) ---------------------------------------
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(resolved_at: datetime, market_id: str, as_of: datetime) -> str:
+    raw = json.dumps([resolved_at.isoformat(), market_id, as_of.isoformat()]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str, datetime]:
+    try:
+        resolved_at, market_id, as_of = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(resolved_at), str(market_id), datetime.fromisoformat(as_of)
+    except (ValueError, TypeError) as exc:
+        raise BadCursor("cursor is not one this endpoint returned") from exc
+
+
+async def training_snapshots(
+    conn: AsyncConnection,
+    *,
+    resolved_after: datetime | None,
+    resolved_before: datetime | None,
+    cursor: str | None,
+    limit: int,
+) -> dict[str, Any]:
+    """Point-in-time snapshots of resolved markets, each strictly before the market's close and resolution,
+    ordered by (resolved_at, market_id, as_of), a page at a time."""
+    after = decode_cursor(cursor) if cursor else None
+    cur = await conn.execute(
+        "SELECT o.market_id, o.category, s.as_of, o.close_at, o.created_at, o.resolved_at, o.resolution, "
+        "o.resolution_price, s.features "
+        "FROM market_outcomes o JOIN feature_snapshots s ON s.market_id = o.market_id "
+        "WHERE o.resolved_at >= coalesce(%(after)s, '-infinity'::timestamptz) "
+        "AND o.resolved_at < coalesce(%(before)s, 'infinity'::timestamptz) "
+        "AND s.as_of < least(o.resolved_at, coalesce(o.closed_at, 'infinity'), coalesce(o.close_at, 'infinity')) "
+        "AND (%(c_res)s::timestamptz IS NULL OR (o.resolved_at, o.market_id, s.as_of) > "
+        "(%(c_res)s::timestamptz, %(c_mkt)s::text, %(c_asof)s::timestamptz)) "
+        "ORDER BY o.resolved_at, o.market_id, s.as_of LIMIT %(limit)s",
+        {
+            "after": resolved_after,
+            "before": resolved_before,
+            "c_res": after and after[0],
+            "c_mkt": after and after[1],
+            "c_asof": after and after[2],
+            "limit": limit + 1,
+        },
+    )
+    rows = await cur.fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [
+        {
+            "market_id": r["market_id"],
+            "category": r["category"],
+            "as_of": r["as_of"],
+            "close_at": r["close_at"],
+            "created_at": r["created_at"],
+            "resolved_at": r["resolved_at"],
+            "resolution": r["resolution"],
+            "resolution_price": r["resolution_price"],
+            "features": r["features"],
+        }
+        for r in rows
+    ]
+    last = rows[-1] if rows else None
+    next_cursor = encode_cursor(last["resolved_at"], last["market_id"], last["as_of"]) if more and last else None
+    return {"items": items, "next_cursor": next_cursor}
+
+
+# --- Redis online store ---------------------------------------------------------------------------------
+
+
+async def write_online(redis: Redis, vectors: Mapping[str, str]) -> None:
+    """The latest vector event (JSON) per market, in one round trip per batch."""
+    if vectors:
+        await redis.mset({KEYS.key("market", market_id): body for market_id, body in vectors.items()})
 
 
 async def read_online(redis: Redis, market_id: str) -> dict | None:

@@ -1,0 +1,259 @@
+"""The feature engine: folds decoded events into per-market state and decides what to publish. Pure (no I/O).
+
+It holds the state of the markets of the partitions this process owns, the category histories, and what changed
+since the last checkpoint. Outputs are plain data the edges turn into Kafka messages, Redis writes and rows.
+Coalescing: at most one vector per market per `coalesce_ms` bucket of event time while a batch streams through;
+the latest unpublished state of every touched market is published at the end of each batch, so nothing stays stale.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from om_contracts import MarketCancelled, MarketClosed, MarketCreated, MarketResolved, SignalObserved, TradeExecuted
+from om_feature import sentiment
+from om_feature.features import (
+    DEFAULT,
+    BadEvent,
+    CategoryHistory,
+    FeatureConfig,
+    MarketState,
+    apply_created,
+    apply_signal,
+    apply_status,
+    apply_trade,
+    compute,
+)
+
+_VECTORS = uuid.UUID("9a3c1f7e-5b2d-4e8a-b1c4-7d6e2f0a8c35")
+
+
+def vector_id(market_id: str, last_event_id: str) -> uuid.UUID:
+    """A vector's id derives from its market and the last event it includes: a replay republishes the same id."""
+    return uuid.uuid5(_VECTORS, f"{market_id}:{last_event_id}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    features: FeatureConfig = DEFAULT
+    coalesce_ms: int = 100
+    snapshot_every_s: float = 900.0  # a point-in-time snapshot per market per this much event time, and at close
+    max_held_per_market: int = 1_000  # events for a market whose creation has not arrived yet
+    max_held_total: int = 100_000
+
+
+@dataclass(frozen=True)
+class Vector:
+    event_id: uuid.UUID
+    market_id: str
+    category: str
+    as_of: float
+    features: dict[str, Any]
+    source_event_id: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    market_id: str
+    category: str
+    created_at: float | None
+    close_at: float | None
+    closed_at: float | None
+    resolved_at: float
+    resolution: str
+    resolution_price: float
+    final_price: float
+
+
+@dataclass
+class Output:
+    vectors: list[Vector] = field(default_factory=list)
+    snapshots: list[Vector] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    #: (the caller's reference to the input, reason)
+    rejected: list[tuple[Any, str]] = field(default_factory=list)
+    duplicates: int = 0
+
+
+class Engine:
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.markets: dict[str, MarketState] = {}
+        self.categories: dict[str, CategoryHistory] = {}
+        self.dirty: set[str] = set()
+        self.held_total = 0
+        #: partitions whose offsets regressed: events older than the grace period are taken as already applied
+        self.suspect_partitions: set[int] = set()
+        self._bucket_s = self.config.coalesce_ms / 1000.0
+
+    # --- state handover -------------------------------------------------------------------------------
+
+    def adopt(self, states: Iterable[MarketState]) -> None:
+        for s in states:
+            self.markets[s.market_id] = s
+            self.held_total += len(s.held)
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        for market_id in [m for m, s in self.markets.items() if s.partition in partitions]:
+            self.held_total -= len(self.markets.pop(market_id).held)
+            self.dirty.discard(market_id)
+
+    def add_resolution(self, outcome: Outcome) -> None:
+        """A resolution, from this process or (via the outcomes table) from another one."""
+        history = self.categories.get(outcome.category)
+        if history is None:
+            history = self.categories[outcome.category] = CategoryHistory()
+        history.add(outcome.market_id, outcome.resolved_at, outcome.final_price, outcome.resolution_price)
+
+    def take_dirty(self, partitions: set[int] | None = None) -> list[MarketState]:
+        """The states changed since the last call (optionally only those of `partitions`), for a checkpoint."""
+        chosen = [m for m in self.dirty if partitions is None or self.markets[m].partition in partitions]
+        self.dirty.difference_update(chosen)
+        return [self.markets[m] for m in chosen]
+
+    # --- processing ------------------------------------------------------------------------------------
+
+    def process(self, items: Iterable[tuple[Any, int, Any]]) -> Output:
+        """Apply (event, partition, reference) items in order; return what to publish and store."""
+        out = Output()
+        touched: dict[str, MarketState] = {}
+        for event, partition, ref in items:
+            try:
+                self._apply(event, partition, ref, out, touched)
+            except BadEvent as exc:
+                out.rejected.append((ref, f"{type(event).__name__} {event.event_id}: {exc}"))
+        for s in touched.values():
+            if s.pending:
+                self._emit(s, out)
+        return out
+
+    def _state(self, market_id: str, partition: int) -> MarketState:
+        s = self.markets.get(market_id)
+        if s is None:
+            s = self.markets[market_id] = MarketState(market_id, partition, self.config.features)
+        return s
+
+    def _apply(self, event: Any, partition: int, ref: Any, out: Output, touched: dict[str, MarketState]) -> None:
+        s = self._state(event.market_id, partition)
+        if not s.created and not isinstance(event, MarketCreated):
+            if len(s.held) >= self.config.max_held_per_market or self.held_total >= self.config.max_held_total:
+                raise BadEvent(f"market {event.market_id!r} is unknown (no market.created) and the hold is full")
+            s.held.append((event, ref))
+            self.held_total += 1
+            self.dirty.add(s.market_id)
+            return
+        self.dirty.add(s.market_id)
+        touched[s.market_id] = s
+        if isinstance(event, MarketCreated):
+            self._coalesce(s, event.occurred_at.timestamp(), out)
+            apply_created(
+                s,
+                event_id=str(event.event_id),
+                at=event.occurred_at.timestamp(),
+                category=event.category,
+                close_at=event.close_at.timestamp(),
+                initial_price=event.initial_price,
+            )
+            s.pending = s.status == "open"
+            held, s.held = s.held, []
+            self.held_total -= len(held)
+            for held_event, held_ref in held:
+                try:
+                    self._apply(held_event, partition, held_ref, out, touched)
+                except BadEvent as exc:
+                    out.rejected.append((held_ref, f"{type(held_event).__name__} {held_event.event_id}: {exc}"))
+            return
+        if isinstance(event, TradeExecuted | SignalObserved):
+            at = event.occurred_at.timestamp()
+            if partition in self.suspect_partitions and at < s.watermark - self.config.features.grace_s:
+                out.duplicates += 1  # replayed after the broker lost its log: older than grace = applied before
+                return
+            self._coalesce(s, at, out)
+            if isinstance(event, TradeExecuted):
+                applied = apply_trade(
+                    s,
+                    self.config.features,
+                    event_id=str(event.event_id),
+                    at=at,
+                    user_id=event.user_id,
+                    amount=event.amount,
+                    price_before=event.price_before,
+                    price_after=event.price_after,
+                )
+            else:
+                score = event.sentiment if event.sentiment is not None else sentiment.score(event.text)
+                applied = apply_signal(
+                    s, self.config.features, event_id=str(event.event_id), at=at, kind=event.kind, sentiment=score
+                )
+            if not applied:
+                out.duplicates += 1
+                return
+            if s.status == "open":
+                s.pending = True
+            return
+        # closed / resolved / cancelled: publish and snapshot the last open state first
+        at = event.occurred_at.timestamp()
+        if s.status == "open":
+            if s.pending:
+                self._emit(s, out)
+            if s.watermark < at and s.last_event_id is not None:
+                out.snapshots.append(self._vector(s))
+        if isinstance(event, MarketResolved):
+            final_price = s.price
+            apply_status(
+                s,
+                event_id=str(event.event_id),
+                at=at,
+                status="resolved",
+                resolution=event.resolution,
+                price=event.resolution_price,
+            )
+            outcome = Outcome(
+                market_id=s.market_id,
+                category=s.category,
+                created_at=s.created_at,
+                close_at=s.close_at,
+                closed_at=s.closed_at,
+                resolved_at=at,
+                resolution=event.resolution,
+                resolution_price=event.resolution_price,
+                final_price=final_price,
+            )
+            self.add_resolution(outcome)
+            out.outcomes.append(outcome)
+        else:
+            status = "closed" if isinstance(event, MarketClosed) else "cancelled"
+            assert isinstance(event, MarketClosed | MarketCancelled)
+            apply_status(s, event_id=str(event.event_id), at=at, status=status)
+        s.pending = False
+
+    def _coalesce(self, s: MarketState, at: float, out: Output) -> None:
+        """Publish the pending state if this event starts a later event-time bucket than the pending one's."""
+        if s.pending and at > s.watermark and (at // self._bucket_s) != (s.watermark // self._bucket_s):
+            self._emit(s, out)
+
+    def _vector(self, s: MarketState) -> Vector:
+        as_of = s.watermark
+        return Vector(
+            event_id=vector_id(s.market_id, s.last_event_id or ""),
+            market_id=s.market_id,
+            category=s.category,
+            as_of=as_of,
+            features=compute(s, self.config.features, self.categories.get(s.category), as_of),
+            source_event_id=s.last_event_id or "",
+        )
+
+    def _emit(self, s: MarketState, out: Output) -> None:
+        s.pending = False
+        if s.status != "open" or not s.created or not math.isfinite(s.watermark):
+            return
+        vector = self._vector(s)
+        out.vectors.append(vector)
+        every = self.config.snapshot_every_s
+        if vector.as_of // every != s.snapshot_at // every if math.isfinite(s.snapshot_at) else True:
+            s.snapshot_at = vector.as_of
+            out.snapshots.append(vector)

@@ -1,0 +1,160 @@
+"""The stateful edge of feature: feeds consumed batches to the engine, publishes the vectors, writes the latest per
+market to Redis, and checkpoints state + consumed offsets (+ snapshots and outcomes) in one PostgreSQL transaction.
+
+Recovery: on assignment, the partitions' market states and offsets are loaded and consumption resumes right after
+the last checkpoint, so nothing is applied twice. Vectors published after the last checkpoint are published again
+with the same ids (they derive from market and last included event), which downstream dedupes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+
+from om_feature import store
+from om_feature.engine import Engine, Outcome, Vector
+from om_runtime.db import Database
+
+log = logging.getLogger(__name__)
+PRODUCER = "feature"
+
+
+class VectorSink(Protocol):
+    """Where vectors go: (market key, JSON bytes) pairs, sent in order; `flush` waits for all acknowledgements."""
+
+    async def send(self, messages: list[tuple[bytes, bytes]]) -> None: ...
+    async def flush(self) -> None: ...
+
+
+def encode_vector(v: Vector, produced_at: str) -> bytes:
+    """A FeatureVectorComputed event, encoded without building the pydantic model (a test checks it validates)."""
+    occurred = datetime.fromtimestamp(v.as_of, UTC).isoformat().replace("+00:00", "Z")
+    return json.dumps(
+        {
+            "event_id": str(v.event_id),
+            "event_type": "feature.vector_computed",
+            "schema_version": 1,
+            "occurred_at": occurred,
+            "produced_at": produced_at,
+            "producer": PRODUCER,
+            "market_id": v.market_id,
+            "category": v.category,
+            "features": v.features,
+            "source_event_id": v.source_event_id,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+class FeatureProcessor:
+    def __init__(
+        self,
+        engine: Engine,
+        db: Database,
+        redis: Redis,
+        sink: VectorSink,
+        *,
+        checkpoint_interval_s: float = 1.0,
+    ) -> None:
+        self.engine = engine
+        self.db = db
+        self.redis = redis
+        self.sink = sink
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self.offsets: dict[tuple[str, int], int] = {}  # next offset per owned (topic, partition), not yet saved
+        self.snapshots: list[tuple[int, Vector]] = []  # (partition, snapshot) since the last checkpoint
+        self.outcomes: list[tuple[int, Outcome]] = []
+        self._last_checkpoint = time.monotonic()
+        self._lock = asyncio.Lock()
+        self.vectors_published = 0
+
+    # --- the consume API's listener ----------------------------------------------------------------------
+
+    async def on_assigned(self, partitions: list[tuple[str, int]]) -> Mapping[tuple[str, int], int]:
+        async with self._lock, self.db.transaction() as conn:
+            numbers = {p for _, p in partitions}
+            states = await store.load_states(conn, numbers)
+            offsets = await store.load_offsets(conn, partitions)
+            outcomes = await store.load_outcomes(conn)
+        # Whatever this process held of them is replaced by the checkpoint (a retry after a failed batch, or a
+        # partition coming back): state, unsaved offsets, snapshots and outcomes alike.
+        self.engine.drop_partitions(numbers)
+        self.snapshots = [(p, v) for p, v in self.snapshots if p not in numbers]
+        self.outcomes = [(p, o) for p, o in self.outcomes if p not in numbers]
+        for tp in partitions:
+            self.offsets.pop(tp, None)
+        self.engine.adopt(states)
+        for outcome in outcomes:
+            self.engine.add_resolution(outcome)
+        self.offsets.update(offsets)
+        log.info("assigned %s: %d market state(s), offsets %s", sorted(partitions), len(states), offsets)
+        return offsets
+
+    async def on_revoked(self, partitions: list[tuple[str, int]]) -> None:
+        async with self._lock:
+            await self._checkpoint()
+            numbers = {p for _, p in partitions}
+            self.engine.drop_partitions(numbers)
+            for tp in partitions:
+                self.offsets.pop(tp, None)
+        log.info("revoked %s after a checkpoint", sorted(partitions))
+
+    def on_offset_regression(self, partitions: list[tuple[str, int]]) -> None:
+        """The broker lost its log: events may come again with new offsets. Events of these partitions older than
+        the grace period are taken as already applied; newer ones are deduped by event id."""
+        self.engine.suspect_partitions.update(p for _, p in partitions)
+        for tp in partitions:
+            self.offsets[tp] = 0
+        log.warning("offset regression on %s: deduping replayed events by event id and event time", partitions)
+
+    # --- processing ------------------------------------------------------------------------------------
+
+    async def process(self, deliveries: list[Any]) -> list[tuple[Any, str]]:
+        """Apply a batch of deliveries (topic, event, partition, offset); return the rejected ones with reasons."""
+        async with self._lock:
+            out = self.engine.process((d.event, d.partition, d) for d in deliveries)
+            for d in deliveries:
+                self.offsets[(d.topic.name, d.partition)] = d.offset + 1
+            if out.vectors:
+                produced_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+                messages = []
+                latest: dict[str, str] = {}
+                for v in out.vectors:
+                    body = encode_vector(v, produced_at)
+                    messages.append((v.market_id.encode(), body))
+                    latest[v.market_id] = body.decode()
+                await self.sink.send(messages)
+                await store.write_online(self.redis, latest)
+                self.vectors_published += len(messages)
+            markets = self.engine.markets
+            self.snapshots.extend((markets[v.market_id].partition, v) for v in out.snapshots)
+            self.outcomes.extend((markets[o.market_id].partition, o) for o in out.outcomes)
+            if time.monotonic() - self._last_checkpoint >= self.checkpoint_interval_s:
+                await self._checkpoint()
+            return out.rejected
+
+    async def checkpoint(self) -> None:
+        async with self._lock:
+            await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        """Vectors first (acknowledged), then state + offsets + snapshots + outcomes in one transaction."""
+        await self.sink.flush()
+        states = self.engine.take_dirty()
+        try:
+            async with self.db.transaction() as conn:
+                await store.save_checkpoint(
+                    conn, states, self.offsets, [v for _, v in self.snapshots], [o for _, o in self.outcomes]
+                )
+        except BaseException:
+            self.engine.dirty.update(s.market_id for s in states)  # still to save next time
+            raise
+        self.snapshots, self.outcomes = [], []
+        self._last_checkpoint = time.monotonic()

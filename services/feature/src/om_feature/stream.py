@@ -1,0 +1,222 @@
+"""A stateful Kafka consume loop: the smallest hook feature needs until om_runtime's `consume_stateful` lands
+(same shapes: `Delivery`, `process(list[Delivery])`, a listener with `on_assigned` / `on_revoked`).
+
+The group's partitions are assigned by range, so partition p of every market topic lands in the same process (the
+topics are all keyed by market_id with the same partition count). Offsets live with the state in PostgreSQL, not
+in Kafka: on assignment the listener returns where to resume. A stored offset beyond the log's end means the broker
+lost its log; the listener is told and the partition is read from the start. Undecodable messages and events the
+engine rejects go to the dead-letter topic with the reason; a failing batch (PostgreSQL, Redis or Kafka down) is
+not skipped: the owned partitions are reloaded from their last checkpoint and consumed again from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from opentelemetry import trace
+
+from om_contracts import DeadLetter, DecodeError, Topic, decode, utcnow
+from om_contracts.topics import DEAD_LETTERS
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+RETRY_DELAY_S = 1.0
+_DEAD_LETTERS = uuid.UUID("1b0e4a52-8f0e-4a0c-9d7c-3f5e2b6a7c11")  # the runtime's namespace: same ids as its own
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    topic: Topic
+    event: Any
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:  # held events are pickled into checkpoints: keep the topic by name
+        return (_delivery, (self.topic.name, self.event, self.partition, self.offset, self.timestamp, self.key))
+
+
+def _delivery(name: str, event: Any, partition: int, offset: int, timestamp: int, key: bytes | None) -> Delivery:
+    from om_contracts.topics import topic
+
+    return Delivery(topic(name), event, partition, offset, timestamp, key)
+
+
+class StatefulListener(Protocol):
+    async def on_assigned(self, partitions: list[tuple[str, int]]) -> Mapping[tuple[str, int], int]: ...
+    async def on_revoked(self, partitions: list[tuple[str, int]]) -> None: ...
+    def on_offset_regression(self, partitions: list[tuple[str, int]]) -> None: ...
+
+
+class KafkaSink:
+    """Vectors and dead letters out through one aiokafka producer; sends are batched (linger) and confirmed on
+    `flush`, which every checkpoint calls before it saves offsets."""
+
+    def __init__(self, bootstrap_servers: str, *, client_id: str, topic: str) -> None:
+        self.topic = topic
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            enable_idempotence=False,  # Tansu rejects it; downstream dedupes on event_id
+            acks="all",
+            linger_ms=5,
+            max_batch_size=512 * 1024,
+        )
+        self._pending: list[asyncio.Future[Any]] = []
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    async def send(self, messages: list[tuple[bytes, bytes]]) -> None:
+        for key, value in messages:
+            self._pending.append(
+                await self.producer.send(
+                    self.topic,
+                    value,
+                    key=key,
+                    headers=[("content-type", b"application/json"), ("event_type", b"feature.vector_computed")],
+                )
+            )
+        if len(self._pending) > 20_000:
+            await self.flush()
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def dead_letter(
+        self, consumer: str, topic: str, partition: int, offset: int, key: bytes | None, body: bytes, reason: str
+    ) -> None:
+        letter = DeadLetter(
+            event_id=uuid.uuid5(_DEAD_LETTERS, f"{consumer}:{topic}:{partition}:{offset}"),
+            occurred_at=utcnow(),
+            producer=consumer,
+            consumer=consumer,
+            original_topic=topic,
+            original_partition=partition,
+            original_offset=offset,
+            original_key=key.decode(errors="replace") if key else None,
+            reason=reason,
+            payload_base64=base64.b64encode(body).decode(),
+        )
+        await self.producer.send_and_wait(DEAD_LETTERS.name, letter.model_dump_json().encode(), key=topic.encode())
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, loop: StatefulLoop) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        if revoked:
+            await self.loop.listener.on_revoked([(tp.topic, tp.partition) for tp in revoked])
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        if assigned:
+            await self.loop.resume(list(assigned))
+
+
+class StatefulLoop:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topics: Collection[Topic],
+        process: Callable[[list[Delivery]], Awaitable[list[tuple[Any, str]]]],
+        listener: StatefulListener,
+        sink: KafkaSink,
+        *,
+        group: str,
+        fetch_max_wait_ms: int = 10,
+        max_records: int = 5_000,
+    ) -> None:
+        self.by_name = {t.name: t for t in topics}
+        self.process = process
+        self.listener = listener
+        self.sink = sink
+        self.group = group
+        self.max_records = max_records
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=group,
+            client_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            partition_assignment_strategy=(RangePartitionAssignor,),
+        )
+
+    async def resume(self, assigned: list[TopicPartition]) -> None:
+        """Seek each assigned partition to the checkpointed next offset (or the start); detect regressions."""
+        stored = await self.listener.on_assigned([(tp.topic, tp.partition) for tp in assigned])
+        ends = await self.consumer.end_offsets(assigned)
+        regressed = []
+        for tp in assigned:
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is None:
+                await self.consumer.seek_to_beginning(tp)
+            elif offset > ends[tp]:
+                regressed.append((tp.topic, tp.partition))
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, offset)
+        if regressed:
+            log.warning("stored offsets beyond the log end (the broker lost its log) on %s", regressed)
+            self.listener.on_offset_regression(regressed)
+
+    async def run(self) -> None:
+        self.consumer.subscribe(list(self.by_name), listener=_Rebalance(self))
+        await self.consumer.start()
+        try:
+            while True:
+                batch = await self.consumer.getmany(timeout_ms=100, max_records=self.max_records)
+                if batch:
+                    await self._handle(batch)
+        finally:
+            await self.consumer.stop()
+
+    async def _handle(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
+        deliveries: list[Delivery] = []
+        raw: dict[tuple[str, int, int], bytes] = {}
+        for tp, records in batch.items():
+            topic = self.by_name[tp.topic]
+            for r in records:
+                try:
+                    event = decode(topic, r.value)
+                except DecodeError as exc:
+                    log.warning("dead-lettered a message from %s: %s", tp.topic, exc.reason)
+                    reason = exc.reason
+                    await self.sink.dead_letter(self.group, tp.topic, tp.partition, r.offset, r.key, r.value, reason)
+                    continue
+                deliveries.append(Delivery(topic, event, tp.partition, r.offset, r.timestamp, r.key))
+                raw[(tp.topic, tp.partition, r.offset)] = r.value
+        if not deliveries:
+            return
+        try:
+            with tracer.start_as_current_span("feature.process_batch") as span:
+                span.set_attribute("messaging.batch.message_count", len(deliveries))
+                # Shielded: a stop in the middle of a batch must not leave state applied without its offsets.
+                rejected = await asyncio.shield(self.process(deliveries))
+        except Exception:
+            log.exception("a batch of %d failed; reloading the last checkpoint and consuming again", len(deliveries))
+            await asyncio.sleep(RETRY_DELAY_S)
+            assigned = list(self.consumer.assignment())
+            if assigned:
+                await self.resume(assigned)
+            return
+        for d, reason in rejected:
+            body = raw.get((d.topic.name, d.partition, d.offset)) or d.event.model_dump_json().encode()
+            log.warning("dead-lettered: %s", reason)
+            await self.sink.dead_letter(self.group, d.topic.name, d.partition, d.offset, d.key, body, reason)
