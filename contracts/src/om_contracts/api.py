@@ -1,32 +1,71 @@
 """The public write API's request and response bodies: served by the gateway, implemented by ingest.
 
 Defined once here so the gateway validates and documents exactly what ingest accepts. Unknown fields are
-refused, so typos fail loudly (422, naming the field)."""
+refused, so typos fail loudly (422, naming the field). Numbers must be finite: NaN and ±Infinity (also spelt
+`NaN`/`Infinity` in a JSON body) are refused with 422, since one infinite amount would poison every consumer."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from om_contracts.events import MarketId, Probability, UserId
 
+#: Largest accepted trade amount (currency units) and share count: far above any real trade, far below the range
+#: where float sums over a market's history lose whole units.
+MAX_AMOUNT = 1_000_000_000.0
+MAX_SHARES = 1_000_000_000.0
+
+#: Documented default of ingest's `INGEST_MAX_FUTURE_SKEW_S`; the check itself runs in ingest (it needs the clock).
+DEFAULT_MAX_FUTURE_SKEW_S = 300.0
+
+OCCURRED_AT = (
+    "Event time: when this happened in the domain (timezone required; stored in UTC). Defaults to the time ingest "
+    "receives the request; send it to replay history. At most INGEST_MAX_FUTURE_SKEW_S (default "
+    f"{DEFAULT_MAX_FUTURE_SKEW_S:.0f} s) in the future, else 422."
+)
+
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class MarketIn(_In):
+class _Write(_In):
+    """A write: it may say when it happened (`occurred_at`)."""
+
+    occurred_at: AwareDatetime | None = Field(default=None, description=OCCURRED_AT)
+
+    #: The older, write-specific name of the event time, still accepted (e.g. `executed_at` on trades).
+    _legacy_time: str | None = None
+
+    @model_validator(mode="after")
+    def _one_event_time(self) -> Self:
+        legacy = getattr(self, self._legacy_time) if self._legacy_time else None
+        if legacy is not None and self.occurred_at is not None and legacy != self.occurred_at:
+            raise ValueError(f"occurred_at and {self._legacy_time} are both given and differ; send one of them")
+        return self
+
+    @property
+    def event_time(self) -> datetime | None:
+        """The event time the client sent, under either name; None means "now"."""
+        legacy = getattr(self, self._legacy_time) if self._legacy_time else None
+        return self.occurred_at or legacy
+
+
+class MarketIn(_Write):
+    _legacy_time = "created_at"
     market_id: MarketId | None = Field(default=None, description="Chosen by the caller, or generated.")
     question: str = Field(min_length=1, max_length=500)
     category: str = Field(default="general", min_length=1, max_length=64)
     close_at: AwareDatetime
     initial_price: Probability = 0.5
-    created_at: AwareDatetime | None = Field(default=None, description="Event time; defaults to now.")
+    created_at: AwareDatetime | None = Field(default=None, description="Same as `occurred_at` (older name).")
 
 
-class TradeIn(_In):
+class TradeIn(_Write):
+    _legacy_time = "executed_at"
     trade_id: str | None = Field(
         default=None,
         min_length=1,
@@ -37,32 +76,48 @@ class TradeIn(_In):
     user_id: UserId
     outcome: Literal["YES", "NO"]
     side: Literal["BUY", "SELL"] = "BUY"
-    amount: float = Field(gt=0, description="Currency spent (BUY) or received (SELL).")
-    shares: float = Field(gt=0)
+    amount: float = Field(
+        gt=0, le=MAX_AMOUNT, description=f"Currency spent (BUY) or received (SELL); finite, in (0, {MAX_AMOUNT:.0e}]."
+    )
+    shares: float = Field(gt=0, le=MAX_SHARES, description=f"Shares bought or sold; finite, in (0, {MAX_SHARES:.0e}].")
     price: Probability = Field(description="The market's YES price after this trade.")
-    executed_at: AwareDatetime | None = Field(default=None, description="Event time; defaults to now.")
+    executed_at: AwareDatetime | None = Field(default=None, description="Same as `occurred_at` (older name).")
+    amount_estimated: bool = Field(
+        default=False,
+        description="True when `amount` is not known but estimated (e.g. shares × price for imported history).",
+    )
 
 
-class TradeBatchIn(_In):
+class TradeBatchIn(_Write):
     trades: list[TradeIn] = Field(min_length=1, max_length=1000)
+    occurred_at: AwareDatetime | None = Field(
+        default=None, description="Event time of the trades that send none of their own. " + OCCURRED_AT
+    )
 
 
-class SignalIn(_In):
-    signal_id: str | None = Field(default=None, min_length=1, max_length=64)
+class SignalIn(_Write):
+    _legacy_time = "observed_at"
+    signal_id: str | None = Field(
+        default=None, min_length=1, max_length=64, description="Idempotency key: the same id is recorded once."
+    )
     market_id: MarketId
     kind: Literal["social", "news"]
     source: str = Field(min_length=1, max_length=128)
     text: str = Field(min_length=1, max_length=5000)
     sentiment: float | None = Field(default=None, ge=-1.0, le=1.0)
-    observed_at: AwareDatetime | None = None
+    observed_at: AwareDatetime | None = Field(default=None, description="Same as `occurred_at` (older name).")
 
 
-class ResolveIn(_In):
+class CloseIn(_Write):
+    """Optional body of a close: only its event time."""
+
+
+class ResolveIn(_Write):
     resolution: Literal["YES", "NO", "MKT"]
     resolution_price: Probability | None = None
 
 
-class CancelIn(_In):
+class CancelIn(_Write):
     reason: str = Field(default="", max_length=500)
 
 
@@ -90,6 +145,7 @@ class TradeOut(BaseModel):
     price_before: float
     price_after: float
     executed_at: datetime
+    amount_estimated: bool = False
 
 
 class TradeBatchOut(BaseModel):

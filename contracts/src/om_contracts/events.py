@@ -74,10 +74,13 @@ class TradeExecuted(Envelope):
     user_id: UserId
     outcome: Outcome
     side: Literal["BUY", "SELL"] = "BUY"
-    amount: float = Field(gt=0, description="Currency spent (BUY) or received (SELL).")
-    shares: float = Field(gt=0)
+    amount: float = Field(gt=0, allow_inf_nan=False, description="Currency spent (BUY) or received (SELL).")
+    shares: float = Field(gt=0, allow_inf_nan=False)
     price_before: Probability
     price_after: Probability
+    amount_estimated: bool = Field(
+        default=False, description="True when `amount` was not known but estimated (imported history)."
+    )
 
 
 class SignalObserved(Envelope):

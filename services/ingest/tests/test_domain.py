@@ -260,3 +260,28 @@ def test_resolved_or_cancelled_market_cannot_be_cancelled(status: str) -> None:
         domain.check_cancel(market(status=status))
     assert info.value.status_code == 409
     assert status in info.value.message
+
+
+# --- event times --------------------------------------------------------------------------------------
+
+SKEW = timedelta(minutes=5)
+
+
+@pytest.mark.parametrize("ahead", [timedelta(0), -timedelta(days=400), SKEW])
+def test_event_time_up_to_the_skew_ahead_is_accepted(ahead: timedelta) -> None:
+    assert domain.check_event_time(T0 + ahead, T0, SKEW) is None
+
+
+@pytest.mark.parametrize("ahead", [SKEW + timedelta(microseconds=1), timedelta(days=1)])
+def test_event_time_further_ahead_is_refused_naming_the_field(ahead: timedelta) -> None:
+    with pytest.raises(Invalid) as info:
+        domain.check_event_time(T0 + ahead, T0, SKEW, field="executed_at")
+    assert info.value.status_code == 422 and info.value.field == "executed_at"
+    assert "future" in info.value.message
+
+
+def test_lifecycle_change_cannot_predate_the_market() -> None:
+    assert domain.check_not_before_creation(market(), T0, "closed") is None
+    with pytest.raises(Invalid) as info:
+        domain.check_not_before_creation(market(), T0 - timedelta(seconds=1), "resolved")
+    assert info.value.field == "occurred_at" and "before it was created" in info.value.message

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 Status = Literal["open", "closed", "resolved", "cancelled"]
@@ -42,6 +42,28 @@ class Market:
     close_at: datetime
     current_price: float
     last_trade_at: datetime | None
+
+
+def check_event_time(at: datetime, now: datetime, max_future_skew: timedelta, *, field: str = "occurred_at") -> None:
+    """An event time may run ahead of ingest's clock by at most `max_future_skew` (clients' clocks drift a little);
+    further ahead it is a mistake, and one trade "from the future" would freeze its market's price until then."""
+    ahead = at - now
+    if ahead > max_future_skew:
+        raise Invalid(
+            f"{field} {at.isoformat()} is {ahead.total_seconds():.0f} s in the future; "
+            f"at most {max_future_skew.total_seconds():.0f} s ahead of ingest's clock is accepted",
+            field=field,
+        )
+
+
+def check_not_before_creation(market: Market, at: datetime, what: str) -> None:
+    """A lifecycle change cannot happen before the market existed."""
+    if at < market.created_at:
+        raise Invalid(
+            f"market {market.market_id!r} cannot be {what} at {at.isoformat()}, before it was created "
+            f"({market.created_at.isoformat()})",
+            field="occurred_at",
+        )
 
 
 def check_new_market(created_at: datetime, close_at: datetime) -> None:

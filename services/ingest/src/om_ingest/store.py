@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 from opentelemetry import propagate
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
 from om_contracts import Topic, encode, key_of
@@ -86,21 +88,37 @@ async def ensure_users(conn: AsyncConnection, first_seen: dict[str, Any]) -> Non
     )
 
 
-TRADE_COLUMNS = "trade_id, market_id, user_id, outcome, side, amount, shares, price_before, price_after, executed_at"
+TRADE_COLUMNS = (
+    "trade_id, market_id, user_id, outcome, side, amount, shares, price_before, price_after, executed_at, "
+    "amount_estimated"
+)
 
 
 async def trades_by_id(conn: AsyncConnection, trade_ids: list[str]) -> dict[str, dict[str, Any]]:
+    if not trade_ids:
+        return {}
     cur = await conn.execute(f"SELECT {TRADE_COLUMNS} FROM trades WHERE trade_id = ANY(%s)", (trade_ids,))
     return {row["trade_id"]: row for row in await cur.fetchall()}
 
 
-async def insert_trades(conn: AsyncConnection, trades: list[dict[str, Any]]) -> None:
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            f"INSERT INTO trades ({TRADE_COLUMNS}) VALUES (%(trade_id)s, %(market_id)s, %(user_id)s, %(outcome)s, "
-            "%(side)s, %(amount)s, %(shares)s, %(price_before)s, %(price_after)s, %(executed_at)s)",
-            trades,
-        )
+async def insert_trades(conn: AsyncConnection, trades: list[dict[str, Any]]) -> int:
+    """Insert trades in one statement (one array per column); return how many were new. An id that a
+    concurrent transaction just recorded is skipped (that transaction is waited for, not failed against)."""
+    columns = [c.strip() for c in TRADE_COLUMNS.split(",")]
+    types = {
+        "amount": "float8",
+        "shares": "float8",
+        "price_before": "float8",
+        "price_after": "float8",
+        "executed_at": "timestamptz",
+        "amount_estimated": "bool",
+    }
+    arrays = ", ".join(f"%s::{types.get(c, 'text')}[]" for c in columns)
+    cur = await conn.execute(
+        f"INSERT INTO trades ({TRADE_COLUMNS}) SELECT * FROM unnest({arrays}) ON CONFLICT (trade_id) DO NOTHING",
+        [[t[c] for t in trades] for c in columns],
+    )
+    return cur.rowcount
 
 
 async def recent_trades(conn: AsyncConnection, market_id: str, limit: int) -> list[dict[str, Any]]:
@@ -127,6 +145,34 @@ async def insert_signal(conn: AsyncConnection, s: dict[str, Any]) -> bool:
         s,
     )
     return cur.rowcount == 1
+
+
+async def claim_idempotency_key(
+    conn: AsyncConnection, key: str, fingerprint: str, now: datetime, ttl: timedelta
+) -> dict[str, Any] | None:
+    """Claim `key` for this transaction, or return the reply stored under it (with its request fingerprint).
+
+    An expired key is forgotten first. If a concurrent transaction holds the same new key, the insert waits for
+    it: after its commit the stored reply is returned; after its rollback the claim is ours."""
+    await conn.execute("DELETE FROM idempotency_keys WHERE key = %s AND expires_at <= %s", (key, now))
+    cur = await conn.execute(
+        "INSERT INTO idempotency_keys (key, fingerprint, created_at, expires_at) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (key) DO NOTHING",
+        (key, fingerprint, now, now + ttl),
+    )
+    if cur.rowcount == 1:
+        return None
+    cur = await conn.execute("SELECT fingerprint, status, body FROM idempotency_keys WHERE key = %s", (key,))
+    return await cur.fetchone()
+
+
+async def save_idempotent_reply(conn: AsyncConnection, key: str, status: int, body: Any) -> None:
+    await conn.execute("UPDATE idempotency_keys SET status = %s, body = %s WHERE key = %s", (status, Jsonb(body), key))
+
+
+async def forget_expired_idempotency_keys(conn: AsyncConnection, now: datetime) -> int:
+    cur = await conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= %s", (now,))
+    return cur.rowcount
 
 
 async def enqueue(conn: AsyncConnection, topic: Topic, *events: BaseModel) -> None:
