@@ -13,7 +13,7 @@ from typing import Any
 
 from om_cli.history.format import MarketRecord, Record, ResolutionRecord, SignalRecord, TradeRecord
 from om_feature import features, sentiment
-from om_feature.features import MarketState
+from om_feature.features import CategoryHistory, MarketState
 
 
 def _events_by_market(records: list[Record]) -> dict[str, list[tuple[datetime, int, Record]]]:
@@ -28,6 +28,25 @@ def _events_by_market(records: list[Record]) -> dict[str, list[tuple[datetime, i
     return by_market
 
 
+def _category_histories(
+    records: list[Record], markets: dict[str, MarketRecord], last_price: dict[str, float]
+) -> dict[str, CategoryHistory]:
+    """Every resolution by category; `CategoryHistory.as_of(t)` only counts those strictly before t."""
+    histories: dict[str, CategoryHistory] = {}
+    for r in sorted(
+        (r for r in records if isinstance(r, ResolutionRecord) and r.resolution in ("YES", "NO", "MKT")),
+        key=lambda r: (r.resolved_at, r.market_id),
+    ):
+        m = markets.get(r.market_id)
+        if m is None or r.resolution_price is None:
+            continue
+        final = last_price.get(r.market_id, m.initial_price)
+        histories.setdefault(m.category, CategoryHistory()).add(
+            r.market_id, r.resolved_at.timestamp(), final, r.resolution_price
+        )
+    return histories
+
+
 def snapshot_rows(records: list[Record], *, per_market: int = 8, seed: int = 0) -> Iterator[dict[str, Any]]:
     """Point-in-time rows of every resolved (not cancelled) market, in resolution order."""
     markets = {r.market_id: r for r in records if isinstance(r, MarketRecord)}
@@ -36,36 +55,49 @@ def snapshot_rows(records: list[Record], *, per_market: int = 8, seed: int = 0) 
         key=lambda r: (r.resolved_at, r.market_id),
     )
     events = _events_by_market(records)
+    last_price = {
+        market_id: next((e.price_after for _, _, e in reversed(evs) if isinstance(e, TradeRecord)), None)
+        for market_id, evs in events.items()
+    }
+    histories = _category_histories(records, markets, {k: v for k, v in last_price.items() if v is not None})
+    config = features.DEFAULT
     for res in settled:
         m = markets[res.market_id]
         end = min(m.close_at, res.closed_at, res.resolved_at)
         rng = random.Random(f"{seed}:{m.market_id}")
-        span = (end - m.created_at).total_seconds()
-        if span <= 0:
+        if (end - m.created_at).total_seconds() <= 0:
             continue
         times = sorted(m.created_at + (end - m.created_at) * rng.uniform(0.02, 0.999) for _ in range(per_market))
-        state = features.on_created(
-            MarketState(m.market_id), category=m.category, close_at=m.close_at, initial_price=m.initial_price
+        state = MarketState(m.market_id, 0, config)
+        features.apply_created(
+            state,
+            event_id=f"created:{m.market_id}",
+            at=m.created_at.timestamp(),
+            category=m.category,
+            close_at=m.close_at.timestamp(),
+            initial_price=m.initial_price,
         )
-        seen: set[str] = set()
         queue = events.get(m.market_id, [])
         i = 0
         for as_of in times:
             while i < len(queue) and queue[i][0] <= as_of:
-                _, _, e = queue[i]
+                _, n, e = queue[i]
                 if isinstance(e, TradeRecord):
-                    new = e.user_id not in seen
-                    seen.add(e.user_id)
-                    state = features.on_trade(
+                    features.apply_trade(
                         state,
-                        price_after=e.price_after,
+                        config,
+                        event_id=e.trade_id,
+                        at=e.executed_at.timestamp(),
+                        user_id=e.user_id,
                         amount=e.amount,
-                        executed_at=e.executed_at,
-                        new_participant=new,
+                        price_before=e.price_before,
+                        price_after=e.price_after,
                     )
                 elif isinstance(e, SignalRecord):
                     scored = e.sentiment if e.sentiment is not None else sentiment.score(e.text)
-                    state = features.on_signal(state, kind=e.kind, sentiment=scored)
+                    features.apply_signal(
+                        state, config, event_id=e.signal_id, at=e.observed_at.timestamp(), kind=e.kind, sentiment=scored
+                    )
                 i += 1
             yield {
                 "market_id": m.market_id,
@@ -76,5 +108,5 @@ def snapshot_rows(records: list[Record], *, per_market: int = 8, seed: int = 0) 
                 "resolved_at": res.resolved_at,
                 "resolution": res.resolution,
                 "resolution_price": res.resolution_price,
-                "features": features.vector(state, as_of).model_dump(),
+                "features": features.compute(state, config, histories.get(m.category), as_of.timestamp()),
             }

@@ -52,7 +52,8 @@ def simulate_history(
     sim = World(seed, config)
     clock = random.Random(f"{seed}:clock")
     lifetime_s = config.market_lifetime_s
-    trade_rate = history.trades_per_market * config.markets / lifetime_s  # trades per second, all markets
+    per_market_rate = history.trades_per_market / lifetime_s  # trades per second of one open market
+    open_now = 0
     signal_every = history.signals_per_trade
     now = history.start
     created: dict[str, datetime] = {}
@@ -79,7 +80,13 @@ def simulate_history(
                     settled += 1
                     yield _settlement(action, closed.pop(action.market_id, now), now)
             next_lifecycle = sim.next_event_at()
-        step = timedelta(seconds=clock.expovariate(trade_rate))
+            open_now = len(sim.open_markets(now))
+        if open_now == 0:  # winding down: nothing trades until the next close or settlement
+            if next_lifecycle is None:
+                break
+            now = next_lifecycle
+            continue
+        step = timedelta(seconds=clock.expovariate(per_market_rate * open_now))
         if next_lifecycle is not None and now + step > next_lifecycle:
             now = next_lifecycle  # nothing trades past a life-cycle step; draw the next gap from there
             continue
