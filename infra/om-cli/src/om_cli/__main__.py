@@ -74,10 +74,26 @@ def main(argv: list[str] | None = None) -> int:
     prediction_cli.add_model_arguments(models)
     models.set_defaults(run=prediction_cli.run_models)
 
+    importer = commands.add_parser(
+        "import", help="load history (generic format, or `manifold PATH`) into a running platform, idempotently"
+    )
+    importer.add_argument("what", nargs="+", metavar="[manifold] PATH", help="a history folder, or manifold PATH")
+    importer.add_argument("--url", default=None, help="gateway URL (default $OM_API_URL or http://127.0.0.1:8000)")
+    importer.add_argument("--api-key", default=None, help="API key (default $OM_API_KEY)")
+    importer.add_argument("--concurrency", type=int, default=8, help="markets loaded at once (default 8)")
+    importer.add_argument("--restart", action="store_true", help="forget the checkpoint and check every record again")
+    importer.set_defaults(run=_import)
+
     args = parser.parse_args(argv)
     logging.basicConfig(format="om | %(message)s", level=logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the summaries
     return args.run(args) or 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from om_cli.history.importer import run_from_args as import_from_args
+
+    return import_from_args(args)
 
 
 def _train(args: argparse.Namespace) -> int:
