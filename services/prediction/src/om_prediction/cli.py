@@ -103,6 +103,7 @@ def _announce(bootstrap: str, entry: dict[str, Any]) -> None:
             await EventPublisher(broker).publish(
                 MODEL_LIFECYCLE,
                 ModelLifecycleChanged(
+                    occurred_at=datetime.now(UTC),
                     producer="om-models",
                     model_version=entry["version"],
                     state="production",
