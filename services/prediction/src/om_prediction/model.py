@@ -7,7 +7,8 @@ Pure computation on numpy arrays (no I/O): `fit_ensemble` learns it, `Ensemble.p
   validation fold the members never saw.
 * Calibration: isotonic regression of ``sigmoid(z)`` on the same fold, clipped to [0.01, 0.99].
 * Contributions: the booster's ``pred_contrib`` (tree SHAP) scaled by ``w_gbm`` plus the forest's exact
-  path decomposition (Saabas) scaled by ``w_rf``; with ``w0`` and both biases in ``bias`` they sum to ``z``.
+  path decomposition (Saabas, precomputed per leaf) scaled by ``w_rf``; with ``w0`` and both biases in ``bias``
+  they sum to ``z``.
 * Confidence from the ensemble's own uncertainty: ``1 - 2 * sd`` of the forest's trees' probabilities,
   clipped to [0, 1] (trees that disagree mean the model does not know).
 * Missing values (None/NaN) take the training set's median of that feature (0 where training never saw one).
@@ -20,7 +21,6 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
-from scipy import sparse
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
@@ -50,6 +50,7 @@ class TrainParams:
     rf_max_depth: int | None = 10
     gbm_rounds: int = 200
     gbm_leaves: int = 15
+    gbm_max_depth: int = 5  # shallow trees keep tree SHAP (per prediction) cheap: its cost grows with depth squared
     gbm_learning_rate: float = 0.05
     gbm_min_data_in_leaf: int = 40
     seed: int = 0
@@ -76,14 +77,11 @@ class Ensemble:
     weights: tuple[float, float, float]  # w0, w_rf, w_gbm
     calibrator: IsotonicRegression
     _booster: lgb.Booster | None = field(default=None, repr=False)
-    _edges: sparse.csr_matrix | None = field(default=None, repr=False)
-    _root: float = 0.0
+    _forest_tables: _ForestTables | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_booster", "_edges")} | {
-            "_booster": None,
-            "_edges": None,
-        }
+        """Derived caches are rebuilt after loading, not stored in the artifact."""
+        return self.__dict__ | {"_booster": None, "_forest_tables": None}
 
     @property
     def booster(self) -> lgb.Booster:
@@ -100,27 +98,63 @@ class Ensemble:
 
     def predict(self, x: np.ndarray, *, explain: bool = False) -> Batch:
         w0, w_rf, w_gbm = self.weights
-        trees = np.stack([t.predict_proba(x)[:, 1] for t in self.forest.estimators_]) if x.shape[0] else None
-        p_rf = trees.mean(axis=0) if trees is not None else np.zeros(0)
-        f_gbm = self.booster.predict(x, raw_score=True) if x.shape[0] else np.zeros(0)
+        if x.shape[0] == 0:
+            empty = np.zeros(0)
+            return Batch(empty, empty, empty, empty, np.zeros((0, len(self.features))), empty)
+        tables = self._tables()
+        leaves = self.forest.apply(x) + tables.offsets  # (rows, trees): each tree's leaf, as a flat node index
+        trees = tables.prob[leaves]
+        p_rf = trees.mean(axis=1)
+        f_gbm = self.booster.predict(x, raw_score=True, num_threads=1)
         z = w0 + w_rf * p_rf + w_gbm * f_gbm
         p = np.clip(self.calibrator.predict(_sigmoid(z)), *CLIP)
-        spread = trees.std(axis=0) if trees is not None else np.zeros(0)
+        spread = trees.std(axis=1)
         batch = Batch(p, z, np.clip(1.0 - 2.0 * spread, 0.0, 1.0), spread)
-        if explain and x.shape[0]:
-            gbm = self.booster.predict(x, pred_contrib=True)  # features..., bias
-            rf, rf_bias = self._forest_contributions(x)
+        if explain:
+            gbm = self.booster.predict(x, pred_contrib=True, num_threads=1)  # features..., bias
+            rf = tables.contrib[leaves].mean(axis=1)  # exact path decomposition (Saabas) of the forest
             batch.contributions = w_gbm * gbm[:, :-1] + w_rf * rf
-            batch.bias = w0 + w_gbm * gbm[:, -1] + w_rf * rf_bias
+            batch.bias = w0 + w_gbm * gbm[:, -1] + w_rf * tables.root
         return batch
 
-    def _forest_contributions(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact decomposition of the forest's probability along each decision path (Saabas)."""
-        if self._edges is None:
-            self._edges, self._root = _path_edges(self.forest, len(self.features))
-        paths, _ = self.forest.decision_path(x)
-        contributions = np.asarray((paths @ self._edges).todense()) / len(self.forest.estimators_)
-        return contributions, np.full(x.shape[0], self._root)
+    def _tables(self) -> _ForestTables:
+        if self._forest_tables is None:
+            self._forest_tables = _forest_tables(self.forest, len(self.features))
+        return self._forest_tables
+
+
+@dataclass(frozen=True)
+class _ForestTables:
+    """Per node of every tree (flattened): P(YES), and the path decomposition from the root to that node."""
+
+    offsets: np.ndarray  # first flat index of each tree
+    prob: np.ndarray  # (nodes,)
+    contrib: np.ndarray  # (nodes, features): sum over the path of value(child) - value(parent), by split feature
+    root: float  # mean root probability over the trees
+
+
+def _forest_tables(forest: RandomForestClassifier, n_features: int) -> _ForestTables:
+    offsets, probs, contribs, roots = [], [], [], []
+    offset = 0
+    for est in forest.estimators_:
+        t = est.tree_
+        value = t.value[:, 0, :]
+        prob = value[:, 1] / value.sum(axis=1)
+        contrib = np.zeros((t.node_count, n_features))
+        stack = [0]
+        while stack:  # parents before children
+            parent = stack.pop()
+            for child in (t.children_left[parent], t.children_right[parent]):
+                if child >= 0:
+                    contrib[child] = contrib[parent]
+                    contrib[child, t.feature[parent]] += prob[child] - prob[parent]
+                    stack.append(child)
+        offsets.append(offset)
+        probs.append(prob)
+        contribs.append(contrib)
+        roots.append(prob[0])
+        offset += t.node_count
+    return _ForestTables(np.array(offsets), np.concatenate(probs), np.concatenate(contribs), float(np.mean(roots)))
 
 
 def _num(v: Any) -> float:
@@ -143,27 +177,6 @@ def impute(x: np.ndarray, medians: np.ndarray) -> np.ndarray:
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
-
-
-def _path_edges(forest: RandomForestClassifier, n_features: int) -> tuple[sparse.csr_matrix, float]:
-    """A (all trees' nodes x features) matrix: entering node n adds value(n) - value(parent) to the parent's
-    split feature. A sample's decision-path indicator times it is the sum of its path's changes."""
-    rows, cols, vals, roots = [], [], [], []
-    offset = 0
-    for est in forest.estimators_:
-        t = est.tree_
-        value = t.value[:, 0, :]
-        prob = value[:, 1] / value.sum(axis=1)
-        roots.append(prob[0])
-        for parent in range(t.node_count):
-            for child in (t.children_left[parent], t.children_right[parent]):
-                if child >= 0:
-                    rows.append(offset + child)
-                    cols.append(t.feature[parent])
-                    vals.append(prob[child] - prob[parent])
-        offset += t.node_count
-    edges = sparse.csr_matrix((vals, (rows, cols)), shape=(offset, n_features))
-    return edges, float(np.mean(roots))
 
 
 def fit_ensemble(
@@ -190,6 +203,7 @@ def fit_ensemble(
         {
             "objective": "binary",
             "num_leaves": params.gbm_leaves,
+            "max_depth": params.gbm_max_depth,
             "learning_rate": params.gbm_learning_rate,
             "min_data_in_leaf": params.gbm_min_data_in_leaf,
             "feature_fraction": 0.9,
