@@ -6,7 +6,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench clean bench-prediction
+.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench clean bench-feature
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -63,5 +63,9 @@ bench: install ## Run the benchmarks in bench/ and print their figures
 clean: ## Remove the virtual environment, local data (.om/) and caches
 	rm -rf .venv .tools .om .pytest_cache .ruff_cache
 
-bench-prediction: install ## Batched predictions/s per core of a model trained on simulated history
+bench-feature: install ## Feature service alone: 200k pre-produced trades -> events/s, vectors, peak RSS, state bytes/market
+	$(UV) run python -m bench.feature $(BENCH_ARGS)
+
+.PHONY: bench-prediction
+bench-prediction: install ## Batched predictions/s per core, and p99 of a cached prediction through the gateway
 	OMP_NUM_THREADS=1 $(UV) run python -m bench.prediction

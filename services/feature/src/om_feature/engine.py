@@ -8,6 +8,7 @@ the latest unpublished state of every touched market is published at the end of 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from collections.abc import Iterable
@@ -29,12 +30,18 @@ from om_feature.features import (
     compute,
 )
 
-_VECTORS = uuid.UUID("9a3c1f7e-5b2d-4e8a-b1c4-7d6e2f0a8c35")
+VECTOR_NAMESPACE = uuid.UUID("9a3c1f7e-5b2d-4e8a-b1c4-7d6e2f0a8c35")
+_NAMESPACE_BYTES = VECTOR_NAMESPACE.bytes
 
 
-def vector_id(market_id: str, last_event_id: str) -> uuid.UUID:
-    """A vector's id derives from its market and the last event it includes: a replay republishes the same id."""
-    return uuid.uuid5(_VECTORS, f"{market_id}:{last_event_id}")
+def vector_id(market_id: str, last_event_id: str) -> str:
+    """A vector's id derives from its market and the last event it includes: a replay republishes the same id.
+    Exactly `str(uuid.uuid5(VECTOR_NAMESPACE, f"{market_id}:{last_event_id}"))`, without the UUID objects."""
+    h = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{market_id}:{last_event_id}".encode()).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50
+    h[8] = (h[8] & 0x3F) | 0x80
+    x = h.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 @dataclass(frozen=True)
@@ -46,9 +53,9 @@ class EngineConfig:
     max_held_total: int = 100_000
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built once per published vector, and frozen __init__ costs
 class Vector:
-    event_id: uuid.UUID
+    event_id: str
     market_id: str
     category: str
     as_of: float
@@ -88,7 +95,6 @@ class Engine:
         self.held_total = 0
         #: partitions whose offsets regressed: events older than the grace period are taken as already applied
         self.suspect_partitions: set[int] = set()
-        self._bucket_s = self.config.coalesce_ms / 1000.0
 
     # --- state handover -------------------------------------------------------------------------------
 
@@ -233,8 +239,10 @@ class Engine:
 
     def _coalesce(self, s: MarketState, at: float, out: Output) -> None:
         """Publish the pending state if this event starts a later event-time bucket than the pending one's."""
-        if s.pending and at > s.watermark and (at // self._bucket_s) != (s.watermark // self._bucket_s):
-            self._emit(s, out)
+        if s.pending and at > s.watermark:
+            ms = self.config.coalesce_ms  # integer milliseconds: float division of epoch times is not exact
+            if round(at * 1000) // ms != round(s.watermark * 1000) // ms:
+                self._emit(s, out)
 
     def _vector(self, s: MarketState) -> Vector:
         as_of = s.watermark

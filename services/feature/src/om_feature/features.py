@@ -146,6 +146,10 @@ class MarketState:
         "social",
         "news",
         "recent_ids",
+        "ids_limit",
+        "trend_key",
+        "trend_recent",
+        "trend_baseline",
         "held",
         "last_event_id",
         "pending",
@@ -179,6 +183,11 @@ class MarketState:
         self.social: dict[int, list[int]] = {}  # bucket index -> [sum in billionths, count]
         self.news: dict[int, list[int]] = {}
         self.recent_ids: dict[str, float] = {}  # ids of events within the grace period, for dedupe
+        self.ids_limit = 64  # prune recent_ids when it grows past this (amortised O(1) per event)
+        # volume_trend's sums for one "now" bucket, kept up to date as trades arrive (None: recompute)
+        self.trend_key: int | None = None
+        self.trend_recent = 0
+        self.trend_baseline = 0
         self.held: list[Any] = []
         self.last_event_id: str | None = None
         self.pending = False
@@ -225,16 +234,23 @@ class MarketState:
         return self.current_price if self.current_price is not None else self.initial_price
 
 
+MAX_RECENT_IDS = 1_024  # per market; a market busier than this within the grace period dedupes the newest ids
+
+
 def _seen(s: MarketState, event_id: str, at: float, config: FeatureConfig) -> bool:
     """True if this event was already applied (a redelivery within the grace period); else remember it."""
     ids = s.recent_ids
     if event_id in ids:
         return True
     ids[event_id] = at
-    if len(ids) > 64:  # forget ids that fell out of the grace period (amortised: only when the dict grew)
-        horizon = s.watermark - config.grace_s
+    if len(ids) > s.ids_limit:  # forget ids that fell out of the grace period, then the oldest beyond the cap
+        horizon = max(s.watermark, at) - config.grace_s
         for old in [k for k, t in ids.items() if t < horizon]:
             del ids[old]
+        if len(ids) > MAX_RECENT_IDS:
+            for old in list(ids)[: len(ids) - MAX_RECENT_IDS // 2]:
+                del ids[old]
+        s.ids_limit = max(64, 2 * len(ids))
     return False
 
 
@@ -287,6 +303,12 @@ def apply_trade(
     bucket = int(at // config.volume_bucket_s)
     buckets = s.volume_buckets
     buckets[bucket] = buckets.get(bucket, 0) + units
+    if s.trend_key is not None:
+        recent_from = s.trend_key - config.trend_recent_s // config.volume_bucket_s + 1
+        if recent_from <= bucket <= s.trend_key:
+            s.trend_recent += units
+        elif recent_from - config.trend_baseline_s // config.volume_bucket_s <= bucket < recent_from:
+            s.trend_baseline += units
     horizon = int(s.watermark // config.volume_bucket_s) - (config.trend_recent_s + config.trend_baseline_s) // (
         config.volume_bucket_s
     )
@@ -436,13 +458,17 @@ def compute(s: MarketState, config: FeatureConfig, history: CategoryHistory | No
     now_bucket = int(as_of // bucket_s)
     recent_from = now_bucket - config.trend_recent_s // bucket_s + 1
     baseline_from = recent_from - config.trend_baseline_s // bucket_s
-    recent = baseline = 0
-    for b, units in s.volume_buckets.items():
-        if b >= recent_from:
-            if b <= now_bucket:
-                recent += units
-        elif b >= baseline_from:
-            baseline += units
+    if s.trend_key == now_bucket:
+        recent, baseline = s.trend_recent, s.trend_baseline
+    else:
+        recent = baseline = 0
+        for b, units in s.volume_buckets.items():
+            if b >= recent_from:
+                if b <= now_bucket:
+                    recent += units
+            elif b >= baseline_from:
+                baseline += units
+        s.trend_key, s.trend_recent, s.trend_baseline = now_bucket, recent, baseline
     history_s = min(float(config.trend_baseline_s), recent_from * bucket_s - s.first_at)
     volume_trend = None
     if history_s > 0:

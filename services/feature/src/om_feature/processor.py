@@ -34,22 +34,15 @@ class VectorSink(Protocol):
 
 
 def encode_vector(v: Vector, produced_at: str) -> bytes:
-    """A FeatureVectorComputed event, encoded without building the pydantic model (a test checks it validates)."""
+    """A FeatureVectorComputed event as JSON, written directly rather than through the pydantic model (several
+    times faster; a test checks the result against the contract). Feature values are finite floats, ints or None."""
     occurred = datetime.fromtimestamp(v.as_of, UTC).isoformat().replace("+00:00", "Z")
-    return json.dumps(
-        {
-            "event_id": str(v.event_id),
-            "event_type": "feature.vector_computed",
-            "schema_version": 1,
-            "occurred_at": occurred,
-            "produced_at": produced_at,
-            "producer": PRODUCER,
-            "market_id": v.market_id,
-            "category": v.category,
-            "features": v.features,
-            "source_event_id": v.source_event_id,
-        },
-        separators=(",", ":"),
+    features = ",".join(f'"{k}":{"null" if x is None else repr(x)}' for k, x in v.features.items())
+    return (
+        f'{{"event_id":"{v.event_id}","event_type":"feature.vector_computed","schema_version":1,'
+        f'"occurred_at":"{occurred}","produced_at":"{produced_at}","producer":"{PRODUCER}",'
+        f'"market_id":{json.dumps(v.market_id)},"category":{json.dumps(v.category)},"features":{{{features}}},'
+        f'"source_event_id":"{v.source_event_id}"}}'
     ).encode()
 
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.partitioner import murmur2
 from opentelemetry import trace
 
 from om_contracts import DeadLetter, DecodeError, Topic, decode, utcnow
@@ -57,39 +58,53 @@ class StatefulListener(Protocol):
     def on_offset_regression(self, partitions: list[tuple[str, int]]) -> None: ...
 
 
+_HEADERS = [("content-type", b"application/json"), ("event_type", b"feature.vector_computed")]
+
+
 class KafkaSink:
     """Vectors and dead letters out through one aiokafka producer; sends are batched (linger) and confirmed on
     `flush`, which every checkpoint calls before it saves offsets."""
 
     def __init__(self, bootstrap_servers: str, *, client_id: str, topic: str) -> None:
         self.topic = topic
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            client_id=client_id,
+        self.bootstrap_servers = bootstrap_servers
+        self.client_id = client_id
+        self.producer: AIOKafkaProducer | None = None
+        self._pending: list[asyncio.Future[Any]] = []
+
+    async def start(self) -> None:
+        self.producer = AIOKafkaProducer(  # (aiokafka objects belong to the running event loop)
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=self.client_id,
             enable_idempotence=False,  # Tansu rejects it; downstream dedupes on event_id
             acks="all",
             linger_ms=5,
             max_batch_size=512 * 1024,
         )
-        self._pending: list[asyncio.Future[Any]] = []
-
-    async def start(self) -> None:
         await self.producer.start()
 
     async def stop(self) -> None:
-        await self.producer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
 
     async def send(self, messages: list[tuple[bytes, bytes]]) -> None:
+        """Queue messages in per-partition batches (far cheaper than one `send` per message), keyed as a plain
+        producer would (murmur2 of the key), so each market's vectors stay in order on one partition."""
+        assert self.producer is not None, "start() first"
+        partitions = sorted(await self.producer.partitions_for(self.topic))
+        batches: dict[int, Any] = {}
         for key, value in messages:
-            self._pending.append(
-                await self.producer.send(
-                    self.topic,
-                    value,
-                    key=key,
-                    headers=[("content-type", b"application/json"), ("event_type", b"feature.vector_computed")],
-                )
-            )
-        if len(self._pending) > 20_000:
+            partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = self.producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None, headers=_HEADERS) is None:  # full: send it
+                self._pending.append(await self.producer.send_batch(batch, self.topic, partition=partition))
+                batch = batches[partition] = self.producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None, headers=_HEADERS)
+        for partition, batch in batches.items():
+            self._pending.append(await self.producer.send_batch(batch, self.topic, partition=partition))
+        if len(self._pending) > 1_000:
             await self.flush()
 
     async def flush(self) -> None:
@@ -147,13 +162,17 @@ class StatefulLoop:
         self.sink = sink
         self.group = group
         self.max_records = max_records
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
-            group_id=group,
-            client_id=group,
+        self.bootstrap_servers = bootstrap_servers
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=self.group,
+            client_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=fetch_max_wait_ms,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             partition_assignment_strategy=(RangePartitionAssignor,),
         )
@@ -177,6 +196,7 @@ class StatefulLoop:
             self.listener.on_offset_regression(regressed)
 
     async def run(self) -> None:
+        self.consumer = self._consumer()
         self.consumer.subscribe(list(self.by_name), listener=_Rebalance(self))
         await self.consumer.start()
         try:
