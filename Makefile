@@ -68,3 +68,7 @@ clean: ## Remove the virtual environment, local data (.om/) and caches
 
 bench-feature: install ## Feature service alone: 200k pre-produced trades -> events/s, vectors, peak RSS, state bytes/market
 	$(UV) run python -m bench.feature $(BENCH_ARGS)
+
+.PHONY: bench-prediction
+bench-prediction: install ## Batched predictions/s per core, and p99 of a cached prediction through the gateway
+	OMP_NUM_THREADS=1 $(UV) run python -m bench.prediction

@@ -139,11 +139,32 @@ class PredictionMade(Envelope):
     event_type: Literal["prediction.made"] = "prediction.made"
     market_id: MarketId
     probability: Probability
-    confidence: Probability = Field(description="Probability of the predicted outcome: max(p, 1 - p).")
+    confidence: Probability = Field(
+        description="How sure the model is: from its ensemble's spread (baseline: max(p, 1 - p))."
+    )
     risk_level: Literal["low", "medium", "high"]
     model_version: str = Field(min_length=1)
     contributions: list[FeatureContribution] = Field(default_factory=list)
     features_as_of: UtcDatetime
+    risk_reasons: list[str] = Field(
+        default_factory=list,
+        description="Why the risk level is what it is: enumerated codes, documented in docs/prediction.md.",
+    )
+    final: bool = Field(default=False, description="The last prediction of a resolved or cancelled market.")
+    market_price: Probability | None = Field(default=None, description="The market price the features carried.")
+
+
+# --- model.lifecycle.v1 ---------------------------------------------------------------------------
+
+
+class ModelLifecycleChanged(Envelope):
+    """A model version changed state in the registry (candidate, production, archived); serving swaps on it."""
+
+    event_type: Literal["model.lifecycle_changed"] = "model.lifecycle_changed"
+    model_version: str = Field(min_length=1)
+    state: Literal["candidate", "production", "archived"]
+    previous_version: str | None = None
+    checksum: str = ""
 
 
 # --- analytics.market.v1 / analytics.system.v1 ----------------------------------------------------

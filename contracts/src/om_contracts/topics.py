@@ -18,6 +18,7 @@ from om_contracts.events import (
     FeatureVectorComputed,
     MarketLifecycleEvent,
     MarketMetricsUpdated,
+    ModelLifecycleChanged,
     PredictionMade,
     SignalObserved,
     SystemMetricsUpdated,
@@ -154,6 +155,17 @@ TOPICS: tuple[Topic, ...] = (
         visibility="public",
         description="Signals from upstream systems, recorded by ingest as if POSTed to /v1/signals.",
     ),
+    Topic(
+        name="model.lifecycle.v1",
+        model=ModelLifecycleChanged,
+        key="event_type",
+        producer="prediction (om models, prediction train)",
+        consumers=("prediction",),
+        visibility="internal",
+        description="Model versions entering candidate, production or archived; every prediction replica swaps.",
+        partitions=1,
+        retention_ms=30 * DAY_MS,
+    ),
 )
 
 _BY_NAME = {t.name: t for t in TOPICS}
@@ -176,3 +188,4 @@ DEAD_LETTERS = topic("platform.dead-letters.v1")
 RAW_MARKETS = topic("ingest.raw-markets.v1")
 RAW_TRADES = topic("ingest.raw-trades.v1")
 RAW_SIGNALS = topic("ingest.raw-signals.v1")
+MODEL_LIFECYCLE = topic("model.lifecycle.v1")

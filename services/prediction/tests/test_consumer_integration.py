@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -23,9 +24,11 @@ def vector(market: str, price: float, at: datetime) -> FeatureVectorComputed:
     return FeatureVectorComputed(occurred_at=at, producer="t", market_id=market, features=features, source_event_id="s")
 
 
-async def test_vectors_become_predictions_once(kafka_bootstrap: str, database_url: str, redis_url: str) -> None:
+async def test_vectors_become_predictions_once(
+    kafka_bootstrap: str, database_url: str, redis_url: str, tmp_path: Path
+) -> None:
     settings = PredictionSettings(
-        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, DATABASE_URL=database_url, REDIS_URL=redis_url
+        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, DATABASE_URL=database_url, REDIS_URL=redis_url, models_dir=tmp_path
     )
     market = f"m-{uuid.uuid4().hex[:8]}"
     now = datetime.now(UTC)
@@ -41,7 +44,7 @@ async def test_vectors_become_predictions_once(kafka_bootstrap: str, database_ur
         published = await consume_until(kafka_bootstrap, "prediction.predictions.v1", lambda m: len(m) >= 2)
 
         async def history_has_both() -> list:
-            rows = (await client.get(f"/v1/markets/{market}/predictions")).json()
+            rows = (await client.get(f"/v1/markets/{market}/predictions")).json()["items"]
             assert len(rows) == 2
             return rows
 

@@ -65,15 +65,57 @@ def main(argv: list[str] | None = None) -> int:
     servers.set_defaults(run=infra)
 
     simulate = commands.add_parser("simulate", help="drive a running platform with simulated markets and traders")
-    from om_cli.simulator.runner import add_arguments, run_from_args
+    from om_cli.simulator.runner import add_arguments, run_from_args, write_history_from_args
 
     add_arguments(simulate)
-    simulate.set_defaults(run=lambda args: _run_async(run_from_args(args)))
+    simulate.set_defaults(
+        run=lambda args: write_history_from_args(args) if args.history else _run_async(run_from_args(args))
+    )
+
+    from om_prediction import cli as prediction_cli
+
+    train = commands.add_parser("train", help="train a candidate model (from a history folder or feature's export)")
+    prediction_cli.add_train_arguments(train)
+    train.add_argument("--history", type=launcher.Path, default=None, help="train offline from this history folder")
+    train.set_defaults(run=_train)
+
+    models = commands.add_parser("models", help="list, show, promote or roll back trained models")
+    prediction_cli.add_model_arguments(models)
+    models.set_defaults(run=prediction_cli.run_models)
+
+    importer = commands.add_parser(
+        "import", help="load history (generic format, or `manifold PATH`) into a running platform, idempotently"
+    )
+    importer.add_argument("what", nargs="+", metavar="[manifold] PATH", help="a history folder, or manifold PATH")
+    importer.add_argument("--url", default=None, help="gateway URL (default $OM_API_URL or http://127.0.0.1:8000)")
+    importer.add_argument("--api-key", default=None, help="API key (default $OM_API_KEY)")
+    importer.add_argument("--concurrency", type=int, default=8, help="markets loaded at once (default 8)")
+    importer.add_argument("--restart", action="store_true", help="forget the checkpoint and check every record again")
+    importer.set_defaults(run=_import)
 
     args = parser.parse_args(argv)
     logging.basicConfig(format="om | %(message)s", level=logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the summaries
     return args.run(args) or 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from om_cli.history.importer import run_from_args as import_from_args
+
+    return import_from_args(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from om_prediction import cli as prediction_cli
+
+    if args.history is None:
+        return prediction_cli.run_train(args)
+    from om_cli.history.format import read_history
+    from om_cli.history.offline_features import snapshot_rows
+
+    history = read_history(args.history)
+    records = [r for kind in history.values() for r in kind]
+    return prediction_cli.run_train(args, snapshot_rows(records, seed=args.seed), f"history {args.history}")
 
 
 def _run_async(coro: Coroutine[Any, Any, int]) -> int:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from pydantic_settings import SettingsConfigDict
 
 from om_runtime.settings import Port, PostgresSettings, RedisSettings, ServiceSettings
@@ -9,3 +11,7 @@ class PredictionSettings(ServiceSettings, PostgresSettings, RedisSettings):
     service_name: str = "prediction"
     http_port: Port = 8003
     cache_ttl_s: int = 3600
+    # The model registry's folder; empty: $OM_MODELS_DIR or ~/.local/share/opinion-market/models.
+    models_dir: Path | None = None
+    # Besides model.lifecycle.v1 events, look at the registry this often (a promotion made without a broker).
+    registry_poll_s: float = 10.0

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from redis.asyncio import Redis
 
-from om_contracts import PredictionMade
+from om_contracts import FeatureVectorComputed, PredictionMade
 from om_runtime.cache import KeySpace
 
 KEYS = KeySpace("prediction")
 COLUMNS = (
-    "event_id, market_id, probability, confidence, risk_level, model_version, contributions, features_as_of, made_at"
+    "event_id, market_id, probability, confidence, risk_level, model_version, contributions, features_as_of, made_at,"
+    " risk_reasons, final, market_price"
 )
 
 
 async def save(conn: AsyncConnection, predictions: list[PredictionMade]) -> None:
     async with conn.cursor() as cur:
         await cur.executemany(
-            f"INSERT INTO predictions ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            f"INSERT INTO predictions ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT DO NOTHING",
             [
                 (
                     str(p.event_id),
@@ -30,6 +34,9 @@ async def save(conn: AsyncConnection, predictions: list[PredictionMade]) -> None
                     Jsonb([c.model_dump() for c in p.contributions]),
                     p.features_as_of,
                     p.produced_at,
+                    Jsonb(p.risk_reasons),
+                    p.final,
+                    p.market_price,
                 )
                 for p in predictions
             ],
@@ -44,12 +51,76 @@ async def latest(conn: AsyncConnection, market_id: str) -> dict | None:
     return await cur.fetchone()
 
 
-async def history(conn: AsyncConnection, market_id: str, limit: int) -> list[dict]:
+async def history(
+    conn: AsyncConnection,
+    market_id: str,
+    limit: int,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    before: tuple[datetime, str] | None = None,
+) -> list[dict]:
+    """Newest first within [start, end); `before` = (features_as_of, event_id) of the last row already seen."""
     cur = await conn.execute(
-        f"SELECT {COLUMNS} FROM predictions WHERE market_id = %s ORDER BY features_as_of DESC LIMIT %s",
-        (market_id, limit),
+        f"SELECT {COLUMNS} FROM predictions WHERE market_id = %(m)s"
+        " AND (%(start)s::timestamptz IS NULL OR features_as_of >= %(start)s)"
+        " AND (%(end)s::timestamptz IS NULL OR features_as_of < %(end)s)"
+        " AND (%(bt)s::timestamptz IS NULL OR (features_as_of, event_id) < (%(bt)s, %(bid)s))"
+        " ORDER BY features_as_of DESC, event_id DESC LIMIT %(limit)s",
+        {
+            "m": market_id,
+            "start": start,
+            "end": end,
+            "bt": before[0] if before else None,
+            "bid": before[1] if before else None,
+            "limit": limit,
+        },
     )
     return await cur.fetchall()
+
+
+async def remember_vectors(conn: AsyncConnection, vectors: list[FeatureVectorComputed]) -> None:
+    """Keep each market's newest vector (by event time) for re-scoring and final predictions."""
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO latest_vectors (market_id, features, as_of, source_event_id) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (market_id) DO UPDATE SET features = EXCLUDED.features, as_of = EXCLUDED.as_of,"
+            " source_event_id = EXCLUDED.source_event_id WHERE latest_vectors.as_of <= EXCLUDED.as_of",
+            [(v.market_id, Jsonb(v.features.model_dump()), v.occurred_at, str(v.event_id)) for v in vectors],
+        )
+
+
+async def latest_vectors(conn: AsyncConnection, market_ids: list[str] | None = None) -> list[dict]:
+    if market_ids is None:
+        cur = await conn.execute("SELECT market_id, features, as_of, source_event_id FROM latest_vectors")
+    else:
+        cur = await conn.execute(
+            "SELECT market_id, features, as_of, source_event_id FROM latest_vectors WHERE market_id = ANY(%s)",
+            (market_ids,),
+        )
+    return await cur.fetchall()
+
+
+async def forget_vectors(conn: AsyncConnection, market_ids: list[str]) -> None:
+    await conn.execute("DELETE FROM latest_vectors WHERE market_id = ANY(%s)", (market_ids,))
+
+
+async def record_outcomes(conn: AsyncConnection, outcomes: list[tuple[str, str, float, float, float]]) -> None:
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO live_outcomes (market_id, model_version, probability, market_price, outcome)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            outcomes,
+        )
+
+
+async def live_accuracy(conn: AsyncConnection) -> dict[str, dict]:
+    """Per model version: settled markets, Brier of its last predictions and of the price at the same time."""
+    cur = await conn.execute(
+        "SELECT model_version, count(*) AS markets, avg((probability - outcome) ^ 2) AS brier,"
+        " avg((market_price - outcome) ^ 2) AS market_brier FROM live_outcomes GROUP BY model_version"
+    )
+    return {r["model_version"]: {k: r[k] for k in ("markets", "brier", "market_brier")} for r in await cur.fetchall()}
 
 
 # Replace the cached prediction only with one from newer features, atomically (replicas may race, and

@@ -108,7 +108,7 @@ def _sell(lmsr: LMSR, outcome: Outcome, shares: float) -> Order | None:
 class InformedStrategy:
     min_edge: float = 0.02  # ignore mispricings smaller than this
     kelly_fraction: float = 0.5  # bet this fraction of the Kelly stake
-    max_amount: float = 250.0
+    max_amount: float = 40.0  # caps one informed trade's price impact (p99 step <= 0.10 with the default b)
     sell_probability: float = 0.4  # chance to sell an overpriced holding rather than buy the other side
 
     def estimate(self, rng: random.Random, trader: Trader, truth: float) -> float:
@@ -140,10 +140,16 @@ class InformedStrategy:
 
 @dataclass(frozen=True)
 class NoiseStrategy:
+    """Uninformed traders. Their side is drawn so that, with `longshot_bias = 0`, a buy's expected price move is
+    zero (the YES probability is chosen to balance the up and down moves of the same amount): noise alone moves
+    the price like a martingale, never towards 0.5 or away from it. `longshot_bias` then tilts the draw towards
+    the cheaper side (the favourite-longshot bias of real betting markets: longshots end up overpriced)."""
+
     median_amount: float = 10.0
     amount_sigma: float = 0.9
     max_amount: float = 150.0
     sell_probability: float = 0.25
+    longshot_bias: float = 0.05  # added to the chance of buying the side priced below 0.5
 
     def decide(self, rng: random.Random, trader: Trader, market_id: str, lmsr: LMSR, truth: float) -> Order | None:
         del truth  # noise traders know nothing
@@ -154,13 +160,22 @@ class NoiseStrategy:
             order = _sell(lmsr, sold, shares * rng.uniform(0.2, 1.0))
             if order is not None:
                 return order
-        outcome: Outcome = "YES" if rng.random() < 0.5 else "NO"
         amount = min(rng.lognormvariate(math.log(self.median_amount), self.amount_sigma), self.max_amount)
+        outcome: Outcome = "YES" if rng.random() < self.chance_of_yes(lmsr, amount) else "NO"
         order = _buy(lmsr, outcome, amount, _price_limit_shares(lmsr, outcome))
         if order is None:  # that side is pinned at the ceiling: take the other one
             outcome = other(outcome)
             order = _buy(lmsr, outcome, amount, _price_limit_shares(lmsr, outcome))
         return order
+
+    def chance_of_yes(self, lmsr: LMSR, amount: float) -> float:
+        """P(buy YES): zero expected price move, then tilted towards the longshot."""
+        p = lmsr.price("YES")
+        up = sigmoid(logit(p) + lmsr.shares_for_amount("YES", amount) / lmsr.b) - p
+        down = p - sigmoid(logit(p) - lmsr.shares_for_amount("NO", amount) / lmsr.b)
+        fair = down / (up + down) if up + down > 0 else 0.5
+        tilt = self.longshot_bias if p < 0.5 else -self.longshot_bias if p > 0.5 else 0.0
+        return min(max(fair + tilt, 0.0), 1.0)
 
 
 def zipf_weights(n: int, s: float) -> list[float]:

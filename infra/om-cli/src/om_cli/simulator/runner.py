@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -540,8 +541,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--informed-fraction",
         type=_fraction,
-        default=0.3,
-        help="share of users who are informed (default 0.3)",
+        default=0.35,
+        help="share of users who are informed (default 0.35)",
     )
     parser.add_argument(
         "--run-id",
@@ -564,6 +565,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retry-for", type=_non_negative_float, default=60.0, help="retry a failing request this long (s)"
     )
+    offline = parser.add_argument_group("offline history (no platform needed)")
+    offline.add_argument(
+        "--history",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="write N settled markets' complete event streams to --out instead of driving a platform",
+    )
+    offline.add_argument("--out", type=Path, default=Path("history"), help="folder for --history (default history)")
+    offline.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="file format for --history")
+
+
+def write_history_from_args(args: argparse.Namespace) -> int:
+    """`om simulate --history N --out DIR`: N settled markets' events in the generic format, offline."""
+    from tqdm import tqdm
+
+    from om_cli.history.format import HistoryWriter, ResolutionRecord
+    from om_cli.history.simulated import simulate_history
+    from om_cli.history.stats import history_stats
+
+    started = time.monotonic()
+    kept: list[Any] = []
+    world = WorldConfig(users=args.users, informed_fraction=args.informed_fraction)
+    with HistoryWriter(args.out, args.format) as writer, tqdm(total=args.history, unit="market") as bar:
+        for record in simulate_history(args.history, args.seed, world=world):
+            writer.write(record)
+            kept.append(record)
+            if isinstance(record, ResolutionRecord):
+                bar.update()
+    elapsed = time.monotonic() - started
+    print(
+        f"wrote {dict(writer.counts)} to {args.out} in {elapsed:.1f}s ({60 * args.history / elapsed:.0f} markets/min)"
+    )
+    for line in history_stats(kept).lines():
+        print(line)
+    return 0
 
 
 async def run_from_args(args: argparse.Namespace) -> int:

@@ -8,10 +8,16 @@ market's hidden truth and fate do not depend on how many trades happened before 
 
 Life cycle of a market (all times from its creation, ``lifetime`` jittered per market):
 
-* created with ``close_at = now + lifetime``, a hidden ``truth`` ~ Beta(alpha, beta), an LMSR maker
-  of liquidity ``b`` (log-uniform) starting at a partly informed initial price, and a fate drawn
+* created with ``close_at = now + lifetime``, a hidden prior ``truth`` ~ Beta(alpha, beta), an LMSR maker
+  of liquidity ``b`` (log-uniform multiples of the noise traders' median trade, so one ordinary trade moves
+  the price by about half a cent) starting at a partly informed opening price, and a fate drawn
   up front: cancelled (``p_cancel``), resolved MKT at the truth (``p_mkt``), else YES with
   probability ``truth`` and NO otherwise;
+* late information: while it trades, the world learns about the fate. The informed probability is the
+  Bayesian posterior of a Gaussian signal whose information accumulates as ``information * f**late_exponent``
+  (``f`` the fraction of trading life gone): log-odds ``logit(truth) + (2Y - 1) I tau / 2 + sqrt(I) B(tau)``
+  with ``B`` a Brownian motion. It is a martingale (calibrated at every moment) that sharpens mostly near
+  the end. Informed traders and signals see this posterior, not the prior;
 * tradeable until ``close_at - close_margin`` (the margin keeps in-flight trades before close_at);
   at that point a replacement market is created, so there are always ``markets`` open ones;
 * closed at ``close_at``, then resolved (or cancelled) ``resolve_delay`` later.
@@ -143,10 +149,16 @@ class WorldConfig:
     resolve_delay_s: float | None = None  # resolve this long after close; None: min(5 s, 10%)
     users: int = 500
     zipf_s: float = 1.1
-    informed_fraction: float = 0.3
-    truth_alpha: float = 0.8
-    truth_beta: float = 0.8
-    liquidity: tuple[float, float] = (60.0, 400.0)  # LMSR b, log-uniform
+    informed_fraction: float = 0.35
+    truth_alpha: float = 0.35  # prior truth ~ Beta(alpha, beta): U-shaped, as real questions mostly are
+    truth_beta: float = 0.35
+    # LMSR b as a multiple of the noise traders' median trade, log-uniform: one median trade at 0.5 moves the
+    # price by about 1 / (4 * multiple).
+    liquidity_trades: tuple[float, float] = (30.0, 120.0)
+    information: float = 10.0  # total log-odds information revealed over a market's trading life (I)
+    late_exponent: float = 2.0  # information revealed by fraction f of the life: I * f**late_exponent
+    opening_shrink: float = 0.8  # the creator's opening price: sigmoid(shrink * logit(truth) + N(0, noise_sd))
+    opening_noise_sd: float = 0.4
     p_cancel: float = 0.03
     p_mkt: float = 0.03
     news_fraction: float = 0.3  # of signals
@@ -157,6 +169,21 @@ class WorldConfig:
     null_sentiment_probability: float = 0.05  # social posts without a sentiment score
     informed: InformedStrategy = field(default_factory=InformedStrategy)
     noise: NoiseStrategy = field(default_factory=NoiseStrategy)
+
+    @classmethod
+    def without_edge(cls, **overrides: Any) -> WorldConfig:
+        """Every source of edge off: no informed traders, no longshot bias, no late information, uninformative
+        signals, an opening price equal to the prior. The price is then the best forecast there is."""
+        base: dict[str, Any] = {
+            "informed_fraction": 0.0,
+            "information": 0.0,
+            "news_strength": 0.0,
+            "social_strength": 0.0,
+            "opening_shrink": 1.0,
+            "opening_noise_sd": 0.0,
+            "noise": NoiseStrategy(longshot_bias=0.0),
+        }
+        return cls(**{**base, **overrides})
 
     def __post_init__(self) -> None:
         if self.markets < 1:
@@ -301,6 +328,31 @@ class SimMarket:
     state: MarketState = "open"
     trades: int = 0
     holders: set[str] = field(default_factory=set)
+    belief: float = 0.5  # the informed probability of YES now (late information); starts at the truth
+    _tau: float = 0.0  # information time revealed so far, in [0, 1]
+    _brownian: float = 0.0
+    _info_rng: random.Random | None = None
+
+    def __post_init__(self) -> None:
+        self.belief = self.truth
+        self._info_rng = random.Random(f"{self.market_id}:information")
+
+    def reveal(self, now: datetime, information: float, exponent: float) -> float:
+        """Advance late information to `now`; returns the informed probability of YES."""
+        if information <= 0:
+            return self.belief
+        life = (self.trade_until - self.created_at).total_seconds()
+        f = _clamp((now - self.created_at).total_seconds() / life, 0.0, 1.0) if life > 0 else 1.0
+        tau = f**exponent
+        if tau <= self._tau:
+            return self.belief
+        assert self._info_rng is not None
+        self._brownian += self._info_rng.gauss(0.0, math.sqrt(tau - self._tau))
+        self._tau = tau
+        y = {"YES": 1.0, "NO": 0.0}.get(self.fate, self.truth)
+        llr = (2.0 * y - 1.0) * information * tau / 2.0 + math.sqrt(information) * self._brownian
+        self.belief = _clamp(sigmoid(logit(self.truth) + llr), 1e-6, 1 - 1e-6)
+        return self.belief
 
     @property
     def price(self) -> float:
@@ -330,9 +382,10 @@ def draw_market(rng: random.Random, config: WorldConfig, market_id: str, now: da
     delay = config.resolve_delay_s if config.resolve_delay_s is not None else min(5.0, 0.1 * lifetime)
     truth = _clamp(rng.betavariate(config.truth_alpha, config.truth_beta), 1e-4, 1 - 1e-4)
     # the creator's guess: shrunk toward 0.5 and noisy, in whole cents
-    initial = round(_clamp(sigmoid(0.4 * logit(truth) + rng.gauss(0.0, 0.6)), 0.05, 0.95), 2)
-    lo, hi = config.liquidity
-    b = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    opening = sigmoid(config.opening_shrink * logit(truth) + rng.gauss(0.0, 1.0) * config.opening_noise_sd)
+    initial = round(_clamp(opening, 0.05, 0.95), 2)
+    lo, hi = config.liquidity_trades
+    b = config.noise.median_amount * math.exp(rng.uniform(math.log(lo), math.log(hi)))
     u = rng.random()
     if u < config.p_cancel:
         fate: Fate = "CANCEL"
@@ -419,16 +472,19 @@ class World:
         self.markets[market.market_id] = market
         return market
 
-    def due_lifecycle(self, now: datetime) -> list[LifecycleAction]:
+    def due_lifecycle(self, now: datetime, *, max_markets: int | None = None) -> list[LifecycleAction]:
         """Everything due at `now`, in the order to send it: new markets, closes, then settlements.
 
         The world assumes each action succeeds; `discard` takes back a market whose creation failed.
+        With `max_markets`, no market is created once that many have been.
         """
         actions: list[LifecycleAction] = []
         for m in self.markets.values():
             if m.state == "open" and now >= m.trade_until:
                 m.state = "winding"
-        while len(self.open_markets()) < self.config.markets:
+        while len(self.open_markets()) < self.config.markets and (
+            max_markets is None or self.markets_created < max_markets
+        ):
             actions.append(self._spawn(now).create_action())
         for m in list(self.markets.values()):
             if m.state == "winding" and now >= m.close_at:
@@ -483,7 +539,8 @@ class World:
             trader = rng.choices(self.traders, cum_weights=self._cum_activity, k=1)[0]
             market = self._pick_market(rng, markets)
             strategy = self.config.informed if trader.kind == "informed" else self.config.noise
-            order = strategy.decide(rng, trader, market.market_id, market.lmsr, market.truth)
+            belief = market.reveal(now, self.config.information, self.config.late_exponent)
+            order = strategy.decide(rng, trader, market.market_id, market.lmsr, belief)
             if order is None:
                 continue
             before = market.price
@@ -517,7 +574,8 @@ class World:
         rng = self._signal_rng
         market = self._pick_market(rng, markets)
         kind: Literal["social", "news"] = "news" if rng.random() < self.config.news_fraction else "social"
-        sentiment = draw_sentiment(rng, self.config, kind, market.truth)
+        belief = market.reveal(now, self.config.information, self.config.late_exponent)
+        sentiment = draw_sentiment(rng, self.config, kind, belief)
         tone = sentiment if sentiment is not None else rng.uniform(-0.5, 0.5)
         if kind == "news":
             outlet = rng.choice(NEWS_OUTLETS)

@@ -1,0 +1,102 @@
+"""Importers: Manifold records (full and partial dumps, camelCase and snake_case, JSON, JSON lines, CSV) and the
+generic format to the platform's write API; bad rows rejected with reasons, the rest kept; importing twice adds
+nothing (integration test against ingest on real PostgreSQL and Kafka)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from om_cli.history.format import MarketRecord, ResolutionRecord, TradeRecord, write_history
+from om_cli.history.importer import ImportReport, import_records, make_client, read_generic
+from om_cli.history.manifold import Rejects, read_manifold
+from om_cli.history.simulated import HistoryConfig, simulate_history
+from om_cli.testing import app_client
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_manifold_full_dump() -> None:
+    rejects = Rejects()
+    records = read_manifold(FIXTURES / "manifold", rejects)
+    markets = {r.market_id: r for r in records if isinstance(r, MarketRecord)}
+    assert set(markets) == {"mf-abcDEF123", "mf-mkt-no", "mf-mkt-mkt", "mf-mkt-cancel"}
+    assert markets["mf-abcDEF123"].category == "infrastructure"
+    assert markets["mf-abcDEF123"].created_at == datetime(2024, 1, 1, tzinfo=UTC)
+    assert markets["mf-mkt-mkt"].question == "Share of votes for the incumbent"
+    trades = {r.trade_id: r for r in records if isinstance(r, TradeRecord)}
+    assert set(trades) == {"mf-b1", "mf-b2", "mf-b3", "mf-b5"}
+    assert trades["mf-b3"].side == "SELL" and trades["mf-b3"].amount == 5 and not trades["mf-b3"].amount_estimated
+    settle = {r.market_id: r for r in records if isinstance(r, ResolutionRecord)}
+    assert settle["mf-mkt-mkt"].resolution_price == 0.37 and settle["mf-mkt-cancel"].resolution == "CANCEL"
+    assert settle["mf-abcDEF123"].resolved_at == datetime(2024, 2, 2, tzinfo=UTC)
+    reasons = " | ".join(rejects.counts)
+    for expected in ("redemption", "no id", "its market is not in the markets file", "not in [0, 1]", "not JSON"):
+        assert expected in reasons
+    assert "mf-mkt-broken" in " ".join(rejects.examples)  # no close, resolution or bets to date it
+
+
+def test_manifold_partial_dump_infers_side_and_estimates_amount() -> None:
+    rejects = Rejects()
+    records = read_manifold(FIXTURES / "manifold-partial", rejects)
+    trades = [r for r in records if isinstance(r, TradeRecord)]
+    assert len(trades) == 3 and all(t.amount_estimated and t.side == "BUY" for t in trades)
+    up, down = (t for t in trades if t.market_id == "mf-p1")
+    assert up.outcome == "YES" and down.outcome == "NO"
+    b = 100 / math.log(2)  # no liquidity given: the documented default
+    assert up.amount == pytest.approx(b * math.log(0.5 / 0.4), rel=1e-5)
+    assert "no price move" in " ".join(rejects.counts)
+    p2 = next(r for r in records if isinstance(r, MarketRecord) and r.market_id == "mf-p2")
+    assert p2.question == "p2" and p2.initial_price == 0.5
+    assert len({t.trade_id for t in trades}) == 3
+
+
+def test_generic_format_rejects_bad_rows_and_keeps_the_rest(tmp_path: Path) -> None:
+    write_history(tmp_path, list(simulate_history(3, seed=1, history=HistoryConfig(trades_per_market=5))))
+    with (tmp_path / "trades.jsonl").open("a") as f:
+        f.write('{"trade_id": "bad", "market_id": "x"}\n{"broken\n')
+    rejects = Rejects()
+    records = read_generic(tmp_path, rejects)
+    assert sum(isinstance(r, MarketRecord) for r in records) == 3
+    assert rejects.total == 2 and "missing field 'user_id'" in " ".join(rejects.counts)
+
+
+@pytest.mark.integration
+async def test_import_twice_gives_one_copy_and_resumes(kafka_bootstrap: str, database_url: str, tmp_path: Path) -> None:
+    from om_ingest.app import create_app
+    from om_ingest.settings import IngestSettings
+
+    start = datetime.now(UTC) - timedelta(days=30)
+    records = list(simulate_history(4, seed=9, history=HistoryConfig(trades_per_market=12, start=start)))
+    settings = IngestSettings(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, DATABASE_URL=database_url)
+    async with app_client(create_app(settings)) as ingest:
+        # the gateway's /api/v1 is ingest's /v1; the importer only sees a base URL and a path prefix
+        client = make_client("http://test", transport=ingest._transport)  # noqa: SLF001 - the app's ASGI transport
+        checkpoint = tmp_path / "done"
+        first = await import_records(client, records, source="t", checkpoint=checkpoint, api="/v1", progress=False)
+        n_trades = sum(isinstance(r, TradeRecord) for r in records)
+        assert first.imported["markets"] == 4 and first.imported["trades"] == n_trades, first.lines()
+        assert first.rejected.total == 0, first.lines()
+        again = await import_records(client, records, source="t", api="/v1", progress=False)
+        assert sum(again.imported.values()) == 0 and again.skipped["trades"] == n_trades, again.lines()
+        resumed = await import_records(client, records, source="t", checkpoint=checkpoint, api="/v1", progress=False)
+        assert resumed.resumed_markets == 4 and not resumed.imported and not resumed.skipped
+        stored = 0
+        for m in (r for r in records if isinstance(r, MarketRecord)):
+            reply = await ingest.get(f"/v1/markets/{m.market_id}/trades", params={"limit": 1000})
+            stored += len(reply.json())
+            market = (await ingest.get(f"/v1/markets/{m.market_id}")).json()
+            assert market["status"] in ("resolved", "cancelled")
+        assert stored == n_trades
+        await client.aclose()
+
+
+def test_report_lists_reasons() -> None:
+    report = ImportReport()
+    report.rejected.add("bet", "no userId", "b1")
+    assert "1 x bet: no userId" in "\n".join(report.lines())
+    assert isinstance(make_client("http://x", "k"), httpx.AsyncClient)

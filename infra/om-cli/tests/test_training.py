@@ -1,0 +1,122 @@
+"""Training end to end on small simulated history (seconds): point-in-time rows, promotion refused without
+edge, contributions summing to the ensemble's log-odds, confidence that means something, corrupt artifacts
+refused while the previous model keeps serving."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from om_cli.history.format import MarketRecord, ResolutionRecord, TradeRecord
+from om_cli.history.offline_features import snapshot_rows
+from om_cli.history.simulated import HistoryConfig, simulate_history
+from om_cli.simulator.world import WorldConfig
+from om_contracts import MarketFeatures
+from om_prediction.model import TrainParams
+from om_prediction.registry import PromotionRule, Registry, RegistryError
+from om_prediction.scoring import score_batch
+from om_prediction.serving import ModelHolder
+from om_prediction.training import dataset as ds
+from om_prediction.training.pipeline import train
+
+SMALL = TrainParams(rf_trees=30, gbm_rounds=60)
+FAST = HistoryConfig(trades_per_market=60)
+
+
+@pytest.fixture(scope="module")
+def no_edge(tmp_path_factory: pytest.TempPathFactory) -> tuple[Registry, dict]:
+    records = list(simulate_history(250, seed=11, history=FAST, world=WorldConfig.without_edge()))
+    registry = Registry(tmp_path_factory.mktemp("models"))
+    entry = train(list(snapshot_rows(records)), registry, SMALL, progress=False)
+    return registry, entry
+
+
+def test_without_any_edge_promotion_is_refused_with_numbers(no_edge: tuple[Registry, dict]) -> None:
+    registry, entry = no_edge
+    with pytest.raises(RegistryError, match=r"upper bound [+-]0\.\d+"):
+        registry.promote(entry["version"])
+    assert registry.production() is None
+    assert Path(entry["report"]).read_text().count("| all held-out |") == 1
+    assert (Path(entry["report"]).parent / "reliability.png").stat().st_size > 1000
+
+
+def test_contributions_sum_to_the_ensembles_log_odds(no_edge: tuple[Registry, dict]) -> None:
+    registry, entry = no_edge
+    from om_prediction.registry import load
+
+    model = load(registry.root, entry)
+    rng = np.random.default_rng(0)
+    x = model.medians + rng.normal(0, 1, size=(50, len(model.features))) * np.maximum(np.abs(model.medians), 0.1)
+    x[:, 0] = rng.uniform(0.02, 0.98, size=50)
+    out = model.predict(x, explain=True)
+    assert out.contributions is not None and out.bias is not None
+    np.testing.assert_allclose(out.contributions.sum(axis=1) + out.bias, out.log_odds, atol=1e-6)
+
+
+def test_confident_fifth_beats_the_least_confident_fifth(no_edge: tuple[Registry, dict]) -> None:
+    _, entry = no_edge
+    check = entry["confidence_check"]
+    assert check["most_confident_fifth_brier"] < check["least_confident_fifth_brier"]
+
+
+def test_missing_feature_values_still_get_a_prediction(no_edge: tuple[Registry, dict]) -> None:
+    registry, entry = no_edge
+    from om_prediction.registry import load
+
+    model = load(registry.root, entry)
+    bare = MarketFeatures(current_price=0.3, total_volume=0, participant_count=0, trade_count=0)
+    (score,) = score_batch(model, entry["version"], [bare])
+    assert 0 < score.probability < 1 and "missing_features" in score.risk_reasons
+    assert score.risk_level == "high"
+
+
+def test_corrupt_artifact_is_refused_and_the_previous_model_keeps_serving(
+    no_edge: tuple[Registry, dict], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry, entry = no_edge
+    registry.promote(entry["version"], PromotionRule(max_upper_vs_market=1.0))  # forced past the rule for the test
+    holder = ModelHolder(registry.root)
+    assert holder.refresh() and holder.version == entry["version"]
+    second = registry.add(registry.new_version(), holder.model, {"metrics": entry["metrics"]})  # no retraining
+    registry.promote(second["version"], PromotionRule(max_upper_vs_market=1.0, max_worse_than_production=1.0))
+    artifact = registry.root / second["artifact"]
+    artifact.write_bytes(artifact.read_bytes()[:-10] + b"corrupted!")
+    with caplog.at_level(logging.ERROR):
+        assert not holder.refresh()
+    assert holder.version == entry["version"] and holder.model is not None
+    assert "checksum mismatch" in caplog.text and second["version"] in caplog.text
+
+
+def test_rows_are_point_in_time_a_later_trade_never_leaks() -> None:
+    records = list(simulate_history(20, seed=3, history=FAST))
+    m = next(r for r in records if isinstance(r, MarketRecord))
+    res = next(r for r in records if isinstance(r, ResolutionRecord) and r.market_id == m.market_id)
+    # a wild trade a moment before close: no row taken earlier may see it
+    late = TradeRecord(
+        "late", m.market_id, "u-late", "YES", "BUY", 9999.0, 1.0, 0.5, 0.999, m.close_at - timedelta(seconds=1)
+    )
+    rows = [r for r in snapshot_rows([*records, late]) if r["market_id"] == m.market_id]
+    assert rows and all(row["as_of"] < late.executed_at for row in rows)
+    for row in rows:
+        assert row["features"]["total_volume"] < 9999.0 and row["features"]["current_price"] != 0.999
+        assert row["as_of"] < res.closed_at
+    with pytest.raises(ds.LeakError):
+        ds.build([{**rows[0], "as_of": res.resolved_at}])
+
+
+def test_split_keeps_each_market_on_one_side() -> None:
+    records = list(simulate_history(60, seed=4, history=FAST))
+    data = ds.build(snapshot_rows(records))
+    folds = ds.time_split(data)
+    sides = [set(f.market_ids.tolist()) for f in folds]
+    assert not (sides[0] & sides[1] or sides[1] & sides[2] or sides[0] & sides[2])
+    assert max(folds[0].resolved_at) <= min(folds[2].resolved_at)
+
+
+def test_history_config_is_replaceable() -> None:
+    assert replace(FAST, concurrent_markets=5).concurrent_markets == 5

@@ -1,0 +1,209 @@
+"""The model registry: versions with metrics, data range, features and checksum, in a local folder.
+
+Layout: ``<root>/registry.json`` (every version's manifest and state) and ``<root>/<version>/`` (``model.pkl``,
+``report.md``, PNGs). The root defaults to ``~/.local/share/opinion-market/models`` (``OM_MODELS_DIR``
+overrides), outside the data that `make up` resets. States: candidate -> production -> archived; one
+production version at a time. Promotion follows `PromotionRule`; refusals say why in numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import platform
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import lightgbm
+import sklearn
+
+from om_prediction.model import FEATURES, Ensemble
+
+DEFAULT_ROOT = Path.home() / ".local" / "share" / "opinion-market" / "models"
+FORMAT = 1
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("OM_MODELS_DIR") or DEFAULT_ROOT)
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done (unknown version, refused promotion, bad artifact)."""
+
+
+class ArtifactError(RegistryError):
+    """An artifact that must not be served: checksum mismatch, missing feature, other library versions."""
+
+
+@dataclass(frozen=True)
+class PromotionRule:
+    """Promote only when the paired Brier difference against the market has a 95 % upper bound below
+    `max_upper_vs_market` and the candidate is not worse than production by more than `max_worse_than_production`
+    Brier (both on the candidate's held-out fold)."""
+
+    max_upper_vs_market: float = 0.0
+    max_worse_than_production: float = 0.001
+
+    def refusal(self, candidate: dict[str, Any], production: dict[str, Any] | None) -> str | None:
+        m = candidate["metrics"]
+        if not m["brier_diff_high"] < self.max_upper_vs_market:
+            return (
+                f"paired Brier difference vs the market {m['brier_diff']:+.5f} has a 95% upper bound "
+                f"{m['brier_diff_high']:+.5f}, not below {self.max_upper_vs_market:+.5f}: "
+                f"the model does not beat the price (model {m['brier']:.5f}, market {m['market_brier']:.5f})"
+            )
+        if production is not None:
+            worse = m["brier"] - production["metrics"]["brier"]
+            if worse > self.max_worse_than_production:
+                return (
+                    f"Brier {m['brier']:.5f} is {worse:.5f} worse than production {production['version']} "
+                    f"({production['metrics']['brier']:.5f}); at most {self.max_worse_than_production} allowed"
+                )
+        return None
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    return {"lightgbm": lightgbm.__version__, "scikit-learn": sklearn.__version__, "python": platform.python_version()}
+
+
+class Registry:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or default_root()
+
+    @property
+    def index(self) -> Path:
+        return self.root / "registry.json"
+
+    def _read(self) -> dict[str, Any]:
+        if not self.index.exists():
+            return {"format": FORMAT, "versions": {}}
+        return json.loads(self.index.read_text())
+
+    def _write(self, data: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.index.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        tmp.replace(self.index)  # atomic: a reader sees the old or the new registry, never half
+
+    def versions(self) -> list[dict[str, Any]]:
+        return sorted(self._read()["versions"].values(), key=lambda v: v["created_at"])
+
+    def get(self, version: str) -> dict[str, Any]:
+        try:
+            return self._read()["versions"][version]
+        except KeyError:
+            raise RegistryError(f"no model version {version!r} in {self.root}") from None
+
+    def production(self) -> dict[str, Any] | None:
+        return next((v for v in self.versions() if v["state"] == "production"), None)
+
+    def new_version(self) -> str:
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        taken = self._read()["versions"]
+        n = 1
+        while f"m{stamp}-{n}" in taken:
+            n += 1
+        return f"m{stamp}-{n}"
+
+    def add(self, version: str, ensemble: Ensemble, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Store a trained model as a candidate; returns its manifest."""
+        folder = self.root / version
+        folder.mkdir(parents=True, exist_ok=True)
+        artifact = folder / "model.pkl"
+        with artifact.open("wb") as f:
+            pickle.dump({"format": FORMAT, "libraries": library_versions(), "ensemble": ensemble}, f)
+        entry = {
+            **manifest,
+            "version": version,
+            "state": "candidate",
+            "created_at": datetime.now(UTC).isoformat(),
+            "artifact": str(artifact.relative_to(self.root)),
+            "checksum": sha256(artifact),
+            "features": list(ensemble.features),
+            "libraries": library_versions(),
+        }
+        data = self._read()
+        data["versions"][version] = entry
+        self._write(data)
+        return entry
+
+    def folder(self, version: str) -> Path:
+        return self.root / version
+
+    def promote(self, version: str, rule: PromotionRule | None = None, *, force: bool = False) -> dict[str, Any]:
+        rule = rule or PromotionRule()
+        data = self._read()
+        entry = data["versions"].get(version)
+        if entry is None:
+            raise RegistryError(f"no model version {version!r} in {self.root}")
+        if entry["state"] == "production":
+            return entry
+        current = next((v for v in data["versions"].values() if v["state"] == "production"), None)
+        if not force and (reason := rule.refusal(entry, current)):
+            raise RegistryError(f"promotion of {version} refused: {reason}")
+        load(self.root, entry)  # never promote an artifact that would not load
+        if current is not None:
+            current["state"] = "archived"
+        entry["previous"] = current["version"] if current else None
+        entry["state"] = "production"
+        entry["promoted_at"] = datetime.now(UTC).isoformat()
+        self._write(data)
+        return entry
+
+    def rollback(self) -> dict[str, Any]:
+        """Production goes back to the version it replaced; the current one is archived."""
+        data = self._read()
+        current = next((v for v in data["versions"].values() if v["state"] == "production"), None)
+        if current is None or not current.get("previous"):
+            raise RegistryError("nothing to roll back to: no production model with a previous version")
+        previous = data["versions"][current["previous"]]
+        load(self.root, previous)
+        current["state"] = "archived"
+        previous["state"] = "production"
+        previous["promoted_at"] = datetime.now(UTC).isoformat()
+        self._write(data)
+        return previous
+
+    def record_live(self, version: str, live: dict[str, Any]) -> None:
+        data = self._read()
+        if version in data["versions"]:
+            data["versions"][version]["live"] = live
+            self._write(data)
+
+
+def load(root: Path, entry: dict[str, Any]) -> Ensemble:
+    """Load and verify an artifact; ArtifactError says exactly what is wrong with it."""
+    path = root / entry["artifact"]
+    if not path.exists():
+        raise ArtifactError(f"model {entry['version']}: artifact {path} is missing")
+    actual = sha256(path)
+    if actual != entry["checksum"]:
+        raise ArtifactError(f"model {entry['version']}: checksum mismatch ({actual[:12]} != {entry['checksum'][:12]})")
+    try:
+        with path.open("rb") as f:
+            blob = pickle.load(f)  # noqa: S301 - our own artifact, verified by checksum above
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the artifact is unusable
+        raise ArtifactError(f"model {entry['version']}: artifact does not load ({exc})") from exc
+    libs, ours = blob.get("libraries", {}), library_versions()
+    for lib in ("lightgbm", "scikit-learn"):
+        if libs.get(lib, "").split(".")[:2] != ours[lib].split(".")[:2]:
+            raise ArtifactError(
+                f"model {entry['version']}: built with {lib} {libs.get(lib)}, this service has {ours[lib]}"
+            )
+    ensemble = blob["ensemble"]
+    missing = [f for f in ensemble.features if f not in FEATURES]
+    if missing:
+        raise ArtifactError(f"model {entry['version']}: needs features this service does not have: {missing}")
+    return ensemble

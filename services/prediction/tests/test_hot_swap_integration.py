@@ -1,0 +1,140 @@
+"""Model swaps on real Kafka, PostgreSQL and Redis: a promotion announced on model.lifecycle.v1 while vectors
+stream in loses no vector and predicts none twice, re-scores every open market with the new model; a corrupt
+artifact promoted next is refused and the previous model keeps serving; a resolution gets a final prediction."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from om_cli.history.offline_features import snapshot_rows
+from om_cli.history.simulated import HistoryConfig, simulate_history
+from om_cli.testing import app_client, consume_until, eventually, produce
+from om_contracts import (
+    FeatureVectorComputed,
+    MarketFeatures,
+    MarketResolved,
+    ModelLifecycleChanged,
+    derived_event_id,
+    encode,
+)
+from om_prediction.app import create_app
+from om_prediction.model import TrainParams
+from om_prediction.registry import PromotionRule, Registry
+from om_prediction.settings import PredictionSettings
+from om_prediction.training.pipeline import train
+
+pytestmark = pytest.mark.integration
+ANY = PromotionRule(max_upper_vs_market=1.0, max_worse_than_production=1.0)  # this test is about serving
+
+
+def vector(market: str, price: float, at: datetime) -> FeatureVectorComputed:
+    features = MarketFeatures(
+        current_price=price, total_volume=500, participant_count=12, trade_count=40, days_remaining=2
+    )
+    return FeatureVectorComputed(occurred_at=at, producer="t", market_id=market, features=features, source_event_id="s")
+
+
+def announce(version: str) -> bytes:
+    return encode(
+        ModelLifecycleChanged(occurred_at=datetime.now(UTC), producer="test", model_version=version, state="production")
+    )
+
+
+async def test_swap_under_load_corrupt_refusal_and_final_prediction(
+    kafka_bootstrap: str, database_url: str, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = Registry(tmp_path / "models")
+    rows = list(snapshot_rows(list(simulate_history(100, seed=21, history=HistoryConfig(trades_per_market=30)))))
+    small = TrainParams(rf_trees=20, gbm_rounds=40)
+    first = train(rows, registry, small, progress=False)
+    second = train(rows, registry, TrainParams(rf_trees=20, gbm_rounds=40, seed=1), progress=False)
+    settings = PredictionSettings(
+        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        models_dir=registry.root,
+        registry_poll_s=3600,  # only the lifecycle event may trigger the swap here
+    )
+    markets = [f"m-{uuid.uuid4().hex[:8]}" for _ in range(20)]
+    start = datetime.now(UTC) - timedelta(hours=1)
+    vectors = [vector(m, 0.2 + 0.03 * (i % 20), start + timedelta(seconds=i)) for i in range(15) for m in markets]
+    caplog.set_level(logging.INFO)
+    async with app_client(create_app(settings)) as client:
+        half = len(vectors) // 2
+        for i in range(0, half, 50):
+            await produce(kafka_bootstrap, "feature.vectors.v1", [encode(v) for v in vectors[i : i + 50]])
+        registry.promote(first["version"], ANY)
+        await produce(kafka_bootstrap, "model.lifecycle.v1", [announce(first["version"])])
+        for i in range(half, len(vectors), 50):
+            await produce(kafka_bootstrap, "feature.vectors.v1", [encode(v) for v in vectors[i : i + 50]])
+
+        async def all_markets_on_first() -> None:
+            for m in markets:
+                latest = (await client.get(f"/v1/markets/{m}/prediction")).json()
+                assert latest["model_version"] == first["version"], latest["model_version"]
+
+        await eventually(all_markets_on_first, timeout_s=60)
+
+        # every vector predicted exactly once (by whichever model served its batch), none lost
+        ids = [str(derived_event_id(v.event_id, "prediction")) for v in vectors]
+        stored: list[dict] = []
+        for m in markets:
+            stored += (await client.get(f"/v1/markets/{m}/predictions", params={"limit": 1000})).json()["items"]
+        by_id = {p["event_id"] for p in stored}
+        assert set(ids) <= by_id
+        assert len(stored) == len(by_id)  # no duplicate rows
+        rescored = [p for p in stored if p["event_id"] not in set(ids)]
+        assert {p["model_version"] for p in rescored} == {first["version"]}
+        assert {p["market_id"] for p in rescored} <= set(markets)
+        versions = {p["model_version"] for p in stored}
+        assert versions <= {first["version"], "baseline-market-price"} and first["version"] in versions
+        published = await consume_until(
+            kafka_bootstrap, "prediction.predictions.v1", lambda m: set(ids) <= {p["event_id"] for p in m}
+        )
+        times = Counter(p["event_id"] for p in published)
+        assert all(times[i] == 1 for i in ids)  # published once each
+
+        # a corrupt artifact promoted next is refused; the first model keeps serving new vectors
+        registry.promote(second["version"], ANY)
+        artifact = registry.root / second["artifact"]
+        artifact.write_bytes(artifact.read_bytes()[:-5] + b"XXXXX")
+        await produce(kafka_bootstrap, "model.lifecycle.v1", [announce(second["version"])])
+        await eventually(lambda: _logged(caplog, f"refusing model {second['version']}"), timeout_s=30)
+        late = vector(markets[0], 0.55, start + timedelta(minutes=30))
+        await produce(kafka_bootstrap, "feature.vectors.v1", [encode(late)])
+
+        async def late_scored_by_first() -> None:
+            latest = (await client.get(f"/v1/markets/{markets[0]}/prediction")).json()
+            assert latest["features_as_of"].startswith(late.occurred_at.isoformat()[:19])
+            assert latest["model_version"] == first["version"]
+
+        await eventually(late_scored_by_first, timeout_s=30)
+
+        # a resolution: one final prediction, and live accuracy for the serving version
+        resolved = MarketResolved(
+            occurred_at=datetime.now(UTC), producer="t", market_id=markets[1], resolution="YES", resolution_price=1.0
+        )
+        await produce(kafka_bootstrap, "market.lifecycle.v1", [encode(resolved)], key=markets[1].encode())
+
+        async def final_made() -> None:
+            items = (await client.get(f"/v1/markets/{markets[1]}/predictions")).json()["items"]
+            assert [p for p in items if p["final"]]
+            models = (await client.get("/v1/models")).json()
+            live = next(v for v in models["items"] if v["version"] == first["version"])["live"]
+            assert live and live["markets"] == 1
+
+        await eventually(final_made, timeout_s=30)
+        batch = (await client.post("/v1/predictions/batch", json={"market_ids": [markets[2], "nope"]})).json()
+        assert markets[2] in batch["predictions"] and batch["errors"]["nope"]["status"] == 404
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
+    await asyncio.sleep(0)
+    assert text in caplog.text
