@@ -32,12 +32,14 @@ from om_contracts import (
     MarketMetricsUpdated,
     MarketResolved,
     MarketSummary,
+    PlatformHealthUpdated,
     PredictionMade,
     SignalObserved,
     SystemMetrics,
     SystemMetricsUpdated,
     Topic,
     TradeExecuted,
+    UserMetricsUpdated,
     decode,
     derived_event_id,
     encode,
@@ -152,6 +154,46 @@ def examples() -> dict[str, list[BaseModel]]:
                 ],
             )
         ],
+        "analytics.user.v1": [
+            UserMetricsUpdated(
+                **ENV,
+                user_id="alice",
+                as_of=T0,
+                total_trades=3,
+                total_volume=60.0,
+                average_trade_size=20.0,
+                resolved_positions=1,
+                winning_positions=1,
+                success_rate=1.0,
+                realized_pnl=12.5,
+                unrealized_pnl=-2.0,
+                total_pnl=10.5,
+                exposure=20.0,
+                open_positions=1,
+                risk_score=55.0,
+                trades_per_day=1.5,
+                preferred_categories=["weather"],
+                first_trade_at=T0,
+                last_activity_at=T0,
+            )
+        ],
+        "analytics.health.v1": [
+            PlatformHealthUpdated(
+                **ENV,
+                services=[
+                    om_contracts.ServiceHealth(
+                        service="feature",
+                        up=True,
+                        processing_rate=120.0,
+                        processing_p99_s=0.05,
+                        consumer_lag=[
+                            om_contracts.ConsumerLag(group="feature", topic="market.trades.v1", partition=0, lag=3)
+                        ],
+                    ),
+                    om_contracts.ServiceHealth(service="ingest", up=False, error="connection refused"),
+                ],
+            )
+        ],
         "platform.dead-letters.v1": [
             DeadLetter(
                 **ENV,
@@ -201,7 +243,7 @@ def test_there_is_an_example_of_every_event_type_of_every_topic() -> None:
 
 def test_event_types_are_unique_across_topics() -> None:
     types = [m.model_fields["event_type"].default for t in TOPICS for m in message_models(t)]
-    assert len(types) == len(set(types)) == 11
+    assert len(types) == len(set(types)) == 13
 
 
 # --- round trip -----------------------------------------------------------------------------------

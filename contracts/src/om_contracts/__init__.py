@@ -6,6 +6,7 @@ Every event shares the `Envelope`; every topic is declared once in `topics.TOPIC
 from om_contracts.codec import DecodeError, decode, encode, key_of
 from om_contracts.envelope import Envelope, derived_event_id, utcnow
 from om_contracts.events import (
+    ConsumerLag,
     DeadLetter,
     FeatureContribution,
     FeatureVectorComputed,
@@ -17,16 +18,20 @@ from om_contracts.events import (
     MarketMetricsUpdated,
     MarketResolved,
     MarketSummary,
+    PlatformHealthUpdated,
     PredictionMade,
+    ServiceHealth,
     SignalObserved,
     SystemMetrics,
     SystemMetricsUpdated,
     TradeExecuted,
+    UserMetricsUpdated,
 )
 from om_contracts.topics import TOPICS, Topic, topic
 
 __all__ = [
     "TOPICS",
+    "ConsumerLag",
     "DeadLetter",
     "DecodeError",
     "Envelope",
@@ -40,12 +45,15 @@ __all__ = [
     "MarketMetricsUpdated",
     "MarketResolved",
     "MarketSummary",
+    "PlatformHealthUpdated",
     "PredictionMade",
+    "ServiceHealth",
     "SignalObserved",
     "SystemMetrics",
     "SystemMetricsUpdated",
     "Topic",
     "TradeExecuted",
+    "UserMetricsUpdated",
     "decode",
     "derived_event_id",
     "key_of",

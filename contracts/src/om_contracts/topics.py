@@ -17,10 +17,12 @@ from om_contracts.events import (
     FeatureVectorComputed,
     MarketLifecycleEvent,
     MarketMetricsUpdated,
+    PlatformHealthUpdated,
     PredictionMade,
     SignalObserved,
     SystemMetricsUpdated,
     TradeExecuted,
+    UserMetricsUpdated,
 )
 
 DAY_MS = 24 * 60 * 60 * 1000
@@ -125,6 +127,31 @@ TOPICS: tuple[Topic, ...] = (
     ),
 )
 
+# Appended (analytics, issue 7).
+TOPICS += (
+    Topic(
+        name="analytics.user.v1",
+        model=UserMetricsUpdated,
+        key="user_id",
+        producer="analytics",
+        consumers=("gateway",),
+        visibility="public",
+        description="A user's trading metrics (P&L, success rate, risk) after each batch that touched them.",
+        retention_ms=DAY_MS,
+    ),
+    Topic(
+        name="analytics.health.v1",
+        model=PlatformHealthUpdated,
+        key="event_type",
+        producer="analytics",
+        consumers=("gateway",),
+        visibility="public",
+        description="Per-service platform health read from each service's /metrics, on a cadence by one replica.",
+        partitions=1,
+        retention_ms=DAY_MS,
+    ),
+)
+
 _BY_NAME = {t.name: t for t in TOPICS}
 
 
@@ -142,3 +169,5 @@ PREDICTIONS = topic("prediction.predictions.v1")
 ANALYTICS_MARKET = topic("analytics.market.v1")
 ANALYTICS_SYSTEM = topic("analytics.system.v1")
 DEAD_LETTERS = topic("platform.dead-letters.v1")
+ANALYTICS_USER = topic("analytics.user.v1")
+ANALYTICS_HEALTH = topic("analytics.health.v1")
