@@ -474,7 +474,7 @@ def test_topic_names_follow_the_convention(t: Topic) -> None:
 
 def test_topic_names_are_unique_and_unknown_names_fail() -> None:
     names = [t.name for t in TOPICS]
-    assert len(names) == len(set(names)) == 8
+    assert len(names) == len(set(names)) == 10
     with pytest.raises(KeyError):
         topic("market.trades.v2")
 
