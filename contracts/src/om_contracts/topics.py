@@ -70,7 +70,7 @@ TOPICS: tuple[Topic, ...] = (
         model=SignalObserved,
         key="market_id",
         producer="ingest",
-        consumers=("feature",),
+        consumers=("feature", "analytics"),
         visibility="public",
         description="Social posts and news items about a market.",
     ),

@@ -16,9 +16,15 @@ from om_contracts import MarketCreated, MarketResolved, PredictionMade, TradeExe
 pytestmark = pytest.mark.integration
 
 
-async def test_metrics_follow_events_and_redeliveries_change_nothing(kafka_bootstrap: str, database_url: str) -> None:
+async def test_metrics_follow_events_and_redeliveries_change_nothing(
+    kafka_bootstrap: str, database_url: str, redis_url: str
+) -> None:
     settings = AnalyticsSettings(
-        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, DATABASE_URL=database_url, ANALYTICS_SYSTEM_INTERVAL_S=0.1
+        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        ANALYTICS_SYSTEM_INTERVAL_S=0.1,
+        ANALYTICS_SERVICE_URLS={},
     )
     now = datetime.now(UTC)
     market = f"m-{uuid.uuid4().hex[:8]}"
