@@ -131,7 +131,8 @@ def test_on_the_same_event_time_the_larger_trade_id_closes() -> None:
 def test_candles_roll_minutes_up_to_hours() -> None:
     minutes = _minute_buckets(TRADES)
     hourly = metrics.candles(minutes, "1h")
-    assert [(c["start"].hour, c["open"], c["high"], c["low"], c["close"], c["volume"], c["trades"]) for c in hourly] == [
+    fields = ("open", "high", "low", "close", "volume", "trades")
+    assert [(c["start"].hour, *(c[f] for f in fields)) for c in hourly] == [
         (11, 0.4, 0.4, 0.4, 0.4, 40.0, 1),
         (10, 0.5, 0.5, 0.5, 0.5, 10.0, 1),
         (11, 0.6, 0.6, 0.6, 0.6, 30.0, 1),

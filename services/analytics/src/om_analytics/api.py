@@ -58,10 +58,9 @@ def router(handlers: AnalyticsHandlers) -> APIRouter:
         return snapshot
 
     async def user_or_404(user_id: str) -> dict:
-        snapshot = await hot.user(user_id)
-        if snapshot is None:
-            async with db.transaction() as conn:
-                snapshot = await store.user_snapshot(conn, user_id)
+        # Computed on request from the user's totals and open positions (no trades read): marking to market
+        # needs the current prices, which move after the user's last published snapshot.
+        snapshot = await handlers.user_now(user_id)
         if snapshot is None:
             raise HTTPException(404, f"no analytics for user {user_id!r}: no trade of theirs seen")
         return snapshot

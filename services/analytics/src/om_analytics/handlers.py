@@ -181,14 +181,27 @@ class AnalyticsHandlers:
             )
             await self.publisher.publish(ANALYTICS_MARKET, update)
 
-    async def user_snapshots(self, conn: AsyncConnection, user_ids: list[str], as_of: datetime) -> dict[str, dict]:
+    @staticmethod
+    async def compute_users(conn: AsyncConnection, user_ids: list[str], as_of: datetime) -> dict[str, dict]:
+        """Users' metrics from their totals and open positions, marked at the markets' current prices."""
         totals, held, categories = await store.user_inputs(conn, user_ids)
-        snapshots = {
+        return {
             user_id: {"user_id": user_id, **user_metrics(totals[user_id], held.get(user_id, []),
                                                           categories.get(user_id, {}), as_of)}
             for user_id in user_ids
             if user_id in totals
         }  # fmt: skip
+
+    async def user_now(self, user_id: str) -> dict | None:
+        """A user's metrics now (for the API: prices may have moved since the user's last snapshot)."""
+        async with self.db.transaction() as conn:
+            as_of = await store.clock(conn)
+            if as_of is None:
+                return None
+            return (await self.compute_users(conn, [user_id], as_of)).get(user_id)
+
+    async def user_snapshots(self, conn: AsyncConnection, user_ids: list[str], as_of: datetime) -> dict[str, dict]:
+        snapshots = await self.compute_users(conn, user_ids, as_of)
         if snapshots:
             await store.save_user_snapshots(conn, snapshots)
             await self.hot.put_users(snapshots)

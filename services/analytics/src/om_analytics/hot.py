@@ -11,7 +11,6 @@ import redis.asyncio as redis
 from om_runtime.cache import KeySpace
 
 LEADERBOARDS = ("pnl", "volume", "success_rate")
-KEYS = KeySpace("analytics")
 
 
 def _dumps(value: Any) -> str:
@@ -19,39 +18,37 @@ def _dumps(value: Any) -> str:
 
 
 class HotModels:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "analytics") -> None:
         self.redis = client
+        self.keys = KeySpace(prefix)
 
     async def put_markets(self, snapshots: dict[str, dict]) -> None:
         if snapshots:
-            await self.redis.mset({KEYS.key("market", m): _dumps(s) for m, s in snapshots.items()})
+            await self.redis.mset({self.keys.key("market", m): _dumps(s) for m, s in snapshots.items()})
 
     async def put_users(self, snapshots: dict[str, dict]) -> None:
         if not snapshots:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.mset({KEYS.key("user", u): _dumps(s) for u, s in snapshots.items()})
-            pipe.zadd(KEYS.key("leaderboard", "pnl"), {u: s["total_pnl"] for u, s in snapshots.items()})
-            pipe.zadd(KEYS.key("leaderboard", "volume"), {u: s["total_volume"] for u, s in snapshots.items()})
+            pipe.mset({self.keys.key("user", u): _dumps(s) for u, s in snapshots.items()})
+            pipe.zadd(self.keys.key("leaderboard", "pnl"), {u: s["total_pnl"] for u, s in snapshots.items()})
+            pipe.zadd(self.keys.key("leaderboard", "volume"), {u: s["total_volume"] for u, s in snapshots.items()})
             rated = {u: s["success_rate"] for u, s in snapshots.items() if s["success_rate"] is not None}
             if rated:
-                pipe.zadd(KEYS.key("leaderboard", "success_rate"), rated)
+                pipe.zadd(self.keys.key("leaderboard", "success_rate"), rated)
             await pipe.execute()
 
     async def market(self, market_id: str) -> dict | None:
-        return _loads(await self.redis.get(KEYS.key("market", market_id)))
-
-    async def user(self, user_id: str) -> dict | None:
-        return _loads(await self.redis.get(KEYS.key("user", user_id)))
+        return _loads(await self.redis.get(self.keys.key("market", market_id)))
 
     async def put(self, name: str, value: Any, ttl_s: float | None = None) -> None:
-        await self.redis.set(KEYS.key(name), _dumps(value), px=int(ttl_s * 1000) if ttl_s else None)
+        await self.redis.set(self.keys.key(name), _dumps(value), px=int(ttl_s * 1000) if ttl_s else None)
 
     async def get(self, name: str) -> Any:
-        return _loads(await self.redis.get(KEYS.key(name)))
+        return _loads(await self.redis.get(self.keys.key(name)))
 
     async def leaderboard(self, by: str, limit: int) -> list[tuple[str, float]]:
-        return await self.redis.zrevrange(KEYS.key("leaderboard", by), 0, limit - 1, withscores=True)
+        return await self.redis.zrevrange(self.keys.key("leaderboard", by), 0, limit - 1, withscores=True)
 
 
 def _loads(raw: str | None) -> Any:

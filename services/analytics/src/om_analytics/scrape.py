@@ -10,10 +10,9 @@ import time
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from om_analytics.health import Scrape, parse
-from om_contracts import ConsumerLag
+from om_contracts import TOPICS, ConsumerLag
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +37,29 @@ async def consumer_lag(bootstrap: str, groups: list[str], timeout_s: float = 5.0
 
 
 async def _lag(bootstrap: str, groups: list[str]) -> dict[str, list[ConsumerLag]]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await admin.start()
-    try:
-        committed: dict[str, dict[TopicPartition, int]] = {}
-        for group in groups:
-            offsets = await admin.list_consumer_group_offsets(group)
-            committed[group] = {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+    # Through a consumer's OffsetFetch (what every consumer uses), not the admin API, which the embedded
+    # broker does not fully speak. The registry says which topics each group consumes.
+    result: dict[str, list[ConsumerLag]] = {}
+    for group in groups:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
         await consumer.start()
-        partitions = {tp for offsets in committed.values() for tp in offsets}
-        ends = await consumer.end_offsets(list(partitions)) if partitions else {}
-        return {
-            group: [
-                ConsumerLag(group=group, topic=tp.topic, partition=tp.partition, lag=max(0, ends[tp] - offset))
-                for tp, offset in sorted(offsets.items())
+        try:
+            await consumer.topics()  # load metadata, so partitions are known
+            partitions = [
+                TopicPartition(t.name, p)
+                for t in TOPICS
+                if group in t.consumers
+                for p in sorted(consumer.partitions_for_topic(t.name) or ())
             ]
-            for group, offsets in committed.items()
-        }
-    finally:
-        with contextlib.suppress(Exception):
-            await consumer.stop()
-        await admin.close()
+            ends = await consumer.end_offsets(partitions) if partitions else {}
+            lags = []
+            for tp in partitions:
+                committed = await consumer.committed(tp)
+                if committed is not None:
+                    lags.append(ConsumerLag(group=group, topic=tp.topic, partition=tp.partition,
+                                            lag=max(0, ends[tp] - committed)))  # fmt: skip
+            result[group] = lags
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+    return result

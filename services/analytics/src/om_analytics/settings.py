@@ -17,6 +17,8 @@ class AnalyticsSettings(ServiceSettings, PostgresSettings, RedisSettings):
     system_heartbeat_s: float = Field(default=10.0, gt=0)
     #: With no event for this long, the clock (end of every window) moves to the wall clock; 0 never.
     idle_advance_s: float = Field(default=60.0, ge=0)
+    #: Prefix of every Redis key analytics writes (tests give each run its own).
+    redis_prefix: str = "analytics"
     top_markets: int = Field(default=10, ge=1, le=100)
     #: Platform health: how often the leader reads each service's /metrics, and where.
     health_interval_s: float = Field(default=15.0, gt=0)

@@ -507,12 +507,6 @@ async def market_snapshot(conn: AsyncConnection, market_id: str) -> dict | None:
     return row["snapshot"] if row else None
 
 
-async def user_snapshot(conn: AsyncConnection, user_id: str) -> dict | None:
-    cur = await conn.execute("SELECT snapshot FROM users WHERE user_id = %s", (user_id,))
-    row = await cur.fetchone()
-    return row["snapshot"] if row else None
-
-
 async def system_totals(conn: AsyncConnection, as_of: datetime | None) -> dict[str, Any]:
     start, end = metrics.window_minutes(as_of) if as_of else (None, None)
     cur = await conn.execute(
