@@ -23,8 +23,9 @@ async def test_metrics_follow_events_and_redeliveries_change_nothing(
         KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
         DATABASE_URL=database_url,
         REDIS_URL=redis_url,
-        ANALYTICS_SYSTEM_INTERVAL_S=0.1,
-        ANALYTICS_SERVICE_URLS={},
+        redis_prefix=f"t{uuid.uuid4().hex[:8]}",
+        system_interval_s=0.1,
+        service_urls={},
     )
     now = datetime.now(UTC)
     market = f"m-{uuid.uuid4().hex[:8]}"

@@ -39,8 +39,10 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         after_commit=handlers.after_commit,
     )
     runtime.add_loop("leader", handlers.lead)
-    return runtime.create_app(
+    app = runtime.create_app(
         title="Opinion Market analytics",
         description="Market, user and platform metrics, trends, calibration and insights (internal).",
         routers=[api.router(handlers)],
     )
+    app.state.analytics = handlers
+    return app

@@ -74,10 +74,17 @@ class AnalyticsHandlers:
         self.last_event_monotonic = time.monotonic()
         self.leadership = Leadership(settings.database_url)
         self._scrapes: dict[str, Scrape] = {}
+        self._calibration_changed = False
+        self._background: set[asyncio.Task[None]] = set()
 
     def after_commit(self) -> None:
         self.last_event_monotonic = time.monotonic()
         self.changed.set()
+        if self._calibration_changed:
+            self._calibration_changed = False
+            task = asyncio.get_running_loop().create_task(self.hot.forget("calibration"))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     # --- the consumer -------------------------------------------------------------------------------
 
@@ -115,6 +122,8 @@ class AnalyticsHandlers:
             done = await store.settled_markets(conn, sorted({t.market_id for t in fresh}))
             pairs += [(t.user_id, t.market_id) for t in fresh if t.market_id in done]
         settled_users = await store.settle_pairs(conn, pairs)
+        if ended:
+            self._calibration_changed = True  # forgotten once this commits (so no reader caches the old state)
 
         as_of = await store.advance_clock(conn, max(event_time(e) for _, e in events))
         last_event = {event.market_id: event for _, event in events}

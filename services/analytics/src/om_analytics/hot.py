@@ -44,6 +44,9 @@ class HotModels:
     async def put(self, name: str, value: Any, ttl_s: float | None = None) -> None:
         await self.redis.set(self.keys.key(name), _dumps(value), px=int(ttl_s * 1000) if ttl_s else None)
 
+    async def forget(self, name: str) -> None:
+        await self.redis.delete(self.keys.key(name))
+
     async def get(self, name: str) -> Any:
         return _loads(await self.redis.get(self.keys.key(name)))
 
