@@ -6,7 +6,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench clean
+.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench clean bench-analytics
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,3 +62,6 @@ bench: install ## Run the benchmarks in bench/ and print their figures
 
 clean: ## Remove the virtual environment, local data (.om/) and caches
 	rm -rf .venv .tools .om .pytest_cache .ruff_cache
+
+bench-analytics: install ## Benchmark analytics alone: events/s over 10k and 1M trades of prior history, and RSS
+	$(UV) run python -m bench.analytics $(BENCH_ARGS)

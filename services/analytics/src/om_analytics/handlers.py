@@ -90,11 +90,26 @@ class AnalyticsHandlers:
 
     async def apply_batch(self, events: list[tuple[Topic, Any]], conn: AsyncConnection) -> None:
         """Apply a batch of new events in the caller's transaction, then snapshot and publish what it touched."""
-        trades = [e for _, e in events if isinstance(e, TradeExecuted)]
-        signals = [e for _, e in events if isinstance(e, SignalObserved)]
-        predictions = [e for _, e in events if isinstance(e, PredictionMade)]
+        fresh, settled_users = await self.record(conn, [e for _, e in events])
+        as_of = await store.advance_clock(conn, max(event_time(e) for _, e in events))
+        last_event = {event.market_id: event for _, event in events}
+        snapshots = await self.market_snapshots(conn, sorted(last_event), as_of, lock=True)
+        # Ids derived from each market's last event in the batch: a redelivered batch publishes the same ids.
+        ids = {m: derived_event_id(e.event_id, PRODUCER) for m, e in last_event.items()}
+        await self.publish_markets(snapshots, ids)
+        last_trade: dict[str, TradeExecuted | None] = {t.user_id: t for t in fresh}
+        for user_id in settled_users - set(last_trade):
+            last_trade[user_id] = None
+        await self.publish_users(conn, last_trade, as_of)
+
+    async def record(self, conn: AsyncConnection, events: list[Any]) -> tuple[list[TradeExecuted], set[str]]:
+        """Write a batch's effects (no snapshot, nothing published); return its new trades and the users whose
+        settled results changed. Replaying history into the tables goes through here too (bench/analytics.py)."""
+        trades = [e for e in events if isinstance(e, TradeExecuted)]
+        signals = [e for e in events if isinstance(e, SignalObserved)]
+        predictions = [e for e in events if isinstance(e, PredictionMade)]
         ended: list[str] = []
-        for _, event in events:  # lifecycle events are rare and their order matters: one at a time
+        for event in events:  # lifecycle events are rare and their order matters: one at a time
             if isinstance(event, MarketCreated):
                 await store.record_created(conn, event)
             elif type(event) in STATUS_AFTER:
@@ -124,17 +139,7 @@ class AnalyticsHandlers:
         settled_users = await store.settle_pairs(conn, pairs)
         if ended:
             self._calibration_changed = True  # forgotten once this commits (so no reader caches the old state)
-
-        as_of = await store.advance_clock(conn, max(event_time(e) for _, e in events))
-        last_event = {event.market_id: event for _, event in events}
-        snapshots = await self.market_snapshots(conn, sorted(last_event), as_of, lock=True)
-        # Ids derived from each market's last event in the batch: a redelivered batch publishes the same ids.
-        ids = {m: derived_event_id(e.event_id, PRODUCER) for m, e in last_event.items()}
-        await self.publish_markets(snapshots, ids)
-        last_trade = {t.user_id: t for t in fresh}
-        for user_id in settled_users - set(last_trade):
-            last_trade.setdefault(user_id, None)
-        await self.publish_users(conn, last_trade, as_of)
+        return fresh, settled_users
 
     # --- snapshots ----------------------------------------------------------------------------------
 
