@@ -3,9 +3,10 @@ events and predictions, on top of 10,000 and of 1,000,000 trades of prior histor
 
     make bench-analytics        # or: uv run python -m bench.analytics --live 40000 --histories 10000 1000000
 
-For each history size: fresh embedded Kafka, PostgreSQL and Redis; the prior history is written straight into
-analytics' tables through the same code a replay runs (`AnalyticsHandlers.record`, in batches of 5,000, without
-snapshots or publishing — producing a million trades through the broker first would take longer than the run);
+For each history size: fresh embedded Kafka, PostgreSQL and Redis; the prior history is generated inside
+PostgreSQL into the tables a replay fills (bench/analytics_history.sql: trades, 1m/1h/1d buckets, positions,
+participants, users, settlements, claimed event ids) — producing a million trades through the broker, or even
+through analytics' own batch code (`--replay-history`), would take far longer than the run;
 the live events are produced to Kafka; then the analytics service starts as its own process and the clock runs
 from its first applied event until the last one is applied.
 """
@@ -33,7 +34,9 @@ from om_analytics.handlers import AnalyticsHandlers
 from om_analytics.settings import AnalyticsSettings
 from om_cli.embedded import Ports, free_port, start_infrastructure
 from om_contracts import MarketCreated, MarketResolved, PredictionMade, TradeExecuted, encode
-from om_runtime.db import Database
+from om_runtime.db import Database, migrate
+
+HISTORY_SQL = Path(__file__).with_name("analytics_history.sql")
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 HISTORY_MARKETS, OPEN_MARKETS, USERS = 2_000, 200, 5_000
@@ -130,7 +133,8 @@ def live(n: int, seed: int = 2) -> dict[str, list[bytes]]:
     return out
 
 
-async def build_history(database_url: str, trades: int) -> float:
+async def replay_history(database_url: str, trades: int) -> float:
+    """Prior history through the code a replay runs (`AnalyticsHandlers.record`), in batches of 5,000."""
     settings = AnalyticsSettings(DATABASE_URL=database_url, service_urls={})
     db = Database(database_url, schema="analytics", migrations=MIGRATIONS, pool_size=2)
     handlers = AnalyticsHandlers(db, publisher=None, hot=None, settings=settings)  # writes only: no publishing
@@ -144,6 +148,17 @@ async def build_history(database_url: str, trades: int) -> float:
                         "UPDATE clock SET as_of = greatest(as_of, %s::timestamptz)", (batch[-1].occurred_at,)
                     )
                 bar.update(sum(1 for e in batch if isinstance(e, TradeExecuted)))
+    return time.perf_counter() - started
+
+
+def generate_history(database_url: str, trades: int) -> float:
+    """Prior history generated inside PostgreSQL into the same tables (analytics_history.sql)."""
+    started = time.perf_counter()
+    migrate(database_url, "analytics", MIGRATIONS)
+    statements = [s for s in HISTORY_SQL.read_text().split(";\n") if s.strip()]
+    with psycopg.connect(database_url, options="-c search_path=analytics") as conn:
+        for statement in tqdm(statements, desc=f"prior history ({trades:,} trades, in SQL)", file=sys.stderr):
+            conn.execute(statement, {"trades": trades, "start": NOW - timedelta(days=30)})
     return time.perf_counter() - started
 
 
@@ -168,15 +183,18 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
-async def run_once(prior: int, n_live: int, data: Path) -> dict[str, float]:
+def run_once(prior: int, n_live: int, data: Path, replay: bool) -> dict[str, float]:
     infra = start_infrastructure(data, Ports(free_port(), free_port(), free_port()), environ={})
     process = None
     try:
         env = infra.env()
-        history_s = await build_history(env["DATABASE_URL"], prior)
+        if replay:
+            history_s = asyncio.run(replay_history(env["DATABASE_URL"], prior))
+        else:
+            history_s = generate_history(env["DATABASE_URL"], prior)
         backlog = live(n_live)
         total = sum(len(v) for v in backlog.values())
-        await produce_backlog(env["KAFKA_BOOTSTRAP_SERVERS"], backlog)
+        asyncio.run(produce_backlog(env["KAFKA_BOOTSTRAP_SERVERS"], backlog))
         port = free_port()
         service_env = {
             **os.environ, **env, "ANALYTICS_HTTP_PORT": str(port), "ANALYTICS_SERVICE_URLS": "{}",
@@ -191,13 +209,18 @@ async def run_once(prior: int, n_live: int, data: Path) -> dict[str, float]:
         first = last = None
         base = 0
         peak = 0.0
+        with psycopg.connect(env["DATABASE_URL"]) as conn:  # history rows already claimed, if any
+            try:
+                initial = conn.execute("SELECT count(*) FROM analytics.processed_events").fetchone()[0]
+            except psycopg.errors.UndefinedTable:
+                initial = 0
         with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn, tqdm(
             total=total, desc="live backlog", unit="event", file=sys.stderr
         ) as bar:  # fmt: skip
             deadline = time.monotonic() + 1800
             while time.monotonic() < deadline:
                 try:
-                    done = conn.execute("SELECT count(*) FROM analytics.processed_events").fetchone()[0]
+                    done = conn.execute("SELECT count(*) FROM analytics.processed_events").fetchone()[0] - initial
                 except psycopg.errors.UndefinedTable:  # the service has not created its schema yet
                     done = 0
                 now = time.monotonic()
@@ -234,11 +257,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--live", type=int, default=40_000, help="live events to apply (default 40,000)")
     parser.add_argument("--histories", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument(
+        "--replay-history", action="store_true", help="write the history through analytics' own code (slow)"
+    )
     args = parser.parse_args()
     results = []
     for prior in args.histories:
         with tempfile.TemporaryDirectory() as data:
-            results.append(asyncio.run(run_once(prior, args.live, Path(data))))
+            results.append(run_once(prior, args.live, Path(data), args.replay_history))
     print(f"\nanalytics alone, {args.live:,} live events (trades, predictions 1 in 20, market creations and "
           f"resolutions), 2 cores shared\n")  # fmt: skip
     for r in results:
