@@ -11,6 +11,7 @@ and prunes old rows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -292,39 +293,43 @@ class AnalyticsHandlers:
 
     async def lead(self) -> None:
         """Loop: while this replica holds the leader lock, keep the windows current, publish the system
-        snapshot after changes (at most every interval, at least every heartbeat), the health snapshot every
-        health interval, and prune on the retention."""
+        snapshot after changes (an interval after the first change, so a burst of batches gives one snapshot;
+        at least every heartbeat), and prune on the retention."""
         s = self.settings
-        last_system = last_health = last_prune = 0.0
+        last_system = last_prune = 0.0
         try:
             while True:
                 if not await self.leadership.try_acquire():
                     await asyncio.sleep(s.system_heartbeat_s)
                     continue
-                await self.refresh_windows()
-                now = time.monotonic()
-                if self.changed.is_set() or now - last_system >= s.system_heartbeat_s:
-                    self.changed.clear()
-                    snapshot = await self.system_snapshot()
-                    await self.hot.put("system", snapshot.model_dump(mode="json"))
-                    await self.publisher.publish(ANALYTICS_SYSTEM, snapshot)
-                    last_system = now
-                if now - last_health >= s.health_interval_s:
-                    health = await self.health_snapshot()
-                    await self.hot.put("health", health.model_dump(mode="json"))
-                    await self.publisher.publish(ANALYTICS_HEALTH, health)
-                    last_health = now
-                if now - last_prune >= s.prune_interval_s:
-                    await self.prune()
-                    last_prune = now
-                await asyncio.sleep(s.system_interval_s)
                 timeout = max(0.0, s.system_heartbeat_s - (time.monotonic() - last_system))
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), timeout=timeout)
-                except TimeoutError:
-                    pass
+                await asyncio.sleep(s.system_interval_s)
+                await self.refresh_windows()
+                self.changed.clear()
+                snapshot = await self.system_snapshot()
+                await self.hot.put("system", snapshot.model_dump(mode="json"))
+                await self.publisher.publish(ANALYTICS_SYSTEM, snapshot)
+                last_system = time.monotonic()
+                if last_system - last_prune >= s.prune_interval_s:
+                    await self.prune()
+                    last_prune = last_system
         finally:
             await self.leadership.release()
+
+    async def report_health(self) -> None:
+        """Loop: every health interval, the leader reads every service's /metrics and publishes the result
+        (its own loop, so a slow service never delays the system snapshot)."""
+        wait_s = 0.5  # the first report soon after this replica leads, then every interval
+        while True:
+            await asyncio.sleep(wait_s)
+            if not self.leadership.is_leader:
+                continue
+            health = await self.health_snapshot()
+            await self.hot.put("health", health.model_dump(mode="json"))
+            await self.publisher.publish(ANALYTICS_HEALTH, health)
+            wait_s = self.settings.health_interval_s
 
     async def prune(self) -> None:
         s = self.settings
