@@ -39,6 +39,7 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         after_commit=handlers.after_commit,
     )
     runtime.add_loop("leader", handlers.lead)
+    runtime.add_loop("snapshots", handlers.snapshot_changes)
     runtime.add_loop("health", handlers.report_health)
     app = runtime.create_app(
         title="Opinion Market analytics",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -43,7 +44,6 @@ from om_contracts import (
     Topic,
     TradeExecuted,
     UserMetricsUpdated,
-    derived_event_id,
     utcnow,
 )
 from om_contracts.topics import ANALYTICS_HEALTH, ANALYTICS_MARKET, ANALYTICS_SYSTEM, ANALYTICS_USER
@@ -60,6 +60,12 @@ MARKET_FIELDS = set(MarketMetricsUpdated.model_fields) - {
 }  # fmt: skip
 
 
+def _content_id(kind: str, key: str, snapshot: dict) -> uuid.UUID:
+    """An update's id from what it says: recomputing an unchanged snapshot (a redelivery, a restart) publishes
+    the same id, which consumers dedupe."""
+    return uuid.uuid5(_REFRESH_IDS, f"{kind}:{key}:{json.dumps(snapshot, sort_keys=True, default=str)}")
+
+
 def event_time(event: Any) -> datetime:
     """When an event happened in the domain; a prediction counts at the time of the features it used."""
     return event.features_as_of if isinstance(event, PredictionMade) else event.occurred_at
@@ -71,7 +77,8 @@ class AnalyticsHandlers:
         self.publisher = publisher
         self.hot = hot
         self.settings = settings
-        self.changed = asyncio.Event()
+        self.changed = asyncio.Event()  # for the system snapshot
+        self.touched = asyncio.Event()  # for the market and user snapshots
         self.last_event_monotonic = time.monotonic()
         self.leadership = Leadership(settings.database_url)
         self._scrapes: dict[str, Scrape] = {}
@@ -81,6 +88,7 @@ class AnalyticsHandlers:
     def after_commit(self) -> None:
         self.last_event_monotonic = time.monotonic()
         self.changed.set()
+        self.touched.set()
         if self._calibration_changed:
             self._calibration_changed = False
             task = asyncio.get_running_loop().create_task(self.hot.forget("calibration"))
@@ -90,18 +98,14 @@ class AnalyticsHandlers:
     # --- the consumer -------------------------------------------------------------------------------
 
     async def apply_batch(self, events: list[tuple[Topic, Any]], conn: AsyncConnection) -> None:
-        """Apply a batch of new events in the caller's transaction, then snapshot and publish what it touched."""
+        """Apply a batch of new events in the caller's transaction and flag what it touched; the leader
+        recomputes and publishes those snapshots once per tick however many batches touched them, so a
+        backlog costs one snapshot per market and user per tick, not per batch."""
         fresh, settled_users = await self.record(conn, [e for _, e in events])
-        as_of = await store.advance_clock(conn, max(event_time(e) for _, e in events))
-        last_event = {event.market_id: event for _, event in events}
-        snapshots = await self.market_snapshots(conn, sorted(last_event), as_of, lock=True)
-        # Ids derived from each market's last event in the batch: a redelivered batch publishes the same ids.
-        ids = {m: derived_event_id(e.event_id, PRODUCER) for m, e in last_event.items()}
-        await self.publish_markets(snapshots, ids)
-        last_trade: dict[str, TradeExecuted | None] = {t.user_id: t for t in fresh}
-        for user_id in settled_users - set(last_trade):
-            last_trade[user_id] = None
-        await self.publish_users(conn, last_trade, as_of)
+        await store.advance_clock(conn, max(event_time(e) for _, e in events))
+        await store.mark_dirty(
+            conn, list({e.market_id for _, e in events}), list({t.user_id for t in fresh} | settled_users)
+        )
 
     async def record(self, conn: AsyncConnection, events: list[Any]) -> tuple[list[TradeExecuted], set[str]]:
         """Write a batch's effects (no snapshot, nothing published); return its new trades and the users whose
@@ -222,21 +226,30 @@ class AnalyticsHandlers:
             await self.hot.put_users(snapshots)
         return snapshots
 
-    async def publish_users(
-        self, conn: AsyncConnection, sources: dict[str, TradeExecuted | None], as_of: datetime | None
-    ) -> None:
-        if not sources or as_of is None:
-            return
-        for user_id, snapshot in (await self.user_snapshots(conn, sorted(sources), as_of)).items():
-            source = sources[user_id]
-            event_id = (
-                derived_event_id(source.event_id, PRODUCER)
-                if source is not None
-                else uuid.uuid5(_REFRESH_IDS, f"user:{user_id}:{as_of.isoformat()}")
-            )
-            await self.publisher.publish(
-                ANALYTICS_USER, UserMetricsUpdated(event_id=event_id, occurred_at=as_of, producer=PRODUCER, **snapshot)
-            )
+    async def publish_users(self, snapshots: dict[str, dict]) -> None:
+        for user_id, snapshot in snapshots.items():
+            update = UserMetricsUpdated(
+                event_id=_content_id("user", user_id, snapshot), occurred_at=snapshot["as_of"], producer=PRODUCER,
+                **snapshot,
+            )  # fmt: skip
+            await self.publisher.publish(ANALYTICS_USER, update)
+
+    async def publish_dirty(self) -> int:
+        """Leader: recompute, store and publish the snapshots of flagged markets and users. Returns how many."""
+        done = 0
+        async with self.db.transaction() as conn, self.publisher.confirmed_together():
+            as_of = await store.clock(conn)
+            if as_of is None:
+                return 0
+            markets = await store.take_dirty(conn, "markets", self.settings.refresh_batch)
+            if markets:
+                snapshots = await self.market_snapshots(conn, markets, as_of)
+                await self.publish_markets(snapshots, {m: _content_id("market", m, s) for m, s in snapshots.items()})
+            users = await store.take_dirty(conn, "users", self.settings.refresh_batch)
+            if users:
+                await self.publish_users(await self.user_snapshots(conn, users, as_of))
+            done = len(markets) + len(users)
+        return done
 
     # --- the leader ---------------------------------------------------------------------------------
 
@@ -271,7 +284,7 @@ class AnalyticsHandlers:
             if stale:
                 async with self.publisher.confirmed_together():
                     snapshots = await self.market_snapshots(conn, stale, as_of, lock=True)
-                    ids = {m: uuid.uuid5(_REFRESH_IDS, f"market:{m}:{as_of.isoformat()}") for m in snapshots}
+                    ids = {m: _content_id("market", m, s) for m, s in snapshots.items()}
                     await self.publish_markets(snapshots, ids)
                 refreshed = len(snapshots)
         return refreshed
@@ -317,6 +330,16 @@ class AnalyticsHandlers:
                     last_prune = last_system
         finally:
             await self.leadership.release()
+
+    async def snapshot_changes(self) -> None:
+        """Loop: while this replica leads, publish the snapshots of what batches touched (on any replica: the
+        flags are in PostgreSQL, so it also polls every `snapshot_interval_s`)."""
+        while True:
+            if self.leadership.is_leader and await self.publish_dirty() >= self.settings.refresh_batch:
+                continue  # more waiting: no pause under a backlog
+            self.touched.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.touched.wait(), timeout=self.settings.snapshot_interval_s)
 
     async def report_health(self) -> None:
         """Loop: every health interval, the leader reads every service's /metrics and publishes the result

@@ -31,7 +31,9 @@ class AnalyticsSettings(ServiceSettings, PostgresSettings, RedisSettings):
     }
     #: Consumer groups whose lag the health snapshot reports (read from Kafka's committed offsets).
     consumer_groups: list[str] = ["feature", "prediction", "analytics"]
-    #: Markets whose windows moved refreshed per leader tick.
+    #: The leader publishes touched markets' and users' snapshots at least this often (sooner on a local batch).
+    snapshot_interval_s: float = Field(default=0.05, gt=0)
+    #: Markets (and users) snapshotted per leader round.
     refresh_batch: int = Field(default=500, ge=1)
     #: Retention, in days (relative to the clock): minute buckets, hour buckets, stored trades; day buckets stay.
     retention_minutes_days: float = Field(default=8.0, ge=2.0)

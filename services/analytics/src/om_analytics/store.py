@@ -397,6 +397,31 @@ def _position(row: dict[str, Any]) -> Position:
     )  # fmt: skip
 
 
+async def mark_dirty(conn: AsyncConnection, market_ids: list[str], user_ids: list[str]) -> None:
+    """Flag markets and users whose snapshot must be recomputed (by the leader, once for many batches)."""
+    if market_ids:
+        await conn.execute(
+            "UPDATE markets SET dirty = true WHERE market_id = ANY(%s::text[]) AND NOT dirty",
+            (_array(sorted(market_ids)),),
+        )
+    if user_ids:
+        await conn.execute(
+            "UPDATE users SET dirty = true WHERE user_id = ANY(%s::text[]) AND NOT dirty", (_array(sorted(user_ids)),)
+        )
+
+
+async def take_dirty(conn: AsyncConnection, table: str, limit: int) -> list[str]:
+    """Claim up to `limit` dirty markets or users (rows a running batch holds are skipped, not waited for) and
+    clear their flag; the caller's transaction recomputes their snapshots."""
+    key = {"markets": "market_id", "users": "user_id"}[table]  # a fixed set: never user text in SQL
+    cur = await conn.execute(
+        f"UPDATE {table} SET dirty = false WHERE {key} IN (SELECT {key} FROM {table} WHERE dirty ORDER BY {key} "
+        f"LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {key}",
+        (limit,),
+    )
+    return sorted(row[key] for row in await cur.fetchall())
+
+
 # --- reads for metrics ----------------------------------------------------------------------------
 
 

@@ -17,7 +17,9 @@ ALTER TABLE markets
     ADD COLUMN liquidity double precision NOT NULL DEFAULT 0,
     ADD COLUMN last_event_at timestamptz,
     ADD COLUMN snapshot jsonb,
-    ADD COLUMN snapshot_as_of timestamptz;
+    ADD COLUMN snapshot_as_of timestamptz,
+    ADD COLUMN dirty boolean NOT NULL DEFAULT false;  -- changed since its snapshot
+CREATE INDEX markets_dirty_idx ON markets (market_id) WHERE dirty;
 CREATE INDEX markets_category_close_idx ON markets (category, close_at);
 CREATE INDEX markets_volume_24h_idx ON markets (volume_24h DESC, market_id);
 CREATE INDEX markets_refresh_idx ON markets (last_event_at);
@@ -62,7 +64,9 @@ ALTER TABLE users
     ADD COLUMN settled_pnl double precision NOT NULL DEFAULT 0,
     ADD COLUMN resolved_positions integer NOT NULL DEFAULT 0,
     ADD COLUMN winning_positions integer NOT NULL DEFAULT 0,
-    ADD COLUMN snapshot jsonb;
+    ADD COLUMN snapshot jsonb,
+    ADD COLUMN dirty boolean NOT NULL DEFAULT false;
+CREATE INDEX users_dirty_idx ON users (user_id) WHERE dirty;
 
 CREATE TABLE positions (
     user_id       text NOT NULL,
