@@ -33,12 +33,14 @@ from om_contracts import (
     MarketResolved,
     MarketSummary,
     ModelLifecycleChanged,
+    PlatformHealthUpdated,
     PredictionMade,
     SignalObserved,
     SystemMetrics,
     SystemMetricsUpdated,
     Topic,
     TradeExecuted,
+    UserMetricsUpdated,
     decode,
     derived_event_id,
     encode,
@@ -151,6 +153,46 @@ def examples() -> dict[str, list[BaseModel]]:
                 ),
                 top_markets=[
                     MarketSummary(market_id="m-1", current_price=0.62, volume_24h=300.0, price_change_24h=1.0)
+                ],
+            )
+        ],
+        "analytics.user.v1": [
+            UserMetricsUpdated(
+                **ENV,
+                user_id="alice",
+                as_of=T0,
+                total_trades=3,
+                total_volume=60.0,
+                average_trade_size=20.0,
+                resolved_positions=1,
+                winning_positions=1,
+                success_rate=1.0,
+                realized_pnl=12.5,
+                unrealized_pnl=-2.0,
+                total_pnl=10.5,
+                exposure=20.0,
+                open_positions=1,
+                risk_score=55.0,
+                trades_per_day=1.5,
+                preferred_categories=["weather"],
+                first_trade_at=T0,
+                last_activity_at=T0,
+            )
+        ],
+        "analytics.health.v1": [
+            PlatformHealthUpdated(
+                **ENV,
+                services=[
+                    om_contracts.ServiceHealth(
+                        service="feature",
+                        up=True,
+                        processing_rate=120.0,
+                        processing_p99_s=0.05,
+                        consumer_lag=[
+                            om_contracts.ConsumerLag(group="feature", topic="market.trades.v1", partition=0, lag=3)
+                        ],
+                    ),
+                    om_contracts.ServiceHealth(service="ingest", up=False, error="connection refused"),
                 ],
             )
         ],

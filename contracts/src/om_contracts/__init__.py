@@ -6,6 +6,7 @@ Every event shares the `Envelope`; every topic is declared once in `topics.TOPIC
 from om_contracts.codec import DecodeError, decode, encode, key_of
 from om_contracts.envelope import Envelope, derived_event_id, utcnow
 from om_contracts.events import (
+    ConsumerLag,
     DeadLetter,
     FeatureContribution,
     FeatureVectorComputed,
@@ -18,16 +19,20 @@ from om_contracts.events import (
     MarketResolved,
     MarketSummary,
     ModelLifecycleChanged,
+    PlatformHealthUpdated,
     PredictionMade,
+    ServiceHealth,
     SignalObserved,
     SystemMetrics,
     SystemMetricsUpdated,
     TradeExecuted,
+    UserMetricsUpdated,
 )
 from om_contracts.topics import TOPICS, Topic, topic
 
 __all__ = [
     "TOPICS",
+    "ConsumerLag",
     "DeadLetter",
     "DecodeError",
     "Envelope",
@@ -42,12 +47,15 @@ __all__ = [
     "MarketResolved",
     "MarketSummary",
     "ModelLifecycleChanged",
+    "PlatformHealthUpdated",
     "PredictionMade",
+    "ServiceHealth",
     "SignalObserved",
     "SystemMetrics",
     "SystemMetricsUpdated",
     "Topic",
     "TradeExecuted",
+    "UserMetricsUpdated",
     "decode",
     "derived_event_id",
     "key_of",

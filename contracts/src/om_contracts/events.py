@@ -182,6 +182,19 @@ class MarketMetricsUpdated(Envelope):
     participant_count: int = Field(ge=0)
     predicted_probability: Probability | None = None
     model_version: str | None = None
+    # Additive (analytics issue 7); definitions in docs/metrics.md. All optional, so older events still decode.
+    category: str | None = None
+    as_of: UtcDatetime | None = Field(default=None, description="End of the rolling windows (latest event time).")
+    trades_24h: int | None = Field(default=None, ge=0)
+    volume_trend: float | None = Field(default=None, description="Percent change of volume_24h vs the 24 h before.")
+    active_traders_24h: int | None = Field(default=None, ge=0)
+    volatility: float | None = Field(default=None, ge=0)
+    momentum: float | None = None
+    liquidity: float | None = Field(default=None, ge=0)
+    social_mentions_24h: int | None = Field(default=None, ge=0)
+    news_mentions_24h: int | None = Field(default=None, ge=0)
+    sentiment_24h: float | None = Field(default=None, ge=-1.0, le=1.0)
+    prediction_confidence: Probability | None = None
 
 
 class SystemMetrics(_Part):
@@ -206,6 +219,68 @@ class SystemMetricsUpdated(Envelope):
     event_type: Literal["analytics.system_metrics_updated"] = "analytics.system_metrics_updated"
     system_metrics: SystemMetrics
     top_markets: list[MarketSummary]
+
+
+# --- analytics.user.v1 / analytics.health.v1 --------------------------------------------------------
+
+
+class UserMetricsUpdated(Envelope):
+    """A user's trading performance after a change (definitions in docs/metrics.md)."""
+
+    event_type: Literal["analytics.user_metrics_updated"] = "analytics.user_metrics_updated"
+    user_id: UserId
+    as_of: UtcDatetime = Field(description="Latest event time seen when computed; prices are marked as of then.")
+    total_trades: int = Field(ge=0)
+    total_volume: float = Field(ge=0)
+    average_trade_size: float = Field(ge=0)
+    resolved_positions: int = Field(ge=0, description="Positions in resolved markets (cancelled ones excluded).")
+    winning_positions: int = Field(ge=0)
+    success_rate: float | None = Field(default=None, ge=0.0, le=1.0, description="Null before any resolution.")
+    realized_pnl: float
+    unrealized_pnl: float
+    total_pnl: float
+    exposure: float = Field(ge=0, description="Cost basis still at risk in open positions.")
+    open_positions: int = Field(ge=0)
+    risk_score: float = Field(ge=0.0, le=100.0)
+    trades_per_day: float = Field(ge=0)
+    preferred_categories: list[str] = Field(default_factory=list)
+    first_trade_at: UtcDatetime | None = None
+    last_activity_at: UtcDatetime | None = None
+
+
+class ConsumerLag(_Part):
+    group: str
+    topic: str
+    partition: int = Field(ge=0)
+    lag: int = Field(ge=0)
+
+
+class ServiceHealth(_Part):
+    """What one service's `/metrics` said (null: the service does not expose that figure)."""
+
+    service: str
+    up: bool
+    error: str | None = None
+    processing_rate: float | None = Field(default=None, ge=0, description="Events handled per second.")
+    error_rate: float | None = Field(default=None, ge=0, description="Failed batches per second.")
+    dead_letter_rate: float | None = Field(default=None, ge=0, description="Dead letters published per second.")
+    processing_p50_s: float | None = Field(default=None, ge=0)
+    processing_p99_s: float | None = Field(default=None, ge=0)
+    http_p50_s: float | None = Field(default=None, ge=0)
+    http_p99_s: float | None = Field(default=None, ge=0)
+    http_error_rate: float | None = Field(default=None, ge=0, le=1)
+    cache_hit_rate: float | None = Field(default=None, ge=0, le=1)
+    db_pool_in_use: float | None = Field(default=None, ge=0)
+    cpu_seconds_per_second: float | None = Field(default=None, ge=0)
+    memory_bytes: float | None = Field(default=None, ge=0)
+    consumer_lag: list[ConsumerLag] = Field(default_factory=list)
+
+
+class PlatformHealthUpdated(Envelope):
+    """Each service's health, read from its `/metrics` and from Kafka's consumer offsets."""
+
+    event_type: Literal["analytics.platform_health_updated"] = "analytics.platform_health_updated"
+    services: list[ServiceHealth]
 
 
 # --- platform.dead-letters.v1 ---------------------------------------------------------------------

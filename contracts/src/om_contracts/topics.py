@@ -19,10 +19,12 @@ from om_contracts.events import (
     MarketLifecycleEvent,
     MarketMetricsUpdated,
     ModelLifecycleChanged,
+    PlatformHealthUpdated,
     PredictionMade,
     SignalObserved,
     SystemMetricsUpdated,
     TradeExecuted,
+    UserMetricsUpdated,
 )
 
 DAY_MS = 24 * 60 * 60 * 1000
@@ -70,7 +72,7 @@ TOPICS: tuple[Topic, ...] = (
         model=SignalObserved,
         key="market_id",
         producer="ingest",
-        consumers=("feature",),
+        consumers=("feature", "analytics"),
         visibility="public",
         description="Social posts and news items about a market.",
     ),
@@ -168,6 +170,31 @@ TOPICS: tuple[Topic, ...] = (
     ),
 )
 
+# Appended (analytics, issue 7).
+TOPICS += (
+    Topic(
+        name="analytics.user.v1",
+        model=UserMetricsUpdated,
+        key="user_id",
+        producer="analytics",
+        consumers=("gateway",),
+        visibility="public",
+        description="A user's trading metrics (P&L, success rate, risk) after each batch that touched them.",
+        retention_ms=DAY_MS,
+    ),
+    Topic(
+        name="analytics.health.v1",
+        model=PlatformHealthUpdated,
+        key="event_type",
+        producer="analytics",
+        consumers=("gateway",),
+        visibility="public",
+        description="Per-service platform health read from each service's /metrics, on a cadence by one replica.",
+        partitions=1,
+        retention_ms=DAY_MS,
+    ),
+)
+
 _BY_NAME = {t.name: t for t in TOPICS}
 
 
@@ -189,3 +216,5 @@ RAW_MARKETS = topic("ingest.raw-markets.v1")
 RAW_TRADES = topic("ingest.raw-trades.v1")
 RAW_SIGNALS = topic("ingest.raw-signals.v1")
 MODEL_LIFECYCLE = topic("model.lifecycle.v1")
+ANALYTICS_USER = topic("analytics.user.v1")
+ANALYTICS_HEALTH = topic("analytics.health.v1")

@@ -1,114 +1,151 @@
-"""analytics' metric definitions: the 24 h price change in percent, the 24 h window, event-time order."""
+"""analytics' market metric definitions against hand-computed cases: buckets, the 24 h window of minute buckets
+ending at the latest event, the windowed metrics, candles, and order of arrival not mattering."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from om_analytics import metrics
-from om_contracts import PredictionMade, TradeExecuted
+from om_contracts import PredictionMade, SignalObserved, TradeExecuted
 
-NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
+NOW = datetime(2025, 6, 15, 12, 0, 30, tzinfo=UTC)
 
 prices = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 positive_prices = st.floats(min_value=1e-6, max_value=1.0, allow_nan=False)
 
 
-# --- price_change_pct -------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     ("current", "reference", "expected"),
-    [
-        (0.6, 0.5, 20.0),
-        (0.4, 0.5, -20.0),
-        (0.5, 0.5, 0.0),
-        (1.0, 0.25, 300.0),
-        (0.0, 0.8, -100.0),
-        (0.1, 0.3, -66.6667),  # rounded to 4 decimals
-        (0.55, 0.45, 22.2222),
-    ],
+    [(0.6, 0.5, 20.0), (0.4, 0.5, -20.0), (0.5, 0.5, 0.0), (1.0, 0.25, 300.0), (0.1, 0.3, -66.6667)],
 )
 def test_price_change_is_a_percentage(current: float, reference: float, expected: float) -> None:
     assert metrics.price_change_pct(current, reference) == expected
 
 
 @pytest.mark.parametrize("reference", [0.0, None])
-@pytest.mark.parametrize("current", [0.0, 0.3, 1.0])
-def test_price_change_is_zero_without_a_usable_reference(current: float, reference: float | None) -> None:
-    result = metrics.price_change_pct(current, reference)
-    assert result == 0.0
-    assert isinstance(result, float)
+def test_price_change_is_zero_without_a_usable_reference(reference: float | None) -> None:
+    assert metrics.price_change_pct(0.3, reference) == 0.0
 
 
 @given(prices, positive_prices)
 def test_price_change_sign_follows_the_move(current: float, reference: float) -> None:
     change = metrics.price_change_pct(current, reference)
-    if current > reference:
-        assert change >= 0
-    elif current < reference:
-        assert change <= 0
-    else:
-        assert change == 0
+    assert (change > 0) == (round((current - reference) / reference * 100, 4) > 0)
     assert change >= -100.0
-    assert change == round(change, 4)
-    assert change == pytest.approx((current - reference) / reference * 100, abs=5e-5)
 
 
-# --- window_start -----------------------------------------------------------------------------------
+def test_buckets_are_aligned_periods() -> None:
+    at = datetime(2025, 6, 15, 12, 34, 56, 789, tzinfo=UTC)
+    assert metrics.bucket_start(at, "1m") == datetime(2025, 6, 15, 12, 34, tzinfo=UTC)
+    assert metrics.bucket_start(at, "1h") == datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
+    assert metrics.bucket_start(at, "1d") == datetime(2025, 6, 15, tzinfo=UTC)
 
 
-def test_window_is_the_last_24_hours() -> None:
-    assert metrics.WINDOW == timedelta(hours=24)
-    assert metrics.window_start(NOW) == datetime(2025, 6, 14, 12, 0, tzinfo=UTC)
+def test_the_window_is_the_1440_minutes_ending_with_the_latest_event() -> None:
+    start, end = metrics.window_minutes(NOW)
+    assert end == datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
+    assert start == datetime(2025, 6, 14, 12, 0, tzinfo=UTC)  # exclusive: (start, end] holds 1,440 minutes
 
 
-def test_window_start_is_24_hours_of_elapsed_time_across_offsets() -> None:
-    local = NOW.astimezone(timezone(timedelta(hours=-5)))
-    assert metrics.window_start(local) == datetime(2025, 6, 14, 12, 0, tzinfo=UTC)
-    assert NOW - metrics.window_start(NOW) == timedelta(days=1)
-
-
-# --- batch aggregation ---------------------------------------------------------------------------------
-
-
-def _trade(market: str, user: str, amount: float, before: float, after: float, minutes: int) -> TradeExecuted:
+def trade(minutes_before: float, amount: float, before: float, after: float, trade_id: str | None = None,
+          market: str = "m", user: str = "u1", outcome: str = "YES", side: str = "BUY",
+          shares: float = 1.0) -> TradeExecuted:  # fmt: skip
     return TradeExecuted(
-        occurred_at=NOW + timedelta(minutes=minutes), producer="t", trade_id=f"{market}-{user}-{minutes}",
-        market_id=market, user_id=user, outcome="YES", amount=amount, shares=1.0,
-        price_before=before, price_after=after,
+        occurred_at=NOW - timedelta(minutes=minutes_before), producer="t",
+        trade_id=trade_id or f"t{minutes_before}", market_id=market, user_id=user, outcome=outcome, side=side,
+        amount=amount, shares=shares, price_before=before, price_after=after,
     )  # fmt: skip
 
 
-def test_trade_deltas_sum_per_market_and_take_the_latest_price_by_event_time() -> None:
-    trades = [
-        _trade("a", "u1", 10.0, 0.50, 0.60, minutes=5),
-        _trade("a", "u2", 5.0, 0.60, 0.40, minutes=1),  # arrives later but happened first
-        _trade("b", "u1", 2.0, 0.30, 0.35, minutes=2),
+def signal(minutes_before: float, kind: str, sentiment: float | None) -> SignalObserved:
+    return SignalObserved(
+        occurred_at=NOW - timedelta(minutes=minutes_before), producer="t", signal_id=uuid.uuid4().hex[:8],
+        market_id="m", kind=kind, source="s", text="x", sentiment=sentiment,
+    )  # fmt: skip
+
+
+# 25 h before (prior day), then three trades inside the window; two signals inside, one outside.
+TRADES = [
+    trade(25 * 60, 40.0, 0.5, 0.4),
+    trade(2 * 60 + 0.3, 10.0, 0.4, 0.5),
+    trade(60 + 0.2, 30.0, 0.5, 0.6),
+    trade(0, 20.0, 0.6, 0.55),
+]
+SIGNALS = [signal(30, "social", 0.5), signal(3 * 60, "news", -0.1), signal(26 * 60, "social", None)]
+
+
+def _minute_buckets(events) -> dict[datetime, metrics.Bucket]:
+    return {start: b for (_, start), b in metrics.fold(events, "1m").items()}
+
+
+def test_window_metrics_of_a_hand_computed_market() -> None:
+    buckets = _minute_buckets([*TRADES, *SIGNALS])
+    totals = metrics.window_totals(buckets, NOW)
+    assert (totals.volume, totals.trades, totals.prior_volume) == (60.0, 3, 40.0)
+    assert (totals.social, totals.news, totals.sentiment_n) == (1, 1, 2)
+    reference = metrics.reference_price(buckets, NOW, opening_price=0.5)
+    assert reference == 0.4  # the close of the last trade before the window
+    result = metrics.market_window_metrics(0.55, reference, totals, active_traders=1)
+    assert result == {
+        "price_change_24h": 37.5,  # 0.4 → 0.55
+        "volume_24h": 60.0,
+        "trades_24h": 3,
+        "volume_trend": 50.0,  # 60 against 40 the day before
+        "active_traders_24h": 1,
+        "volatility": 0.040825,  # pstdev of the minute closes 0.5, 0.6, 0.55
+        "momentum": -0.016667,  # 0.55 - VWAP (10*0.5 + 30*0.6 + 20*0.55) / 60
+        "liquidity": 2.4,  # 60 / (100 * (0.1 + 0.1 + 0.05))
+        "social_mentions_24h": 1,
+        "news_mentions_24h": 1,
+        "sentiment_24h": 0.2,  # mean of 0.5 and -0.1
+    }
+
+
+def test_a_quiet_market_has_empty_windows_and_opening_reference() -> None:
+    result = metrics.market_window_metrics(0.5, None, metrics.WindowTotals(), active_traders=0)
+    assert (result["volume_24h"], result["volume_trend"], result["sentiment_24h"]) == (0.0, None, None)
+    assert (result["price_change_24h"], result["volatility"], result["momentum"]) == (0.0, 0.0, 0.0)
+    assert metrics.reference_price({}, NOW, opening_price=0.5) == 0.5
+
+
+@settings(max_examples=50)
+@given(st.permutations(TRADES + [trade(60 + 0.2, 5.0, 0.6, 0.7, trade_id="t-same-time")]))
+def test_trades_in_any_order_give_the_same_buckets(order: list[TradeExecuted]) -> None:
+    expected = metrics.fold(TRADES + [trade(60 + 0.2, 5.0, 0.6, 0.7, trade_id="t-same-time")], "1m")
+    assert metrics.fold(order, "1m") == expected
+    for resolution in ("1h", "1d"):
+        assert metrics.fold(order, resolution) == metrics.fold(list(reversed(order)), resolution)
+
+
+def test_on_the_same_event_time_the_larger_trade_id_closes() -> None:
+    a, b = trade(0, 1.0, 0.5, 0.6, trade_id="a"), trade(0, 1.0, 0.6, 0.7, trade_id="b")
+    [(_, bucket)] = metrics.fold([b, a], "1m").items()
+    assert (bucket.open, bucket.close, bucket.high, bucket.low) == (0.6, 0.7, 0.7, 0.6)
+
+
+def test_candles_roll_minutes_up_to_hours() -> None:
+    minutes = _minute_buckets(TRADES)
+    hourly = metrics.candles(minutes, "1h")
+    fields = ("open", "high", "low", "close", "volume", "trades")
+    assert [(c["start"].hour, *(c[f] for f in fields)) for c in hourly] == [
+        (11, 0.4, 0.4, 0.4, 0.4, 40.0, 1),
+        (10, 0.5, 0.5, 0.5, 0.5, 10.0, 1),
+        (11, 0.6, 0.6, 0.6, 0.6, 30.0, 1),
+        (12, 0.55, 0.55, 0.55, 0.55, 20.0, 1),
     ]
-    deltas = {d.market_id: d for d in metrics.trade_deltas(trades, new_participants={("a", "u1"), ("a", "u2")})}
-    a = deltas["a"]
-    assert (a.volume, a.trades, a.new_participants) == (15.0, 2, 2)
-    assert (a.last_price, a.last_trade_at) == (0.60, NOW + timedelta(minutes=5))
-    assert a.opening_price == 0.60  # price_before of the earliest trade
-    assert (deltas["b"].new_participants, deltas["b"].last_price) == (0, 0.35)
+    daily = metrics.candles(minutes, "1d")
+    assert [(c["open"], c["high"], c["low"], c["close"], c["volume"]) for c in daily] == [
+        (0.4, 0.4, 0.4, 0.4, 40.0),
+        (0.5, 0.6, 0.5, 0.55, 60.0),
+    ]
 
 
-def test_on_a_tie_the_trade_given_last_sets_the_price() -> None:
-    trades = [_trade("a", "u1", 1.0, 0.5, 0.6, minutes=0), _trade("a", "u2", 1.0, 0.6, 0.7, minutes=0)]
-    [delta] = metrics.trade_deltas(trades, set())
-    assert delta.last_price == 0.7
-
-
-def test_user_activity_spans_first_to_last_trade() -> None:
-    trades = [_trade("a", "u1", 1.0, 0.5, 0.5, minutes=m) for m in (3, 1, 7)]
-    assert metrics.user_activity(trades) == {"u1": (NOW + timedelta(minutes=1), NOW + timedelta(minutes=7))}
-
-
-def test_latest_prediction_per_market_is_the_one_from_the_newest_features() -> None:
+def test_latest_prediction_per_market_is_from_the_newest_features() -> None:
     def prediction(market: str, p: float, minutes: int) -> PredictionMade:
         at = NOW + timedelta(minutes=minutes)
         return PredictionMade(

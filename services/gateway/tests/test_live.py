@@ -113,6 +113,23 @@ def test_market_update_carries_the_market_without_envelope_fields() -> None:
             "participant_count": 4,
             "predicted_probability": 0.61,
             "model_version": "baseline-market-price",
+            # Optional fields analytics added (issue 7); unset in this event.
+            **dict.fromkeys(
+                (
+                    "category",
+                    "as_of",
+                    "trades_24h",
+                    "volume_trend",
+                    "active_traders_24h",
+                    "volatility",
+                    "momentum",
+                    "liquidity",
+                    "social_mentions_24h",
+                    "news_mentions_24h",
+                    "sentiment_24h",
+                    "prediction_confidence",
+                ),
+            ),  # fmt: skip
         },
     }
 

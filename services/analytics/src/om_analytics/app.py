@@ -1,15 +1,18 @@
-"""Wires analytics together: database, the consumed topics, the system-metrics loop, the internal API."""
+"""Wires analytics together: database, Redis, the consumed topics, the leader loop, the internal API."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from fastapi import FastAPI
 
 from om_analytics import api
 from om_analytics.handlers import AnalyticsHandlers
+from om_analytics.hot import HotModels
 from om_analytics.settings import AnalyticsSettings
-from om_contracts.topics import MARKET_LIFECYCLE, MARKET_TRADES, PREDICTIONS
+from om_contracts.topics import MARKET_LIFECYCLE, MARKET_SIGNALS, MARKET_TRADES, PREDICTIONS
+from om_runtime.cache import create_redis
 from om_runtime.db import Database
 from om_runtime.service import ServiceRuntime
 
@@ -25,20 +28,23 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         migrations=MIGRATIONS,
         pool_size=settings.database_pool_size,
     )
+    redis = create_redis(settings.redis_url)
     runtime.add_resource(db, name="postgres", check=db.ping)
-    handlers = AnalyticsHandlers(db, runtime.publisher, settings.top_markets)
+    runtime.add_resource(contextlib.aclosing(redis), name="redis", check=redis.ping)
+    handlers = AnalyticsHandlers(db, runtime.publisher, HotModels(redis, settings.redis_prefix), settings)
     runtime.consume_in_transaction(
         db,
         handlers.apply_batch,
-        topics=(MARKET_LIFECYCLE, MARKET_TRADES, PREDICTIONS),
-        after_commit=handlers.changed.set,
+        topics=(MARKET_LIFECYCLE, MARKET_TRADES, MARKET_SIGNALS, PREDICTIONS),
+        after_commit=handlers.after_commit,
     )
-    runtime.add_loop(
-        "system-metrics",
-        lambda: handlers.publish_system_metrics(settings.system_interval_s, settings.system_heartbeat_s),
-    )
-    return runtime.create_app(
+    runtime.add_loop("leader", handlers.lead)
+    runtime.add_loop("snapshots", handlers.snapshot_changes)
+    runtime.add_loop("health", handlers.report_health)
+    app = runtime.create_app(
         title="Opinion Market analytics",
-        description="Market, user and platform metrics (internal).",
+        description="Market, user and platform metrics, trends, calibration and insights (internal).",
         routers=[api.router(handlers)],
     )
+    app.state.analytics = handlers
+    return app

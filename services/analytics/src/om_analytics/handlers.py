@@ -1,89 +1,373 @@
-"""analytics' Kafka handlers and its system-metrics publisher.
+"""analytics' Kafka handler and its leader loop.
 
-Events arrive in batches applied in one transaction that also marks each processed (om_runtime.db). A batch
-updates the read models with a fixed number of statements, then each touched market's new metrics are
-published once, under an id derived from its last event in the batch (a redelivery is deduped downstream).
-System metrics are published by a loop, at most once per interval: a snapshot, not a per-trade stream.
+A batch of lifecycle events, trades, signals and predictions is applied in one transaction (through the
+runtime's transactional consumer, so each event counts once) with a fixed number of set-based statements. Then
+each market and user the batch touched gets a snapshot: written to PostgreSQL and Redis and published once,
+under an id derived from its source, so a redelivered batch changes nothing. One replica — the holder of a
+PostgreSQL advisory lock — publishes the system and health snapshots, refreshes market windows the clock moved,
+and prunes old rows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
 import time
+import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
 from psycopg import AsyncConnection
 
-from om_analytics import store
+from om_analytics import metrics, store
+from om_analytics.health import Scrape, service_health
+from om_analytics.hot import HotModels
+from om_analytics.leader import Leadership
+from om_analytics.portfolio import user_metrics
+from om_analytics.scrape import consumer_lag, scrape
+from om_analytics.settings import AnalyticsSettings
 from om_contracts import (
     MarketCancelled,
     MarketClosed,
     MarketCreated,
     MarketMetricsUpdated,
     MarketResolved,
+    MarketSummary,
+    PlatformHealthUpdated,
     PredictionMade,
+    SignalObserved,
+    SystemMetrics,
     SystemMetricsUpdated,
     Topic,
     TradeExecuted,
-    derived_event_id,
+    UserMetricsUpdated,
     utcnow,
 )
-from om_contracts.topics import ANALYTICS_MARKET, ANALYTICS_SYSTEM
+from om_contracts.topics import ANALYTICS_HEALTH, ANALYTICS_MARKET, ANALYTICS_SYSTEM, ANALYTICS_USER
 from om_runtime.db import Database
 from om_runtime.kafka import EventPublisher
 
+log = logging.getLogger(__name__)
+
 PRODUCER = "analytics"
 STATUS_AFTER = {MarketClosed: "closed", MarketResolved: "resolved", MarketCancelled: "cancelled"}
+_REFRESH_IDS = uuid.UUID("3b0f6a52-1d5e-4c1b-8f0e-7d7f6c2f9a41")
+MARKET_FIELDS = set(MarketMetricsUpdated.model_fields) - {
+    "event_id", "event_type", "schema_version", "occurred_at", "produced_at", "producer",
+}  # fmt: skip
+
+
+def _content_id(kind: str, key: str, snapshot: dict) -> uuid.UUID:
+    """An update's id from what it says: recomputing an unchanged snapshot (a redelivery, a restart) publishes
+    the same id, which consumers dedupe."""
+    return uuid.uuid5(_REFRESH_IDS, f"{kind}:{key}:{json.dumps(snapshot, sort_keys=True, default=str)}")
+
+
+def event_time(event: Any) -> datetime:
+    """When an event happened in the domain; a prediction counts at the time of the features it used."""
+    return event.features_as_of if isinstance(event, PredictionMade) else event.occurred_at
 
 
 class AnalyticsHandlers:
-    def __init__(self, db: Database, publisher: EventPublisher, top_markets: int) -> None:
+    def __init__(self, db: Database, publisher: EventPublisher, hot: HotModels, settings: AnalyticsSettings) -> None:
         self.db = db
         self.publisher = publisher
-        self.top_markets = top_markets
-        self.changed = asyncio.Event()
+        self.hot = hot
+        self.settings = settings
+        self.changed = asyncio.Event()  # for the system snapshot
+        self.touched = asyncio.Event()  # for the market and user snapshots
+        self.last_event_monotonic = time.monotonic()
+        self.leadership = Leadership(settings.database_url)
+        self._scrapes: dict[str, Scrape] = {}
+        self._calibration_changed = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    def after_commit(self) -> None:
+        self.last_event_monotonic = time.monotonic()
+        self.changed.set()
+        self.touched.set()
+        if self._calibration_changed:
+            self._calibration_changed = False
+            task = asyncio.get_running_loop().create_task(self.hot.forget("calibration"))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    # --- the consumer -------------------------------------------------------------------------------
 
     async def apply_batch(self, events: list[tuple[Topic, Any]], conn: AsyncConnection) -> None:
-        """Apply a batch of new lifecycle events, trades and predictions in the caller's transaction, then
-        publish the metrics of each market the batch touched, once."""
-        for _, event in events:  # lifecycle events are rare and their order matters: one at a time
+        """Apply a batch of new events in the caller's transaction and flag what it touched; the leader
+        recomputes and publishes those snapshots once per tick however many batches touched them, so a
+        backlog costs one snapshot per market and user per tick, not per batch."""
+        fresh, settled_users = await self.record(conn, [e for _, e in events])
+        await store.advance_clock(conn, max(event_time(e) for _, e in events))
+        await store.mark_dirty(
+            conn, list({e.market_id for _, e in events}), list({t.user_id for t in fresh} | settled_users)
+        )
+
+    async def record(self, conn: AsyncConnection, events: list[Any]) -> tuple[list[TradeExecuted], set[str]]:
+        """Write a batch's effects (no snapshot, nothing published); return its new trades and the users whose
+        settled results changed. Replaying history into the tables goes through here too (bench/analytics.py)."""
+        trades = [e for e in events if isinstance(e, TradeExecuted)]
+        signals = [e for e in events if isinstance(e, SignalObserved)]
+        predictions = [e for e in events if isinstance(e, PredictionMade)]
+        ended: list[str] = []
+        for event in events:  # lifecycle events are rare and their order matters: one at a time
             if isinstance(event, MarketCreated):
                 await store.record_created(conn, event)
             elif type(event) in STATUS_AFTER:
-                await store.record_status(conn, event.market_id, STATUS_AFTER[type(event)])
-        await store.record_trades(conn, [e for _, e in events if isinstance(e, TradeExecuted)])
-        await store.record_predictions(conn, [e for _, e in events if isinstance(e, PredictionMade)])
-        last_event = {event.market_id: event for _, event in events}
-        for market_id, metrics in (await store.markets_metrics(conn, list(last_event), utcnow())).items():
-            source = last_event[market_id]
+                status = STATUS_AFTER[type(event)]
+                resolved = isinstance(event, MarketResolved)
+                await store.record_status(
+                    conn, event.market_id, status, event.occurred_at,
+                    resolution=event.resolution if resolved else None,
+                    resolution_price=event.resolution_price if resolved else None,
+                )  # fmt: skip
+                if status in store.SETTLED:
+                    ended.append(event.market_id)
+        fresh = await store.insert_trades(conn, trades)
+        await store.record_buckets(conn, [*fresh, *signals])
+        await store.record_trades(conn, fresh)
+        signal_times: dict[str, datetime] = {}
+        for s in signals:
+            signal_times[s.market_id] = max(signal_times.get(s.market_id, s.occurred_at), s.occurred_at)
+        await store.touch_markets(conn, signal_times)
+        await store.record_predictions(conn, predictions)
+
+        # Results of markets that ended: every holder when one ends, and late trades in markets already ended.
+        pairs = [pair for market_id in ended for pair in await store.holders(conn, market_id)]
+        if fresh:
+            done = await store.settled_markets(conn, sorted({t.market_id for t in fresh}))
+            pairs += [(t.user_id, t.market_id) for t in fresh if t.market_id in done]
+        settled_users = await store.settle_pairs(conn, pairs)
+        if ended:
+            self._calibration_changed = True  # forgotten once this commits (so no reader caches the old state)
+        return fresh, settled_users
+
+    # --- snapshots ----------------------------------------------------------------------------------
+
+    async def market_snapshots(
+        self, conn: AsyncConnection, market_ids: list[str], as_of: datetime | None, *, lock: bool = False
+    ) -> dict[str, dict]:
+        """Each market's metrics at `as_of`, stored with the market (markets whose price is unknown are left
+        out); with `lock`, the rows stay locked until commit so a newer snapshot is never overwritten."""
+        rows = await store.market_rows(conn, market_ids, lock=lock)
+        ids = [m for m, r in rows.items() if r["current_price"] is not None]
+        if not ids or as_of is None:
+            return {}
+        totals = await store.window_totals(conn, ids, as_of)
+        references = await store.reference_prices(conn, ids, as_of)
+        active = await store.active_traders(conn, ids, as_of)
+        snapshots = {}
+        for market_id in ids:
+            row = rows[market_id]
+            prediction = row["prediction"] or {}
+            snapshots[market_id] = {
+                "market_id": market_id,
+                "status": row["status"],
+                "category": row["category"],
+                "current_price": row["current_price"],
+                "total_volume": round(row["total_volume"], 6),
+                "trade_count": row["trade_count"],
+                "participant_count": row["participant_count"],
+                "predicted_probability": row["predicted_probability"],
+                "model_version": row["model_version"],
+                "prediction_confidence": prediction.get("confidence"),
+                "as_of": as_of.isoformat(),
+                "close_at": row["close_at"].isoformat() if row["close_at"] else None,
+                "resolution": row["resolution"],
+                "resolution_price": row["resolution_price"],
+                **metrics.market_window_metrics(
+                    row["current_price"],
+                    references.get(market_id, row["opening_price"]),
+                    totals.get(market_id, metrics.WindowTotals()),
+                    active.get(market_id, 0),
+                ),
+            }
+        await store.save_market_snapshots(conn, snapshots, as_of)
+        await self.hot.put_markets(snapshots)
+        return snapshots
+
+    async def publish_markets(self, snapshots: dict[str, dict], ids: dict[str, uuid.UUID]) -> None:
+        for market_id, snapshot in snapshots.items():
             update = MarketMetricsUpdated(
-                # Derived from the market's last event in the batch: a redelivered batch gives the same id.
-                event_id=derived_event_id(source.event_id, PRODUCER),
-                occurred_at=source.occurred_at,
+                event_id=ids[market_id],
+                occurred_at=snapshot["as_of"],
                 producer=PRODUCER,
-                **metrics,
+                **{k: v for k, v in snapshot.items() if k in MARKET_FIELDS},
             )
             await self.publisher.publish(ANALYTICS_MARKET, update)
 
-    async def system_snapshot(self) -> SystemMetricsUpdated:
-        now = utcnow()
-        async with self.db.transaction() as conn:
-            return SystemMetricsUpdated(
-                occurred_at=now,
-                producer=PRODUCER,
-                system_metrics=await store.system_metrics(conn, now),
-                top_markets=await store.top_markets(conn, now, self.top_markets),
-            )
+    @staticmethod
+    async def compute_users(conn: AsyncConnection, user_ids: list[str], as_of: datetime) -> dict[str, dict]:
+        """Users' metrics from their totals and open positions, marked at the markets' current prices."""
+        totals, held, categories = await store.user_inputs(conn, user_ids)
+        return {
+            user_id: {"user_id": user_id, **user_metrics(totals[user_id], held.get(user_id, []),
+                                                          categories.get(user_id, {}), as_of)}
+            for user_id in user_ids
+            if user_id in totals
+        }  # fmt: skip
 
-    async def publish_system_metrics(self, interval_s: float, heartbeat_s: float) -> None:
-        """Loop: publish a snapshot after changes (at most every `interval_s`), and every `heartbeat_s` anyway."""
-        last = 0.0
+    async def user_now(self, user_id: str) -> dict | None:
+        """A user's metrics now (for the API: prices may have moved since the user's last snapshot)."""
+        async with self.db.transaction() as conn:
+            as_of = await store.clock(conn)
+            if as_of is None:
+                return None
+            return (await self.compute_users(conn, [user_id], as_of)).get(user_id)
+
+    async def user_snapshots(self, conn: AsyncConnection, user_ids: list[str], as_of: datetime) -> dict[str, dict]:
+        snapshots = await self.compute_users(conn, user_ids, as_of)
+        if snapshots:
+            await store.save_user_snapshots(conn, snapshots)
+            await self.hot.put_users(snapshots)
+        return snapshots
+
+    async def publish_users(self, snapshots: dict[str, dict]) -> None:
+        for user_id, snapshot in snapshots.items():
+            update = UserMetricsUpdated(
+                event_id=_content_id("user", user_id, snapshot), occurred_at=snapshot["as_of"], producer=PRODUCER,
+                **snapshot,
+            )  # fmt: skip
+            await self.publisher.publish(ANALYTICS_USER, update)
+
+    async def publish_dirty(self) -> int:
+        """Leader: recompute, store and publish the snapshots of flagged markets and users. Returns how many."""
+        done = 0
+        async with self.db.transaction() as conn, self.publisher.confirmed_together():
+            as_of = await store.clock(conn)
+            if as_of is None:
+                return 0
+            markets = await store.take_dirty(conn, "markets", self.settings.refresh_batch)
+            if markets:
+                snapshots = await self.market_snapshots(conn, markets, as_of)
+                await self.publish_markets(snapshots, {m: _content_id("market", m, s) for m, s in snapshots.items()})
+            users = await store.take_dirty(conn, "users", self.settings.refresh_batch)
+            if users:
+                await self.publish_users(await self.user_snapshots(conn, users, as_of))
+            done = len(markets) + len(users)
+        return done
+
+    # --- the leader ---------------------------------------------------------------------------------
+
+    async def system_snapshot(self) -> SystemMetricsUpdated:
+        async with self.db.transaction() as conn:
+            as_of = await store.clock(conn)
+            totals = await store.system_totals(conn, as_of)
+            top = await store.top_market_snapshots(conn, self.settings.top_markets)
+        return SystemMetricsUpdated(
+            occurred_at=as_of or utcnow(),
+            producer=PRODUCER,
+            system_metrics=SystemMetrics(**totals),
+            top_markets=[
+                MarketSummary(market_id=s["market_id"], current_price=s["current_price"],
+                              volume_24h=s["volume_24h"], price_change_24h=s["price_change_24h"])
+                for s in top
+            ],
+        )  # fmt: skip
+
+    async def refresh_windows(self) -> int:
+        """Leader: move the clock to the wall clock when idle, and re-snapshot markets whose windows moved."""
+        idle_for = time.monotonic() - self.last_event_monotonic
+        refreshed = 0
+        async with self.db.transaction() as conn:
+            if self.settings.idle_advance_s and idle_for >= self.settings.idle_advance_s:
+                as_of = await store.advance_clock(conn, utcnow())
+            else:
+                as_of = await store.clock(conn)
+            if as_of is None:
+                return 0
+            stale = await store.stale_markets(conn, as_of, self.settings.refresh_batch)
+            if stale:
+                async with self.publisher.confirmed_together():
+                    snapshots = await self.market_snapshots(conn, stale, as_of, lock=True)
+                    ids = {m: _content_id("market", m, s) for m, s in snapshots.items()}
+                    await self.publish_markets(snapshots, ids)
+                refreshed = len(snapshots)
+        return refreshed
+
+    async def health_snapshot(self) -> PlatformHealthUpdated:
+        """Read every service's /metrics and the consumer groups' lag."""
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            results = await asyncio.gather(*(scrape(client, url) for url in self.settings.service_urls.values()))
+        lags = await consumer_lag(self.settings.kafka_bootstrap_servers, self.settings.consumer_groups)
+        services = []
+        for (name, _), (now, error) in zip(self.settings.service_urls.items(), results, strict=True):
+            health = service_health(name, now, self._scrapes.get(name), error)
+            if now is not None:
+                self._scrapes[name] = now
+            if not health.consumer_lag and lags.get(name):
+                health = health.model_copy(update={"consumer_lag": lags[name]})
+            services.append(health)
+        return PlatformHealthUpdated(occurred_at=utcnow(), producer=PRODUCER, services=services)
+
+    async def lead(self) -> None:
+        """Loop: while this replica holds the leader lock, keep the windows current, publish the system
+        snapshot after changes (an interval after the first change, so a burst of batches gives one snapshot;
+        at least every heartbeat), and prune on the retention."""
+        s = self.settings
+        last_system = last_prune = 0.0
+        try:
+            while True:
+                if not await self.leadership.try_acquire():
+                    await asyncio.sleep(s.system_heartbeat_s)
+                    continue
+                timeout = max(0.0, s.system_heartbeat_s - (time.monotonic() - last_system))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), timeout=timeout)
+                await asyncio.sleep(s.system_interval_s)
+                await self.refresh_windows()
+                self.changed.clear()
+                snapshot = await self.system_snapshot()
+                await self.hot.put("system", snapshot.model_dump(mode="json"))
+                await self.publisher.publish(ANALYTICS_SYSTEM, snapshot)
+                last_system = time.monotonic()
+                if last_system - last_prune >= s.prune_interval_s:
+                    await self.prune()
+                    last_prune = last_system
+        finally:
+            await self.leadership.release()
+
+    async def snapshot_changes(self) -> None:
+        """Loop: while this replica leads, publish the snapshots of what batches touched (on any replica: the
+        flags are in PostgreSQL, so it also polls every `snapshot_interval_s`)."""
         while True:
-            try:
-                await asyncio.wait_for(self.changed.wait(), timeout=max(0.0, heartbeat_s - (time.monotonic() - last)))
-            except TimeoutError:
-                pass
-            self.changed.clear()
-            await self.publisher.publish(ANALYTICS_SYSTEM, await self.system_snapshot())
-            last = time.monotonic()
-            await asyncio.sleep(interval_s)
+            if self.leadership.is_leader and await self.publish_dirty() >= self.settings.refresh_batch:
+                continue  # more waiting: no pause under a backlog
+            self.touched.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.touched.wait(), timeout=self.settings.snapshot_interval_s)
+
+    async def report_health(self) -> None:
+        """Loop: every health interval, the leader reads every service's /metrics and publishes the result
+        (its own loop, so a slow service never delays the system snapshot)."""
+        wait_s = 0.5  # the first report soon after this replica leads, then every interval
+        while True:
+            await asyncio.sleep(wait_s)
+            if not self.leadership.is_leader:
+                continue
+            health = await self.health_snapshot()
+            await self.hot.put("health", health.model_dump(mode="json"))
+            await self.publisher.publish(ANALYTICS_HEALTH, health)
+            wait_s = self.settings.health_interval_s
+
+    async def prune(self) -> None:
+        s = self.settings
+        async with self.db.transaction() as conn:
+            as_of = await store.clock(conn)
+            if as_of is None:
+                return
+            deleted = await store.prune(
+                conn,
+                as_of,
+                {
+                    "1m": timedelta(days=s.retention_minutes_days),
+                    "1h": timedelta(days=s.retention_hours_days),
+                    "trades": timedelta(days=s.retention_trades_days),
+                },
+            )
+        if deleted:
+            log.info("pruned %d rows older than their retention", deleted)

@@ -1,24 +1,41 @@
-"""Metric definitions, as pure functions (also in docs/metrics.md).
+"""Market metric definitions, as pure functions over per-period buckets (docs/metrics.md has the formulas).
 
-- price_change_24h: percent change of the YES price from its value 24 h ago (the last trade at or before then,
-  else the opening price) to now; 0 when that reference price is 0.
-- volume_24h: sum of trade amounts with event time in the last 24 h.
-- active_users: distinct users with a trade in the last 24 h; active_markets: markets open for trading.
+Every trade and signal lands in a bucket per market and period (1 m, 1 h, 1 d). Buckets merge in any order —
+open and close are chosen by (event time, trade id), sums add — so trades that arrive out of order give the
+same buckets, and rolling windows are sums over the minute buckets of the window, whose cost does not grow
+with history. Windows end at the latest event time seen (`as_of`), never at the wall clock, so a replay
+computes the same figures.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from om_contracts import PredictionMade, TradeExecuted
+from om_contracts import PredictionMade, SignalObserved, TradeExecuted
 
 WINDOW = timedelta(hours=24)
+RESOLUTIONS: dict[str, timedelta] = {"1m": timedelta(minutes=1), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def window_start(now: datetime) -> datetime:
     return now - WINDOW
+
+
+def bucket_start(at: datetime, resolution: str) -> datetime:
+    """The start of the period of `resolution` that holds `at` (periods are aligned on the Unix epoch, UTC)."""
+    step = RESOLUTIONS[resolution]
+    return EPOCH + ((at - EPOCH) // step) * step
+
+
+def window_minutes(as_of: datetime) -> tuple[datetime, datetime]:
+    """The 24 h window as minute buckets: those starting in (last - 24 h, last], `last` being as_of's minute."""
+    last = bucket_start(as_of, "1m")
+    return last - WINDOW, last
 
 
 def price_change_pct(current: float, reference: float | None) -> float:
@@ -27,55 +44,194 @@ def price_change_pct(current: float, reference: float | None) -> float:
     return round((current - reference) / reference * 100.0, 4)
 
 
+#: The order of trades: by event time, then trade id, so the order of arrival never matters.
+TradeKey = tuple[datetime, str]
+
+
+def trade_key(trade: TradeExecuted) -> TradeKey:
+    return (trade.occurred_at, trade.trade_id)
+
+
 @dataclass(frozen=True)
-class MarketDelta:
-    """What a batch of new trades adds to one market."""
+class Bucket:
+    """One market's trades and signals in one period. `merge` is commutative and associative."""
 
-    market_id: str
-    volume: float
-    trades: int
-    new_participants: int
-    opening_price: float  # price_before of the earliest trade, for a market first seen through trades
-    last_price: float  # price_after of the latest trade by event time (the last one given, on a tie)
-    last_trade_at: datetime
+    open: float | None = None
+    open_key: TradeKey | None = None
+    high: float | None = None
+    low: float | None = None
+    close: float | None = None
+    close_key: TradeKey | None = None
+    volume: float = 0.0
+    trades: int = 0
+    price_volume: float = 0.0  # sum of amount * price_after, for the volume-weighted average price
+    abs_move: float = 0.0  # sum of |price_after - price_before|
+    social: int = 0
+    news: int = 0
+    sentiment_sum: float = 0.0
+    sentiment_n: int = 0
 
-
-def trade_deltas(trades: Iterable[TradeExecuted], new_participants: set[tuple[str, str]]) -> list[MarketDelta]:
-    """Sum new trades per market. `new_participants` holds the (market, user) pairs never seen before."""
-    by_market: dict[str, list[TradeExecuted]] = {}
-    for t in trades:
-        by_market.setdefault(t.market_id, []).append(t)
-    deltas = []
-    for market_id, group in by_market.items():
-        earliest = min(group, key=lambda t: t.occurred_at)
-        latest = max(reversed(group), key=lambda t: t.occurred_at)  # max keeps the first of ties: the last given
-        deltas.append(
-            MarketDelta(
-                market_id=market_id,
-                volume=sum(t.amount for t in group),
-                trades=len(group),
-                new_participants=sum(1 for m, _ in new_participants if m == market_id),
-                opening_price=earliest.price_before,
-                last_price=latest.price_after,
-                last_trade_at=latest.occurred_at,
-            )
+    def merge(self, other: Bucket) -> Bucket:
+        first = _earlier(self, other, "open_key")
+        last = _later(self, other, "close_key")
+        return Bucket(
+            open=first.open,
+            open_key=first.open_key,
+            high=_opt(max, self.high, other.high),
+            low=_opt(min, self.low, other.low),
+            close=last.close,
+            close_key=last.close_key,
+            volume=self.volume + other.volume,
+            trades=self.trades + other.trades,
+            price_volume=self.price_volume + other.price_volume,
+            abs_move=self.abs_move + other.abs_move,
+            social=self.social + other.social,
+            news=self.news + other.news,
+            sentiment_sum=self.sentiment_sum + other.sentiment_sum,
+            sentiment_n=self.sentiment_n + other.sentiment_n,
         )
-    return deltas
 
 
-def user_activity(trades: Iterable[TradeExecuted]) -> dict[str, tuple[datetime, datetime]]:
-    """Each user's first and last trade time among `trades`."""
-    seen: dict[str, tuple[datetime, datetime]] = {}
-    for t in trades:
-        first, last = seen.get(t.user_id, (t.occurred_at, t.occurred_at))
-        seen[t.user_id] = (min(first, t.occurred_at), max(last, t.occurred_at))
-    return seen
+def _earlier(a: Bucket, b: Bucket, key: str) -> Bucket:
+    ka, kb = getattr(a, key), getattr(b, key)
+    return a if kb is None or (ka is not None and ka <= kb) else b
+
+
+def _later(a: Bucket, b: Bucket, key: str) -> Bucket:
+    ka, kb = getattr(a, key), getattr(b, key)
+    return a if kb is None or (ka is not None and ka >= kb) else b
+
+
+def _opt(pick, a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else pick(a, b)
+
+
+def trade_bucket(trade: TradeExecuted) -> Bucket:
+    key = trade_key(trade)
+    p = trade.price_after
+    return Bucket(
+        open=p, open_key=key, high=p, low=p, close=p, close_key=key, volume=trade.amount, trades=1,
+        price_volume=trade.amount * p, abs_move=abs(p - trade.price_before),
+    )  # fmt: skip
+
+
+def signal_bucket(signal: SignalObserved) -> Bucket:
+    has_sentiment = signal.sentiment is not None
+    return Bucket(
+        social=int(signal.kind == "social"),
+        news=int(signal.kind == "news"),
+        sentiment_sum=signal.sentiment if has_sentiment else 0.0,
+        sentiment_n=int(has_sentiment),
+    )
+
+
+def fold(events: Iterable[TradeExecuted | SignalObserved], resolution: str) -> dict[tuple[str, datetime], Bucket]:
+    """Buckets of `resolution` per (market, period start) for a batch of trades and signals."""
+    buckets: dict[tuple[str, datetime], Bucket] = {}
+    for e in events:
+        piece = trade_bucket(e) if isinstance(e, TradeExecuted) else signal_bucket(e)
+        key = (e.market_id, bucket_start(e.occurred_at, resolution))
+        buckets[key] = buckets[key].merge(piece) if key in buckets else piece
+    return buckets
+
+
+@dataclass(frozen=True)
+class WindowTotals:
+    """Sums over a market's minute buckets of the 24 h window (and of the 24 h before it, for the trend)."""
+
+    volume: float = 0.0
+    trades: int = 0
+    price_volume: float = 0.0
+    abs_move: float = 0.0
+    social: int = 0
+    news: int = 0
+    sentiment_sum: float = 0.0
+    sentiment_n: int = 0
+    close_stddev: float | None = None  # population stddev of the minute closes in the window
+    prior_volume: float = 0.0  # volume of the 24 h before the window
+
+
+def window_totals(buckets: dict[datetime, Bucket], as_of: datetime) -> WindowTotals:
+    """The window sums from minute buckets keyed by their start (the reference the SQL query must match)."""
+    start, end = window_minutes(as_of)
+    inside = [b for m, b in buckets.items() if start < m <= end]
+    closes = [b.close for b in inside if b.close is not None]
+    return WindowTotals(
+        volume=sum(b.volume for b in inside),
+        trades=sum(b.trades for b in inside),
+        price_volume=sum(b.price_volume for b in inside),
+        abs_move=sum(b.abs_move for b in inside),
+        social=sum(b.social for b in inside),
+        news=sum(b.news for b in inside),
+        sentiment_sum=sum(b.sentiment_sum for b in inside),
+        sentiment_n=sum(b.sentiment_n for b in inside),
+        close_stddev=statistics.pstdev(closes) if len(closes) >= 2 else None,
+        prior_volume=sum(b.volume for m, b in buckets.items() if start - WINDOW < m <= start),
+    )
+
+
+def reference_price(buckets: dict[datetime, Bucket], as_of: datetime, opening_price: float | None) -> float | None:
+    """The price 24 h before: the close of the last minute bucket before the window, else the opening price."""
+    start, _ = window_minutes(as_of)
+    before = [(m, b.close) for m, b in buckets.items() if m <= start and b.close is not None]
+    return max(before)[1] if before else opening_price
+
+
+def market_window_metrics(
+    current_price: float, reference: float | None, totals: WindowTotals, active_traders: int
+) -> dict[str, float | int | None]:
+    """The windowed market metrics from the window's sums (definitions in docs/metrics.md)."""
+    vwap = totals.price_volume / totals.volume if totals.volume > 0 else None
+    return {
+        "price_change_24h": price_change_pct(current_price, reference),
+        "volume_24h": _round(totals.volume),
+        "trades_24h": totals.trades,
+        "volume_trend": (
+            round((totals.volume - totals.prior_volume) / totals.prior_volume * 100.0, 4)
+            if totals.prior_volume > 0
+            else None
+        ),
+        "active_traders_24h": active_traders,
+        "volatility": _round(totals.close_stddev) if totals.close_stddev is not None else 0.0,
+        "momentum": _round(current_price - vwap) if vwap is not None else 0.0,
+        "liquidity": _round(totals.volume / max(100.0 * totals.abs_move, 1.0)),
+        "social_mentions_24h": totals.social,
+        "news_mentions_24h": totals.news,
+        "sentiment_24h": _round(totals.sentiment_sum / totals.sentiment_n) if totals.sentiment_n else None,
+    }
+
+
+def _round(x: float, digits: int = 6) -> float:
+    return round(x, digits) if math.isfinite(x) else 0.0
+
+
+def newer_prediction(stored_as_of: datetime | None, candidate: PredictionMade) -> bool:
+    """A prediction replaces the stored one when its features are at least as new."""
+    return stored_as_of is None or candidate.features_as_of >= stored_as_of
 
 
 def latest_predictions(predictions: Iterable[PredictionMade]) -> list[PredictionMade]:
-    """One prediction per market: the one from the newest features."""
+    """One prediction per market: the one from the newest features (the later event id on a tie, so order of
+    arrival does not matter)."""
     latest: dict[str, PredictionMade] = {}
     for p in predictions:
-        if p.market_id not in latest or p.features_as_of >= latest[p.market_id].features_as_of:
+        held = latest.get(p.market_id)
+        if held is None or (p.features_as_of, str(p.event_id)) > (held.features_as_of, str(held.event_id)):
             latest[p.market_id] = p
     return list(latest.values())
+
+
+def candles(buckets: dict[datetime, Bucket], resolution: str) -> list[dict]:
+    """OHLCV candles of a coarser `resolution` from finer buckets keyed by start; periods without trades are
+    left out (a chart carries the last close forward)."""
+    merged: dict[datetime, Bucket] = {}
+    for start, b in buckets.items():
+        if b.trades == 0:
+            continue
+        key = bucket_start(start, resolution)
+        merged[key] = merged[key].merge(b) if key in merged else b
+    return [
+        {"start": k, "open": b.open, "high": b.high, "low": b.low, "close": b.close, "volume": _round(b.volume),
+         "trades": b.trades}
+        for k, b in sorted(merged.items())
+    ]  # fmt: skip

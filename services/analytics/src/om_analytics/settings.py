@@ -1,15 +1,42 @@
+"""analytics' settings (env prefix `ANALYTICS_`); infrastructure uses the shared names (DATABASE_URL, ...)."""
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from om_runtime.settings import Port, PostgresSettings, ServiceSettings
+from om_runtime.settings import Port, PostgresSettings, RedisSettings, ServiceSettings
 
 
-class AnalyticsSettings(ServiceSettings, PostgresSettings):
+class AnalyticsSettings(ServiceSettings, PostgresSettings, RedisSettings):
     model_config = SettingsConfigDict(env_prefix="ANALYTICS_", extra="ignore")
 
     service_name: str = "analytics"
     http_port: Port = 8004
     #: System metrics are published at most this often when something changed...
-    system_interval_s: float = 1.0
-    #: ...and at least this often regardless, since 24 h windows move with the clock.
-    system_heartbeat_s: float = 10.0
-    top_markets: int = 10
+    system_interval_s: float = Field(default=1.0, gt=0)
+    #: ...and at least this often regardless (the leader replica only).
+    system_heartbeat_s: float = Field(default=10.0, gt=0)
+    #: With no event for this long, the clock (end of every window) moves to the wall clock; 0 never.
+    idle_advance_s: float = Field(default=60.0, ge=0)
+    #: Prefix of every Redis key analytics writes (tests give each run its own).
+    redis_prefix: str = "analytics"
+    top_markets: int = Field(default=10, ge=1, le=100)
+    #: Platform health: how often the leader reads each service's /metrics, and where.
+    health_interval_s: float = Field(default=15.0, gt=0)
+    service_urls: dict[str, str] = {
+        "ingest": "http://127.0.0.1:8001",
+        "feature": "http://127.0.0.1:8002",
+        "prediction": "http://127.0.0.1:8003",
+        "analytics": "http://127.0.0.1:8004",
+        "gateway": "http://127.0.0.1:8000",
+    }
+    #: Consumer groups whose lag the health snapshot reports (read from Kafka's committed offsets).
+    consumer_groups: list[str] = ["feature", "prediction", "analytics"]
+    #: The leader publishes touched markets' and users' snapshots at least this often (sooner on a local batch).
+    snapshot_interval_s: float = Field(default=0.05, gt=0)
+    #: Markets (and users) snapshotted per leader round.
+    refresh_batch: int = Field(default=500, ge=1)
+    #: Retention, in days (relative to the clock): minute buckets, hour buckets, stored trades; day buckets stay.
+    retention_minutes_days: float = Field(default=8.0, ge=2.0)
+    retention_hours_days: float = Field(default=90.0, ge=1.0)
+    retention_trades_days: float = Field(default=30.0, ge=1.0)
+    prune_interval_s: float = Field(default=3600.0, gt=0)

@@ -1,181 +1,699 @@
-"""analytics' own read models in PostgreSQL, and the queries that turn them into metrics."""
+"""analytics' tables in PostgreSQL: set-based writes of a batch's effects, and the bounded reads metrics need.
+
+No query here reads a market's or user's whole history: windows read at most 48 h of minute buckets of the
+markets a batch touched, users read their open positions, listings read indexed columns of `markets`.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
 
-from om_analytics.metrics import latest_predictions, price_change_pct, trade_deltas, user_activity, window_start
-from om_contracts import (
-    MarketCreated,
-    MarketSummary,
-    PredictionMade,
-    SystemMetrics,
-    TradeExecuted,
-)
+from om_analytics import metrics
+from om_analytics.calibration import Resolved
+from om_analytics.metrics import Bucket, WindowTotals
+from om_analytics.portfolio import Position, UserTotals, settle
+from om_contracts import MarketCreated, PredictionMade, SignalObserved, TradeExecuted
+
+SETTLED = ("resolved", "cancelled")
+
+
+def _array(values: Iterable[Any]) -> str:
+    """A PostgreSQL array literal. Column arrays for `unnest` are sent as one text literal each: psycopg's
+    per-element array dumping costs several microseconds a value; joining whole columns costs far less."""
+    values = list(values)
+    kinds = {type(v) for v in values}
+    if kinds <= {float, int}:
+        return "{" + ",".join(map(repr, values)) + "}"
+    if kinds == {datetime}:
+        return "{" + ",".join(map(datetime.isoformat, values)) + "}"
+    if kinds == {str}:
+        return '{"' + '","'.join(v.replace("\\", "\\\\").replace('"', '\\"') for v in values) + '"}'
+    return "{" + ",".join(map(_element, values)) + "}"
+
+
+def _element(v: Any) -> str:
+    if v is None:
+        return "NULL"
+    if v is True or v is False:
+        return "t" if v else "f"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, datetime):
+        return v.isoformat()
+    text = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"), default=str)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _arrays(*columns: Iterable[Any]) -> tuple[str, ...]:
+    return tuple(_array(c) for c in columns)
+
+
+# --- writes -----------------------------------------------------------------------------------------
+
+
+async def advance_clock(conn: AsyncConnection, latest: datetime | None) -> datetime | None:
+    """Move the clock to `latest` if that is later; return the clock (None before any event)."""
+    cur = await conn.execute(
+        "UPDATE clock SET as_of = greatest(as_of, %s::timestamptz) WHERE id = 1 RETURNING as_of", (latest,)
+    )
+    return (await cur.fetchone())["as_of"]
+
+
+async def clock(conn: AsyncConnection) -> datetime | None:
+    return (await (await conn.execute("SELECT as_of FROM clock WHERE id = 1")).fetchone())["as_of"]
 
 
 async def record_created(conn: AsyncConnection, e: MarketCreated) -> None:
     await conn.execute(
-        "INSERT INTO markets (market_id, category, created_at, close_at, opening_price, current_price) "
-        "VALUES (%(id)s, %(category)s, %(at)s, %(close)s, %(price)s, %(price)s) "
+        "INSERT INTO markets AS m (market_id, category, created_at, close_at, opening_price, current_price, "
+        "last_event_at) VALUES (%(id)s, %(category)s, %(at)s, %(close)s, %(price)s, %(price)s, %(at)s) "
         "ON CONFLICT (market_id) DO UPDATE SET category = excluded.category, created_at = excluded.created_at, "
         "close_at = excluded.close_at, opening_price = excluded.opening_price, "
-        "current_price = coalesce(markets.current_price, excluded.current_price)",
-        {
-            "id": e.market_id,
-            "category": e.category,
-            "at": e.occurred_at,
-            "close": e.close_at,
-            "price": e.initial_price,
-        },
-    )
+        "current_price = coalesce(m.current_price, excluded.current_price), "
+        "last_event_at = greatest(m.last_event_at, excluded.last_event_at)",
+        {"id": e.market_id, "category": e.category, "at": e.occurred_at, "close": e.close_at,
+         "price": e.initial_price},
+    )  # fmt: skip
 
 
-async def record_status(conn: AsyncConnection, market_id: str, status: str) -> None:
+async def record_status(
+    conn: AsyncConnection,
+    market_id: str,
+    status: str,
+    at: datetime,
+    resolution: str | None = None,
+    resolution_price: float | None = None,
+) -> None:
     await conn.execute(
-        "INSERT INTO markets (market_id, status) VALUES (%s, %s) "
-        "ON CONFLICT (market_id) DO UPDATE SET status = excluded.status",
-        (market_id, status),
-    )
-
-
-async def record_trades(conn: AsyncConnection, trades: list[TradeExecuted]) -> None:
-    """Add new trades to their markets, participants and users: a fixed number of statements per batch."""
-    if not trades:
-        return
-    cur = await conn.execute(
-        "INSERT INTO trades (trade_id, market_id, user_id, amount, price_after, executed_at) "
-        "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], %s::timestamptz[]) "
-        "ON CONFLICT DO NOTHING RETURNING trade_id",
-        _columns(trades, "trade_id", "market_id", "user_id", "amount", "price_after", "occurred_at"),
-    )
-    inserted = {row["trade_id"] for row in await cur.fetchall()}
-    trades = [t for t in trades if t.trade_id in inserted]  # a trade id seen before counts once
-    if not trades:
-        return
-    cur = await conn.execute(
-        "INSERT INTO participants (market_id, user_id) SELECT * FROM unnest(%s::text[], %s::text[]) "
-        "ON CONFLICT DO NOTHING RETURNING market_id, user_id",
-        _columns(trades, "market_id", "user_id"),
-    )
-    newcomers = {(row["market_id"], row["user_id"]) for row in await cur.fetchall()}
-    activity = user_activity(trades)
-    await conn.execute(
-        "INSERT INTO users AS u (user_id, first_seen_at, last_trade_at) "
-        "SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) ON CONFLICT (user_id) DO UPDATE "
-        "SET first_seen_at = least(u.first_seen_at, excluded.first_seen_at), "
-        "last_trade_at = greatest(u.last_trade_at, excluded.last_trade_at)",
-        (list(activity), [f for f, _ in activity.values()], [last for _, last in activity.values()]),
-    )
-    # The latest trade by event time sets the price; a market first seen here opens at its first price_before.
-    async with conn.cursor() as c:
-        await c.executemany(
-            "INSERT INTO markets AS m (market_id, opening_price, current_price, last_trade_at, total_volume, "
-            "trade_count, participant_count) VALUES (%(market_id)s, %(opening_price)s, %(last_price)s, "
-            "%(last_trade_at)s, %(volume)s, %(trades)s, %(new_participants)s) "
-            "ON CONFLICT (market_id) DO UPDATE SET "
-            "total_volume = m.total_volume + excluded.total_volume, "
-            "trade_count = m.trade_count + excluded.trade_count, "
-            "participant_count = m.participant_count + excluded.participant_count, "
-            "opening_price = coalesce(m.opening_price, excluded.opening_price), "
-            "current_price = CASE WHEN m.last_trade_at IS NULL OR excluded.last_trade_at >= m.last_trade_at "
-            "  THEN excluded.current_price ELSE m.current_price END, "
-            "last_trade_at = greatest(m.last_trade_at, excluded.last_trade_at)",
-            [vars(d) for d in trade_deltas(trades, newcomers)],
-        )
+        "INSERT INTO markets AS m (market_id, status, resolution, resolution_price, resolved_at, last_event_at) "
+        "VALUES (%(id)s, %(status)s, %(resolution)s, %(price)s, %(resolved_at)s, %(at)s) "
+        "ON CONFLICT (market_id) DO UPDATE SET status = excluded.status, "
+        "resolution = coalesce(excluded.resolution, m.resolution), "
+        "resolution_price = coalesce(excluded.resolution_price, m.resolution_price), "
+        "resolved_at = coalesce(excluded.resolved_at, m.resolved_at), "
+        "last_event_at = greatest(m.last_event_at, excluded.last_event_at)",
+        {"id": market_id, "status": status, "resolution": resolution, "price": resolution_price,
+         "resolved_at": at if status in SETTLED else None, "at": at},
+    )  # fmt: skip
 
 
 def _columns(rows: list[Any], *names: str) -> tuple[list[Any], ...]:
     return tuple([getattr(row, name) for row in rows] for name in names)
 
 
-async def record_predictions(conn: AsyncConnection, predictions: list[PredictionMade]) -> None:
-    """Keep each market's prediction from the newest features (they can arrive out of order, or before the
-    market itself)."""
-    if not predictions:
+async def insert_trades(conn: AsyncConnection, trades: list[TradeExecuted]) -> list[TradeExecuted]:
+    """Store new trades; return those whose trade id was not seen before (a trade counts once)."""
+    if not trades:
+        return []
+    cur = await conn.execute(
+        "INSERT INTO trades (trade_id, market_id, user_id, amount, price_after, executed_at, side, outcome, "
+        "shares, price_before) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], "
+        "%s::float8[], %s::timestamptz[], %s::text[], %s::text[], %s::float8[], %s::float8[]) "
+        "ON CONFLICT DO NOTHING RETURNING trade_id",
+        _arrays(*_columns(trades, "trade_id", "market_id", "user_id", "amount", "price_after", "occurred_at", "side",
+                 "outcome", "shares", "price_before")),
+    )  # fmt: skip
+    inserted = {row["trade_id"] for row in await cur.fetchall()}
+    fresh, seen = [], set()
+    for t in trades:
+        if t.trade_id in inserted and t.trade_id not in seen:
+            seen.add(t.trade_id)
+            fresh.append(t)
+    return fresh
+
+
+async def record_buckets(conn: AsyncConnection, events: list[TradeExecuted | SignalObserved]) -> None:
+    """Merge a batch's trades (every resolution) and signals (minutes only) into the stored buckets."""
+    rows: list[tuple[str, str, datetime, Bucket]] = []
+    for resolution in metrics.RESOLUTIONS:
+        source = events if resolution == "1m" else [e for e in events if isinstance(e, TradeExecuted)]
+        rows += [(m, resolution, start, b) for (m, start), b in metrics.fold(source, resolution).items()]
+    if not rows:
         return
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO markets AS m (market_id, predicted_probability, model_version, predicted_as_of) "
-            "VALUES (%(id)s, %(p)s, %(v)s, %(at)s) ON CONFLICT (market_id) DO UPDATE SET "
-            "predicted_probability = excluded.predicted_probability, model_version = excluded.model_version, "
-            "predicted_as_of = excluded.predicted_as_of "
-            "WHERE m.predicted_as_of IS NULL OR m.predicted_as_of <= excluded.predicted_as_of",
-            [
-                {"p": p.probability, "v": p.model_version, "at": p.features_as_of, "id": p.market_id}
-                for p in latest_predictions(predictions)
-            ],
+    cols: dict[str, list[Any]] = {k: [] for k in _BUCKET_COLUMNS}
+    for market_id, resolution, start, b in rows:
+        values = {
+            "market_id": market_id, "resolution": resolution, "start": start, "open": b.open,
+            "open_at": b.open_key[0] if b.open_key else None, "open_id": b.open_key[1] if b.open_key else None,
+            "high": b.high, "low": b.low, "close": b.close,
+            "close_at": b.close_key[0] if b.close_key else None, "close_id": b.close_key[1] if b.close_key else None,
+            "volume": b.volume, "trades": b.trades, "price_volume": b.price_volume, "abs_move": b.abs_move,
+            "social": b.social, "news": b.news, "sentiment_sum": b.sentiment_sum, "sentiment_n": b.sentiment_n,
+        }  # fmt: skip
+        for k in _BUCKET_COLUMNS:
+            cols[k].append(values[k])
+    await conn.execute(_UPSERT_BUCKETS, _arrays(*cols.values()))
+
+
+_BUCKET_COLUMNS = {
+    "market_id": "text", "resolution": "text", "start": "timestamptz", "open": "float8", "open_at": "timestamptz",
+    "open_id": "text", "high": "float8", "low": "float8", "close": "float8", "close_at": "timestamptz",
+    "close_id": "text", "volume": "float8", "trades": "int4", "price_volume": "float8", "abs_move": "float8",
+    "social": "int4", "news": "int4", "sentiment_sum": "float8", "sentiment_n": "int4",
+}  # fmt: skip
+_EARLIER = "b.open_at IS NULL OR (excluded.open_at, excluded.open_id) < (b.open_at, b.open_id)"
+_LATER = "b.close_at IS NULL OR (excluded.close_at, excluded.close_id) > (b.close_at, b.close_id)"
+_UPSERT_BUCKETS = (
+    f"INSERT INTO buckets AS b ({', '.join(_BUCKET_COLUMNS)}) "
+    f"SELECT * FROM unnest({', '.join(f'%s::{t}[]' for t in _BUCKET_COLUMNS.values())}) "
+    "ON CONFLICT (market_id, resolution, start) DO UPDATE SET "
+    f"open = CASE WHEN excluded.open_at IS NOT NULL AND ({_EARLIER}) THEN excluded.open ELSE b.open END, "
+    f"open_id = CASE WHEN excluded.open_at IS NOT NULL AND ({_EARLIER}) THEN excluded.open_id ELSE b.open_id END, "
+    f"open_at = CASE WHEN excluded.open_at IS NOT NULL AND ({_EARLIER}) THEN excluded.open_at ELSE b.open_at END, "
+    f"close = CASE WHEN excluded.close_at IS NOT NULL AND ({_LATER}) THEN excluded.close ELSE b.close END, "
+    f"close_id = CASE WHEN excluded.close_at IS NOT NULL AND ({_LATER}) THEN excluded.close_id "
+    "  ELSE b.close_id END, "
+    f"close_at = CASE WHEN excluded.close_at IS NOT NULL AND ({_LATER}) THEN excluded.close_at "
+    "  ELSE b.close_at END, "
+    "high = greatest(b.high, excluded.high), low = least(b.low, excluded.low), "
+    "volume = b.volume + excluded.volume, trades = b.trades + excluded.trades, "
+    "price_volume = b.price_volume + excluded.price_volume, abs_move = b.abs_move + excluded.abs_move, "
+    "social = b.social + excluded.social, news = b.news + excluded.news, "
+    "sentiment_sum = b.sentiment_sum + excluded.sentiment_sum, sentiment_n = b.sentiment_n + excluded.sentiment_n"
+)
+
+
+async def record_trades(conn: AsyncConnection, trades: list[TradeExecuted]) -> None:
+    """Add new trades to markets, participants, platform minutes, users, categories and positions."""
+    if not trades:
+        return
+    trades = sorted(trades, key=metrics.trade_key)  # so every upsert below touches rows in a stable order
+    platform: dict[datetime, tuple[float, int]] = {}
+    markets_acc: dict[str, dict[str, Any]] = {}
+    participants: dict[tuple[str, str], datetime] = {}
+    users: dict[str, list[Any]] = {}
+    positions: dict[tuple[str, str, str], Position] = {}
+    for t in trades:
+        minute = metrics.bucket_start(t.occurred_at, "1m")
+        v, n = platform.get(minute, (0.0, 0))
+        platform[minute] = (v + t.amount, n + 1)
+        acc = markets_acc.setdefault(t.market_id, {"volume": 0.0, "trades": 0, "first": t, "last": t})
+        acc["volume"] += t.amount
+        acc["trades"] += 1
+        acc["first"] = min(acc["first"], t, key=metrics.trade_key)
+        acc["last"] = max(acc["last"], t, key=metrics.trade_key)
+        pair = (t.market_id, t.user_id)
+        participants[pair] = max(participants.get(pair, t.occurred_at), t.occurred_at)
+        u = users.setdefault(t.user_id, [0, 0.0, t.occurred_at, t.occurred_at])
+        u[0], u[1], u[2], u[3] = u[0] + 1, u[1] + t.amount, min(u[2], t.occurred_at), max(u[3], t.occurred_at)
+        key = (t.user_id, t.market_id, t.outcome)
+        positions[key] = positions.get(key, Position(t.market_id, t.outcome)).add(t)
+
+    await conn.execute(
+        "INSERT INTO platform_minutes AS p (start, volume, trades) SELECT * FROM unnest(%s::timestamptz[], "
+        "%s::float8[], %s::int4[]) ON CONFLICT (start) DO UPDATE SET volume = p.volume + excluded.volume, "
+        "trades = p.trades + excluded.trades",
+        _arrays(*(list(platform), [v for v, _ in platform.values()], [n for _, n in platform.values()])),
+    )
+    cur = await conn.execute(
+        "INSERT INTO participants AS p (market_id, user_id, last_trade_at) SELECT * FROM unnest(%s::text[], "
+        "%s::text[], %s::timestamptz[]) ON CONFLICT (market_id, user_id) DO UPDATE SET "
+        "last_trade_at = greatest(p.last_trade_at, excluded.last_trade_at) RETURNING market_id, (xmax = 0) AS new",
+        _arrays(*([m for m, _ in participants], [u for _, u in participants], list(participants.values()))),
+    )
+    newcomers: dict[str, int] = {}
+    for row in await cur.fetchall():
+        newcomers[row["market_id"]] = newcomers.get(row["market_id"], 0) + int(row["new"])
+    ids = sorted(markets_acc)  # rows locked in one order by every writer, so two writers never deadlock
+    await conn.execute(
+        "INSERT INTO markets AS m (market_id, opening_price, current_price, last_trade_at, last_trade_id, "
+        "total_volume, trade_count, participant_count, last_event_at) SELECT * FROM unnest(%s::text[], "
+        "%s::float8[], %s::float8[], %s::timestamptz[], %s::text[], %s::float8[], %s::int4[], %s::int4[], "
+        "%s::timestamptz[]) ON CONFLICT (market_id) DO UPDATE SET "
+        "total_volume = m.total_volume + excluded.total_volume, trade_count = m.trade_count + excluded.trade_count, "
+        "participant_count = m.participant_count + excluded.participant_count, "
+        "opening_price = coalesce(m.opening_price, excluded.opening_price), "
+        # The latest trade by (event time, trade id) sets the price, whatever the order of arrival.
+        "current_price = CASE WHEN m.last_trade_at IS NULL OR (excluded.last_trade_at, excluded.last_trade_id) "
+        "  > (m.last_trade_at, m.last_trade_id) THEN excluded.current_price ELSE m.current_price END, "
+        "last_trade_id = CASE WHEN m.last_trade_at IS NULL OR (excluded.last_trade_at, excluded.last_trade_id) "
+        "  > (m.last_trade_at, m.last_trade_id) THEN excluded.last_trade_id ELSE m.last_trade_id END, "
+        "last_trade_at = greatest(m.last_trade_at, excluded.last_trade_at), "
+        "last_event_at = greatest(m.last_event_at, excluded.last_event_at)",
+        _arrays(
+            *(
+                ids,
+                [markets_acc[m]["first"].price_before for m in ids],
+                [markets_acc[m]["last"].price_after for m in ids],
+                [markets_acc[m]["last"].occurred_at for m in ids],
+                [markets_acc[m]["last"].trade_id for m in ids],
+                [markets_acc[m]["volume"] for m in ids],
+                [markets_acc[m]["trades"] for m in ids],
+                [newcomers.get(m, 0) for m in ids],
+                [markets_acc[m]["last"].occurred_at for m in ids],
+            )
+        ),
+    )
+    await conn.execute(
+        "INSERT INTO users AS u (user_id, total_trades, total_volume, first_seen_at, last_trade_at) "
+        "SELECT * FROM unnest(%s::text[], %s::int4[], %s::float8[], %s::timestamptz[], %s::timestamptz[]) "
+        "ON CONFLICT (user_id) DO UPDATE SET total_trades = u.total_trades + excluded.total_trades, "
+        "total_volume = u.total_volume + excluded.total_volume, "
+        "first_seen_at = least(u.first_seen_at, excluded.first_seen_at), "
+        "last_trade_at = greatest(u.last_trade_at, excluded.last_trade_at)",
+        _arrays(*(list(users), *([u[i] for u in users.values()] for i in range(4)))),
+    )
+    # Volume per category, as the market's category is known when its trade is processed.
+    cur = await conn.execute("SELECT market_id, category FROM markets WHERE market_id = ANY(%s)", (ids,))
+    category = {row["market_id"]: row["category"] or "uncategorized" for row in await cur.fetchall()}
+    by_category: dict[tuple[str, str], float] = {}
+    for t in trades:
+        key = (t.user_id, category[t.market_id])
+        by_category[key] = by_category.get(key, 0.0) + t.amount
+    await conn.execute(
+        "INSERT INTO user_categories AS c (user_id, category, volume) SELECT * FROM unnest(%s::text[], %s::text[], "
+        "%s::float8[]) ON CONFLICT (user_id, category) DO UPDATE SET volume = c.volume + excluded.volume",
+        _arrays(*([u for u, _ in by_category], [c for _, c in by_category], list(by_category.values()))),
+    )
+    keys = sorted(positions)
+    await conn.execute(
+        "INSERT INTO positions AS p (user_id, market_id, outcome, buy_shares, buy_cost, sell_shares, sell_proceeds, "
+        "trades) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], %s::float8[], "
+        "%s::float8[], %s::int4[]) ON CONFLICT (user_id, market_id, outcome) DO UPDATE SET "
+        "buy_shares = p.buy_shares + excluded.buy_shares, buy_cost = p.buy_cost + excluded.buy_cost, "
+        "sell_shares = p.sell_shares + excluded.sell_shares, sell_proceeds = p.sell_proceeds + excluded.sell_proceeds, "
+        "trades = p.trades + excluded.trades",
+        _arrays(*(
+            [u for u, _, _ in keys], [m for _, m, _ in keys], [o for _, _, o in keys],
+            *([getattr(positions[k], f) for k in keys]
+              for f in ("buy_shares", "buy_cost", "sell_shares", "sell_proceeds", "trades")),
+        )),
+    )  # fmt: skip
+
+
+async def touch_markets(conn: AsyncConnection, last_event: dict[str, datetime]) -> None:
+    """Create rows for markets first seen through a signal, and keep each market's latest event time."""
+    if last_event:
+        await conn.execute(
+            "INSERT INTO markets AS m (market_id, last_event_at) SELECT * FROM unnest(%s::text[], "
+            "%s::timestamptz[]) ON CONFLICT (market_id) DO UPDATE SET "
+            "last_event_at = greatest(m.last_event_at, excluded.last_event_at)",
+            (list(last_event), list(last_event.values())),
         )
 
 
-_MARKET_METRICS = """
-SELECT m.market_id, m.status, m.current_price, m.total_volume, m.trade_count, m.participant_count,
-       m.predicted_probability, m.model_version, m.opening_price,
-       coalesce(w.volume_24h, 0) AS volume_24h,
-       coalesce(
-         (SELECT t.price_after FROM trades t
-           WHERE t.market_id = m.market_id AND t.executed_at <= %(since)s
-           ORDER BY t.executed_at DESC LIMIT 1),
-         m.opening_price) AS reference_price
-FROM markets m
-LEFT JOIN LATERAL (
-  SELECT sum(t.amount) AS volume_24h FROM trades t WHERE t.market_id = m.market_id AND t.executed_at > %(since)s
-) w ON true
-"""
+async def record_predictions(conn: AsyncConnection, predictions: list[PredictionMade]) -> None:
+    """Keep each market's newest prediction (by features_as_of); an older one is ignored."""
+    latest = metrics.latest_predictions(predictions)
+    if not latest:
+        return
+    await conn.execute(
+        "INSERT INTO markets AS m (market_id, predicted_probability, model_version, predicted_as_of, prediction) "
+        "SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[], %s::timestamptz[], %s::jsonb[]) "
+        "ON CONFLICT (market_id) DO UPDATE SET predicted_probability = excluded.predicted_probability, "
+        "model_version = excluded.model_version, predicted_as_of = excluded.predicted_as_of, "
+        "prediction = excluded.prediction "
+        "WHERE m.predicted_as_of IS NULL OR excluded.predicted_as_of >= m.predicted_as_of",
+        _arrays(
+            *(
+                [p.market_id for p in latest],
+                [p.probability for p in latest],
+                [p.model_version for p in latest],
+                [p.features_as_of for p in latest],
+                [p.model_dump(mode="json", exclude={"producer", "schema_version", "produced_at"}) for p in latest],
+            )
+        ),
+    )
 
 
-def _metrics(row: dict[str, Any]) -> dict[str, Any]:
-    row = dict(row)
-    row["price_change_24h"] = price_change_pct(row["current_price"], row.pop("reference_price"))
-    row.pop("opening_price")
+async def settle_pairs(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]) -> set[str]:
+    """Re-settle (user, market) pairs in markets that ended: store each pair's result and add the difference to
+    its user's totals, so a market's resolution or a late trade in it counts exactly once. Returns the users."""
+    pairs = sorted(set(pairs))
+    if not pairs:
+        return set()
+    cur = await conn.execute(
+        "SELECT p.*, m.status, m.resolution_price FROM positions p JOIN markets m USING (market_id) "
+        "JOIN unnest(%s::text[], %s::text[]) AS k(user_id, market_id) USING (user_id, market_id) "
+        "WHERE m.status IN ('resolved', 'cancelled')",
+        _arrays(*([u for u, _ in pairs], [m for _, m in pairs])),
+    )
+    grouped: dict[tuple[str, str], list[Any]] = {}
+    for row in await cur.fetchall():
+        grouped.setdefault((row["user_id"], row["market_id"]), []).append(row)
+    if not grouped:
+        return set()
+    keys = list(grouped)
+    results = {
+        k: settle([_position(r) for r in rows], rows[0]["status"], rows[0]["resolution_price"])
+        for k, rows in grouped.items()
+    }
+    cur = await conn.execute(
+        "SELECT s.* FROM settlements s JOIN unnest(%s::text[], %s::text[]) AS k(user_id, market_id) "
+        "USING (user_id, market_id)",
+        _arrays(*([u for u, _ in keys], [m for _, m in keys])),
+    )
+    before = {(r["user_id"], r["market_id"]): r for r in await cur.fetchall()}
+    await conn.execute(
+        "INSERT INTO settlements AS s (user_id, market_id, pnl, counted, won) SELECT * FROM unnest(%s::text[], "
+        "%s::text[], %s::float8[], %s::bool[], %s::bool[]) ON CONFLICT (user_id, market_id) DO UPDATE SET "
+        "pnl = excluded.pnl, counted = excluded.counted, won = excluded.won",
+        _arrays(*([u for u, _ in keys], [m for _, m in keys], [results[k].pnl for k in keys],
+         [results[k].counted for k in keys], [results[k].won for k in keys])),
+    )  # fmt: skip
+    deltas: dict[str, list[float]] = {}
+    for k in keys:
+        new, old = results[k], before.get(k)
+        d = deltas.setdefault(k[0], [0.0, 0, 0])
+        d[0] += new.pnl - (old["pnl"] if old else 0.0)
+        d[1] += int(new.counted) - (int(old["counted"]) if old else 0)
+        d[2] += int(new.won) - (int(old["won"]) if old else 0)
+    await conn.execute(
+        "UPDATE users u SET settled_pnl = u.settled_pnl + d.pnl, resolved_positions = u.resolved_positions + d.n, "
+        "winning_positions = u.winning_positions + d.w FROM unnest(%s::text[], %s::float8[], %s::int4[], "
+        "%s::int4[]) AS d(user_id, pnl, n, w) WHERE u.user_id = d.user_id",
+        _arrays(*(list(deltas), *([d[i] for d in deltas.values()] for i in range(3)))),
+    )
+    await conn.execute(
+        "UPDATE positions p SET settled = true FROM unnest(%s::text[], %s::text[]) AS k(user_id, market_id) "
+        "WHERE p.user_id = k.user_id AND p.market_id = k.market_id AND NOT p.settled",
+        _arrays(*([u for u, _ in keys], [m for _, m in keys])),
+    )
+    return set(deltas)
+
+
+async def holders(conn: AsyncConnection, market_id: str) -> list[tuple[str, str]]:
+    cur = await conn.execute("SELECT DISTINCT user_id FROM positions WHERE market_id = %s", (market_id,))
+    return [(row["user_id"], market_id) for row in await cur.fetchall()]
+
+
+async def settled_markets(conn: AsyncConnection, market_ids: list[str]) -> set[str]:
+    cur = await conn.execute(
+        "SELECT market_id FROM markets WHERE market_id = ANY(%s) AND status IN ('resolved', 'cancelled')",
+        (market_ids,),
+    )
+    return {row["market_id"] for row in await cur.fetchall()}
+
+
+def _position(row: dict[str, Any]) -> Position:
+    return Position(
+        market_id=row["market_id"], outcome=row["outcome"], buy_shares=row["buy_shares"], buy_cost=row["buy_cost"],
+        sell_shares=row["sell_shares"], sell_proceeds=row["sell_proceeds"], trades=row["trades"],
+    )  # fmt: skip
+
+
+async def mark_dirty(conn: AsyncConnection, market_ids: list[str], user_ids: list[str]) -> None:
+    """Flag markets and users whose snapshot must be recomputed (by the leader, once for many batches)."""
+    if market_ids:
+        await conn.execute(
+            "UPDATE markets SET dirty = true WHERE market_id = ANY(%s::text[]) AND NOT dirty",
+            (_array(sorted(market_ids)),),
+        )
+    if user_ids:
+        await conn.execute(
+            "UPDATE users SET dirty = true WHERE user_id = ANY(%s::text[]) AND NOT dirty", (_array(sorted(user_ids)),)
+        )
+
+
+async def take_dirty(conn: AsyncConnection, table: str, limit: int) -> list[str]:
+    """Claim up to `limit` dirty markets or users (rows a running batch holds are skipped, not waited for) and
+    clear their flag; the caller's transaction recomputes their snapshots."""
+    key = {"markets": "market_id", "users": "user_id"}[table]  # a fixed set: never user text in SQL
+    cur = await conn.execute(
+        f"UPDATE {table} SET dirty = false WHERE {key} IN (SELECT {key} FROM {table} WHERE dirty ORDER BY {key} "
+        f"LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {key}",
+        (limit,),
+    )
+    return sorted(row[key] for row in await cur.fetchall())
+
+
+# --- reads for metrics ----------------------------------------------------------------------------
+
+
+async def market_rows(conn: AsyncConnection, market_ids: list[str], *, lock: bool = False) -> dict[str, dict]:
+    cur = await conn.execute(
+        "SELECT * FROM markets WHERE market_id = ANY(%s) ORDER BY market_id" + (" FOR UPDATE" if lock else ""),
+        (market_ids,),
+    )
+    return {row["market_id"]: row for row in await cur.fetchall()}
+
+
+async def window_totals(conn: AsyncConnection, market_ids: list[str], as_of: datetime) -> dict[str, WindowTotals]:
+    """Each market's sums over the minute buckets of the window and of the 24 h before (≤ 2,880 rows each)."""
+    start, end = metrics.window_minutes(as_of)
+    cur = await conn.execute(
+        "SELECT market_id, "
+        "coalesce(sum(volume) FILTER (WHERE start > %(start)s), 0) AS volume, "
+        "coalesce(sum(trades) FILTER (WHERE start > %(start)s), 0) AS trades, "
+        "coalesce(sum(price_volume) FILTER (WHERE start > %(start)s), 0) AS price_volume, "
+        "coalesce(sum(abs_move) FILTER (WHERE start > %(start)s), 0) AS abs_move, "
+        "coalesce(sum(social) FILTER (WHERE start > %(start)s), 0) AS social, "
+        "coalesce(sum(news) FILTER (WHERE start > %(start)s), 0) AS news, "
+        "coalesce(sum(sentiment_sum) FILTER (WHERE start > %(start)s), 0) AS sentiment_sum, "
+        "coalesce(sum(sentiment_n) FILTER (WHERE start > %(start)s), 0) AS sentiment_n, "
+        "stddev_pop(close) FILTER (WHERE start > %(start)s) AS close_stddev, "
+        "count(close) FILTER (WHERE start > %(start)s) AS closes, "
+        "coalesce(sum(volume) FILTER (WHERE start <= %(start)s), 0) AS prior_volume "
+        "FROM buckets WHERE resolution = '1m' AND market_id = ANY(%(ids)b) AND start > %(prior)s "
+        "AND start <= %(end)s GROUP BY market_id",
+        {"start": start, "end": end, "prior": start - metrics.WINDOW, "ids": market_ids},
+    )
+    totals = {}
+    for row in await cur.fetchall():
+        row = dict(row)
+        market_id = row.pop("market_id")
+        closes = row.pop("closes")
+        row["close_stddev"] = row["close_stddev"] if closes >= 2 else None
+        totals[market_id] = WindowTotals(**row)
+    return totals
+
+
+async def reference_prices(conn: AsyncConnection, market_ids: list[str], as_of: datetime) -> dict[str, float]:
+    """The close of each market's last trade before the window (minute buckets, else hour, else day buckets
+    wholly before it, for markets quiet for longer than minute buckets are kept)."""
+    start, _ = metrics.window_minutes(as_of)
+    cur = await conn.execute(
+        "SELECT k.market_id, coalesce("
+        " (SELECT close FROM buckets WHERE market_id = k.market_id AND resolution = '1m' AND start <= %(start)s "
+        "   AND trades > 0 ORDER BY start DESC LIMIT 1),"
+        " (SELECT close FROM buckets WHERE market_id = k.market_id AND resolution = '1h' "
+        "   AND start <= %(start)s - interval '1 hour' ORDER BY start DESC LIMIT 1),"
+        " (SELECT close FROM buckets WHERE market_id = k.market_id AND resolution = '1d' "
+        "   AND start <= %(start)s - interval '1 day' ORDER BY start DESC LIMIT 1)) AS close "
+        "FROM unnest(%(ids)b::text[]) AS k(market_id)",
+        {"start": start, "ids": market_ids},
+    )
+    return {row["market_id"]: row["close"] for row in await cur.fetchall() if row["close"] is not None}
+
+
+async def active_traders(conn: AsyncConnection, market_ids: list[str], as_of: datetime) -> dict[str, int]:
+    start, _ = metrics.window_minutes(as_of)
+    cur = await conn.execute(
+        "SELECT market_id, count(*) AS n FROM participants WHERE market_id = ANY(%s) AND last_trade_at >= %s "
+        "GROUP BY market_id",
+        (market_ids, start + timedelta(minutes=1)),
+    )
+    return {row["market_id"]: row["n"] for row in await cur.fetchall()}
+
+
+async def save_market_snapshots(conn: AsyncConnection, snapshots: dict[str, dict], as_of: datetime) -> None:
+    ids = list(snapshots)
+    await conn.execute(
+        "UPDATE markets m SET snapshot = s.snapshot, snapshot_as_of = %s, volume_24h = s.volume, "
+        "liquidity = s.liquidity FROM unnest(%s::text[], %s::jsonb[], %s::float8[], %s::float8[]) "
+        "AS s(market_id, snapshot, volume, liquidity) WHERE m.market_id = s.market_id",
+        (
+            as_of,
+            *_arrays(
+                ids,
+                [snapshots[m] for m in ids],
+                [snapshots[m]["volume_24h"] for m in ids],
+                [snapshots[m]["liquidity"] for m in ids],
+            ),
+        ),
+    )
+
+
+async def stale_markets(conn: AsyncConnection, as_of: datetime, limit: int) -> list[str]:
+    """Markets whose stored snapshot's windows may have moved since: computed before `as_of`, with an event
+    within 48 h of that snapshot (older activity has left every window already)."""
+    cur = await conn.execute(
+        "SELECT market_id FROM markets WHERE last_event_at > %s AND snapshot_as_of < %s "
+        "AND last_event_at > snapshot_as_of - interval '48 hours' ORDER BY market_id LIMIT %s",
+        (as_of - 2 * metrics.WINDOW, metrics.bucket_start(as_of, "1m"), limit),
+    )
+    return [row["market_id"] for row in await cur.fetchall()]
+
+
+async def user_inputs(
+    conn: AsyncConnection, user_ids: list[str]
+) -> tuple[dict[str, UserTotals], dict[str, list[tuple[Position, float]]], dict[str, dict[str, float]]]:
+    """Per user: totals, open positions with their market's YES price, and volume per category."""
+    cur = await conn.execute("SELECT * FROM users WHERE user_id = ANY(%s)", (user_ids,))
+    totals = {
+        r["user_id"]: UserTotals(
+            total_trades=r["total_trades"],
+            total_volume=r["total_volume"],
+            first_trade_at=r["first_seen_at"],
+            last_trade_at=r["last_trade_at"],
+            settled_pnl=r["settled_pnl"],
+            resolved_positions=r["resolved_positions"],
+            winning_positions=r["winning_positions"],
+        )  # fmt: skip
+        for r in await cur.fetchall()
+    }
+    cur = await conn.execute(
+        "SELECT p.*, coalesce(m.current_price, 0.5) AS price FROM positions p JOIN markets m USING (market_id) "
+        "WHERE p.user_id = ANY(%s) AND NOT p.settled",
+        (user_ids,),
+    )
+    held: dict[str, list[tuple[Position, float]]] = {}
+    for r in await cur.fetchall():
+        held.setdefault(r["user_id"], []).append((_position(r), r["price"]))
+    cur = await conn.execute("SELECT * FROM user_categories WHERE user_id = ANY(%s)", (user_ids,))
+    categories: dict[str, dict[str, float]] = {}
+    for r in await cur.fetchall():
+        categories.setdefault(r["user_id"], {})[r["category"]] = r["volume"]
+    return totals, held, categories
+
+
+async def save_user_snapshots(conn: AsyncConnection, snapshots: dict[str, dict]) -> None:
+    ids = list(snapshots)
+    await conn.execute(
+        "UPDATE users u SET snapshot = s.snapshot FROM unnest(%s::text[], %s::jsonb[]) AS s(user_id, snapshot) "
+        "WHERE u.user_id = s.user_id",
+        _arrays(*(ids, [snapshots[u] for u in ids])),
+    )
+
+
+# --- reads for the API and the system snapshot ----------------------------------------------------
+
+
+async def market_snapshot(conn: AsyncConnection, market_id: str) -> dict | None:
+    cur = await conn.execute("SELECT snapshot FROM markets WHERE market_id = %s", (market_id,))
+    row = await cur.fetchone()
+    return row["snapshot"] if row else None
+
+
+async def system_totals(conn: AsyncConnection, as_of: datetime | None) -> dict[str, Any]:
+    start, end = metrics.window_minutes(as_of) if as_of else (None, None)
+    cur = await conn.execute(
+        "SELECT (SELECT count(*) FROM users) AS total_users, "
+        "(SELECT count(*) FROM users WHERE last_trade_at >= %(active)s) AS active_users, "
+        "(SELECT count(*) FROM markets) AS total_markets, "
+        "(SELECT count(*) FROM markets WHERE status = 'open') AS active_markets, "
+        "(SELECT coalesce(sum(volume), 0) FROM platform_minutes WHERE start > %(start)s AND start <= %(end)s) "
+        "  AS total_volume_24h, "
+        "(SELECT coalesce(sum(trades), 0) FROM platform_minutes WHERE start > %(start)s AND start <= %(end)s) "
+        "  AS total_trades_24h",
+        {"active": start + timedelta(minutes=1) if start else None, "start": start, "end": end},
+    )
+    row = dict(await cur.fetchone())
+    row["total_volume_24h"] = round(row["total_volume_24h"], 6)
     return row
 
 
-async def market_metrics(conn: AsyncConnection, market_id: str, now: datetime) -> dict[str, Any] | None:
-    """A market's metrics; None until its price is known (from its creation or a trade)."""
-    return (await markets_metrics(conn, [market_id], now)).get(market_id)
-
-
-async def markets_metrics(conn: AsyncConnection, market_ids: list[str], now: datetime) -> dict[str, dict[str, Any]]:
-    """Metrics of the markets whose price is known, by market id."""
+async def top_market_snapshots(conn: AsyncConnection, limit: int) -> list[dict]:
     cur = await conn.execute(
-        _MARKET_METRICS + " WHERE m.market_id = ANY(%(ids)s) AND m.current_price IS NOT NULL",
-        {"since": window_start(now), "ids": market_ids},
+        "SELECT snapshot FROM markets WHERE volume_24h > 0 AND snapshot IS NOT NULL "
+        "ORDER BY volume_24h DESC, market_id LIMIT %s",
+        (limit,),
     )
-    return {row["market_id"]: _metrics(row) for row in await cur.fetchall()}
+    return [row["snapshot"] for row in await cur.fetchall()]
 
 
-async def system_metrics(conn: AsyncConnection, now: datetime) -> SystemMetrics:
+SORTS = {"volume_24h": "volume_24h", "liquidity": "liquidity", "close_at": "close_at"}
+
+
+async def list_markets(
+    conn: AsyncConnection,
+    *,
+    status: str | None,
+    category: str | None,
+    sort: str,
+    descending: bool,
+    offset: int,
+    limit: int,
+) -> list[dict]:
+    column = SORTS[sort]  # from a fixed set: never user text in SQL
+    direction = "DESC NULLS LAST" if descending else "ASC NULLS LAST"
     cur = await conn.execute(
-        "SELECT (SELECT count(*) FROM users) AS total_users, "
-        "(SELECT count(*) FROM users WHERE last_trade_at > %(since)s) AS active_users, "
-        "(SELECT count(*) FROM markets) AS total_markets, "
-        "(SELECT count(*) FROM markets WHERE status = 'open') AS active_markets, "
-        "(SELECT coalesce(sum(amount), 0) FROM trades WHERE executed_at > %(since)s) AS total_volume_24h, "
-        "(SELECT count(*) FROM trades WHERE executed_at > %(since)s) AS total_trades_24h",
-        {"since": window_start(now)},
+        f"SELECT snapshot FROM markets WHERE snapshot IS NOT NULL AND (%(status)s::text IS NULL OR status = "
+        f"%(status)s) AND (%(category)s::text IS NULL OR category = %(category)s) "
+        f"ORDER BY {column} {direction}, market_id LIMIT %(limit)s OFFSET %(offset)s",
+        {"status": status, "category": category, "limit": limit, "offset": offset},
     )
-    return SystemMetrics(**await cur.fetchone())
+    return [row["snapshot"] for row in await cur.fetchall()]
 
 
-async def top_markets(conn: AsyncConnection, now: datetime, limit: int) -> list[MarketSummary]:
-    """The markets with the most volume in the last 24 h."""
+async def market_buckets(
+    conn: AsyncConnection, market_id: str, resolution: str, start: datetime, end: datetime
+) -> dict[datetime, Bucket]:
     cur = await conn.execute(
-        "WITH top AS (SELECT market_id FROM trades WHERE executed_at > %(since)s "
-        "  GROUP BY market_id ORDER BY sum(amount) DESC, market_id LIMIT %(limit)s) "
-        + _MARKET_METRICS
-        + " JOIN top USING (market_id) ORDER BY volume_24h DESC, m.market_id",
-        {"since": window_start(now), "limit": limit},
+        "SELECT * FROM buckets WHERE market_id = %s AND resolution = %s AND start >= %s AND start <= %s "
+        "AND trades > 0 ORDER BY start",
+        (market_id, resolution, metrics.bucket_start(start, resolution), end),
+    )
+    return {
+        r["start"]: Bucket(
+            open=r["open"],
+            open_key=(r["open_at"], r["open_id"]),
+            high=r["high"],
+            low=r["low"],
+            close=r["close"],
+            close_key=(r["close_at"], r["close_id"]),
+            volume=r["volume"],
+            trades=r["trades"],
+        )  # fmt: skip
+        for r in await cur.fetchall()
+    }
+
+
+async def open_positions(conn: AsyncConnection, user_id: str) -> list[dict]:
+    cur = await conn.execute(
+        "SELECT p.*, m.current_price, m.status, m.category, m.predicted_probability, m.model_version "
+        "FROM positions p JOIN markets m USING (market_id) WHERE p.user_id = %s AND NOT p.settled "
+        "ORDER BY p.market_id, p.outcome",
+        (user_id,),
+    )
+    return list(await cur.fetchall())
+
+
+async def resolved_markets(conn: AsyncConnection) -> list[Resolved]:
+    cur = await conn.execute(
+        "SELECT market_id, coalesce(category, 'uncategorized') AS category, current_price, predicted_probability, "
+        "model_version, resolution_price FROM markets WHERE status = 'resolved' AND resolution_price IS NOT NULL"
     )
     return [
-        MarketSummary(
+        Resolved(
             market_id=r["market_id"],
-            current_price=r["current_price"],
-            volume_24h=r["volume_24h"],
-            price_change_24h=r["price_change_24h"],
-        )
-        for r in map(_metrics, await cur.fetchall())
+            category=r["category"],
+            price=r["current_price"],
+            predicted=r["predicted_probability"],
+            model_version=r["model_version"],
+            outcome=r["resolution_price"],
+        )  # fmt: skip
+        for r in await cur.fetchall()
     ]
+
+
+async def comparable_candidates(conn: AsyncConnection, category: str, close_at: datetime | None) -> list[dict]:
+    """Up to 200 markets of the category nearest by close time (ranked further in the pure insights module)."""
+    cur = await conn.execute(
+        "SELECT market_id, close_at, liquidity FROM markets WHERE category = %s AND snapshot IS NOT NULL "
+        "ORDER BY abs(extract(epoch FROM close_at - %s::timestamptz)) NULLS LAST, market_id LIMIT 200",
+        (category, close_at),
+    )
+    return list(await cur.fetchall())
+
+
+async def prune(conn: AsyncConnection, as_of: datetime, retention: dict[str, timedelta]) -> int:
+    """Delete what is older than its retention (relative to the clock): buckets per resolution, platform
+    minutes, stored trades and processed event ids."""
+    deleted = 0
+    for resolution in ("1m", "1h", "1d"):
+        if (keep := retention.get(resolution)) is not None:
+            cur = await conn.execute(
+                "DELETE FROM buckets WHERE resolution = %s AND start < %s", (resolution, as_of - keep)
+            )
+            deleted += cur.rowcount
+    if (keep := retention.get("1m")) is not None:
+        deleted += (await conn.execute("DELETE FROM platform_minutes WHERE start < %s", (as_of - keep,))).rowcount
+    if (keep := retention.get("trades")) is not None:
+        deleted += (await conn.execute("DELETE FROM trades WHERE executed_at < %s", (as_of - keep,))).rowcount
+    return deleted

@@ -1,0 +1,159 @@
+"""Platform health from each service's Prometheus `/metrics` text: pure parsing and arithmetic, no I/O.
+
+Rates are differences between two scrapes divided by the time between them; quantiles are read from histogram
+buckets (linear within a bucket). A figure a service does not expose stays None: nothing is invented.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from om_contracts import ConsumerLag, ServiceHealth
+from om_contracts.topics import DEAD_LETTERS
+
+#: Histograms of "event time → processed", best first; the batch handling time is the fallback.
+PROCESSING_HISTOGRAMS = (
+    "om_event_processing_latency_seconds",
+    "om_consumer_event_latency_seconds",
+    "faststream_received_processed_messages_duration_seconds",
+)
+HTTP_HISTOGRAMS = ("http_server_request_duration_seconds", "http_request_duration_seconds", "http_server_duration")
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One scrape of a service: every sample as (name, sorted labels) → value, at a monotonic time."""
+
+    at: float
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
+
+    def total(self, name: str, **match: str) -> float | None:
+        values = [v for (n, labels), v in self.samples.items() if n == name and _matches(labels, match)]
+        return sum(values) if values else None
+
+    def series(self, name: str) -> list[tuple[dict[str, str], float]]:
+        return [(dict(labels), v) for (n, labels), v in self.samples.items() if n == name]
+
+    def names(self) -> set[str]:
+        return {n for n, _ in self.samples}
+
+
+def _matches(labels: tuple[tuple[str, str], ...], match: dict[str, str]) -> bool:
+    d = dict(labels)
+    return all(d.get(k) == v for k, v in match.items())
+
+
+def parse(text: str, at: float) -> Scrape:
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = float(s.value)
+    return Scrape(at=at, samples=samples)
+
+
+def _rate(now: Scrape, before: Scrape | None, name: str, **match: str) -> float | None:
+    current = now.total(name, **match)
+    if current is None or before is None or now.at <= before.at:
+        return None
+    previous = before.total(name, **match) or 0.0
+    return max(0.0, current - previous) / (now.at - before.at)
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """The q-quantile from cumulative histogram buckets [(upper bound, count)], linear within a bucket."""
+    buckets = sorted(buckets)
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound  # beyond the last finite bound: report that bound
+            inside = count - lower_count
+            fraction = (rank - lower_count) / inside if inside > 0 else 1.0
+            return round(lower_bound + (bound - lower_bound) * fraction, 6)
+        lower_bound, lower_count = bound, count
+    return None
+
+
+def _histogram(now: Scrape, before: Scrape | None, names: tuple[str, ...]) -> tuple[float | None, float | None]:
+    for name in names:
+        series = now.series(f"{name}_bucket")
+        if not series:
+            continue
+        by_bound: dict[float, float] = {}
+        for labels, value in series:
+            by_bound[float(labels["le"])] = by_bound.get(float(labels["le"]), 0.0) + value
+        if before is not None:  # the distribution since the last scrape, when there was traffic in between
+            for labels, value in before.series(f"{name}_bucket"):
+                by_bound[float(labels["le"])] -= value
+            if not any(v > 0 for v in by_bound.values()):
+                by_bound = {}
+                for labels, value in series:
+                    by_bound[float(labels["le"])] = by_bound.get(float(labels["le"]), 0.0) + value
+        buckets = list(by_bound.items())
+        return quantile(buckets, 0.5), quantile(buckets, 0.99)
+    return None, None
+
+
+def _first_with(now: Scrape, *parts: str) -> str | None:
+    return next((n for n in sorted(now.names()) if all(p in n for p in parts)), None)
+
+
+def service_health(service: str, now: Scrape | None, before: Scrape | None, error: str | None = None) -> ServiceHealth:
+    """A service's health from its latest scrape (and the one before, for rates); `now` None means unreachable."""
+    if now is None:
+        return ServiceHealth(service=service, up=False, error=error or "no answer")
+    p50, p99 = _histogram(now, before, PROCESSING_HISTOGRAMS)
+    http_p50, http_p99 = _histogram(now, before, HTTP_HISTOGRAMS)
+    http_error_rate = None
+    if requests := _first_with(now, "http_", "requests_total"):
+        total = now.total(requests) or 0.0
+        errors = sum(v for labels, v in now.series(requests) if _status(labels).startswith("5"))
+        http_error_rate = round(errors / total, 6) if total else 0.0
+    cache_hit_rate = None
+    hits, misses = _first_with(now, "cache_hits"), _first_with(now, "cache_misses")
+    if hits and misses:
+        h, m = now.total(hits) or 0.0, now.total(misses) or 0.0
+        cache_hit_rate = round(h / (h + m), 6) if h + m else None
+    pool = _first_with(now, "pool", "in_use") or _first_with(now, "pool", "used")
+    lag = [
+        ConsumerLag(
+            group=labels.get("group", labels.get("consumer", service)),
+            topic=labels.get("topic", ""),
+            partition=int(labels.get("partition", 0)),
+            lag=max(0, int(value)),
+        )
+        for name in sorted(n for n in now.names() if "consumer_lag" in n)
+        for labels, value in now.series(name)
+    ]
+    return ServiceHealth(
+        service=service,
+        up=True,
+        processing_rate=_round(_rate(now, before, "faststream_received_processed_messages_total")),
+        error_rate=_round(_rate(now, before, "faststream_received_processed_messages_exceptions_total")),
+        dead_letter_rate=_round(
+            _rate(now, before, "faststream_published_messages_total", destination=DEAD_LETTERS.name)
+        ),
+        processing_p50_s=p50,
+        processing_p99_s=p99,
+        http_p50_s=http_p50,
+        http_p99_s=http_p99,
+        http_error_rate=http_error_rate,
+        cache_hit_rate=cache_hit_rate,
+        db_pool_in_use=now.total(pool) if pool else None,
+        cpu_seconds_per_second=_round(_rate(now, before, "process_cpu_seconds_total")),
+        memory_bytes=now.total("process_resident_memory_bytes"),
+        consumer_lag=lag,
+    )
+
+
+def _status(labels: dict[str, str]) -> str:
+    return labels.get("status", labels.get("status_code", labels.get("http_status_code", "")))
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)

@@ -1,0 +1,58 @@
+"""Hot read models in Redis for the gateway: the latest market, user, system and health snapshots, the
+leaderboards and the cached calibration. PostgreSQL keeps the same snapshots; Redis is the fast copy."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis.asyncio as redis
+
+from om_runtime.cache import KeySpace
+
+LEADERBOARDS = ("pnl", "volume", "success_rate")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+class HotModels:
+    def __init__(self, client: redis.Redis, prefix: str = "analytics") -> None:
+        self.redis = client
+        self.keys = KeySpace(prefix)
+
+    async def put_markets(self, snapshots: dict[str, dict]) -> None:
+        if snapshots:
+            await self.redis.mset({self.keys.key("market", m): _dumps(s) for m, s in snapshots.items()})
+
+    async def put_users(self, snapshots: dict[str, dict]) -> None:
+        if not snapshots:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.mset({self.keys.key("user", u): _dumps(s) for u, s in snapshots.items()})
+            pipe.zadd(self.keys.key("leaderboard", "pnl"), {u: s["total_pnl"] for u, s in snapshots.items()})
+            pipe.zadd(self.keys.key("leaderboard", "volume"), {u: s["total_volume"] for u, s in snapshots.items()})
+            rated = {u: s["success_rate"] for u, s in snapshots.items() if s["success_rate"] is not None}
+            if rated:
+                pipe.zadd(self.keys.key("leaderboard", "success_rate"), rated)
+            await pipe.execute()
+
+    async def market(self, market_id: str) -> dict | None:
+        return _loads(await self.redis.get(self.keys.key("market", market_id)))
+
+    async def put(self, name: str, value: Any, ttl_s: float | None = None) -> None:
+        await self.redis.set(self.keys.key(name), _dumps(value), px=int(ttl_s * 1000) if ttl_s else None)
+
+    async def forget(self, name: str) -> None:
+        await self.redis.delete(self.keys.key(name))
+
+    async def get(self, name: str) -> Any:
+        return _loads(await self.redis.get(self.keys.key(name)))
+
+    async def leaderboard(self, by: str, limit: int) -> list[tuple[str, float]]:
+        return await self.redis.zrevrange(self.keys.key("leaderboard", by), 0, limit - 1, withscores=True)
+
+
+def _loads(raw: str | None) -> Any:
+    return None if raw is None else json.loads(raw)
