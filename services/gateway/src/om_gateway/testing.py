@@ -160,3 +160,27 @@ async def running_gateway(settings: GatewaySettings, **upstream_apps: FastAPI) -
     async with app_client(app) as client:
         yield app, client
 
+
+
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[str]:
+    """Run an app with uvicorn on a free loopback port in this process (for WebSocket clients); yields its URL."""
+    import asyncio
+
+    import uvicorn
+
+    from om_cli.embedded import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("uvicorn stopped before it started")
+            await asyncio.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
