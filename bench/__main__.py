@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import websockets
 
+from om_cli.credentials import auth_headers
 from om_cli.embedded import Ports, free_port, start_infrastructure
 from om_cli.platform import Platform, ServicePorts
 
@@ -54,10 +55,10 @@ def trade(market: str, i: int) -> dict:
     }
 
 
-async def latency(gateway: str, samples: int) -> list[float]:
+async def latency(gateway: str, samples: int, api_key: str | None) -> list[float]:
     """Seconds from POST /trades to the market_update it causes on a subscribed WebSocket."""
-    api = httpx.AsyncClient(base_url=gateway + "/api/v1", timeout=10)
-    ws_url = gateway.replace("http", "ws", 1) + "/api/v1/ai-analytics/ws/analytics/bench"
+    api = httpx.AsyncClient(base_url=gateway + "/api/v1", timeout=10, headers=auth_headers(api_key))
+    ws_url = gateway.replace("http", "ws", 1) + f"/api/v1/ai-analytics/ws/analytics/bench?token={api_key}"
     async with api, websockets.connect(ws_url) as ws:
         market = await create_market(api)
         await ws.send(json.dumps({"type": "subscribe", "market_ids": [market]}))
@@ -73,9 +74,9 @@ async def latency(gateway: str, samples: int) -> list[float]:
         return results
 
 
-async def throughput(gateway: str, analytics: str, trades: int, batch: int) -> tuple[float, float]:
+async def throughput(gateway: str, analytics: str, trades: int, batch: int, api_key: str | None) -> tuple[float, float]:
     """(trades/s accepted by the API in batches, trades/s through to analytics)."""
-    async with httpx.AsyncClient(base_url=gateway + "/api/v1", timeout=60) as api:
+    async with httpx.AsyncClient(base_url=gateway + "/api/v1", timeout=60, headers=auth_headers(api_key)) as api:
         market = await create_market(api)
         started = time.perf_counter()
         for offset in range(0, trades, batch):
@@ -103,8 +104,10 @@ def main() -> None:
         try:
             platform.start(timeout_s=90)
             gateway, analytics = platform.url("gateway"), platform.url("analytics")
-            lat = asyncio.run(latency(gateway, args.latency_samples))
-            accepted, through = asyncio.run(throughput(gateway, analytics, args.trades, args.batch))
+            lat = asyncio.run(latency(gateway, args.latency_samples, platform.admin_api_key))
+            accepted, through = asyncio.run(
+                throughput(gateway, analytics, args.trades, args.batch, platform.admin_api_key)
+            )
             memory = {s.name: rss_mib(s.process.pid) for s in platform.running}
         finally:
             platform.stop()

@@ -24,8 +24,12 @@ def system_event(total_users: int = 10, *, at: datetime = T0, top: int = 2) -> S
         occurred_at=at,
         producer="analytics",
         system_metrics=SystemMetrics(
-            total_users=total_users, active_users=4, total_markets=7, active_markets=5,
-            total_volume_24h=1234.5, total_trades_24h=321,
+            total_users=total_users,
+            active_users=4,
+            total_markets=7,
+            active_markets=5,
+            total_volume_24h=1234.5,
+            total_trades_24h=321,
         ),
         top_markets=[
             MarketSummary(market_id=f"m-{i}", current_price=0.25 * (i + 1), volume_24h=100.0 - i, price_change_24h=-1.5)
@@ -36,9 +40,18 @@ def system_event(total_users: int = 10, *, at: datetime = T0, top: int = 2) -> S
 
 def market_event(market_id: str = "m-1", price: float = 0.6) -> MarketMetricsUpdated:
     return MarketMetricsUpdated(
-        occurred_at=T0, producer="analytics", market_id=market_id, status="open", current_price=price,
-        price_change_24h=20.0, volume_24h=50.0, total_volume=80.0, trade_count=9, participant_count=4,
-        predicted_probability=0.61, model_version="baseline-market-price",
+        occurred_at=T0,
+        producer="analytics",
+        market_id=market_id,
+        status="open",
+        current_price=price,
+        price_change_24h=20.0,
+        volume_24h=50.0,
+        total_volume=80.0,
+        trade_count=9,
+        participant_count=4,
+        predicted_probability=0.61,
+        model_version="baseline-market-price",
     )
 
 
@@ -53,8 +66,14 @@ def test_analytics_update_keeps_the_product_shape() -> None:
     assert message == {
         "type": "analytics_update",
         "timestamp": "2025-06-15T12:00:00Z",
-        "system_metrics": {"total_users": 10, "active_users": 4, "total_markets": 7, "active_markets": 5,
-                           "total_volume_24h": 1234.5, "total_trades_24h": 321},
+        "system_metrics": {
+            "total_users": 10,
+            "active_users": 4,
+            "total_markets": 7,
+            "active_markets": 5,
+            "total_volume_24h": 1234.5,
+            "total_trades_24h": 321,
+        },
         "top_markets": [
             {"market_id": "m-0", "current_price": 0.25, "volume_24h": 100.0, "price_change_24h": -1.5},
             {"market_id": "m-1", "current_price": 0.5, "volume_24h": 99.0, "price_change_24h": -1.5},
@@ -187,10 +206,18 @@ def test_user_channels_follow_the_matrix() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "not json", "", '{"type": "dance"}', '{"channels": ["system"]}', '{"type": "subscribe"}',
-        '{"type": "subscribe", "channels": "system"}', '{"type": "subscribe", "channels": ["nowhere"]}',
-        '{"type": "subscribe", "channels": ["market/a b"]}', '{"type": "subscribe", "market_ids": 7}',
-        '{"type": "subscribe", "channels": ["system"], "since": "yesterday"}', '["subscribe"]', "null",
+        "not json",
+        "",
+        '{"type": "dance"}',
+        '{"channels": ["system"]}',
+        '{"type": "subscribe"}',
+        '{"type": "subscribe", "channels": "system"}',
+        '{"type": "subscribe", "channels": ["nowhere"]}',
+        '{"type": "subscribe", "channels": ["market/a b"]}',
+        '{"type": "subscribe", "market_ids": 7}',
+        '{"type": "subscribe", "channels": ["system"], "since": "yesterday"}',
+        '["subscribe"]',
+        "null",
     ],
 )
 def test_bad_messages_get_an_error_and_change_nothing(text: str) -> None:
@@ -201,3 +228,16 @@ def test_bad_messages_get_an_error_and_change_nothing(text: str) -> None:
     assert reply["type"] == "error" and reply["code"] == "bad-request"
     assert c.channels == {"system"}
     assert json.loads(json.dumps(reply)) == reply
+
+
+def test_the_original_endpoint_gets_analytics_update_unchanged() -> None:
+    hub, (new, old) = hub_with("new", "old")
+    old.legacy = True
+    hub.publish(SYSTEM, system_event(1), 0, 7)
+    hub.subscribe(old, "system")
+    hub.subscribe(new, "system")
+    assert old.drain() == [analytics_update(system_event(1))]  # the current state at once, as before
+    new.drain()
+    hub.publish(SYSTEM, system_event(2), 0, 8)
+    assert old.drain() == [analytics_update(system_event(2))]
+    assert new.drain()[0]["seq"] == 8

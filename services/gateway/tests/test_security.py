@@ -25,7 +25,8 @@ PROBES: dict[str, tuple[str, str, Any]] = {
     "markets:read": ("GET", "/api/v1/markets/m1", None),
     "markets:write": ("POST", "/api/v1/markets/m1/close", None),
     "trades:write": (
-        "POST", "/api/v1/trades",
+        "POST",
+        "/api/v1/trades",
         {"market_id": "m1", "user_id": "{user}", "outcome": "YES", "amount": 1, "shares": 2, "price": 0.5},
     ),
     "signals:write": ("POST", "/api/v1/signals", {"market_id": "m1", "kind": "news", "source": "x", "text": "y"}),
@@ -75,8 +76,11 @@ async def test_role_matrix_cell_by_cell(gateway) -> None:
         pytest.param(lambda: token("admin", exp=int(time.time()) - 3600), id="expired"),
         pytest.param(lambda: token("admin", aud="someone-else"), id="wrong-audience"),
         pytest.param(
-            lambda: jwt.encode({"sub": "x", "role": "admin", "aud": "opinion-market", "exp": int(time.time()) + 60},
-                               None, algorithm="none"),
+            lambda: jwt.encode(
+                {"sub": "x", "role": "admin", "aud": "opinion-market", "exp": int(time.time()) + 60},
+                None,
+                algorithm="none",
+            ),
             id="alg-none",
         ),
         pytest.param(lambda: token("emperor"), id="unknown-role"),
@@ -100,8 +104,9 @@ async def test_bad_credentials_are_refused(gateway, credential) -> None:
 async def test_api_keys_are_shown_once_hashed_at_rest_and_revocable(gateway, infra_env) -> None:
     app, client = gateway
     admin = bearer(ADMIN_KEY)
-    created = await client.post("/api/v1/admin/api-keys", json={"name": "desk", "role": "trader", "subject": "u7"},
-                                headers=admin)
+    created = await client.post(
+        "/api/v1/admin/api-keys", json={"name": "desk", "role": "trader", "subject": "u7"}, headers=admin
+    )
     assert created.status_code == 201
     key, key_id = created.json()["api_key"], created.json()["key_id"]
     assert key.startswith(f"omk_{key_id}_")
@@ -154,8 +159,9 @@ async def test_rs256_tokens_from_a_jwks_url(infra_env, tmp_path) -> None:
 
 
 async def test_rate_limits_answer_429_with_retry_after_and_are_counted(infra_env, tmp_path) -> None:
-    settings = gateway_settings(infra_env, tmp_path, rate_limits={"anonymous": "3/minute", "viewer": "5/minute",
-                                                                   "admin": "1000/minute"})
+    settings = gateway_settings(
+        infra_env, tmp_path, rate_limits={"anonymous": "3/minute", "viewer": "5/minute", "admin": "1000/minute"}
+    )
     async with running_gateway(settings) as (_, client):
         viewer = bearer(token("viewer", sub="rate-test-viewer"))
         codes = [(await client.get("/api/v1/markets/m1", headers=viewer)).status_code for _ in range(7)]
@@ -171,7 +177,9 @@ async def test_body_limit_headers_and_operational_endpoints(gateway) -> None:
     _, client = gateway
     admin = bearer(ADMIN_KEY)
     huge = b'{"trades": [' + b"0," * 600_000 + b"0]}"
-    too_big = await client.post("/api/v1/trades/batch", content=huge, headers={**admin, "content-type": "application/json"})
+    too_big = await client.post(
+        "/api/v1/trades/batch", content=huge, headers={**admin, "content-type": "application/json"}
+    )
     assert too_big.status_code == 413 and too_big.json()["type"] == "urn:opinion-market:problem:payload-too-large"
 
     page = await client.get("/")
@@ -204,11 +212,19 @@ async def test_trader_records_only_own_trades_and_upstream_errors_are_problems(g
     missing = await client.get("/api/v1/ai-analytics/predictions/unknown-1", headers=admin)
     assert missing.status_code == 404
     assert missing.json() == {
-        "type": "urn:opinion-market:problem:not-found", "title": "No such resource", "status": 404,
+        "type": "urn:opinion-market:problem:not-found",
+        "title": "No such resource",
+        "status": 404,
         "detail": "no prediction for unknown-1",
     }
-    batch = await client.post("/api/v1/trades/batch", headers=bearer(token(Role.trader, sub="me")), json={"trades": [
-        {"market_id": "m1", "user_id": "me", "outcome": "YES", "amount": 1, "shares": 2, "price": 0.5},
-        {"market_id": "m1", "user_id": "you", "outcome": "YES", "amount": 1, "shares": 2, "price": 0.5},
-    ]})
+    batch = await client.post(
+        "/api/v1/trades/batch",
+        headers=bearer(token(Role.trader, sub="me")),
+        json={
+            "trades": [
+                {"market_id": "m1", "user_id": "me", "outcome": "YES", "amount": 1, "shares": 2, "price": 0.5},
+                {"market_id": "m1", "user_id": "you", "outcome": "YES", "amount": 1, "shares": 2, "price": 0.5},
+            ]
+        },
+    )
     assert batch.status_code == 403

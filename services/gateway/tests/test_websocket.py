@@ -23,23 +23,42 @@ pytestmark = pytest.mark.integration
 
 
 def market(price: float, market_id: str = "m1") -> bytes:
-    return encode(MarketMetricsUpdated(
-        occurred_at=datetime.now(UTC), producer="test", market_id=market_id, status="open", current_price=price,
-        price_change_24h=0.0, volume_24h=1.0, total_volume=1.0, trade_count=1, participant_count=1,
-    ))
+    return encode(
+        MarketMetricsUpdated(
+            occurred_at=datetime.now(UTC),
+            producer="test",
+            market_id=market_id,
+            status="open",
+            current_price=price,
+            price_change_24h=0.0,
+            volume_24h=1.0,
+            total_volume=1.0,
+            trade_count=1,
+            participant_count=1,
+        )
+    )
 
 
 def system(trades: int) -> bytes:
-    return encode(SystemMetricsUpdated(
-        occurred_at=datetime.now(UTC), producer="test",
-        system_metrics=SystemMetrics(total_users=3, active_users=2, total_markets=1, active_markets=1,
-                                     total_volume_24h=12.5, total_trades_24h=trades),
-        top_markets=[MarketSummary(market_id="m1", current_price=0.6, volume_24h=12.5, price_change_24h=20.0)],
-    ))
+    return encode(
+        SystemMetricsUpdated(
+            occurred_at=datetime.now(UTC),
+            producer="test",
+            system_metrics=SystemMetrics(
+                total_users=3,
+                active_users=2,
+                total_markets=1,
+                active_markets=1,
+                total_volume_24h=12.5,
+                total_trades_24h=trades,
+            ),
+            top_markets=[MarketSummary(market_id="m1", current_price=0.6, volume_24h=12.5, price_change_24h=20.0)],
+        )
+    )
 
 
-async def next_of(ws: Any, kind: str, timeout: float = 15) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
+async def next_of(ws: Any, kind: str) -> dict[str, Any]:
+    async with asyncio.timeout(15):
         while True:
             message = json.loads(await ws.recv())
             if message["type"] == kind:
@@ -47,8 +66,10 @@ async def next_of(ws: Any, kind: str, timeout: float = 15) -> dict[str, Any]:
 
 
 def gateway_app(infra_env: dict[str, str], tmp_path: Any) -> Any:
-    transports = {n: httpx.ASGITransport(app=a()) for n, a in
-                  (("ingest", stub_ingest), ("prediction", stub_prediction), ("analytics", stub_analytics))}
+    transports = {
+        n: httpx.ASGITransport(app=a())
+        for n, a in (("ingest", stub_ingest), ("prediction", stub_prediction), ("analytics", stub_analytics))
+    }
     return create_app(gateway_settings(infra_env, tmp_path), transports=transports)
 
 

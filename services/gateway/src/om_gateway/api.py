@@ -33,9 +33,7 @@ from om_gateway.problems import documented
 from om_gateway.upstream import Upstreams
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
-MarketIdPath = Annotated[
-    str, Path(min_length=1, max_length=64, pattern=ID_PATTERN, examples=["will-it-rain-tomorrow"])
-]
+MarketIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN, examples=["will-it-rain-tomorrow"])]
 UserIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN, examples=["user-42"])]
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 
@@ -118,8 +116,14 @@ def router(up: Upstreams, gate: Gate) -> APIRouter:
 
     # --- markets and trades (ingest; listing and history from analytics) ----------------------------
 
-    @api.post("/markets", tags=["markets"], status_code=201, response_model=MarketOut, responses=WRITE,
-              dependencies=[write_markets])
+    @api.post(
+        "/markets",
+        tags=["markets"],
+        status_code=201,
+        response_model=MarketOut,
+        responses=WRITE,
+        dependencies=[write_markets],
+    )
     async def create_market(request: Request, _: MarketIn, idempotency_key: IdempotencyKey = None) -> Response:
         """Create a binary market, open for trading until `close_at`. Roles: admin, service."""
         return await to_ingest("/markets", request)
@@ -138,14 +142,24 @@ def router(up: Upstreams, gate: Gate) -> APIRouter:
         params = _params(status=status, category=category, sort=sort, order=order, cursor=cursor, limit=limit)
         return await up.forward("analytics", "GET", "/v1/markets", params=params)
 
-    @api.get("/markets/{market_id}", tags=["markets"], response_model=MarketOut, responses=READ_ONE,
-             dependencies=[read_markets])
+    @api.get(
+        "/markets/{market_id}",
+        tags=["markets"],
+        response_model=MarketOut,
+        responses=READ_ONE,
+        dependencies=[read_markets],
+    )
     async def get_market(market_id: MarketIdPath, request: Request) -> Response:
         """One market: question, status, current price."""
         return await to_ingest(f"/markets/{market_id}", request)
 
-    @api.get("/markets/{market_id}/trades", tags=["markets"], response_model=list[TradeOut], responses=READ_ONE,
-             dependencies=[read_markets])
+    @api.get(
+        "/markets/{market_id}/trades",
+        tags=["markets"],
+        response_model=list[TradeOut],
+        responses=READ_ONE,
+        dependencies=[read_markets],
+    )
     async def market_trades(
         market_id: MarketIdPath, request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> Response:
@@ -164,29 +178,45 @@ def router(up: Upstreams, gate: Gate) -> APIRouter:
         params = _params(timeframe=timeframe, resolution=resolution, **{"from": from_}, to=to)
         return await up.forward("analytics", "GET", f"/v1/markets/{market_id}/candles", params=params)
 
-    @api.get("/markets/{market_id}/price-history", tags=["markets"], responses=READ_ONE,
-             dependencies=[read_markets])
+    @api.get("/markets/{market_id}/price-history", tags=["markets"], responses=READ_ONE, dependencies=[read_markets])
     async def price_history(market_id: MarketIdPath, from_: FromQuery = None, to: ToQuery = None) -> Response:
         """Every price the market traded at in the range, oldest first."""
         params = _params(**{"from": from_}, to=to)
         return await up.forward("analytics", "GET", f"/v1/markets/{market_id}/price-history", params=params)
 
-    @api.post("/markets/{market_id}/close", tags=["markets"], response_model=MarketOut, responses=WRITE,
-              dependencies=[write_markets])
-    async def close_market(market_id: MarketIdPath, request: Request, idempotency_key: IdempotencyKey = None) -> Response:
+    @api.post(
+        "/markets/{market_id}/close",
+        tags=["markets"],
+        response_model=MarketOut,
+        responses=WRITE,
+        dependencies=[write_markets],
+    )
+    async def close_market(
+        market_id: MarketIdPath, request: Request, idempotency_key: IdempotencyKey = None
+    ) -> Response:
         """Stop trading; the outcome is not known yet."""
         return await to_ingest(f"/markets/{market_id}/close", request)
 
-    @api.post("/markets/{market_id}/resolve", tags=["markets"], response_model=MarketOut, responses=WRITE,
-              dependencies=[write_markets])
+    @api.post(
+        "/markets/{market_id}/resolve",
+        tags=["markets"],
+        response_model=MarketOut,
+        responses=WRITE,
+        dependencies=[write_markets],
+    )
     async def resolve_market(
         market_id: MarketIdPath, request: Request, _: ResolveIn, idempotency_key: IdempotencyKey = None
     ) -> Response:
         """Settle the market: YES (1), NO (0) or MKT at a probability."""
         return await to_ingest(f"/markets/{market_id}/resolve", request)
 
-    @api.post("/markets/{market_id}/cancel", tags=["markets"], response_model=MarketOut, responses=WRITE,
-              dependencies=[write_markets])
+    @api.post(
+        "/markets/{market_id}/cancel",
+        tags=["markets"],
+        response_model=MarketOut,
+        responses=WRITE,
+        dependencies=[write_markets],
+    )
     async def cancel_market(
         market_id: MarketIdPath, request: Request, _: CancelIn | None = None, idempotency_key: IdempotencyKey = None
     ) -> Response:
@@ -254,19 +284,37 @@ def router(up: Upstreams, gate: Gate) -> APIRouter:
 
     ai = "/ai-analytics"
 
-    @api.get(f"{ai}/predictions/{{market_id}}", tags=["ai-analytics"], summary="A market's prediction",
-             response_model=PredictionMade, responses=READ_ONE, dependencies=[read_predictions])
+    @api.get(
+        f"{ai}/predictions/{{market_id}}",
+        tags=["ai-analytics"],
+        summary="A market's prediction",
+        response_model=PredictionMade,
+        responses=READ_ONE,
+        dependencies=[read_predictions],
+    )
     async def prediction(market_id: MarketIdPath) -> Response:
         return await up.forward("prediction", "GET", f"/v1/markets/{market_id}/prediction")
 
-    @api.post(f"{ai}/predictions/batch", tags=["ai-analytics"], summary="Predictions of many markets",
-              response_model=BatchOut, responses=READ, dependencies=[read_predictions])
+    @api.post(
+        f"{ai}/predictions/batch",
+        tags=["ai-analytics"],
+        summary="Predictions of many markets",
+        response_model=BatchOut,
+        responses=READ,
+        dependencies=[read_predictions],
+    )
     async def prediction_batch(body: BatchIn) -> Response:
         content = json.dumps({"market_ids": list(dict.fromkeys(body.market_ids))}).encode()
         return await up.forward("prediction", "POST", "/v1/predictions/batch", content=content)
 
-    @api.get(f"{ai}/predictions/{{market_id}}/history", tags=["ai-analytics"], summary="Prediction history",
-             response_model=Page, responses=READ_ONE, dependencies=[read_predictions])
+    @api.get(
+        f"{ai}/predictions/{{market_id}}/history",
+        tags=["ai-analytics"],
+        summary="Prediction history",
+        response_model=Page,
+        responses=READ_ONE,
+        dependencies=[read_predictions],
+    )
     async def prediction_history(
         market_id: MarketIdPath,
         from_: FromQuery = None,
@@ -277,52 +325,79 @@ def router(up: Upstreams, gate: Gate) -> APIRouter:
         params = _params(**{"from": from_}, to=to, cursor=cursor, limit=limit)
         return await up.forward("prediction", "GET", f"/v1/markets/{market_id}/predictions", params=params)
 
-    @api.get(f"{ai}/analytics/market/{{market_id}}", tags=["ai-analytics"], summary="A market's metrics",
-             responses=READ_ONE, dependencies=[read_analytics])
+    @api.get(
+        f"{ai}/analytics/market/{{market_id}}",
+        tags=["ai-analytics"],
+        summary="A market's metrics",
+        responses=READ_ONE,
+        dependencies=[read_analytics],
+    )
     async def market_analytics(market_id: MarketIdPath) -> Response:
         return await up.forward("analytics", "GET", f"/v1/markets/{market_id}/metrics")
 
-    @api.get(f"{ai}/analytics/user/{{user_id}}", tags=["ai-analytics"], summary="A user's metrics",
-             responses=READ_ONE)
-    async def user_analytics(
-        user_id: UserIdPath, principal: Principal = read_users
-    ) -> Response:
+    @api.get(f"{ai}/analytics/user/{{user_id}}", tags=["ai-analytics"], summary="A user's metrics", responses=READ_ONE)
+    async def user_analytics(user_id: UserIdPath, principal: Principal = read_users) -> Response:
         require_own(principal, "users:read", user_id)
         return await up.forward("analytics", "GET", f"/v1/users/{user_id}/metrics")
 
-    @api.get(f"{ai}/analytics/user/{{user_id}}/portfolio", tags=["ai-analytics"], summary="A user's positions",
-             responses=READ_ONE)
-    async def user_portfolio(
-        user_id: UserIdPath, principal: Principal = read_users
-    ) -> Response:
+    @api.get(
+        f"{ai}/analytics/user/{{user_id}}/portfolio",
+        tags=["ai-analytics"],
+        summary="A user's positions",
+        responses=READ_ONE,
+    )
+    async def user_portfolio(user_id: UserIdPath, principal: Principal = read_users) -> Response:
         require_own(principal, "users:read", user_id)
         return await up.forward("analytics", "GET", f"/v1/users/{user_id}/portfolio")
 
-    @api.get(f"{ai}/analytics/system", tags=["ai-analytics"], summary="Platform metrics, top markets",
-             response_model=SystemMetricsUpdated, responses=READ, dependencies=[read_analytics])
+    @api.get(
+        f"{ai}/analytics/system",
+        tags=["ai-analytics"],
+        summary="Platform metrics, top markets",
+        response_model=SystemMetricsUpdated,
+        responses=READ,
+        dependencies=[read_analytics],
+    )
     async def system_analytics() -> Response:
         return await up.forward("analytics", "GET", "/v1/system/metrics")
 
-    @api.get(f"{ai}/analytics/system/health", tags=["ai-analytics"], summary="Each service's health",
-             responses=READ, dependencies=[read_analytics])
+    @api.get(
+        f"{ai}/analytics/system/health",
+        tags=["ai-analytics"],
+        summary="Each service's health",
+        responses=READ,
+        dependencies=[read_analytics],
+    )
     async def system_health() -> Response:
         return await up.forward("analytics", "GET", "/v1/system/health")
 
-    @api.get(f"{ai}/analytics/calibration", tags=["ai-analytics"], summary="How well predictions were calibrated",
-             responses=READ, dependencies=[read_analytics])
+    @api.get(
+        f"{ai}/analytics/calibration",
+        tags=["ai-analytics"],
+        summary="How well predictions were calibrated",
+        responses=READ,
+        dependencies=[read_analytics],
+    )
     async def calibration(category: Annotated[str | None, Query(min_length=1, max_length=64)] = None) -> Response:
         return await up.forward("analytics", "GET", "/v1/calibration", params=_params(category=category))
 
-    @api.get(f"{ai}/insights/market/{{market_id}}", tags=["ai-analytics"], summary="Everything about a market",
-             responses=READ_ONE, dependencies=[read_analytics])
+    @api.get(
+        f"{ai}/insights/market/{{market_id}}",
+        tags=["ai-analytics"],
+        summary="Everything about a market",
+        responses=READ_ONE,
+        dependencies=[read_analytics],
+    )
     async def market_insights(market_id: MarketIdPath) -> Response:
         return await up.forward("analytics", "GET", f"/v1/insights/market/{market_id}")
 
-    @api.get(f"{ai}/insights/portfolio/{{user_id}}", tags=["ai-analytics"], summary="A user's portfolio insights",
-             responses=READ_ONE)
-    async def portfolio_insights(
-        user_id: UserIdPath, principal: Principal = read_users
-    ) -> Response:
+    @api.get(
+        f"{ai}/insights/portfolio/{{user_id}}",
+        tags=["ai-analytics"],
+        summary="A user's portfolio insights",
+        responses=READ_ONE,
+    )
+    async def portfolio_insights(user_id: UserIdPath, principal: Principal = read_users) -> Response:
         require_own(principal, "users:read", user_id)
         return await up.forward("analytics", "GET", f"/v1/insights/portfolio/{user_id}")
 
@@ -332,5 +407,3 @@ def router(up: Upstreams, gate: Gate) -> APIRouter:
 def _own_trades(principal: Principal, trades: list[TradeIn]) -> None:
     if principal.role is Role.trader and any(t.user_id != principal.subject for t in trades):
         raise HTTPException(403, f"a trader records only their own trades (user_id {principal.subject!r})")
-
-

@@ -62,8 +62,9 @@ def create_app(
     live = LiveEndpoint(hub, auth, settings, runtime.registry)
     runtime.add_loop(
         "live-feed",
-        lambda: feed.follow(hub, settings.kafka_bootstrap_servers, settings.ws_history_s,
-                            settings.kafka_fetch_max_wait_ms),
+        lambda: feed.follow(
+            hub, settings.kafka_bootstrap_servers, settings.ws_history_s, settings.kafka_fetch_max_wait_ms
+        ),
     )
     runtime.add_loop("ws-heartbeats", live.heartbeats)
 

@@ -54,8 +54,13 @@ async def follow(hub: LiveHub, bootstrap: str, history_s: float, fetch_max_wait_
                     try:
                         event = decode(topic, record.value)
                     except DecodeError as exc:
-                        log.warning("skipped an undecodable update at %s/%d@%d: %s", tp.topic, tp.partition,
-                                    record.offset, exc.reason)
+                        log.warning(
+                            "skipped an undecodable update at %s/%d@%d: %s",
+                            tp.topic,
+                            tp.partition,
+                            record.offset,
+                            exc.reason,
+                        )
                         continue
                     hub.publish(source, event, tp.partition, record.offset)
     finally:

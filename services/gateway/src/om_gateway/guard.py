@@ -13,10 +13,11 @@ from om_gateway.access import MATRIX, allowed
 from om_gateway.auth import Authenticator, Principal, Unauthenticated
 from om_gateway.ratelimit import RateLimits
 
-bearer = HTTPBearer(
+_bearer = HTTPBearer(
     auto_error=False,
     description="An API key (`omk_...`, created by an admin) or a JWT: `Authorization: Bearer <credential>`.",
 )
+bearer = Depends(_bearer)
 
 
 def client_ip(request: Request) -> str:
@@ -31,9 +32,7 @@ class Gate:
     def __call__(self, operation: str) -> Callable[..., Awaitable[Principal]]:
         assert operation in MATRIX, operation
 
-        async def check(
-            request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
-        ) -> Principal:
+        async def check(request: Request, credentials: HTTPAuthorizationCredentials | None = bearer) -> Principal:
             ip = client_ip(request)
             try:
                 principal = await self.auth.authenticate(

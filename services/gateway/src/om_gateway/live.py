@@ -49,7 +49,11 @@ def analytics_update(event: SystemMetricsUpdated) -> dict[str, Any]:
 
 def market_update(event: MarketMetricsUpdated) -> dict[str, Any]:
     """Channel `market/{id}`."""
-    return {"type": "market_update", "timestamp": _stamp(event), "market": event.model_dump(mode="json", exclude=_ENVELOPE)}
+    return {
+        "type": "market_update",
+        "timestamp": _stamp(event),
+        "market": event.model_dump(mode="json", exclude=_ENVELOPE),
+    }
 
 
 def prediction_update(event: PredictionMade) -> dict[str, Any]:
@@ -100,6 +104,8 @@ class Client:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     slow: bool = False
     last_heard: float = 0.0
+    #: Connected on the product's original endpoint: `analytics_update` exactly as it always was (no seq).
+    legacy: bool = False
 
     def offer(self, text: str) -> bool:
         """Queue a text; False (and marked slow) if the client is too far behind to take it."""
@@ -130,6 +136,7 @@ class History:
 
     updates: deque[tuple[int, str]]
     trimmed_through: int = -1  # the highest seq no longer kept
+    legacy_latest: str | None = None  # the latest update in the original shape (channel `system` only)
 
 
 class LiveHub:
@@ -164,6 +171,10 @@ class LiveHub:
         client.channels.add(channel)
         self.subscribers.setdefault(channel, set()).add(client)
         history = self.history.get(channel)
+        if client.legacy and channel == "system":
+            if history is not None and history.legacy_latest is not None:
+                client.offer(history.legacy_latest)  # as before: the current state at once, nothing else
+            return
         if since is not None:
             complete = self.can_resume(channel, since)
             texts = [t for seq, t in history.updates if seq > since] if history else []
@@ -174,8 +185,8 @@ class LiveHub:
                 return
         latest = history.updates[-1] if history and history.updates else None
         seq = latest[0] if latest else None
-        head = f'{{"type":"snapshot","channel":{json.dumps(channel)},"seq":{json.dumps(seq)},"reset":{json.dumps(since is not None)},"message":'
-        client.offer(head + (latest[1] if latest else "null") + "}")
+        head = _json({"type": "snapshot", "channel": channel, "seq": seq, "reset": since is not None})
+        client.offer(head[:-1] + ',"message":' + (latest[1] if latest else "null") + "}")  # no re-encoding
 
     def can_resume(self, channel: str, since: int) -> bool:
         history = self.history.get(channel)
@@ -198,21 +209,23 @@ class LiveHub:
     def publish(self, source: Source, event: Any, partition: int, offset: int) -> str:
         """Number, encode once, remember and fan out one update; returns its channel."""
         channel = source.channel(event)
-        message = source.message(event)
-        message["channel"] = channel
-        message["seq"] = offset
-        text = _json(message)
         history = self.history.get(channel)
         if history is None:
             history = self.history[channel] = History(deque())
             self.partition_of[channel] = (source.topic, partition)
         if history.updates and offset <= history.updates[-1][0]:
             return channel  # already seen (a consumer restart re-reads): never twice
+        message = source.message(event)
+        legacy = _json(message) if channel == "system" else None
+        message["channel"] = channel
+        message["seq"] = offset
+        text = _json(message)
         history.updates.append((offset, text))
+        history.legacy_latest = legacy
         if len(history.updates) > self.backfill:
             history.trimmed_through = history.updates.popleft()[0]
         for client in self.subscribers.get(channel, ()):
-            client.offer(text)
+            client.offer(legacy if client.legacy and legacy is not None else text)
         return channel
 
     def heartbeat(self, now: float, stamp: str, idle_timeout_s: float) -> list[Client]:

@@ -1,6 +1,6 @@
-"""Test support for the gateway (used by its tests and the API conformance run): a gateway over real PostgreSQL, Redis and Kafka, with small real upstream apps in
-process (the agreed internal APIs of prediction and analytics, interfaces 4 and 5, answering from memory) where
-a test does not need the real services."""
+"""Test support for the gateway: a gateway over real PostgreSQL, Redis and Kafka, with small real upstream
+apps in process (the agreed internal APIs of prediction and analytics, interfaces 4 and 5, answering from
+memory) where a test does not need the real services."""
 
 from __future__ import annotations
 
@@ -35,18 +35,34 @@ def bearer(credential: str) -> dict[str, str]:
 
 def _market(market_id: str) -> dict[str, Any]:
     return {
-        "market_id": market_id, "question": f"Will {market_id} happen?", "category": "general", "status": "open",
-        "created_at": NOW.isoformat(), "close_at": (NOW + timedelta(days=7)).isoformat(), "current_price": 0.5,
-        "last_trade_at": None, "resolution": None, "resolution_price": None,
+        "market_id": market_id,
+        "question": f"Will {market_id} happen?",
+        "category": "general",
+        "status": "open",
+        "created_at": NOW.isoformat(),
+        "close_at": (NOW + timedelta(days=7)).isoformat(),
+        "current_price": 0.5,
+        "last_trade_at": None,
+        "resolution": None,
+        "resolution_price": None,
     }
 
 
 def _prediction(market_id: str) -> dict[str, Any]:
     return {
-        "event_id": "00000000-0000-0000-0000-000000000001", "event_type": "prediction.made", "schema_version": 1,
-        "occurred_at": NOW.isoformat(), "produced_at": NOW.isoformat(), "producer": "prediction",
-        "market_id": market_id, "probability": 0.6, "confidence": 0.6, "risk_level": "medium",
-        "model_version": "v1", "contributions": [], "features_as_of": NOW.isoformat(),
+        "event_id": "00000000-0000-0000-0000-000000000001",
+        "event_type": "prediction.made",
+        "schema_version": 1,
+        "occurred_at": NOW.isoformat(),
+        "produced_at": NOW.isoformat(),
+        "producer": "prediction",
+        "market_id": market_id,
+        "probability": 0.6,
+        "confidence": 0.6,
+        "risk_level": "medium",
+        "model_version": "v1",
+        "contributions": [],
+        "features_as_of": NOW.isoformat(),
     }
 
 
@@ -92,18 +108,32 @@ def stub_analytics() -> FastAPI:
     """analytics' internal API (interface 5), answering every path with a small document."""
     api = APIRouter(prefix="/v1")
     for path in (
-        "/markets/{key}/metrics", "/markets/{key}/candles", "/markets/{key}/price-history", "/users/{key}/metrics",
-        "/users/{key}/portfolio", "/insights/market/{key}", "/insights/portfolio/{key}",
+        "/markets/{key}/metrics",
+        "/markets/{key}/candles",
+        "/markets/{key}/price-history",
+        "/users/{key}/metrics",
+        "/users/{key}/portfolio",
+        "/insights/market/{key}",
+        "/insights/portfolio/{key}",
     ):
         api.get(path)(_echo)
     api.get("/markets")(lambda: {"items": [_market("m1")], "next_cursor": None})
     api.get("/system/metrics")(
         lambda: {
-            "event_id": "00000000-0000-0000-0000-000000000002", "event_type": "analytics.system_metrics_updated",
-            "schema_version": 1, "occurred_at": NOW.isoformat(), "produced_at": NOW.isoformat(),
+            "event_id": "00000000-0000-0000-0000-000000000002",
+            "event_type": "analytics.system_metrics_updated",
+            "schema_version": 1,
+            "occurred_at": NOW.isoformat(),
+            "produced_at": NOW.isoformat(),
             "producer": "analytics",
-            "system_metrics": {"total_users": 1, "active_users": 1, "total_markets": 1, "active_markets": 1,
-                               "total_volume_24h": 1.0, "total_trades_24h": 1},
+            "system_metrics": {
+                "total_users": 1,
+                "active_users": 1,
+                "total_markets": 1,
+                "active_markets": 1,
+                "total_volume_24h": 1.0,
+                "total_trades_24h": 1,
+            },
             "top_markets": [],
         }
     )
@@ -153,13 +183,14 @@ def gateway_settings(infra: dict[str, str], tmp_path: Path, **overrides: Any) ->
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(settings: GatewaySettings, **upstream_apps: FastAPI) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+async def running_gateway(
+    settings: GatewaySettings, **upstream_apps: FastAPI
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     apps = {"ingest": stub_ingest(), "prediction": stub_prediction(), "analytics": stub_analytics(), **upstream_apps}
     transports = {name: httpx.ASGITransport(app=a) for name, a in apps.items() if a is not None}
     app = create_app(settings, transports=transports)
     async with app_client(app) as client:
         yield app, client
-
 
 
 @contextlib.asynccontextmanager

@@ -98,9 +98,7 @@ class Upstreams:
 
     def relay(self, service: str, reply: httpx.Response) -> Response:
         if reply.status_code < 400:
-            return Response(
-                reply.content, status_code=reply.status_code, media_type=reply.headers.get("content-type")
-            )
+            return Response(reply.content, status_code=reply.status_code, media_type=reply.headers.get("content-type"))
         return self.translate(service, reply)
 
     def translate(self, service: str, reply: httpx.Response) -> Response:

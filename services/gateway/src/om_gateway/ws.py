@@ -61,7 +61,9 @@ def handle(hub: LiveHub, client: Client, text: str) -> None:
                 return
             refused = [c for c in channels if not _may_read(client.principal, c)]
             if refused:
-                client.reply({"type": "error", "id": request_id, "code": "forbidden", "detail": f"not allowed: {refused}"})
+                client.reply(
+                    {"type": "error", "id": request_id, "code": "forbidden", "detail": f"not allowed: {refused}"}
+                )
                 return
             if len(client.channels | set(channels)) > MAX_CHANNELS:
                 raise BadMessage(f"at most {MAX_CHANNELS} channels per connection")
@@ -147,6 +149,7 @@ class LiveEndpoint:
         self.connections.inc()
         client = self.hub.connect(client_id, principal)
         client.last_heard = time.monotonic()
+        client.legacy = legacy
         if legacy:
             self.hub.subscribe(client, "system")
         sender = asyncio.create_task(self._send(client, send))
@@ -168,14 +171,14 @@ class LiveEndpoint:
                 message = await asyncio.wait_for(receive(), self.settings.ws_auth_timeout_s)
                 text = message.get("text") or (message.get("bytes") or b"").decode(errors="replace")
                 if message["type"] != "websocket.receive" or len(text) > 8192:
-                    raise Unauthenticated("send {\"type\": \"auth\", \"token\": ...} first")
+                    raise Unauthenticated('send {"type": "auth", "token": ...} first')
                 try:
                     first = json.loads(text)
                     token = first["token"] if first.get("type") == "auth" else None
                 except (ValueError, KeyError, TypeError, AttributeError):
                     token = None
                 if not isinstance(token, str):
-                    raise Unauthenticated("send {\"type\": \"auth\", \"token\": ...} first")
+                    raise Unauthenticated('send {"type": "auth", "token": ...} first')
             principal = await self.auth.authenticate(token if " " in token else f"Bearer {token}")
         except (Unauthenticated, TimeoutError) as exc:
             await self._close(send, CLOSE_UNAUTHENTICATED, str(exc)[:120] or "authentication timed out")
