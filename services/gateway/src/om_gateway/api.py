@@ -66,9 +66,10 @@ IdempotencyKey = Annotated[
 ]
 
 AUTH = (401, 403, 429)
-READ = documented(*AUTH, 422, 503, 504)
-READ_ONE = documented(*AUTH, 404, 422, 503, 504)
-WRITE = documented(*AUTH, 404, 409, 413, 422, 503, 504)
+UPSTREAM = (400, 502, 503, 504)
+READ = documented(*AUTH, 422, *UPSTREAM)
+READ_ONE = documented(*AUTH, 404, 422, *UPSTREAM)
+WRITE = documented(*AUTH, 404, 409, 413, 422, *UPSTREAM)
 
 
 class Page(BaseModel):
