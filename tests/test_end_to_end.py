@@ -116,7 +116,13 @@ async def check_trade_reaches_websocket(platform: Platform) -> None:
             reply = await http.post("/trades", json=body)
             assert reply.status_code == 201, reply.text
 
-        update = await _wait_for_update(ws, lambda u: any(m["market_id"] == market for m in u["top_markets"]))
+        # Analytics may publish between the trades: wait for the update that includes all three.
+        update = await _wait_for_update(
+            ws,
+            lambda u: (
+                u["system_metrics"]["total_trades_24h"] == 3 and any(m["market_id"] == market for m in u["top_markets"])
+            ),
+        )
         assert set(update) == {"type", "timestamp", "system_metrics", "top_markets"}
         assert update["system_metrics"] == {
             "total_users": 2,

@@ -151,7 +151,7 @@ def _print_urls(platform: Platform, env: dict[str, str], key_file: Path) -> None
     gateway = platform.url("gateway")
     ws = gateway.replace("http://", "ws://")
     lines = [
-        f"Dashboard    {gateway}/",
+        f"Dashboard    {gateway}/#key={platform.admin_api_key}",
         f"REST API     {gateway}/api/v1   (docs: {gateway}/docs)",
         f"WebSocket    {ws}/api/v1/ai-analytics/ws/analytics/<client_id>",
         f"Admin key    {platform.admin_api_key}   (saved in {key_file})",

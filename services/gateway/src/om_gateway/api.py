@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field
 
 from om_contracts import PredictionMade, SystemMetricsUpdated
@@ -402,7 +403,29 @@ def router(up: Upstreams, gate: Gate) -> APIRouter:
         require_own(principal, "users:read", user_id)
         return await up.forward("analytics", "GET", f"/v1/insights/portfolio/{user_id}")
 
+    _name_operations_and_link_markets(api)
     return api
+
+
+#: Operations that take the `market_id` a created market answers with (OpenAPI links, used by API fuzzers).
+LINKED_TO_NEW_MARKET = (
+    "get_market", "market_trades", "market_candles", "price_history", "close_market", "resolve_market",
+    "cancel_market", "prediction", "prediction_history", "market_analytics", "market_insights",
+)  # fmt: skip
+
+
+def _name_operations_and_link_markets(api: APIRouter) -> None:
+    for route in api.routes:
+        if isinstance(route, APIRoute):
+            route.operation_id = route.name
+            if route.name == "create_market":
+                route.responses[201] = {
+                    "description": "The market, as recorded",
+                    "links": {
+                        name: {"operationId": name, "parameters": {"market_id": "$response.body#/market_id"}}
+                        for name in LINKED_TO_NEW_MARKET
+                    },
+                }
 
 
 def _own_trades(principal: Principal, trades: list[TradeIn]) -> None:

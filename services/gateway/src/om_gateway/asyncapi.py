@@ -11,7 +11,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
-from om_gateway.live import CLOSE_FORBIDDEN, CLOSE_IDLE, CLOSE_SLOW, CLOSE_TOO_BIG, CLOSE_TOO_MANY, CLOSE_UNAUTHENTICATED
+from om_gateway.live import (
+    CLOSE_FORBIDDEN,
+    CLOSE_IDLE,
+    CLOSE_SLOW,
+    CLOSE_TOO_BIG,
+    CLOSE_TOO_MANY,
+    CLOSE_UNAUTHENTICATED,
+)
 
 DOCUMENT = Path(__file__).parents[4] / "docs" / "websocket-asyncapi.json"
 Id = str | int | None

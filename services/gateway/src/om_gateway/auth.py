@@ -62,10 +62,14 @@ def split_api_key(key: str) -> tuple[str, str] | None:
 
 
 class ApiKeyIn(BaseModel):
-    name: str = Field(min_length=1, max_length=100, description="What the key is for.")
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$", description="What the key is for.")
     role: Role
     subject: str | None = Field(
-        default=None, min_length=1, max_length=64, description="User id the key acts as (default: the name)."
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="User id the key acts as (default: the name).",
     )
 
 
