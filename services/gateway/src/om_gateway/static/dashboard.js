@@ -107,10 +107,14 @@ async function select(id) {
 async function loadChart() {
   const id = state.selected, since = new Date(Date.now() - TIMEFRAMES[state.timeframe] * 1000).toISOString();
   const q = `from=${encodeURIComponent(since)}`;
-  const [prices, predictions] = await Promise.all([
+  let [prices, predictions] = await Promise.all([
     api(`/markets/${encodeURIComponent(id)}/price-history?${q}`).catch(() => null),
     api(`/ai-analytics/predictions/${encodeURIComponent(id)}/history?${q}&limit=1000`).catch(() => null),
   ]);
+  if (prices === null) { // no price history service: the latest trades carry the prices too
+    const trades = await api(`/markets/${encodeURIComponent(id)}/trades?limit=1000`).catch(() => []);
+    prices = listOf(trades).filter(t => Date.parse(t.executed_at) >= Date.parse(since));
+  }
   const points = [];
   for (const p of listOf(prices)) points.push([Date.parse(p.at || p.executed_at || p.timestamp) / 1000, p.price ?? p.price_after, null]);
   for (const p of listOf(predictions)) points.push([Date.parse(p.occurred_at) / 1000, null, p.probability]);
@@ -232,7 +236,11 @@ function onMessage(msg) {
     case "market_update": {
       const m = Object.assign(market(msg.market.market_id), msg.market);
       renderMarkets();
-      if (m.market_id === state.selected) addPoint(m.current_price, m.predicted_probability, Date.parse(msg.timestamp) / 1000);
+      if (m.market_id === state.selected) {
+        addPoint(m.current_price, m.predicted_probability, Date.parse(msg.timestamp) / 1000);
+        clearTimeout(state.tradesTimer);
+        state.tradesTimer = setTimeout(loadTrades, 500); // at most one reload per burst of updates
+      }
       break;
     }
     case "prediction_update": {
