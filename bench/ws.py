@@ -21,7 +21,6 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -147,7 +146,7 @@ async def bench(args: argparse.Namespace) -> None:
             "GATEWAY_WS_MAX_CONNECTIONS_PER_PRINCIPAL": str(args.clients + 10), "GATEWAY_LOG_LEVEL": "WARNING",
             "OTEL_SDK_DISABLED": "true",
         }  # fmt: skip
-        gateway = subprocess.Popen([sys.executable, "-m", "om_gateway"], env=env, stdin=subprocess.DEVNULL)
+        gateway = subprocess.Popen([sys.executable, "-m", "om_gateway"], env=env, stdin=subprocess.DEVNULL)  # noqa: ASYNC220 - starts and returns
         clients: list[subprocess.Popen[str]] = []
         stop = asyncio.Event()
         producer: asyncio.Task[int] | None = None
@@ -169,7 +168,7 @@ async def bench(args: argparse.Namespace) -> None:
             for p in range(args.processes):
                 count = min(per, args.clients - p * per)
                 cmd = [sys.executable, "-m", "bench.ws", "--client", url, str(count), str(p * per), str(markets)]
-                clients.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+                clients.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))  # noqa: ASYNC220
             for client in clients:
                 line = await asyncio.to_thread(client.stdout.readline)  # type: ignore[union-attr]
                 assert line.strip() == "connected", f"a client process failed: {line!r}"
