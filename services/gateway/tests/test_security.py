@@ -228,3 +228,17 @@ async def test_trader_records_only_own_trades_and_upstream_errors_are_problems(g
         },
     )
     assert batch.status_code == 403
+
+
+async def test_cors_is_off_by_default_and_configurable(infra_env, tmp_path) -> None:
+    preflight = {"origin": "https://app.example", "access-control-request-method": "GET",
+                 "access-control-request-headers": "authorization"}  # fmt: skip
+    async with running_gateway(gateway_settings(infra_env, tmp_path)) as (_, client):
+        reply = await client.options("/api/v1/markets/m1", headers=preflight)
+        assert "access-control-allow-origin" not in reply.headers
+    allowed = gateway_settings(infra_env, tmp_path, cors_origins=["https://app.example"])
+    async with running_gateway(allowed) as (_, client):
+        reply = await client.options("/api/v1/markets/m1", headers=preflight)
+        assert reply.headers["access-control-allow-origin"] == "https://app.example"
+        other = await client.options("/api/v1/markets/m1", headers={**preflight, "origin": "https://evil.example"})
+        assert other.headers.get("access-control-allow-origin") != "https://evil.example"

@@ -31,8 +31,8 @@ async def follow(hub: LiveHub, bootstrap: str, history_s: float, fetch_max_wait_
         fetch_max_wait_ms=fetch_max_wait_ms,
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
-    await consumer.start()
-    try:
+    try:  # stopped even when cancelled while starting (a replica shut down at once)
+        await consumer.start()
         await consumer.topics()
         partitions = [
             TopicPartition(name, p) for name in topics for p in sorted(consumer.partitions_for_topic(name) or ())
