@@ -6,7 +6,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench test-faults clean bench-feature bench-analytics
+.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench test-faults clean bench-feature bench-analytics bench-ws
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,6 +62,9 @@ bench: install ## Run the benchmarks in bench/ and print their figures (BENCH_AR
 
 test-faults: install ## Fault suite: every fault, 20,000 trades each (OM_FAULT_TRADES=100000 for the full run)
 	OM_FAULTS=all $(UV) run pytest tests/faults -s $(PYTEST_ARGS)
+
+bench-ws: install ## WebSocket fan-out: one gateway, 10,000 clients in 4 processes (BENCH_WS_ARGS="--clients 2000")
+	$(UV) run python -m bench.ws $(BENCH_WS_ARGS)
 
 clean: ## Remove the virtual environment, local data (.om/) and caches
 	rm -rf .venv .tools .om .pytest_cache .ruff_cache

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import websockets
 
+from om_cli.credentials import auth_headers
 from om_cli.embedded import free_port
 from om_cli.platform import Platform, ServicePorts
 from om_cli.testing import eventually
@@ -88,11 +89,15 @@ async def test_same_pipeline_on_apache_kafka_in_containers(platform_on_container
 
 async def check_trade_reaches_websocket(platform: Platform) -> None:
     api = platform.url("gateway") + "/api/v1"
-    ws_url = platform.url("gateway").replace("http://", "ws://") + "/api/v1/ai-analytics/ws/analytics/e2e-client"
+    key = platform.admin_api_key
+    ws_url = platform.url("gateway").replace("http://", "ws://") + f"/api/v1/ai-analytics/ws/analytics/e2e?token={key}"
     market = f"e2e-{uuid.uuid4().hex[:8]}"
     close_at = (datetime.now(UTC) + timedelta(days=7)).isoformat()
 
-    async with httpx.AsyncClient(base_url=api, timeout=10) as http, websockets.connect(ws_url) as ws:
+    async with (
+        httpx.AsyncClient(base_url=api, timeout=10, headers=auth_headers(key)) as http,
+        websockets.connect(ws_url) as ws,
+    ):
         created = await http.post(
             "/markets",
             json={"market_id": market, "question": "Will e2e pass?", "category": "ci", "close_at": close_at},
@@ -111,7 +116,13 @@ async def check_trade_reaches_websocket(platform: Platform) -> None:
             reply = await http.post("/trades", json=body)
             assert reply.status_code == 201, reply.text
 
-        update = await _wait_for_update(ws, lambda u: any(m["market_id"] == market for m in u["top_markets"]))
+        # Analytics may publish between the trades: wait for the update that includes all three.
+        update = await _wait_for_update(
+            ws,
+            lambda u: (
+                u["system_metrics"]["total_trades_24h"] == 3 and any(m["market_id"] == market for m in u["top_markets"])
+            ),
+        )
         assert set(update) == {"type", "timestamp", "system_metrics", "top_markets"}
         assert update["system_metrics"] == {
             "total_users": 2,
@@ -150,7 +161,10 @@ async def check_trade_reaches_websocket(platform: Platform) -> None:
         assert missing.status_code == 404
         invalid = await http.post("/trades", json={"market_id": market, "user_id": "x", "outcome": "MAYBE"})
         assert invalid.status_code == 422
-        assert {"outcome", "amount", "shares", "price"} <= {e["loc"][-1] for e in invalid.json()["detail"]}
+        assert invalid.headers["content-type"] == "application/problem+json"
+        assert {"outcome", "amount", "shares", "price"} <= {e["loc"][-1] for e in invalid.json()["errors"]}
+        anonymous = await http.get(f"/markets/{market}", headers={"authorization": ""})
+        assert anonymous.status_code == 401
 
 
 async def _wait_for_update(ws: websockets.ClientConnection, ready, timeout_s: float = 30.0) -> dict:

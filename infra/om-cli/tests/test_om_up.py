@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from om_cli.credentials import auth_headers
 from om_cli.embedded import free_port
 from om_cli.launcher import process_alive
 
@@ -75,7 +76,11 @@ def test_up_serves_and_down_stops_every_process(tmp_path: Path) -> None:
         assert f"{gateway}/" in output
         children = descendants(launcher.pid)
         assert len(children) >= 8  # three servers and five services (PostgreSQL adds its own workers)
-        system = httpx.get(f"{gateway}/api/v1/ai-analytics/analytics/system", timeout=10)
+        key = (tmp_path / "credentials" / "admin-api-key").read_text().strip()
+        assert key in output  # printed, so a new user can try writes at once
+        url = f"{gateway}/api/v1/ai-analytics/analytics/system"
+        assert httpx.get(url, timeout=10).status_code == 401
+        system = httpx.get(url, timeout=10, headers=auth_headers(data_dir=tmp_path))
         assert system.status_code == 200 and "system_metrics" in system.json()
     finally:
         down = subprocess.run(om("down", "--data-dir", str(tmp_path)), capture_output=True, text=True, timeout=90)

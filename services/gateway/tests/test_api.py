@@ -1,41 +1,92 @@
-"""The gateway's edge: malformed writes are refused here with field detail (ingest never sees them), and an
-unreachable service becomes a 503 that names it."""
+"""The gateway's edge for REST: malformed writes refused with field detail before anything is forwarded,
+date-times only as ISO 8601 strings, the Idempotency-Key passed on to ingest, and an unreachable service a
+503 problem naming it."""
 
 from __future__ import annotations
 
 import httpx
+import pytest
+from fastapi import FastAPI, Request
 
 from om_cli.embedded import free_port
-from om_gateway.app import create_app
-from om_gateway.settings import GatewaySettings
+from om_gateway.testing import ADMIN_KEY, bearer, gateway_settings, running_gateway
 from om_gateway.upstream import Upstreams
 
+ADMIN = bearer(ADMIN_KEY)
 
-async def test_malformed_writes_are_refused_at_the_edge() -> None:
-    # Nothing listens on the ingest URL: a request that got past validation would fail differently.
-    app = create_app(GatewaySettings(GATEWAY_INGEST_URL=f"http://127.0.0.1:{free_port()}"))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+
+@pytest.mark.integration
+async def test_malformed_requests_are_problems_with_field_detail(infra_env, tmp_path) -> None:
+    seen: list[str] = []
+    ingest = FastAPI()
+
+    @ingest.api_route("/v1/{path:path}", methods=["GET", "POST"])
+    async def record(path: str, request: Request) -> dict[str, str]:
+        seen.append(path)
+        return {}
+
+    async with running_gateway(gateway_settings(infra_env, tmp_path), ingest=ingest) as (_, client):
         trade = {"market_id": "m1", "user_id": "u", "outcome": "MAYBE", "amount": -1, "shares": 1, "price": 2}
-        reply = await client.post("/api/v1/trades", json=trade)
+        reply = await client.post("/api/v1/trades", json=trade, headers=ADMIN)
         assert reply.status_code == 422
+        assert reply.headers["content-type"] == "application/problem+json"
         assert {("body", "outcome"), ("body", "amount"), ("body", "price")} <= {
-            tuple(e["loc"]) for e in reply.json()["detail"]
+            tuple(e["loc"]) for e in reply.json()["errors"]
         }
+        unknown_field = await client.post(
+            "/api/v1/signals", json={"market_id": "m1", "kind": "news", "src": "x"}, headers=ADMIN
+        )
+        assert ("body", "src") in {tuple(e["loc"]) for e in unknown_field.json()["errors"]}
+        bad_id = await client.get("/api/v1/ai-analytics/predictions/not%20an%20id", headers=ADMIN)
+        assert bad_id.status_code == 422 and bad_id.json()["errors"][0]["loc"] == ["path", "market_id"]
+        for number in ("1700000000", "1.5e9", "yesterday"):
+            bad_time = await client.get("/api/v1/markets/m1/price-history", params={"from": number}, headers=ADMIN)
+            assert bad_time.status_code == 422, number
+            assert bad_time.json()["errors"][0]["loc"] == ["query", "from"]
+        assert seen == []  # nothing malformed reached ingest
 
-        unknown_field = await client.post("/api/v1/signals", json={"market_id": "m1", "kind": "news", "src": "x"})
-        assert unknown_field.status_code == 422
-        assert ("body", "src") in {tuple(e["loc"]) for e in unknown_field.json()["detail"]}
-
-        bad_id = await client.get("/api/v1/ai-analytics/predictions/not%20an%20id")
-        assert bad_id.status_code == 422 and bad_id.json()["detail"][0]["loc"] == ["path", "market_id"]
-
-        too_many = await client.get("/api/v1/markets", params={"limit": 5000})
-        assert too_many.status_code == 422 and too_many.json()["detail"][0]["loc"] == ["query", "limit"]
+        ok = {"market_id": "m1", "user_id": "u", "outcome": "YES", "amount": 1, "shares": 2, "price": 0.5}
+        await client.post("/api/v1/trades", json=ok, headers={**ADMIN, "idempotency-key": "retry-7"})
+        assert seen == ["trades"]
 
 
-async def test_an_unreachable_service_is_a_503_naming_it() -> None:
-    upstreams = Upstreams({"ingest": f"http://127.0.0.1:{free_port()}"}, timeout_s=2)
+@pytest.mark.integration
+async def test_idempotency_key_is_forwarded(infra_env, tmp_path) -> None:
+    keys: list[str | None] = []
+    ingest = FastAPI()
+
+    @ingest.post("/v1/markets/{market_id}/close")
+    async def close(market_id: str, request: Request) -> dict[str, str]:
+        keys.append(request.headers.get("idempotency-key"))
+        return {}
+
+    async with running_gateway(gateway_settings(infra_env, tmp_path), ingest=ingest) as (_, client):
+        await client.post("/api/v1/markets/m1/close", headers={**ADMIN, "Idempotency-Key": "k-1"})
+        await client.post("/api/v1/markets/m1/close", headers=ADMIN)
+    assert keys == ["k-1", None]
+
+
+async def test_an_unreachable_service_is_a_503_problem_naming_it() -> None:
+    upstreams = Upstreams({"ingest": f"http://127.0.0.1:{free_port()}"}, timeout_s=2, retry_after_s=7)
     async with upstreams.open():
         reply = await upstreams.forward("ingest", "GET", "/v1/markets")
     assert reply.status_code == 503
-    assert reply.body == b'{"detail":"ingest is unavailable"}'
+    assert reply.headers["retry-after"] == "7" and reply.media_type == "application/problem+json"
+    assert b'"detail":"ingest is unavailable"' in reply.body
+
+
+async def test_upstream_failures_are_translated() -> None:
+    answers = {
+        "/boom": httpx.Response(500, text="Traceback ..."),
+        "/conflict": httpx.Response(409, json={"detail": [{"loc": ["body", "x"], "msg": "closed", "type": "c"}]}),
+        "/gone": httpx.Response(404, json={"detail": "no market m9"}),
+    }
+    transport = httpx.MockTransport(lambda request: answers[request.url.path])
+    upstreams = Upstreams({"x": "http://x"}, timeout_s=2, transports={"x": transport})
+    async with upstreams.open():
+        boom = await upstreams.forward("x", "GET", "/boom")
+        conflict = await upstreams.forward("x", "GET", "/conflict")
+        gone = await upstreams.forward("x", "GET", "/gone")
+    assert boom.status_code == 502 and b"Traceback" not in boom.body
+    assert conflict.status_code == 409 and b'"errors":[{"loc":["body","x"],"msg":"closed","type":"c"}]' in conflict.body
+    assert gone.status_code == 404 and b'"detail":"no market m9"' in gone.body

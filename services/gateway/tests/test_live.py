@@ -1,20 +1,22 @@
-"""gateway's live updates without a server: the product's message shapes, fan-out to WebSocket clients
-(everyone gets system updates, subscribers get their markets), slow clients lose their oldest message instead
-of blocking anyone, and the client-message handler."""
+"""Live updates without a server: message shapes, channels and sequence numbers, snapshots and bounded
+backfill, slow clients marked for disconnection (never silently skipped), and the client-message protocol."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from om_contracts import MarketMetricsUpdated, MarketSummary, SystemMetrics, SystemMetricsUpdated
-from om_gateway.api import _handle
-from om_gateway.live import Client, LiveHub, analytics_update, market_update
+from om_gateway.access import Role
+from om_gateway.auth import Principal
+from om_gateway.live import SOURCES, Client, LiveHub, analytics_update, market_update
+from om_gateway.ws import handle
 
 T0 = datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
+SYSTEM, MARKET = SOURCES[0], SOURCES[1]
+VIEWER = Principal("u1", Role.viewer, "jwt")
 
 
 def system_event(total_users: int = 10, *, at: datetime = T0, top: int = 2) -> SystemMetricsUpdated:
@@ -53,17 +55,13 @@ def market_event(market_id: str = "m-1", price: float = 0.6) -> MarketMetricsUpd
     )
 
 
-def drain(client: Client) -> list[dict]:
-    out = []
-    while not client.queue.empty():
-        out.append(client.queue.get_nowait())
-    return out
+def hub_with(*clients: str, queue: int = 16, backfill: int = 100) -> tuple[LiveHub, list[Client]]:
+    hub = LiveHub(queue, backfill)
+    hub.read_from = {("analytics.system.v1", 0): 0, ("analytics.market.v1", 0): 0}
+    return hub, [hub.connect(c, VIEWER) for c in clients]
 
 
-# --- message shapes ---------------------------------------------------------------------------------
-
-
-def test_analytics_update_has_exactly_the_product_shape() -> None:
+def test_analytics_update_keeps_the_product_shape() -> None:
     message = analytics_update(system_event())
     assert message == {
         "type": "analytics_update",
@@ -81,227 +79,165 @@ def test_analytics_update_has_exactly_the_product_shape() -> None:
             {"market_id": "m-1", "current_price": 0.5, "volume_24h": 99.0, "price_change_24h": -1.5},
         ],
     }
-    # It is plain JSON: it survives a round trip unchanged.
-    assert json.loads(json.dumps(message)) == message
 
 
-def test_analytics_update_timestamp_is_utc_with_z_for_any_input_offset() -> None:
+def test_timestamps_are_utc_with_z_for_any_input_offset() -> None:
     at = datetime(2025, 6, 15, 14, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
-    stamp = analytics_update(system_event(at=at))["timestamp"]
-    assert stamp == "2025-06-15T12:00:00.123456Z"
-    assert stamp.endswith("Z") and "+" not in stamp
-    assert datetime.fromisoformat(stamp) == at
-
-
-def test_analytics_update_with_no_top_markets() -> None:
-    assert analytics_update(system_event(top=0))["top_markets"] == []
+    assert analytics_update(system_event(at=at))["timestamp"] == "2025-06-15T12:00:00.123456Z"
 
 
 def test_market_update_carries_the_market_without_envelope_fields() -> None:
-    message = market_update(market_event())
-    assert message == {
-        "type": "market_update",
-        "timestamp": "2025-06-15T12:00:00Z",
-        "market": {
-            "market_id": "m-1",
-            "status": "open",
-            "current_price": 0.6,
-            "price_change_24h": 20.0,
-            "volume_24h": 50.0,
-            "total_volume": 80.0,
-            "trade_count": 9,
-            "participant_count": 4,
-            "predicted_probability": 0.61,
-            "model_version": "baseline-market-price",
-            # Optional fields analytics added (issue 7); unset in this event.
-            **dict.fromkeys(
-                (
-                    "category",
-                    "as_of",
-                    "trades_24h",
-                    "volume_trend",
-                    "active_traders_24h",
-                    "volatility",
-                    "momentum",
-                    "liquidity",
-                    "social_mentions_24h",
-                    "news_mentions_24h",
-                    "sentiment_24h",
-                    "prediction_confidence",
-                ),
-            ),  # fmt: skip
-        },
-    }
+    market = market_update(market_event())["market"]
+    assert market["market_id"] == "m-1" and market["current_price"] == 0.6
+    assert not {"event_id", "producer", "occurred_at"} & set(market)
 
 
-# --- LiveHub ----------------------------------------------------------------------------------------
+def test_updates_are_numbered_by_offset_and_reach_only_subscribers() -> None:
+    hub, (a, b) = hub_with("a", "b")
+    hub.subscribe(a, "market/m-1")
+    hub.subscribe(b, "system")
+    a.drain(), b.drain()
+    hub.publish(MARKET, market_event("m-1", 0.6), 0, 41)
+    hub.publish(MARKET, market_event("m-2", 0.7), 0, 42)
+    hub.publish(SYSTEM, system_event(), 0, 7)
+    got_a, got_b = a.drain(), b.drain()
+    assert [(m["type"], m["channel"], m["seq"]) for m in got_a] == [("market_update", "market/m-1", 41)]
+    assert [(m["type"], m["channel"], m["seq"]) for m in got_b] == [("analytics_update", "system", 7)]
+    assert {k: v for k, v in got_b[0].items() if k not in ("channel", "seq")} == analytics_update(system_event())
 
 
-async def test_new_client_gets_nothing_before_the_first_update() -> None:
-    hub = LiveHub(queue_size=4)
-    client = hub.connect("c-1")
-    assert client.client_id == "c-1"
-    assert client.queue.empty()
-    assert hub.clients == {client}
+def test_an_update_seen_twice_is_sent_once() -> None:
+    hub, (a,) = hub_with("a")
+    hub.subscribe(a, "market/m-1")
+    a.drain()
+    for _ in range(2):
+        hub.publish(MARKET, market_event(), 0, 5)
+    assert len(a.drain()) == 1
 
 
-async def test_new_client_immediately_gets_the_latest_update() -> None:
-    hub = LiveHub(queue_size=4)
-    await hub.on_system(system_event(1))
-    await hub.on_system(system_event(2))
-    late = hub.connect("late")
-    assert drain(late) == [analytics_update(system_event(2))]
+def test_subscribe_gets_a_snapshot_of_the_latest_update() -> None:
+    hub, (a, b) = hub_with("a", "b")
+    hub.subscribe(a, "market/m-1")
+    assert a.drain() == [{"type": "snapshot", "channel": "market/m-1", "seq": None, "reset": False, "message": None}]
+    hub.publish(MARKET, market_event(price=0.6), 0, 3)
+    hub.publish(MARKET, market_event(price=0.7), 0, 9)
+    hub.subscribe(b, "market/m-1")
+    (snapshot,) = b.drain()
+    assert snapshot["seq"] == 9 and snapshot["message"]["market"]["current_price"] == 0.7
 
 
-async def test_system_update_is_broadcast_to_every_client() -> None:
-    hub = LiveHub(queue_size=4)
-    clients = [hub.connect(f"c-{i}") for i in range(3)]
-    clients[0].markets.add("m-9")  # subscriptions do not matter for system updates
-    await hub.on_system(system_event(5))
-    expected = analytics_update(system_event(5))
-    for c in clients:
-        assert drain(c) == [expected]
-    assert hub.latest == expected
+def test_resume_sends_what_came_after_or_a_reset_snapshot_when_history_is_short() -> None:
+    hub, (a, b, c) = hub_with("a", "b", "c", backfill=3)
+    for offset in (10, 20, 30, 40):
+        hub.publish(MARKET, market_event(price=offset / 100), 0, offset)
+    hub.subscribe(a, "market/m-1", since=20)
+    head, *rest = a.drain()
+    assert head == {"type": "backfill", "channel": "market/m-1", "since": 20, "count": 2}
+    assert [m["seq"] for m in rest] == [30, 40]
+    hub.subscribe(b, "market/m-1", since=5)  # 10 is no longer kept: the backfill would have a hole
+    (reset,) = b.drain()
+    assert reset["type"] == "snapshot" and reset["reset"] is True and reset["seq"] == 40
+    hub.read_from[("analytics.market.v1", 0)] = 35  # a replica that started reading later cannot vouch for 30
+    hub.subscribe(c, "market/m-1", since=30)
+    assert c.drain()[0]["reset"] is True
 
 
-async def test_market_update_goes_only_to_subscribers_of_that_market() -> None:
-    hub = LiveHub(queue_size=4)
-    a, b, c = hub.connect("a"), hub.connect("b"), hub.connect("c")
-    _handle(a, json.dumps({"type": "subscribe", "market_ids": ["m-1"]}))
-    _handle(b, json.dumps({"type": "subscribe", "market_ids": ["m-2", "m-1"]}))
-    _handle(c, json.dumps({"type": "subscribe", "market_ids": ["m-2"]}))
-    await hub.on_market(market_event("m-1"))
-    expected = market_update(market_event("m-1"))
-    assert drain(a) == [expected]
-    assert drain(b) == [expected]
-    assert drain(c) == []
-    # A market update does not replace the latest system update shown to new clients.
-    assert hub.latest is None
-
-
-async def test_market_update_with_no_subscribers_reaches_nobody() -> None:
-    hub = LiveHub(queue_size=4)
-    clients = [hub.connect("a"), hub.connect("b")]
-    await hub.on_market(market_event("m-1"))
-    assert all(c.queue.empty() for c in clients)
-
-
-async def test_slow_client_loses_its_oldest_message_and_never_blocks() -> None:
-    hub = LiveHub(queue_size=2)
-    slow = hub.connect("slow")
-    _handle(slow, json.dumps({"type": "subscribe", "market_ids": ["m-1"]}))
-    # Nobody reads the queue; five updates must still be delivered without waiting.
-    await asyncio.wait_for(hub.on_system(system_event(1)), timeout=1)
-    await asyncio.wait_for(hub.on_system(system_event(2)), timeout=1)
-    await asyncio.wait_for(hub.on_market(market_event("m-1", 0.1)), timeout=1)
-    await asyncio.wait_for(hub.on_system(system_event(3)), timeout=1)
-    await asyncio.wait_for(hub.on_market(market_event("m-1", 0.2)), timeout=1)
-    assert slow.queue.qsize() == 2
-    assert drain(slow) == [analytics_update(system_event(3)), market_update(market_event("m-1", 0.2))]
-
-
-async def test_slow_client_does_not_affect_other_clients() -> None:
-    hub = LiveHub(queue_size=1)
-    slow, fast = hub.connect("slow"), hub.connect("fast")
+def test_a_slow_client_is_marked_for_disconnection_and_others_are_unaffected() -> None:
+    hub, (slow, fast) = hub_with("slow", "fast", queue=2)
+    for client in (slow, fast):
+        hub.subscribe(client, "system")
+    fast.drain()
     received = []
-    for n in range(3):
-        await hub.on_system(system_event(n))
-        received += drain(fast)
-    assert received == [analytics_update(system_event(n)) for n in range(3)]
-    assert drain(slow) == [analytics_update(system_event(2))]
+    for offset in range(5):
+        hub.publish(SYSTEM, system_event(offset), 0, offset)
+        received += fast.drain()
+    assert [m["seq"] for m in received] == [0, 1, 2, 3, 4]
+    assert slow.slow and not slow.queue  # nothing silently skipped: the client is closed with 4008 and resumes
+    assert not slow.offer("more")
 
 
-async def test_reader_waiting_on_queue_gets_broadcast() -> None:
-    hub = LiveHub(queue_size=2)
-    client = hub.connect("c")
-    reader = asyncio.create_task(client.queue.get())
-    await asyncio.sleep(0)
-    await hub.on_system(system_event(8))
-    assert await asyncio.wait_for(reader, timeout=1) == analytics_update(system_event(8))
+def test_heartbeat_reaches_everyone_and_names_idle_clients() -> None:
+    hub, (a, b) = hub_with("a", "b")
+    a.last_heard, b.last_heard = 100.0, 10.0
+    idle = hub.heartbeat(130.0, "2025-06-15T12:00:00Z", idle_timeout_s=60)
+    assert idle == [b]
+    assert a.drain() == [{"type": "heartbeat", "timestamp": "2025-06-15T12:00:00Z"}]
 
 
-async def test_disconnect_removes_the_client() -> None:
-    hub = LiveHub(queue_size=4)
-    gone, stays = hub.connect("gone"), hub.connect("stays")
-    _handle(gone, json.dumps({"type": "subscribe", "market_ids": ["m-1"]}))
+def test_disconnect_removes_every_subscription() -> None:
+    hub, (gone, stays) = hub_with("gone", "stays")
+    hub.subscribe(gone, "system")
+    hub.subscribe(stays, "system")
     hub.disconnect(gone)
-    assert hub.clients == {stays}
-    await hub.on_system(system_event())
-    await hub.on_market(market_event("m-1"))
-    assert gone.queue.empty()
-    assert len(drain(stays)) == 1
-    hub.disconnect(gone)  # twice is harmless
-    assert hub.clients == {stays}
+    assert hub.subscribers["system"] == {stays} and hub.clients == {stays}
 
 
-async def test_clients_with_the_same_id_are_distinct_connections() -> None:
-    hub = LiveHub(queue_size=4)
-    first, second = hub.connect("same"), hub.connect("same")
-    assert len(hub.clients) == 2
-    hub.disconnect(first)
-    assert hub.clients == {second}
+# --- client messages -------------------------------------------------------------------------------
 
 
-# --- client messages (api._handle) -----------------------------------------------------------------
+def test_subscribe_unsubscribe_and_ping_are_acknowledged_with_their_id() -> None:
+    hub, (c,) = hub_with("c")
+    handle(hub, c, '{"type": "subscribe", "id": 1, "channels": ["system", "market/m-1"]}')
+    ack, *snapshots = c.drain()
+    assert ack == {"type": "ack", "id": 1, "op": "subscribe", "channels": ["system", "market/m-1"]}
+    assert [s["channel"] for s in snapshots] == ["system", "market/m-1"]
+    handle(hub, c, '{"type": "unsubscribe", "id": "x", "channels": ["system"]}')
+    assert c.drain() == [{"type": "ack", "id": "x", "op": "unsubscribe", "channels": ["system"]}]
+    assert c.channels == {"market/m-1"}
+    handle(hub, c, '{"type": "ping", "id": 9}')
+    handle(hub, c, '{"type": "ping"}')
+    assert c.drain() == [{"type": "pong", "id": 9}, {"type": "pong"}]
 
 
-def new_client(size: int = 8) -> Client:
-    return Client("c", asyncio.Queue(size))
+def test_the_first_protocols_market_ids_still_subscribe() -> None:
+    hub, (c,) = hub_with("c")
+    handle(hub, c, '{"type": "subscribe", "market_ids": ["m-1", 42]}')
+    assert c.channels == {"market/m-1", "market/42"}
 
 
-def test_subscribe_and_unsubscribe() -> None:
-    c = new_client()
-    _handle(c, '{"type": "subscribe", "market_ids": ["m-1", "m-2"]}')
-    _handle(c, '{"type": "subscribe", "market_ids": ["m-3", "m-1"]}')
-    assert c.markets == {"m-1", "m-2", "m-3"}
-    _handle(c, '{"type": "unsubscribe", "market_ids": ["m-2", "never-subscribed"]}')
-    assert c.markets == {"m-1", "m-3"}
-    assert c.queue.empty()  # no reply to (un)subscribe
-
-
-def test_subscribe_stores_ids_as_strings() -> None:
-    c = new_client()
-    _handle(c, '{"type": "subscribe", "market_ids": [42]}')
-    assert c.markets == {"42"}
-    _handle(c, '{"type": "unsubscribe", "market_ids": [42]}')
-    assert c.markets == set()
-
-
-def test_ping_gets_pong() -> None:
-    c = new_client()
-    _handle(c, '{"type": "ping"}')
-    assert drain(c) == [{"type": "pong"}]
+def test_user_channels_follow_the_matrix() -> None:
+    hub, (c,) = hub_with("c")
+    handle(hub, c, '{"type": "subscribe", "id": 1, "channels": ["user/u2"]}')
+    assert c.drain()[0]["code"] == "forbidden" and not c.channels
+    handle(hub, c, '{"type": "subscribe", "id": 2, "channels": ["user/u1"]}')
+    assert c.drain()[0]["type"] == "ack" and c.channels == {"user/u1"}
 
 
 @pytest.mark.parametrize(
-    ("text", "detail"),
+    "text",
     [
-        ("not json", "bad message"),
-        ("", "bad message"),
-        ('{"type": "dance"}', "unknown message type 'dance'"),
-        ('{"market_ids": ["m-1"]}', "bad message"),  # no type
-        ('{"type": "subscribe"}', "bad message"),  # no market_ids
-        ('{"type": "subscribe", "market_ids": null}', "bad message"),
-        ('{"type": "subscribe", "market_ids": 7}', "bad message"),
-        ('["subscribe"]', "bad message"),
-        ('"ping"', "bad message"),
-        ("null", "bad message"),
+        "not json",
+        "",
+        '{"type": "dance"}',
+        '{"channels": ["system"]}',
+        '{"type": "subscribe"}',
+        '{"type": "subscribe", "channels": "system"}',
+        '{"type": "subscribe", "channels": ["nowhere"]}',
+        '{"type": "subscribe", "channels": ["market/a b"]}',
+        '{"type": "subscribe", "market_ids": 7}',
+        '{"type": "subscribe", "channels": ["system"], "since": "yesterday"}',
+        '["subscribe"]',
+        "null",
     ],
 )
-def test_bad_message_gets_an_error_reply_and_changes_nothing(text: str, detail: str) -> None:
-    c = new_client()
-    c.markets.add("m-0")
-    _handle(c, text)
-    replies = drain(c)
-    assert len(replies) == 1
-    assert replies[0]["type"] == "error"
-    assert detail in replies[0]["detail"]
-    assert set(replies[0]) == {"type", "detail"}
-    assert c.markets == {"m-0"}
+def test_bad_messages_get_an_error_and_change_nothing(text: str) -> None:
+    hub, (c,) = hub_with("c")
+    c.channels.add("system")
+    handle(hub, c, text)
+    (reply,) = c.drain()
+    assert reply["type"] == "error" and reply["code"] == "bad-request"
+    assert c.channels == {"system"}
+    assert json.loads(json.dumps(reply)) == reply
 
 
-def test_error_reply_to_a_full_queue_drops_the_oldest() -> None:
-    c = new_client(size=1)
-    _handle(c, '{"type": "ping"}')
-    _handle(c, "garbage")
-    assert [m["type"] for m in drain(c)] == ["error"]
+def test_the_original_endpoint_gets_analytics_update_unchanged() -> None:
+    hub, (new, old) = hub_with("new", "old")
+    old.legacy = True
+    hub.publish(SYSTEM, system_event(1), 0, 7)
+    hub.subscribe(old, "system")
+    hub.subscribe(new, "system")
+    assert old.drain() == [analytics_update(system_event(1))]  # the current state at once, as before
+    new.drain()
+    hub.publish(SYSTEM, system_event(2), 0, 8)
+    assert old.drain() == [analytics_update(system_event(2))]
+    assert new.drain()[0]["seq"] == 8

@@ -17,6 +17,7 @@ import signal
 import time
 from pathlib import Path
 
+from om_cli.credentials import GATEWAY_KEY_FILE_ENV, ensure_admin_key
 from om_cli.embedded import EmbeddedServer, PortInUse, Ports, ServerFailed, start_infrastructure
 from om_cli.platform import SERVICES, Platform, ServicePorts
 
@@ -106,18 +107,20 @@ def up(args: argparse.Namespace) -> int:
         infra = start_infrastructure(data_dir, ports, on_start=_announce)
         first = args.service_ports_from
         service_ports = ServicePorts(args.gateway_port, first, first + 1, first + 2, first + 3)
-        platform = Platform(infra.env(), data_dir / "logs", service_ports)
+        key_file, admin_key = ensure_admin_key(data_dir)
+        extra = {GATEWAY_KEY_FILE_ENV: str(key_file), "GATEWAY_PUBLIC_DOCS": "true"}  # a development platform
+        platform = Platform(infra.env(), data_dir / "logs", service_ports, extra_env=extra, admin_api_key=admin_key)
         say(f"starting {', '.join(SERVICES)} (logs in {data_dir / 'logs'})")
         platform.start()
         status_file = _status_file(data_dir)
         platform.on_round = lambda: _write_status(status_file, platform, infra.env())
         platform.supervise_in_background(report=say)
-        _print_urls(platform, infra.env())
+        _print_urls(platform, infra.env(), key_file)
         if args.no_simulator:
             say("running without simulator; Ctrl-C to stop")
             while True:
                 time.sleep(3600)
-        asyncio.run(_simulate(platform.url("gateway"), args))
+        asyncio.run(_simulate(platform.url("gateway"), args, admin_key))
         say("simulation finished; Ctrl-C to stop")
         while True:
             time.sleep(3600)
@@ -210,13 +213,15 @@ def _announce(server: EmbeddedServer) -> None:
     say(f"{server.name:<8} embedded, {server.url}")
 
 
-def _print_urls(platform: Platform, env: dict[str, str]) -> None:
+def _print_urls(platform: Platform, env: dict[str, str], key_file: Path) -> None:
     gateway = platform.url("gateway")
     ws = gateway.replace("http://", "ws://")
     lines = [
-        f"Dashboard    {gateway}/",
+        f"Dashboard    {gateway}/#key={platform.admin_api_key}",
         f"REST API     {gateway}/api/v1   (docs: {gateway}/docs)",
         f"WebSocket    {ws}/api/v1/ai-analytics/ws/analytics/<client_id>",
+        f"Admin key    {platform.admin_api_key}   (saved in {key_file})",
+        "             send it as: Authorization: Bearer <key>",
         f"Kafka        {env['KAFKA_BOOTSTRAP_SERVERS']}",
         f"PostgreSQL   {env['DATABASE_URL']}",
         f"Redis        {env['REDIS_URL']}",
@@ -232,10 +237,10 @@ def _print_urls(platform: Platform, env: dict[str, str]) -> None:
     )
 
 
-async def _simulate(gateway_url: str, args: argparse.Namespace) -> None:
+async def _simulate(gateway_url: str, args: argparse.Namespace, api_key: str) -> None:
     from om_cli.simulator.runner import simulate
 
     seed = args.seed if args.seed is not None else int(time.time())
     say(f"simulator: {args.markets} markets, {args.rate:g} trades/s, seed {seed}")
     with contextlib.suppress(asyncio.CancelledError):
-        await simulate(gateway_url, rate=args.rate, markets=args.markets, seed=seed, duration_s=None)
+        await simulate(gateway_url, rate=args.rate, markets=args.markets, seed=seed, duration_s=None, api_key=api_key)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from om_cli.credentials import GATEWAY_KEY_FILE_ENV, ensure_admin_key
 from om_cli.embedded import check_port_free
 
 # Start order: producers of what others need first; the gateway last (its readiness needs the others).
@@ -84,12 +85,17 @@ class Platform:
     on_round: Callable[[], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
+    #: The development admin API key the gateway accepts (created beside the logs unless a file is named).
+    admin_api_key: str | None = None
 
     def start(self, timeout_s: float = 60.0) -> None:
         """Start every service and wait until each is ready. A taken port fails first (PortInUse): otherwise
         whatever holds it might answer the readiness check in the service's place."""
         for name in SERVICES:
             check_port_free(self.ports.of(name), name, "choose other ports (see `om up --help`)")
+        if GATEWAY_KEY_FILE_ENV not in self.extra_env:
+            key_file, self.admin_api_key = ensure_admin_key(self.log_dir.parent)
+            self.extra_env = {**self.extra_env, GATEWAY_KEY_FILE_ENV: str(key_file)}
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._stopping.clear()
         try:

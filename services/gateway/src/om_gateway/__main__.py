@@ -1,12 +1,27 @@
+"""gateway service."""
+
+import uvicorn
+
 from om_gateway.app import create_app
 from om_gateway.settings import GatewaySettings
-from om_runtime.service import serve, setup_telemetry
+from om_runtime.service import setup_telemetry
 
 
 def main() -> None:
     settings = GatewaySettings()
     setup_telemetry(settings)
-    serve(create_app(settings), settings)
+    # As om_runtime.service.serve, plus WebSocket settings: no per-message compression (it would compress each
+    # update once per client instead of sending the one encoded text) and uvicorn's own message size limit.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        ws_per_message_deflate=False,
+        ws_max_size=settings.ws_max_message_bytes * 4,  # the endpoint closes with 1009 past the documented limit
+        backlog=4096,
+    )
 
 
 if __name__ == "__main__":

@@ -1,79 +1,244 @@
-"""Live updates to WebSocket clients. Every gateway replica consumes the analytics topics without a consumer
-group, so each replica receives every update and pushes it to its own clients."""
+"""Live updates: channels, their history, and the clients subscribed to them — pure, no I/O.
+
+Each update comes from a Kafka record, and its sequence number is that record's offset in its partition. A
+channel's updates all come from one partition (the topics are keyed by the channel's id), so its numbers rise,
+and every replica, reading the same log, gives the same update the same number: a client can resume on any
+replica. An update is serialised once, into text that every subscriber's queue shares. A client whose queue
+is full is not skipped silently: it is marked slow and disconnected (close code 4008), and resumes from its
+last sequence number.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
+import json
+import re
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from om_contracts import MarketMetricsUpdated, SystemMetricsUpdated
+from om_contracts import MarketMetricsUpdated, PredictionMade, SystemMetricsUpdated
 
-log = logging.getLogger(__name__)
+#: Close codes (documented in docs/websocket.md).
+CLOSE_IDLE = 4000
+CLOSE_UNAUTHENTICATED = 4001
+CLOSE_FORBIDDEN = 4003
+CLOSE_SLOW = 4008
+CLOSE_TOO_MANY = 4029
+CLOSE_TOO_BIG = 1009
+
+CHANNEL = re.compile(r"^(system|system/health|market/[A-Za-z0-9_.:-]{1,64}(/predictions)?|user/[A-Za-z0-9_.:-]{1,64})$")
+
+_ENVELOPE = {"event_id", "event_type", "schema_version", "produced_at", "producer", "occurred_at"}
+
+
+def _stamp(event: Any) -> str:
+    return event.occurred_at.isoformat().replace("+00:00", "Z")
 
 
 def analytics_update(event: SystemMetricsUpdated) -> dict[str, Any]:
-    """The product's `analytics_update` message."""
+    """The product's `analytics_update` message (channel `system`)."""
     return {
         "type": "analytics_update",
-        "timestamp": event.occurred_at.isoformat().replace("+00:00", "Z"),
+        "timestamp": _stamp(event),
         "system_metrics": event.system_metrics.model_dump(mode="json"),
         "top_markets": [m.model_dump(mode="json") for m in event.top_markets],
     }
 
 
 def market_update(event: MarketMetricsUpdated) -> dict[str, Any]:
-    market = event.model_dump(
-        mode="json",
-        exclude={"event_id", "event_type", "schema_version", "produced_at", "producer", "occurred_at"},
-    )
+    """Channel `market/{id}`."""
     return {
         "type": "market_update",
-        "timestamp": event.occurred_at.isoformat().replace("+00:00", "Z"),
-        "market": market,
+        "timestamp": _stamp(event),
+        "market": event.model_dump(mode="json", exclude=_ENVELOPE),
     }
+
+
+def prediction_update(event: PredictionMade) -> dict[str, Any]:
+    """Channel `market/{id}/predictions`."""
+    return {
+        "type": "prediction_update",
+        "timestamp": _stamp(event),
+        "prediction": event.model_dump(mode="json", exclude=_ENVELOPE - {"occurred_at"}),
+    }
+
+
+def generic_update(kind: str) -> Callable[[Any], dict[str, Any]]:
+    """For topics added later (user and health metrics): the event's fields without the envelope."""
+
+    def build(event: Any) -> dict[str, Any]:
+        return {"type": kind, "timestamp": _stamp(event), "data": event.model_dump(mode="json", exclude=_ENVELOPE)}
+
+    return build
+
+
+@dataclass(frozen=True)
+class Source:
+    """How a topic's events become channel updates."""
+
+    topic: str
+    channel: Callable[[Any], str]
+    message: Callable[[Any], dict[str, Any]]
+
+
+SOURCES: tuple[Source, ...] = (
+    Source("analytics.system.v1", lambda e: "system", analytics_update),
+    Source("analytics.market.v1", lambda e: f"market/{e.market_id}", market_update),
+    Source("prediction.predictions.v1", lambda e: f"market/{e.market_id}/predictions", prediction_update),
+    Source("analytics.health.v1", lambda e: "system/health", generic_update("health_update")),
+    Source("analytics.user.v1", lambda e: f"user/{e.user_id}", generic_update("user_update")),
+)
 
 
 @dataclass(eq=False)
 class Client:
-    client_id: str
-    queue: asyncio.Queue[dict[str, Any]]
-    markets: set[str] = field(default_factory=set)
+    """One connection: its principal, channels and outgoing queue (shared, pre-encoded texts)."""
 
-    def offer(self, message: dict[str, Any]) -> None:
-        """Queue a message; when the client lags, drop its oldest message rather than block everyone."""
-        if self.queue.full():
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self.queue.get_nowait()
-        self.queue.put_nowait(message)
+    client_id: str
+    max_queue: int
+    principal: Any = None
+    channels: set[str] = field(default_factory=set)
+    queue: deque[str] = field(default_factory=deque)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    slow: bool = False
+    last_heard: float = 0.0
+    #: Connected on the product's original endpoint: `analytics_update` exactly as it always was (no seq).
+    legacy: bool = False
+
+    def offer(self, text: str) -> bool:
+        """Queue a text; False (and marked slow) if the client is too far behind to take it."""
+        if self.slow:
+            return False
+        if len(self.queue) >= self.max_queue:
+            self.slow = True
+            self.queue.clear()
+            self.ready.set()  # wake the sender, which closes the connection
+            return False
+        self.queue.append(text)
+        self.ready.set()
+        return True
+
+    def reply(self, message: dict[str, Any]) -> None:
+        self.offer(json.dumps(message, separators=(",", ":")))
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Everything queued, decoded (for tests and diagnostics)."""
+        out = [json.loads(t) for t in self.queue]
+        self.queue.clear()
+        return out
+
+
+@dataclass
+class History:
+    """A channel's latest updates, oldest first, as (seq, text)."""
+
+    updates: deque[tuple[int, str]]
+    trimmed_through: int = -1  # the highest seq no longer kept
+    legacy_latest: str | None = None  # the latest update in the original shape (channel `system` only)
 
 
 class LiveHub:
-    def __init__(self, queue_size: int) -> None:
+    def __init__(self, queue_size: int, backfill: int = 100) -> None:
         self.queue_size = queue_size
+        self.backfill = backfill
         self.clients: set[Client] = set()
-        self.latest: dict[str, Any] | None = None
+        self.subscribers: dict[str, set[Client]] = {}
+        self.history: dict[str, History] = {}
+        #: (topic, partition) → the first offset this replica read; a resume from before it cannot be complete.
+        self.read_from: dict[tuple[str, int], int] = {}
+        self.partition_of: dict[str, tuple[str, int]] = {}
 
-    def connect(self, client_id: str) -> Client:
-        client = Client(client_id, asyncio.Queue(self.queue_size))
-        if self.latest is not None:
-            client.offer(self.latest)  # a new client sees the current state at once
+    # --- connections -------------------------------------------------------------------------------
+
+    def connect(self, client_id: str, principal: Any = None) -> Client:
+        client = Client(client_id, self.queue_size, principal)
         self.clients.add(client)
         return client
 
     def disconnect(self, client: Client) -> None:
         self.clients.discard(client)
+        for channel in client.channels:
+            if (subs := self.subscribers.get(channel)) is not None:
+                subs.discard(client)
+                if not subs:
+                    del self.subscribers[channel]
+        client.channels.clear()
 
-    async def on_system(self, event: SystemMetricsUpdated) -> None:
-        self.latest = analytics_update(event)
-        for client in self.clients:
-            client.offer(self.latest)
+    def subscribe(self, client: Client, channel: str, since: int | None = None) -> None:
+        """Add the channel, then queue a snapshot (the latest update) or, with `since`, the updates after it."""
+        client.channels.add(channel)
+        self.subscribers.setdefault(channel, set()).add(client)
+        history = self.history.get(channel)
+        if client.legacy and channel == "system":
+            if history is not None and history.legacy_latest is not None:
+                client.offer(history.legacy_latest)  # as before: the current state at once, nothing else
+            return
+        if since is not None:
+            complete = self.can_resume(channel, since)
+            texts = [t for seq, t in history.updates if seq > since] if history else []
+            if complete:
+                client.offer(_json({"type": "backfill", "channel": channel, "since": since, "count": len(texts)}))
+                for text in texts:
+                    client.offer(text)
+                return
+        latest = history.updates[-1] if history and history.updates else None
+        seq = latest[0] if latest else None
+        head = _json({"type": "snapshot", "channel": channel, "seq": seq, "reset": since is not None})
+        client.offer(head[:-1] + ',"message":' + (latest[1] if latest else "null") + "}")  # no re-encoding
 
-    async def on_market(self, event: MarketMetricsUpdated) -> None:
-        message = None
+    def can_resume(self, channel: str, since: int) -> bool:
+        history = self.history.get(channel)
+        if history is not None and since < history.trimmed_through:
+            return False
+        where = self.partition_of.get(channel)
+        if where is None:  # nothing read for this channel: complete only if this replica read its topic at all
+            return False
+        return since >= self.read_from.get(where, 0) - 1
+
+    def unsubscribe(self, client: Client, channel: str) -> None:
+        client.channels.discard(channel)
+        if (subs := self.subscribers.get(channel)) is not None:
+            subs.discard(client)
+            if not subs:
+                del self.subscribers[channel]
+
+    # --- updates -----------------------------------------------------------------------------------
+
+    def publish(self, source: Source, event: Any, partition: int, offset: int) -> str:
+        """Number, encode once, remember and fan out one update; returns its channel."""
+        channel = source.channel(event)
+        history = self.history.get(channel)
+        if history is None:
+            history = self.history[channel] = History(deque())
+            self.partition_of[channel] = (source.topic, partition)
+        if history.updates and offset <= history.updates[-1][0]:
+            return channel  # already seen (a consumer restart re-reads): never twice
+        message = source.message(event)
+        legacy = _json(message) if channel == "system" else None
+        message["channel"] = channel
+        message["seq"] = offset
+        text = _json(message)
+        history.updates.append((offset, text))
+        history.legacy_latest = legacy
+        if len(history.updates) > self.backfill:
+            history.trimmed_through = history.updates.popleft()[0]
+        for client in self.subscribers.get(channel, ()):
+            client.offer(legacy if client.legacy and legacy is not None else text)
+        return channel
+
+    def heartbeat(self, now: float, stamp: str, idle_timeout_s: float) -> list[Client]:
+        """Queue a heartbeat for everyone; return the clients silent for longer than the idle timeout."""
+        text = _json({"type": "heartbeat", "timestamp": stamp})
+        idle = []
         for client in self.clients:
-            if event.market_id in client.markets:
-                message = message or market_update(event)
-                client.offer(message)
+            if now - client.last_heard > idle_timeout_s:
+                idle.append(client)
+            else:
+                client.offer(text)
+        return idle
+
+
+def _json(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))

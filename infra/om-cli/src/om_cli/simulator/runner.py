@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from om_cli.credentials import auth_headers
 from om_cli.simulator.world import (
     API,
     CancelMarket,
@@ -414,6 +415,7 @@ async def simulate(
     stop: asyncio.Event | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     clock: Callable[[], datetime] | None = None,
+    api_key: str | None = None,
 ) -> SimulationStats:
     """Run a simulated market world against the gateway at `base_url` and return what was sent.
 
@@ -424,7 +426,8 @@ async def simulate(
     `batch` is false; with batching the loop wakes at most every `tick_s`. `event_time` sends the
     simulator's clock as executed_at/observed_at (otherwise the platform stamps them).
     `world_config` tunes the world; the explicit arguments override its fields. `transport`
-    replaces the network (tests use `httpx.MockTransport`). Raises `SimulationError` if the gateway
+    replaces the network (tests use `httpx.MockTransport`). `api_key` is the credential sent (default: see
+    `om_cli.credentials.auth_headers`). Raises `SimulationError` if the gateway
     is unreachable for `retry_for_s` at the start or refuses the simulator's markets.
     """
     if rate < 0 or not math.isfinite(rate):
@@ -449,7 +452,10 @@ async def simulate(
         world.prefix,
     )
     async with httpx.AsyncClient(
-        base_url=base_url, timeout=timeout_s, transport=transport, headers={"user-agent": "om-simulator"}
+        base_url=base_url,
+        timeout=timeout_s,
+        transport=transport,
+        headers={"user-agent": "om-simulator", **auth_headers(api_key)},
     ) as client:
         runner = _Runner(
             client,
@@ -522,6 +528,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--api",
         default=os.environ.get("OM_API_URL", DEFAULT_API),
         help="gateway base URL (default: $OM_API_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="credential to send (default: $OM_API_KEY, else the key `om up` saved in .om/credentials/)",
     )
     parser.add_argument("--rate", type=_non_negative_float, default=10.0, help="trades per second (default 10)")
     parser.add_argument("--markets", type=_positive_int, default=8, help="markets kept open (default 8)")
@@ -645,6 +656,7 @@ async def run_from_args(args: argparse.Namespace) -> int:
             timeout_s=args.http_timeout,
             retry_for_s=args.retry_for,
             stop=stop,
+            api_key=args.api_key,
         )
     except (SimulationError, ValueError) as exc:
         log.error("simulation failed: %s", exc)

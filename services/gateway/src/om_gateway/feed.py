@@ -1,0 +1,67 @@
+"""Reads the update topics into the hub. Every replica reads every partition itself (no consumer group), from
+`ws_history_s` ago, so its channel histories and sequence numbers (record offsets) match every other replica's."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from om_contracts import DecodeError, decode
+from om_contracts.topics import TOPICS
+from om_gateway.live import SOURCES, LiveHub, Source
+
+log = logging.getLogger(__name__)
+
+
+def active_sources() -> dict[str, Source]:
+    """The sources whose topic is in the registry (user and health topics join once analytics adds them)."""
+    known = {t.name for t in TOPICS}
+    return {s.topic: s for s in SOURCES if s.topic in known}
+
+
+async def follow(hub: LiveHub, bootstrap: str, history_s: float, fetch_max_wait_ms: int = 10) -> None:
+    sources = active_sources()
+    topics = {t.name: t for t in TOPICS if t.name in sources}
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=fetch_max_wait_ms,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    try:  # stopped even when cancelled while starting (a replica shut down at once)
+        await consumer.start()
+        await consumer.topics()
+        partitions = [
+            TopicPartition(name, p) for name in topics for p in sorted(consumer.partitions_for_topic(name) or ())
+        ]
+        consumer.assign(partitions)
+        since_ms = int((time.time() - history_s) * 1000)
+        found = await consumer.offsets_for_times(dict.fromkeys(partitions, since_ms))
+        ends = await consumer.end_offsets(partitions)
+        for tp in partitions:
+            start = found[tp].offset if found.get(tp) is not None else ends[tp]
+            consumer.seek(tp, start)
+            hub.read_from[(tp.topic, tp.partition)] = start
+        log.info("following %d partitions of %s", len(partitions), ", ".join(topics))
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=2000)
+            for tp, records in batches.items():
+                topic, source = topics[tp.topic], sources[tp.topic]
+                for record in records:
+                    try:
+                        event = decode(topic, record.value)
+                    except DecodeError as exc:
+                        log.warning(
+                            "skipped an undecodable update at %s/%d@%d: %s",
+                            tp.topic,
+                            tp.partition,
+                            record.offset,
+                            exc.reason,
+                        )
+                        continue
+                    hub.publish(source, event, tp.partition, record.offset)
+    finally:
+        await consumer.stop()
