@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import yaml
 from jsonschema import Draft7Validator
 
 ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "infra" / "docker" / "Dockerfile"
 SCHEMAS = ROOT / "infra" / "schemas"
 CHART = ROOT / "helm" / "opinion-market"
 SERVICES = sorted(p.parent.name for p in (ROOT / "services").glob("*/pyproject.toml"))
@@ -101,20 +103,48 @@ def test_helm_chart_metadata() -> None:
 # ---- every service everywhere, under one name ----
 
 
-@pytest.mark.parametrize("name", SERVICES)
-def test_service_has_dockerfile(name: str, values: dict[str, Any]) -> None:
-    dockerfile = ROOT / "services" / name / "Dockerfile"
-    assert dockerfile.is_file(), f"services/{name}/Dockerfile is missing"
-    text = dockerfile.read_text(encoding="utf-8")
-    port = values["components"][name]["port"]
+def test_one_dockerfile_for_every_service() -> None:
+    assert DOCKERFILE.is_file()
+    assert not list((ROOT / "services").glob("*/Dockerfile")), "services build from infra/docker/Dockerfile only"
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert re.search(r"^ARG SERVICE\s*$", text, re.M), "the service is a build argument"
     assert re.search(r"^COPY --from=ghcr\.io/astral-sh/uv:\d+\.\d+(\.\d+)? ", text, re.M), "pin the uv image"
-    assert f"uv sync --frozen --no-dev --package om-{name} --no-editable" in text
-    assert re.search(r"^FROM python:3\.11-slim\s*$", text, re.M), "the runtime stage is python:3.11-slim"
-    assert "om-cli" not in text and "infra/" not in text, "the dev launcher must stay out of images"
-    assert re.search(r"^USER 10001(:10001)?\s*$", text, re.M)
-    assert re.search(rf"^EXPOSE {port}\s*$", text, re.M)
-    assert "HEALTHCHECK" in text and "/health" in text
-    assert re.search(rf'^CMD \["{name}"\]\s*$', text, re.M)
+    assert 'uv sync --frozen --no-dev --package "om-${SERVICE}" --no-editable' in text
+    assert "--no-install-workspace" in text, "third-party dependencies get their own cached layer"
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim\s*$", text, re.M)
+    copies = [line for line in text.splitlines() if line.startswith("COPY ")]
+    assert not [c for c in copies if "infra" in c or "om-cli" in c], "the dev launcher stays out of images"
+    runtime = text[text.index("AS runtime") :]
+    assert re.search(r"^USER 10001(:10001)?\s*$", runtime, re.M)
+    assert re.search(r"^EXPOSE \$\{PORT\}\s*$", runtime, re.M)
+    assert "HEALTHCHECK" in runtime and "/health" in runtime
+    assert re.search(r'^CMD \["om-service"\]\s*$', runtime, re.M)
+    for label in ("title", "version", "revision", "source", "licenses"):
+        assert f"org.opencontainers.image.{label}=" in runtime, f"OCI label {label} is missing"
+    assert text.rstrip().splitlines()[-1].startswith("CMD"), "the runtime stage is the last, so the default target"
+    assert re.search(r"^FROM builder AS dev\s*$", text, re.M), "skaffold's dev profile builds the dev target"
+
+
+def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    return subprocess.run([binary, "--no-color", str(path)], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_hadolint_passes_the_dockerfile() -> None:
+    result = hadolint(DOCKERFILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_fails_a_broken_dockerfile(tmp_path: Path) -> None:
+    broken = tmp_path / "Dockerfile"
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    broken.write_text(
+        text.replace("FROM ${PYTHON_IMAGE} AS runtime", "FROM python:latest AS runtime") + "RUN cd /tmp\n"
+    )
+    result = hadolint(broken)
+    assert result.returncode != 0
+    assert "DL3007" in result.stdout  # the latest tag
+    assert "DL3003" in result.stdout  # cd instead of WORKDIR
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -123,7 +153,9 @@ def test_service_is_in_compose(name: str, compose: dict[str, Any], values: dict[
     assert name in services, f"docker-compose.yml has no service {name!r}"
     svc = services[name]
     assert svc["build"]["context"] == "."
-    assert svc["build"]["dockerfile"] == f"services/{name}/Dockerfile"
+    assert svc["build"]["dockerfile"] == "infra/docker/Dockerfile"
+    assert svc["build"]["target"] == "runtime"
+    assert svc["build"]["args"] == {"SERVICE": name, "PORT": str(values["components"][name]["port"])}
     env = env_of(svc)
     prefix = name.upper()
     assert env[f"{prefix}_HTTP_HOST"] == "0.0.0.0"
@@ -135,6 +167,9 @@ def test_service_is_in_compose(name: str, compose: dict[str, Any], values: dict[
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
     depends = svc["depends_on"]
     assert depends["kafka"]["condition"] == "service_healthy"
+    assert depends["topics-init"]["condition"] == "service_completed_successfully"
+    # The collector runs only under the observability profile, so waiting for it must be optional.
+    assert depends["otel-collector"]["required"] is False
     for dep, spec in depends.items():
         if dep in INFRA:
             assert spec["condition"] == "service_healthy", f"{name} must wait for {dep} to be healthy"
@@ -146,7 +181,9 @@ def test_service_is_a_skaffold_artifact(name: str, skaffold: dict[str, Any]) -> 
     assert name in artifacts, f"skaffold.yaml builds no image {name!r}"
     artifact = artifacts[name]
     assert artifact["context"] == "."
-    assert artifact["docker"]["dockerfile"] == f"services/{name}/Dockerfile"
+    assert artifact["docker"]["dockerfile"] == "infra/docker/Dockerfile"
+    assert artifact["docker"]["target"] == "runtime"
+    assert artifact["docker"]["buildArgs"]["SERVICE"] == name
     templates = skaffold["deploy"]["helm"]["releases"][0]["setValueTemplates"]
     assert templates[f"components.{name}.image.repository"] == f"{{{{.IMAGE_REPO_{name}}}}}"
     assert templates[f"components.{name}.image.tag"].startswith(f"{{{{.IMAGE_TAG_{name}}}}}")
@@ -164,7 +201,7 @@ def test_nothing_extra_is_deployed(compose: dict[str, Any], skaffold: dict[str, 
     """Images and components are exactly the services (compose also runs infrastructure)."""
     assert sorted(a["image"] for a in skaffold["build"]["artifacts"]) == SERVICES
     assert sorted(values["components"]) == SERVICES
-    built = sorted(name for name, svc in compose["services"].items() if "build" in svc)
+    built = sorted(name for name, svc in compose["services"].items() if "build" in svc and name != "topics-init")
     assert built == SERVICES
 
 
@@ -254,6 +291,9 @@ def test_skaffold_deploys_the_chart(skaffold: dict[str, Any]) -> None:
     assert (ROOT / release["chartPath"] / "Chart.yaml").is_file()
 
 
+HELM_VALUES_PATCH = "/deploy/helm/releases/0/setValues/"
+
+
 def test_skaffold_profiles_patch_the_release(skaffold: dict[str, Any], values: dict[str, Any]) -> None:
     profiles = {p["name"]: p for p in skaffold["profiles"]}
     assert {"dev", "minimal"} <= set(profiles)
@@ -261,12 +301,33 @@ def test_skaffold_profiles_patch_the_release(skaffold: dict[str, Any], values: d
     for profile in profiles.values():
         assert "deploy" not in profile and "build" not in profile, "profiles patch, they do not copy"
         for patch in profile["patches"]:
-            assert patch["path"].startswith("/deploy/helm/releases/0/setValues/")
+            if not patch["path"].startswith(HELM_VALUES_PATCH):
+                continue
             key = patch["path"].rsplit("/", 1)[1]
-            component = key.split(".")[1]
-            assert key.startswith("components.") and component in values["components"], key
+            if key.startswith("components."):
+                assert key.split(".")[1] in values["components"], key
     replicas = {p["path"].rsplit("/", 1)[1]: str(p["value"]) for p in profiles["minimal"]["patches"]}
     assert replicas == {f"components.{name}.replicas": "1" for name in SERVICES}
+
+
+def test_skaffold_dev_profile_builds_an_editable_synced_target(skaffold: dict[str, Any]) -> None:
+    """`skaffold dev`: every artifact builds the Dockerfile's dev target, edited sources are synced into it, its
+    root is writable (for the sync) and the gateway and Grafana are port-forwarded."""
+    patches = {p["path"]: p["value"] for p in next(p for p in skaffold["profiles"] if p["name"] == "dev")["patches"]}
+    artifacts = skaffold["build"]["artifacts"]
+    stages = set(re.findall(r"^FROM \S+ AS (\w+)\s*$", DOCKERFILE.read_text(encoding="utf-8"), re.M))
+    for i, artifact in enumerate(artifacts):
+        assert patches[f"/build/artifacts/{i}/docker/target"] == "dev" in stages
+        rules = patches[f"/build/artifacts/{i}/sync"]["manual"]
+        assert {"src": f"services/{artifact['image']}/src/**/*.py", "dest": "/src"} in rules
+    assert str(patches[HELM_VALUES_PATCH + "securityContext.readOnlyRootFilesystem"]).lower() == "false"
+    forwards = [skaffold["portForward"][0], patches["/portForward/-"]]
+    assert {(f["resourceName"], f["localPort"]) for f in forwards} == {
+        ("opinion-market-gateway", 8000),
+        ("grafana", 3000),
+    }
+    # The dev target restarts its process when a synced file changes.
+    assert re.search(r'^CMD \["watchfiles"', DOCKERFILE.read_text(encoding="utf-8"), re.M)
 
 
 # ---- helm ----
@@ -323,7 +384,8 @@ def skaffold_set_args(skaffold: dict[str, Any]) -> list[str]:
         args += ["--set-string", f"{key}={value}"]
     for profile in skaffold["profiles"]:
         for patch in profile["patches"]:
-            args += ["--set", f"{patch['path'].rsplit('/', 1)[1]}={patch['value']}"]
+            if patch["path"].startswith(HELM_VALUES_PATCH):
+                args += ["--set", f"{patch['path'].rsplit('/', 1)[1]}={patch['value']}"]
     return args
 
 
@@ -396,5 +458,9 @@ def test_helm_template_with_skaffold_values(helm: Helm, skaffold: dict[str, Any]
     assert {d["spec"]["replicas"] for d in deployments} == {1}
     # skaffold's port-forward names the gateway Service of the release "opinion-market".
     [forward] = load_yaml(ROOT / "skaffold.yaml")["portForward"]
+    assert all(
+        d["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is False
+        for d in deployments
+    ), "the dev profile's pods have a writable root for file sync"
     services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
     assert forward["resourceName"] in services

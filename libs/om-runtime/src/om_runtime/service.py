@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from om_contracts import Topic
 from om_runtime.http import Check, ops_router
 from om_runtime.kafka import BatchHandler, EventPublisher, Handler, consume, create_broker, dispatch, ensure_topics
+from om_runtime.metrics import HttpMetricsMiddleware
 from om_runtime.settings import ServiceSettings
 from om_runtime.telemetry import setup_logging, setup_tracing
 
@@ -116,6 +117,7 @@ class ServiceRuntime:
         for router in routers:
             app.include_router(router)
         app.state.runtime = self
+        app.add_middleware(HttpMetricsMiddleware, registry=self.registry, service=self.settings.service_name)
         FastAPIInstrumentor.instrument_app(app, excluded_urls="/health,/ready,/metrics")
         return app
 
