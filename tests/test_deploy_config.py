@@ -464,3 +464,302 @@ def test_helm_template_with_skaffold_values(helm: Helm, skaffold: dict[str, Any]
     ), "the dev profile's pods have a writable root for file sync"
     services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
     assert forward["resourceName"] in services
+
+
+# ---- helm: production values, kubernetes-validate, policies ----
+
+PRODUCTION = CHART / "values-production.yaml"
+CRD_SCHEMAS = SCHEMAS / "crds"
+#: Every optional template on, so each kind is rendered and checked.
+EVERYTHING_ON = [
+    "--set", "namespace.create=true",
+    "--set", "datastores.externalSecret.enabled=true",
+    "--set", "monitoring.serviceMonitor.enabled=true",
+    "--set", "monitoring.prometheusRule.enabled=true",
+    "--set", "monitoring.alertmanagerConfig.enabled=true",
+    "--set", "monitoring.grafanaDashboard.enabled=true",
+    "--set", "components.feature.keda.enabled=true",
+    "--set", "components.gateway.autoscaling.enabled=true",
+    "--set", "components.gateway.ingress.enabled=true",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def rendered(helm: Helm) -> dict[str, list[dict[str, Any]]]:
+    """The chart rendered three ways: defaults, the production-like values file, and every option on."""
+    return {
+        "default": render(helm, "om", "--namespace", "om"),
+        "production": render(helm, "opinion-market", "--namespace", "opinion-market", "-f", str(PRODUCTION)),
+        "everything": render(helm, "om", "--namespace", "om", *EVERYTHING_ON),
+    }
+
+
+def crd_schema(doc: dict[str, Any]) -> Path:
+    group, _, version = doc["apiVersion"].rpartition("/")
+    return CRD_SCHEMAS / f"{doc['kind'].lower()}-{group}-{version}.json"
+
+
+def manifest_errors(doc: dict[str, Any]) -> list[str]:
+    """kubernetes-validate (strict, the newest Kubernetes it knows) for built-in kinds; the committed schemas in
+    infra/schemas/crds for custom resources. A kind with neither is an error, never skipped silently."""
+    import kubernetes_validate
+
+    name = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+    if "." in doc["apiVersion"].split("/")[0] and not doc["apiVersion"].startswith(
+        ("apps/", "batch/", "policy/", "autoscaling/", "networking.k8s.io/", "rbac.authorization.k8s.io/")
+    ):
+        schema = crd_schema(doc)
+        if not schema.is_file():
+            return [f"{name}: no schema for {doc['apiVersion']} in {CRD_SCHEMAS.relative_to(ROOT)}"]
+        return [f"{name}: {e}" for e in schema_errors(schema, doc)]
+    try:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return [f"{name}: {'/'.join(map(str, exc.path))}: {exc.message}"]
+    return []
+
+
+def test_helm_lint_strict_production_values(helm: Helm) -> None:
+    run_helm(helm, "lint", "--strict", str(CHART), "-f", str(PRODUCTION))
+    run_helm(helm, "lint", "--strict", str(CHART), *EVERYTHING_ON)
+
+
+@pytest.mark.parametrize("variant", ["default", "production", "everything"])
+def test_every_rendered_manifest_is_valid(variant: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    errors = [error for doc in rendered[variant] for error in manifest_errors(doc)]
+    assert errors == []
+
+
+def test_everything_on_renders_every_kind(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    kinds = {d["kind"] for d in rendered["everything"]}
+    assert kinds >= {
+        "Namespace", "ServiceAccount", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
+        "ScaledObject", "PodDisruptionBudget", "NetworkPolicy", "Ingress", "Job", "CronJob", "ExternalSecret",
+        "ServiceMonitor", "PrometheusRule", "AlertmanagerConfig",
+    }  # fmt: skip
+
+
+def test_kubernetes_validate_rejects_a_broken_manifest(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    deployment = next(d for d in rendered["default"] if d["kind"] == "Deployment")
+    broken = json.loads(json.dumps(deployment))
+    broken["spec"]["replicas"] = "two"
+    broken["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy2"] = "Always"
+    assert manifest_errors(deployment) == []
+    assert manifest_errors(broken), "kubernetes-validate accepted a Deployment with replicas: 'two'"
+    rule = next(d for d in rendered["everything"] if d["kind"] == "PrometheusRule")
+    broken_rule = json.loads(json.dumps(rule))
+    broken_rule["spec"]["groups"][0]["rules"][0]["for"] = "ten minutes"
+    assert manifest_errors(rule) == []
+    assert manifest_errors(broken_rule), "the committed PrometheusRule schema accepted a bad duration"
+
+
+def pods_of(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(kind/name, pod metadata, pod spec) of every workload."""
+    pods = []
+    for doc in docs:
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        if doc["kind"] in ("Deployment", "Job"):
+            pods.append((name, doc["spec"]["template"]["metadata"], doc["spec"]["template"]["spec"]))
+        elif doc["kind"] == "CronJob":
+            template = doc["spec"]["jobTemplate"]["spec"]["template"]
+            pods.append((name, template["metadata"], template["spec"]))
+    return pods
+
+
+@pytest.mark.parametrize("variant", ["default", "production", "everything"])
+def test_every_pod_is_restricted_and_bounded(variant: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Pod Security Admission `restricted`, plus the chart's own rules: resources with a memory limit, probes on
+    long-running containers, no service-account token, a writable /tmp only."""
+    pods = pods_of(rendered[variant])
+    assert len(pods) >= 5 + 5 + 1  # deployments, hook jobs, the retraining cronjob
+    for name, _, spec in pods:
+        assert spec["automountServiceAccountToken"] is False, name
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), name
+        for container in spec["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add"), name
+            assert sc.get("privileged") is not True, name
+            resources = container["resources"]
+            assert resources["requests"]["cpu"] and resources["requests"]["memory"], name
+            assert resources["limits"]["memory"], name
+            if name.startswith("Deployment/"):
+                for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                    assert probe in container, f"{name} has no {probe}"
+                assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+                assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+        for volume in spec.get("volumes", []):
+            assert set(volume) <= {"name", "emptyDir", "configMap", "secret", "projected"}, f"{name}: {volume}"
+
+
+def test_namespace_enforces_restricted(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    [namespace] = [d for d in rendered["everything"] if d["kind"] == "Namespace"]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_service_accounts_do_not_mount_tokens(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["default"]
+    accounts = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceAccount"}
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            account = accounts[doc["spec"]["template"]["spec"]["serviceAccountName"]]
+            assert account["automountServiceAccountToken"] is False
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels and In-expressions) selects a pod with these labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "In", "extend this helper for other operators"
+        if labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("variant", ["default", "production"])
+def test_network_policies_cover_every_pod(variant: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered[variant]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    for name, meta, _ in pods_of(docs):
+        labels = meta["labels"]
+        applying = [p for p in policies if selects(p["spec"]["podSelector"], labels)]
+        types = {t for p in applying for t in p["spec"]["policyTypes"]}
+        assert types == {"Ingress", "Egress"}, f"{name} is not under a default deny"
+        # Every pod may resolve names.
+        assert any(
+            {"port": 53, "protocol": "UDP"} in rule.get("ports", [])
+            for p in applying
+            for rule in p["spec"].get("egress", [])
+        ), name
+
+
+def ingress_sources(docs: list[dict[str, Any]], component: str) -> list[dict[str, Any]]:
+    """The `from` peers (None for anyone) allowed into a component's pods."""
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy" and "Ingress" in d["spec"]["policyTypes"]]
+    labels = {"app.kubernetes.io/name": "opinion-market", "app.kubernetes.io/instance": "om",
+              "app.kubernetes.io/component": component}  # fmt: skip
+    return [
+        peer
+        for p in policies
+        if selects(p["spec"]["podSelector"], labels)
+        for rule in p["spec"].get("ingress", [])
+        for peer in rule.get("from", [None])
+    ]
+
+
+def test_network_policies_allow_only_the_architecture_flows(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["default"]
+    # Only the gateway accepts traffic from anywhere.
+    open_to_all = {c for c in SERVICES if None in ingress_sources(docs, c)}
+    assert open_to_all == {"gateway"}
+    callers = {
+        c: sorted(
+            peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+            for peer in ingress_sources(docs, c)
+            if peer and "podSelector" in peer
+        )
+        for c in SERVICES
+    }
+    assert callers == {
+        "gateway": [],
+        "ingest": ["gateway"],
+        "prediction": ["gateway"],
+        "analytics": ["gateway"],
+        "feature": ["prediction", "retraining"],  # the training export
+    }
+    for c in SERVICES:  # Prometheus scrapes everything, from its namespace only
+        assert any(peer and "namespaceSelector" in peer for peer in ingress_sources(docs, c)), c
+
+
+def test_hook_jobs_provision_topics_and_migrate_before_the_release(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    jobs = {d["metadata"]["name"]: d for d in rendered["default"] if d["kind"] == "Job"}
+    topics = jobs["om-opinion-market-topics"]
+    migrations = [j for n, j in jobs.items() if n.endswith("-migrations")]
+    assert len(migrations) == 4  # every component with a database
+    for job in (topics, *migrations):
+        hook = job["metadata"]["annotations"]
+        assert hook["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert int(topics["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        migrations[0]["metadata"]["annotations"]["helm.sh/hook-weight"]
+    )
+    command = " ".join(topics["spec"]["template"]["spec"]["containers"][0]["command"])
+    assert "ensure_topics(" in command and "TOPICS" not in command, "topics come from the registry's default"
+
+
+def test_retraining_cronjob_runs_prediction_train(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    [cron] = [d for d in rendered["default"] if d["kind"] == "CronJob"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    [container] = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["prediction", "train"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PREDICTION_FEATURE_URL"]["value"] == "http://om-opinion-market-feature:8002"
+    assert "DATABASE_URL" in env and container["image"].startswith("prediction:")
+
+
+def test_secrets_are_referenced_never_inlined(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for variant, docs in rendered.items():
+        assert not [d for d in docs if d["kind"] == "Secret"], f"{variant}: the chart must not carry a Secret"
+    [external] = [d for d in rendered["production"] if d["kind"] == "ExternalSecret"]
+    assert external["spec"]["secretStoreRef"] == {"kind": "ClusterSecretStore", "name": "vault"}
+    assert external["spec"]["target"]["name"] == "opinion-market-datastores"
+
+
+def test_production_scales_and_survives_disruptions(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["production"]
+    deployments = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in docs if d["kind"] == "Deployment"}
+    scalers = {
+        d["spec"]["scaleTargetRef"]["name"] for d in docs if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")
+    }
+    budgets = {d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget"}
+    for component, deployment in deployments.items():
+        name = deployment["metadata"]["name"]
+        assert name in scalers, f"{component} does not autoscale"
+        assert "replicas" not in deployment["spec"], f"{component}: the autoscaler owns replicas"
+        assert name in budgets, f"{component} has no PodDisruptionBudget"
+    [keda] = [d for d in docs if d["kind"] == "ScaledObject"]
+    assert keda["spec"]["triggers"][0]["type"] == "kafka"
+    assert keda["spec"]["triggers"][0]["metadata"]["consumerGroup"] == "feature"
+
+
+def test_prometheus_rule_carries_every_alert(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    [rule] = [d for d in rendered["production"] if d["kind"] == "PrometheusRule"]
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    source = load_yaml(CHART / "files" / "alerts.yaml")
+    assert alerts == {r["alert"] for g in source["groups"] for r in g["rules"]}
+    assert alerts >= {
+        "OpinionMarketConsumerLagHigh", "OpinionMarketDeadLetters", "OpinionMarketHighErrorRate",
+        "OpinionMarketHighLatencyP99", "OpinionMarketNoTrades", "OpinionMarketPodRestarting", "OpinionMarketCPUHigh",
+        "OpinionMarketMemoryHigh", "OpinionMarketUnauthorizedSpike", "OpinionMarketRateLimitedSpike",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--set", "securityContext.allowPrivilegeEscalation=true"], "allowPrivilegeEscalation"),
+        (["--set", "components.ingest.port=99999"], "port"),
+        (["--set", "components.ingest.replica=3"], "replica"),
+        (["--set", "defaults.resources.limits=null"], "limits"),
+        (["--set", "retraining.schedule=every night"], "schedule"),
+        (["--set", "components.feature.keda.enabled=true", "--set", "components.feature.autoscaling.enabled=true"],
+         "either autoscaling"),
+        (["--set", "components.ingest.ingress.enabled=true"], "only a public component"),
+    ],
+)  # fmt: skip
+def test_bad_values_are_rejected_with_a_clear_message(helm: Helm, override: list[str], message: str) -> None:
+    result = run_helm(helm, "template", "om", str(CHART), *override, ok=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_helm_lint_fails_a_broken_chart(helm: Helm, tmp_path: Path) -> None:
+    broken = tmp_path / "opinion-market"
+    shutil.copytree(CHART, broken)
+    components = broken / "templates" / "components.yaml"
+    components.write_text(components.read_text(encoding="utf-8").replace("{{- end }}\n{{- end }}\n", "", 1))
+    result = run_helm(helm, "lint", "--strict", str(broken), ok=False)
+    assert result.returncode != 0, result.stdout
