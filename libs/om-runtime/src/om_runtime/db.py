@@ -107,7 +107,8 @@ def transactional(
                 "RETURNING event_id",
                 ([str(e.event_id) for _, e in events],),
             )
-            claimed = {row["event_id"] for row in await cur.fetchall()}
+            # The pool's connections use dict_row; psycopg's types assume tuple rows.
+            claimed = {row["event_id"] for row in await cur.fetchall()}  # type: ignore[call-overload]
             fresh = []
             for topic, event in events:
                 if (event_id := str(event.event_id)) in claimed:

@@ -24,7 +24,9 @@ def _market(row: dict[str, Any]) -> Market:
 
 async def market_row(conn: AsyncConnection, market_id: str, *, for_update: bool = False) -> dict[str, Any] | None:
     lock = " FOR UPDATE" if for_update else ""
-    cur = await conn.execute(f"SELECT {MARKET_COLUMNS} FROM markets WHERE market_id = %s{lock}", (market_id,))
+    # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
+    # nosemgrep: sql-built-from-request-values
+    cur = await conn.execute(f"SELECT {MARKET_COLUMNS} FROM markets WHERE market_id = %s{lock}", (market_id,))  # nosec B608
     return await cur.fetchone()
 
 
@@ -37,7 +39,8 @@ async def lock_market(conn: AsyncConnection, market_id: str) -> Market | None:
 async def lock_markets(conn: AsyncConnection, market_ids: list[str]) -> dict[str, Market]:
     """Lock several markets, always in id order so two concurrent batches cannot deadlock."""
     cur = await conn.execute(
-        f"SELECT {MARKET_COLUMNS} FROM markets WHERE market_id = ANY(%s) ORDER BY market_id FOR UPDATE",
+        # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
+        f"SELECT {MARKET_COLUMNS} FROM markets WHERE market_id = ANY(%s) ORDER BY market_id FOR UPDATE",  # nosec B608
         (market_ids,),
     )
     return {row["market_id"]: _market(row) for row in await cur.fetchall()}
@@ -45,7 +48,8 @@ async def lock_markets(conn: AsyncConnection, market_ids: list[str]) -> dict[str
 
 async def list_markets(conn: AsyncConnection, status: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
     cur = await conn.execute(
-        f"SELECT {MARKET_COLUMNS} FROM markets WHERE %(status)s::text IS NULL OR status = %(status)s "
+        # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
+        f"SELECT {MARKET_COLUMNS} FROM markets WHERE %(status)s::text IS NULL OR status = %(status)s "  # nosec B608
         "ORDER BY created_at DESC, market_id LIMIT %(limit)s OFFSET %(offset)s",
         {"status": status, "limit": limit, "offset": offset},
     )
@@ -64,8 +68,9 @@ async def insert_market(conn: AsyncConnection, m: dict[str, Any]) -> bool:
 
 async def set_status(conn: AsyncConnection, market_id: str, status: str, **fields: Any) -> None:
     sets = ", ".join(["status = %(status)s", "updated_at = now()", *(f"{k} = %({k})s" for k in fields)])
-    await conn.execute(
-        f"UPDATE markets SET {sets} WHERE market_id = %(market_id)s",
+    # Column names come from the callers' keyword arguments (code, never input); values are bound.
+    await conn.execute(  # nosemgrep: sql-built-from-request-values
+        f"UPDATE markets SET {sets} WHERE market_id = %(market_id)s",  # nosec B608
         {"market_id": market_id, "status": status, **fields},
     )
 
@@ -90,14 +95,16 @@ TRADE_COLUMNS = "trade_id, market_id, user_id, outcome, side, amount, shares, pr
 
 
 async def trades_by_id(conn: AsyncConnection, trade_ids: list[str]) -> dict[str, dict[str, Any]]:
-    cur = await conn.execute(f"SELECT {TRADE_COLUMNS} FROM trades WHERE trade_id = ANY(%s)", (trade_ids,))
+    # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
+    cur = await conn.execute(f"SELECT {TRADE_COLUMNS} FROM trades WHERE trade_id = ANY(%s)", (trade_ids,))  # nosec B608
     return {row["trade_id"]: row for row in await cur.fetchall()}
 
 
 async def insert_trades(conn: AsyncConnection, trades: list[dict[str, Any]]) -> None:
     async with conn.cursor() as cur:
         await cur.executemany(
-            f"INSERT INTO trades ({TRADE_COLUMNS}) VALUES (%(trade_id)s, %(market_id)s, %(user_id)s, %(outcome)s, "
+            # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
+            f"INSERT INTO trades ({TRADE_COLUMNS}) VALUES (%(trade_id)s, %(market_id)s, %(user_id)s, %(outcome)s, "  # nosec B608
             "%(side)s, %(amount)s, %(shares)s, %(price_before)s, %(price_after)s, %(executed_at)s)",
             trades,
         )
@@ -105,7 +112,8 @@ async def insert_trades(conn: AsyncConnection, trades: list[dict[str, Any]]) -> 
 
 async def recent_trades(conn: AsyncConnection, market_id: str, limit: int) -> list[dict[str, Any]]:
     cur = await conn.execute(
-        f"SELECT {TRADE_COLUMNS} FROM trades WHERE market_id = %s ORDER BY executed_at DESC LIMIT %s",
+        # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
+        f"SELECT {TRADE_COLUMNS} FROM trades WHERE market_id = %s ORDER BY executed_at DESC LIMIT %s",  # nosec B608
         (market_id, limit),
     )
     return await cur.fetchall()

@@ -18,7 +18,8 @@ COLUMNS = (
 async def save(conn: AsyncConnection, predictions: list[PredictionMade]) -> None:
     async with conn.cursor() as cur:
         await cur.executemany(
-            f"INSERT INTO predictions ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
+            f"INSERT INTO predictions ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",  # nosec B608
             [
                 (
                     str(p.event_id),
@@ -38,7 +39,8 @@ async def save(conn: AsyncConnection, predictions: list[PredictionMade]) -> None
 
 async def latest(conn: AsyncConnection, market_id: str) -> dict | None:
     cur = await conn.execute(
-        f"SELECT {COLUMNS} FROM predictions WHERE market_id = %s ORDER BY features_as_of DESC LIMIT 1",
+        # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
+        f"SELECT {COLUMNS} FROM predictions WHERE market_id = %s ORDER BY features_as_of DESC LIMIT 1",  # nosec B608
         (market_id,),
     )
     return await cur.fetchone()
@@ -46,7 +48,8 @@ async def latest(conn: AsyncConnection, market_id: str) -> dict | None:
 
 async def history(conn: AsyncConnection, market_id: str, limit: int) -> list[dict]:
     cur = await conn.execute(
-        f"SELECT {COLUMNS} FROM predictions WHERE market_id = %s ORDER BY features_as_of DESC LIMIT %s",
+        # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
+        f"SELECT {COLUMNS} FROM predictions WHERE market_id = %s ORDER BY features_as_of DESC LIMIT %s",  # nosec B608
         (market_id, limit),
     )
     return await cur.fetchall()
