@@ -66,9 +66,8 @@ class Trader(HttpUser):
     @task(2)
     def read_analytics(self) -> None:
         # 404 until analytics has seen the market: a normal answer, not a failure.
-        with self.client.get(
-            f"/api/v1/ai-analytics/analytics/market/{self.market}", name="GET /analytics/market/{id}", catch_response=True
-        ) as reply:
+        path = f"/api/v1/ai-analytics/analytics/market/{self.market}"
+        with self.client.get(path, name="GET /analytics/market/{id}", catch_response=True) as reply:
             if reply.status_code in (200, 404):
                 reply.success()
 
