@@ -6,7 +6,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench clean \
+.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench test-faults clean \
 	check typecheck bandit semgrep deploy-lint
 
 help: ## Show this help
@@ -79,8 +79,11 @@ contracts-check: install ## Fail if the committed contract documents differ from
 simulate: install ## Drive an already running platform with simulated markets and traders
 	$(UV) run om simulate
 
-bench: install ## Run the benchmarks in bench/ and print their figures
+bench: install ## Run the benchmarks in bench/ and print their figures (BENCH_ARGS=--quick for a short run)
 	$(UV) run python -m bench $(BENCH_ARGS)
+
+test-faults: install ## Fault suite: every fault, 20,000 trades each (OM_FAULT_TRADES=100000 for the full run)
+	OM_FAULTS=all $(UV) run pytest tests/faults -s $(PYTEST_ARGS)
 
 clean: ## Remove the virtual environment, local data (.om/) and caches
 	rm -rf .venv .tools .om .pytest_cache .ruff_cache

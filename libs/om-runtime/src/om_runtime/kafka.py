@@ -13,15 +13,15 @@ import asyncio
 import base64
 import contextlib
 import logging
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from contextvars import ContextVar
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
 
 from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
@@ -40,6 +40,20 @@ Handler = Callable[[Any], Awaitable[None]]
 #: Receives a batch's valid events, in arrival order, each with the topic it came from.
 BatchHandler = Callable[[list[tuple[Topic, Any]]], Awaitable[None]]
 
+
+@dataclass(frozen=True)
+class Delivery:
+    """One decoded event as the consumer received it: where it came from and the record's timestamp."""
+
+    topic: Topic
+    event: Any
+    partition: int
+    offset: int
+    timestamp: datetime
+    #: The Kafka record (key, raw value, headers), for dead-lettering and tracing.
+    record: Any = field(default=None, repr=False, compare=False)
+
+
 # After a transient failure, wait before the message is redelivered instead of spinning on it.
 RETRY_DELAY_S = 0.5
 
@@ -50,7 +64,12 @@ def create_broker(
     client_id: str,
     tracer_provider: TracerProvider | None = None,
     registry: CollectorRegistry | None = None,
+    linger_ms: int = 5,
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None,
 ) -> KafkaBroker:
+    """A broker whose producer batches: publishes arriving within `linger_ms` share one request (a confirmed
+    publish pays that much extra latency). `compression_type` ("lz4", "zstd", "gzip") pays off across a network,
+    not on loopback; lz4/zstd need their Python packages installed."""
     middlewares: list[Any] = [KafkaTelemetryMiddleware(tracer_provider=tracer_provider)]
     if registry is not None:
         middlewares.append(KafkaPrometheusMiddleware(registry=registry, app_name=client_id))
@@ -60,6 +79,8 @@ def create_broker(
         # Tansu rejects the idempotent producer; consumers dedupe on event_id instead.
         enable_idempotence=False,
         acks="all",
+        linger_ms=linger_ms,
+        compression_type=compression_type,
         middlewares=middlewares,
         logger=logging.getLogger(f"{client_id}.kafka"),
         graceful_timeout=10.0,
@@ -68,9 +89,17 @@ def create_broker(
 
 
 async def ensure_topics(
-    bootstrap_servers: str, topics: Iterable[Topic] = TOPICS, *, replication_factor: int = 1
+    bootstrap_servers: str,
+    topics: Iterable[Topic] = TOPICS,
+    *,
+    replication_factor: int = 1,
+    partitions: int | None = None,
 ) -> list[str]:
-    """Create the registry's topics that do not exist yet; return the names created."""
+    """Create the registry's topics that do not exist yet; return the names created.
+
+    `partitions` (KAFKA_TOPIC_PARTITIONS) raises the partition count of new multi-partition topics, so a consumer
+    group can spread over that many processes; single-partition topics (ordered snapshots) stay single. Existing
+    topics are never changed (see docs/architecture.md, "Partitions", to grow them)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="om-provisioner")
     await admin.start()
     try:
@@ -78,7 +107,12 @@ async def ensure_topics(
         missing = [t for t in topics if t.name not in existing]
         if missing:
             configs = [
-                NewTopic(t.name, t.partitions, replication_factor, topic_configs={"retention.ms": str(t.retention_ms)})
+                NewTopic(
+                    t.name,
+                    max(t.partitions, partitions or 0) if t.partitions > 1 else 1,
+                    replication_factor,
+                    topic_configs={"retention.ms": str(t.retention_ms)},
+                )
                 for t in missing
             ]
             response = await admin.create_topics(configs)
@@ -223,16 +257,11 @@ def consume(
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether an error says the infrastructure is unavailable (retry, never drop) rather than the event is
-    unusable. Connection and timeout errors of the network, Kafka, PostgreSQL and Redis count as transient."""
-    transient: tuple[type[BaseException], ...] = (OSError, TimeoutError, KafkaError)
-    for module, names in (
-        ("psycopg", ("OperationalError",)),
-        ("redis.exceptions", ("ConnectionError", "TimeoutError")),
-    ):
-        if found := sys.modules.get(module):  # only drivers the service imported can have raised
-            transient += tuple(getattr(found, name) for name in names)
-    return isinstance(exc, transient)
+    """Whether an error says the infrastructure failed (retry, never drop) rather than the event is unusable;
+    see `om_runtime.failures.is_systemic`."""
+    from om_runtime.failures import is_systemic
+
+    return is_systemic(exc)
 
 
 def dispatch(handlers: Mapping[Topic, Handler]) -> BatchHandler:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +29,20 @@ class ServiceSettings(BaseSettings):
     kafka_replication_factor: int = Field(default=1, ge=1, validation_alias=AliasChoices("KAFKA_REPLICATION_FACTOR"))
     # Tansu (the embedded broker) answers a fetch only after fetch.max.wait; a low value keeps each hop fast.
     kafka_fetch_max_wait_ms: int = Field(default=10, validation_alias=AliasChoices("KAFKA_FETCH_MAX_WAIT_MS"))
+    #: Partitions of each multi-partition topic a service creates (at least the registry's count): the most
+    #: processes one consumer group can spread over. Existing topics are not changed.
+    kafka_topic_partitions: int | None = Field(
+        default=None, ge=1, validation_alias=AliasChoices("KAFKA_TOPIC_PARTITIONS")
+    )
+    #: Publishes within this many ms share one produce request (throughput for a little latency).
+    kafka_linger_ms: int = Field(default=5, ge=0, validation_alias=AliasChoices("KAFKA_LINGER_MS"))
+    #: lz4, zstd or gzip for brokers across a network; none on loopback (compression only costs CPU there).
+    kafka_compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_COMPRESSION_TYPE")
+    )
+    #: How long applied event ids are remembered to catch an event published twice under two offsets (a
+    #: producer's retry, a replay, a broker that lost its log). Older ids are pruned; offsets do the rest.
+    dedupe_window_hours: float = Field(default=24.0, gt=0)
 
 
 class PostgresSettings(BaseSettings):
@@ -36,6 +50,8 @@ class PostgresSettings(BaseSettings):
         default="postgresql://postgres@127.0.0.1:5432/postgres", validation_alias=AliasChoices("DATABASE_URL")
     )
     database_pool_size: int = Field(default=5, ge=1, validation_alias=AliasChoices("DATABASE_POOL_SIZE"))
+    #: A read replica for query paths (`Database.reading()`); unset, queries use the primary.
+    database_read_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_READ_URL"))
 
 
 class RedisSettings(BaseSettings):
