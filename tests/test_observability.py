@@ -29,7 +29,6 @@ SERVICES = sorted(p.parent.name for p in (ROOT / "services").glob("*/pyproject.t
 #: Series the alert rules may read from outside the services, each from a well-known exporter that the operator
 #: runs (see the header of files/alerts.yaml and docs/operations.md). The dashboard may use none of them.
 EXTERNAL = {
-    "kafka_consumergroup_lag": "kafka-exporter (docker-compose.yml runs one)",
     "kube_pod_container_status_restarts_total": "kube-state-metrics",
     "kube_pod_container_resource_limits": "kube-state-metrics",
     "container_cpu_usage_seconds_total": "kubelet/cAdvisor",
@@ -151,8 +150,9 @@ async def test_every_dashboard_metric_is_exposed_by_a_service(
     ]
     assert missing == []
     used = {name for d in dashboards for _, expr in panel_exprs(d) for name in metric_names(expr)}
-    # The business metrics the dashboard shows: HTTP traffic, events processed, dead letters, trades.
-    assert {"om_http_requests_total", "faststream_received_processed_messages_total"} <= used
+    # The business metrics the dashboard shows: HTTP traffic, events processed, lag, dead letters, trades.
+    assert {"om_http_requests_total", "om_consumer_events_total", "om_consumer_lag"} <= used
+    assert {"om_consumer_dead_letters_total", "faststream_received_processed_messages_total"} <= used
     assert {"faststream_published_messages_total", "om_http_request_duration_seconds_bucket"} <= used
 
 
@@ -200,8 +200,7 @@ def test_compose_observability_profile_ships_logs_to_elasticsearch() -> None:
     services = compose["services"]
     observability = {n for n, s in services.items() if "observability" in s.get("profiles", [])}
     assert observability == {
-        "otel-collector", "jaeger", "prometheus", "grafana", "alertmanager", "kafka-exporter", "elasticsearch",
-        "kibana",
+        "otel-collector", "jaeger", "prometheus", "grafana", "alertmanager", "elasticsearch", "kibana",
     }  # fmt: skip
     collector = yaml.safe_load((ROOT / "infra/otel-collector.yaml").read_text(encoding="utf-8"))
     logs = collector["service"]["pipelines"]["logs"]
