@@ -6,7 +6,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench test-faults clean bench-feature bench-analytics bench-ws
+.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench test-faults clean bench-feature bench-analytics bench-ws check typecheck bandit semgrep deploy-lint
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,27 @@ test-e2e: install ## Run only the end-to-end test (every service as its own proc
 lint: install ## Check style and common bugs with ruff
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
+
+# ---- `make check`: the lint, type and security steps CI runs (not part of `make test`) ----
+# Trivy, the ZAP baseline scan and pip-audit (which needs the network) run only in the workflow.
+PY_SOURCES := contracts libs services infra/om-cli tests bench conftest.py
+SEMGREP := $(UV) tool run --from semgrep==1.185.0 semgrep
+
+check: lint typecheck bandit semgrep deploy-lint ## Run CI's lint, type (mypy strict) and security (bandit, semgrep) steps
+
+typecheck: install ## Type-check contracts/ and libs/ with mypy --strict
+	$(UV) run mypy contracts/src libs/om-runtime/src
+
+bandit: install ## Scan the whole workspace with bandit (each `# nosec` says why)
+	$(UV) run bandit -c pyproject.toml -r $(PY_SOURCES) -q
+
+semgrep: install ## Scan with the repository's Semgrep rules (infra/semgrep/rules.yml)
+	$(SEMGREP) scan --config infra/semgrep/rules.yml --metrics=off --error --quiet $(PY_SOURCES)
+
+deploy-lint: install ## Lint the Dockerfile (hadolint) and the workflows (actionlint, zizmor --offline)
+	$(UV) run hadolint infra/docker/Dockerfile
+	$(UV) run actionlint
+	$(UV) run zizmor --offline --no-progress .github/workflows
 
 format: install ## Format the code with ruff
 	$(UV) run ruff check --fix .

@@ -181,7 +181,8 @@ def test_extreme_amounts_do_not_overflow() -> None:
 
 
 def test_informed_traders_move_prices_toward_the_truth() -> None:
-    rng = random.Random(2024)
+    # bandit: simulation randomness, seeded for reproducibility; not used for security
+    rng = random.Random(2024)  # nosec B311
     traders = make_population(rng, 200, informed_fraction=1.0)
     strategy = InformedStrategy()
     errors_before, errors_after, helpful, trades = [], [], 0, 0
@@ -283,7 +284,8 @@ def test_the_life_cycle_keeps_n_markets_open_and_orders_every_market_s_events() 
 
 
 def test_resolutions_follow_the_hidden_probabilities() -> None:
-    rng = random.Random(99)
+    # bandit: simulation randomness, seeded for reproducibility; not used for security
+    rng = random.Random(99)  # nosec B311
     config = WorldConfig()
     markets = [draw_market(rng, config, f"m{i}", T0) for i in range(8000)]
     binary = [m for m in markets if m.fate in ("YES", "NO")]

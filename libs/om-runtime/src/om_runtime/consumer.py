@@ -419,7 +419,7 @@ class GroupConsumer:
             self.metrics.events.labels(self.group, d.topic.name).inc()
 
 
-class _Rebalance(ConsumerRebalanceListener):
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types: the base is Any
     def __init__(self, owner: GroupConsumer) -> None:
         self.owner = owner
 

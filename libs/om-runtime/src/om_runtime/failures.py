@@ -92,7 +92,7 @@ class Backoff:
         self.attempt = 0
 
     def next_delay(self) -> float:
-        delay = min(self.cap_s, self.first_s * 2**self.attempt)
+        delay = min(self.cap_s, self.first_s * 2.0**self.attempt)
         self.attempt += 1
         return delay
 

@@ -39,6 +39,7 @@ from om_runtime.kafka import (
     dispatch,
     ensure_topics,
 )
+from om_runtime.metrics import HttpMetricsMiddleware
 from om_runtime.settings import ServiceSettings
 from om_runtime.telemetry import setup_logging, setup_tracing
 
@@ -225,6 +226,7 @@ class ServiceRuntime:
         for router in routers:
             app.include_router(router)
         app.state.runtime = self
+        app.add_middleware(HttpMetricsMiddleware, registry=self.registry, service=self.settings.service_name)
         FastAPIInstrumentor.instrument_app(app, excluded_urls="/health,/ready,/metrics")
         return app
 

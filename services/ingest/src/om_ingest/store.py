@@ -26,7 +26,9 @@ def _market(row: dict[str, Any]) -> Market:
 
 async def market_row(conn: AsyncConnection, market_id: str, *, for_update: bool = False) -> dict[str, Any] | None:
     lock = " FOR UPDATE" if for_update else ""
-    cur = await conn.execute(f"SELECT {MARKET_COLUMNS} FROM markets WHERE market_id = %s{lock}", (market_id,))
+    # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
+    # nosemgrep: sql-built-from-request-values
+    cur = await conn.execute(f"SELECT {MARKET_COLUMNS} FROM markets WHERE market_id = %s{lock}", (market_id,))  # nosec B608
     return await cur.fetchone()
 
 
@@ -39,7 +41,8 @@ async def lock_market(conn: AsyncConnection, market_id: str) -> Market | None:
 async def lock_markets(conn: AsyncConnection, market_ids: list[str]) -> dict[str, Market]:
     """Lock several markets, always in id order so two concurrent batches cannot deadlock."""
     cur = await conn.execute(
-        f"SELECT {MARKET_COLUMNS} FROM markets WHERE market_id = ANY(%s) ORDER BY market_id FOR UPDATE",
+        # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
+        f"SELECT {MARKET_COLUMNS} FROM markets WHERE market_id = ANY(%s) ORDER BY market_id FOR UPDATE",  # nosec B608
         (market_ids,),
     )
     return {row["market_id"]: _market(row) for row in await cur.fetchall()}
@@ -47,7 +50,8 @@ async def lock_markets(conn: AsyncConnection, market_ids: list[str]) -> dict[str
 
 async def list_markets(conn: AsyncConnection, status: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
     cur = await conn.execute(
-        f"SELECT {MARKET_COLUMNS} FROM markets WHERE %(status)s::text IS NULL OR status = %(status)s "
+        # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
+        f"SELECT {MARKET_COLUMNS} FROM markets WHERE %(status)s::text IS NULL OR status = %(status)s "  # nosec B608
         "ORDER BY created_at DESC, market_id LIMIT %(limit)s OFFSET %(offset)s",
         {"status": status, "limit": limit, "offset": offset},
     )
@@ -66,8 +70,9 @@ async def insert_market(conn: AsyncConnection, m: dict[str, Any]) -> bool:
 
 async def set_status(conn: AsyncConnection, market_id: str, status: str, **fields: Any) -> None:
     sets = ", ".join(["status = %(status)s", "updated_at = now()", *(f"{k} = %({k})s" for k in fields)])
-    await conn.execute(
-        f"UPDATE markets SET {sets} WHERE market_id = %(market_id)s",
+    # Column names come from the callers' keyword arguments (code, never input); values are bound.
+    await conn.execute(  # nosemgrep: sql-built-from-request-values
+        f"UPDATE markets SET {sets} WHERE market_id = %(market_id)s",  # nosec B608
         {"market_id": market_id, "status": status, **fields},
     )
 
@@ -123,7 +128,8 @@ async def insert_trades(conn: AsyncConnection, trades: list[dict[str, Any]]) -> 
 
 async def recent_trades(conn: AsyncConnection, market_id: str, limit: int) -> list[dict[str, Any]]:
     cur = await conn.execute(
-        f"SELECT {TRADE_COLUMNS} FROM trades WHERE market_id = %s ORDER BY executed_at DESC LIMIT %s",
+        # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
+        f"SELECT {TRADE_COLUMNS} FROM trades WHERE market_id = %s ORDER BY executed_at DESC LIMIT %s",  # nosec B608
         (market_id, limit),
     )
     return await cur.fetchall()

@@ -45,7 +45,8 @@ async def save(conn: AsyncConnection, predictions: list[PredictionMade]) -> None
 
 async def latest(conn: AsyncConnection, market_id: str) -> dict | None:
     cur = await conn.execute(
-        f"SELECT {COLUMNS} FROM predictions WHERE market_id = %s ORDER BY features_as_of DESC LIMIT 1",
+        # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
+        f"SELECT {COLUMNS} FROM predictions WHERE market_id = %s ORDER BY features_as_of DESC LIMIT 1",  # nosec B608
         (market_id,),
     )
     return await cur.fetchone()

@@ -161,7 +161,8 @@ class _Runner:
         self.clock = clock
         self.monotonic = monotonic
         self.started = monotonic()
-        self._jitter = random.Random(f"{world.seed}:jitter")  # never touches the world's streams
+        # bandit: simulation randomness, seeded for reproducibility; not used for security
+        self._jitter = random.Random(f"{world.seed}:jitter")  # never touches the world's streams  # nosec B311
         self._created_any = False
         self._create_failures_in_row = 0
         self._warned: Counter[tuple[str, int]] = Counter()

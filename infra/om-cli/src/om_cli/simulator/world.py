@@ -440,11 +440,15 @@ class World:
         self.seed = seed
         self.config = config or WorldConfig()
         self.prefix = f"sim-{seed}" if not run_id else f"sim-{seed}-{run_id}"
-        self._market_rng = random.Random(f"{seed}:markets")
-        self._trade_rng = random.Random(f"{seed}:trades")
-        self._signal_rng = random.Random(f"{seed}:signals")
+        # bandit: simulation randomness, seeded for reproducibility; not used for security
+        self._market_rng = random.Random(f"{seed}:markets")  # nosec B311
+        # bandit: simulation randomness, seeded for reproducibility; not used for security
+        self._trade_rng = random.Random(f"{seed}:trades")  # nosec B311
+        # bandit: simulation randomness, seeded for reproducibility; not used for security
+        self._signal_rng = random.Random(f"{seed}:signals")  # nosec B311
         self.traders: list[Trader] = make_population(
-            random.Random(f"{seed}:users"),
+            # bandit: simulation randomness, seeded for reproducibility; not used for security
+            random.Random(f"{seed}:users"),  # nosec B311
             self.config.users,
             informed_fraction=self.config.informed_fraction,
             zipf_s=self.config.zipf_s,
