@@ -338,7 +338,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for r in (
             args.rates.split(",")
             if args.rates
-            else (["500", "1000", "2000"] if quick else ["1000", "2500", "5000", "10000"])
+            else (["250", "500", "1000"] if quick else ["500", "1000", "2500", "5000", "10000"])
         )
     ]
     seconds = args.step_seconds or (10.0 if quick else 60.0)
@@ -377,7 +377,9 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="short steps and fewer samples (about 3 minutes)")
-    parser.add_argument("--rates", help="comma-separated step rates in trades/s (default 1000,2500,5000,10000)")
+    parser.add_argument(
+        "--rates", help="comma-separated step rates in trades/s (default 500,1000,2500,5000,10000; quick 250,500,1000)"
+    )
     parser.add_argument("--step-seconds", type=float, default=None, help="seconds per step (default 60; 10 quick)")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
