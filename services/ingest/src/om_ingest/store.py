@@ -82,7 +82,7 @@ async def set_prices(conn: AsyncConnection, markets: list[Market]) -> None:
 
 async def ensure_users(conn: AsyncConnection, first_seen: dict[str, Any]) -> None:
     await conn.execute(
-        "INSERT INTO users (user_id, first_seen_at) SELECT * FROM unnest(%s::text[], %s::timestamptz[]) "
+        "INSERT INTO users (user_id, first_seen_at) SELECT * FROM unnest(%b::text[], %b::timestamptz[]) "
         "ON CONFLICT (user_id) DO NOTHING",
         (list(first_seen), list(first_seen.values())),
     )
@@ -97,7 +97,7 @@ TRADE_COLUMNS = (
 async def trades_by_id(conn: AsyncConnection, trade_ids: list[str]) -> dict[str, dict[str, Any]]:
     if not trade_ids:
         return {}
-    cur = await conn.execute(f"SELECT {TRADE_COLUMNS} FROM trades WHERE trade_id = ANY(%s)", (trade_ids,))
+    cur = await conn.execute(f"SELECT {TRADE_COLUMNS} FROM trades WHERE trade_id = ANY(%b)", (trade_ids,))
     return {row["trade_id"]: row for row in await cur.fetchall()}
 
 
@@ -113,7 +113,7 @@ async def insert_trades(conn: AsyncConnection, trades: list[dict[str, Any]]) -> 
         "executed_at": "timestamptz",
         "amount_estimated": "bool",
     }
-    arrays = ", ".join(f"%s::{types.get(c, 'text')}[]" for c in columns)
+    arrays = ", ".join(f"%b::{types.get(c, 'text')}[]" for c in columns)  # %b: binary, no per-element quoting
     cur = await conn.execute(
         f"INSERT INTO trades ({TRADE_COLUMNS}) SELECT * FROM unnest({arrays}) ON CONFLICT (trade_id) DO NOTHING",
         [[t[c] for t in trades] for c in columns],
@@ -194,7 +194,7 @@ async def enqueue(conn: AsyncConnection, topic: Topic, *events: BaseModel) -> No
     await conn.execute(
         "INSERT INTO outbox (topic, key, slot, payload, headers) "
         "SELECT %s, key, hashtext(key) & 63, payload, headers "
-        "FROM unnest(%s::text[], %s::bytea[], %s::jsonb[]) AS e(key, payload, headers)",
+        "FROM unnest(%b::text[], %b::bytea[], %b::jsonb[]) AS e(key, payload, headers)",
         (topic.name, keys, payloads, row_headers),
     )
     await conn.execute("SELECT pg_notify('ingest_outbox', '')")
