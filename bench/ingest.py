@@ -55,9 +55,12 @@ class Ingest:
         self.process: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> None:
+    def spawn(self) -> None:
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen([sys.executable, "-m", "om_ingest"], env=self.env, stdout=out, stderr=out)
+
+    async def start(self) -> None:
+        self.spawn()
         async with httpx.AsyncClient() as http:
             for _ in range(600):
                 try:
@@ -192,14 +195,12 @@ def cli() -> None:
     result = asyncio.run(main(args))
     h, r = result["batch_http"], result["raw_topic"]
     print(f"ingest benchmark ({result['machine']})")
-    print(f"| path | trades | recorded trades/s | published trades/s | goal |")
-    print(f"|---|---|---|---|---|")
-    print(
-        f"| batch HTTP ({h['clients']} clients x {h['batch']}/batch) | {h['trades']} | {h['recorded_per_s']} | {h['published_per_s']} | 5,000 |"
-    )
-    print(
-        f"| raw topic (produced at {r['produce_per_s']}/s) | {r['trades']} | {r['recorded_per_s']} | {r['published_per_s']} | 20,000 |"
-    )
+    print("| path | trades | recorded trades/s | published trades/s | goal |")
+    print("|---|---|---|---|---|")
+    http_path = f"batch HTTP ({h['clients']} clients x {h['batch']}/batch)"
+    raw_path = f"raw topic (produced at {r['produce_per_s']}/s)"
+    print(f"| {http_path} | {h['trades']} | {h['recorded_per_s']} | {h['published_per_s']} | 5,000 |")
+    print(f"| {raw_path} | {r['trades']} | {r['recorded_per_s']} | {r['published_per_s']} | 20,000 |")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -51,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     down.add_argument("--data-dir", type=launcher.Path, default=launcher.DEFAULT_DATA_DIR)
     down.set_defaults(run=launcher.down)
 
+    state = commands.add_parser("status", help="each service of `om up`: state, restarts, readiness, consumer lag")
+    state.add_argument("--data-dir", type=launcher.Path, default=launcher.DEFAULT_DATA_DIR)
+    state.set_defaults(run=launcher.status)
+
+    letters = commands.add_parser("dead-letters", help="list dead letters, or replay them after a fix")
+    from om_cli import dead_letters
+
+    dead_letters.add_arguments(letters)
+
     servers = commands.add_parser("infra", help="start only Kafka, PostgreSQL and Redis, and print their URLs")
     launcher.add_server_arguments(servers)
     servers.set_defaults(run=infra)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -108,6 +109,9 @@ def up(args: argparse.Namespace) -> int:
         platform = Platform(infra.env(), data_dir / "logs", service_ports)
         say(f"starting {', '.join(SERVICES)} (logs in {data_dir / 'logs'})")
         platform.start()
+        status_file = _status_file(data_dir)
+        platform.on_round = lambda: _write_status(status_file, platform, infra.env())
+        platform.supervise_in_background(report=say)
         _print_urls(platform, infra.env())
         if args.no_simulator:
             say("running without simulator; Ctrl-C to stop")
@@ -130,8 +134,70 @@ def up(args: argparse.Namespace) -> int:
         if infra:
             infra.stop()
         pid_file.unlink(missing_ok=True)
+        _status_file(data_dir).unlink(missing_ok=True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         say("stopped everything")
+    return 0
+
+
+def _status_file(data_dir: Path) -> Path:
+    return data_dir / "status.json"
+
+
+def _write_status(path: Path, platform: Platform, env: dict[str, str]) -> None:
+    body = {"updated_at": time.time(), "launcher_pid": os.getpid(), "services": platform.status(), "infra": env}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(body, indent=2))
+    tmp.replace(path)  # readers never see half a file
+
+
+def consumer_lag(metrics_text: str) -> int | None:
+    """The sum of `om_consumer_lag` samples in a Prometheus text page (None: the service consumes nothing)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = [
+        sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        if family.name == "om_consumer_lag"
+        for sample in family.samples
+    ]
+    return int(sum(samples)) if samples else None
+
+
+def status(args: argparse.Namespace) -> int:
+    """`om status`: each process of a running `om up`, its state, restarts, readiness and consumer lag."""
+    import httpx
+
+    path = _status_file(args.data_dir.resolve())
+    if not path.exists():
+        say("nothing is running (no status file); start the platform with `make up`")
+        return 1
+    body = json.loads(path.read_text())
+    age = time.time() - body["updated_at"]
+    rows = [("service", "pid", "state", "restarts", "ready", "consumer lag")]
+    for service in body["services"]:
+        ready, lag = "-", "-"
+        if service["state"] == "running":
+            try:
+                reply = httpx.get(f"{service['url']}/ready", timeout=2.0)
+                ready = (
+                    "yes"
+                    if reply.status_code == 200
+                    else "no: " + ", ".join(f"{k} {v}" for k, v in reply.json().get("checks", {}).items() if v != "ok")
+                )
+                value = consumer_lag(httpx.get(f"{service['url']}/metrics", timeout=2.0).text)
+                lag = "-" if value is None else str(value)
+            except httpx.HTTPError as exc:
+                ready = f"no answer ({type(exc).__name__})"
+        exited = f" (last exit {service['last_exit']})" if service["last_exit"] is not None else ""
+        rows.append(
+            (service["name"], str(service["pid"]), service["state"] + exited, str(service["restarts"]), ready, lag)
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if age > 10:
+        say(f"warning: the status file is {age:.0f} s old; is `om up` (pid {body['launcher_pid']}) still running?")
     return 0
 
 

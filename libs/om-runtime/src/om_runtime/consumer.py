@@ -202,6 +202,7 @@ class GroupConsumer:
             try:
                 stored = dict(await self.listener.on_assigned(parts)) if parts else {}
                 ends = await consumer.end_offsets(tps) if tps else {}
+                starts = await consumer.beginning_offsets(tps) if tps else {}
                 break
             except Exception as exc:
                 delay = backoff.next_delay()
@@ -213,13 +214,11 @@ class GroupConsumer:
             if next_offset is None and self.fallback_to_committed:
                 # First start after consumers committed to Kafka (before offsets moved into the database).
                 next_offset = await consumer.committed(tp)
-            if next_offset is None:
-                await consumer.seek_to_beginning(tp)
-            elif next_offset > ends[tp]:
+            if next_offset is not None and next_offset > ends[tp]:
                 await self._regressed(tp, next_offset, ends[tp])
-                await consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, next_offset)
+                next_offset = None
+            # Explicit offsets only: awaiting seek_to_beginning() here can wait on the fetcher, which waits on us.
+            consumer.seek(tp, next_offset if next_offset is not None else starts[tp])
         log.info("%s assigned %s", self.group, sorted(parts))
 
     async def revoked(self, tps: list[TopicPartition]) -> None:

@@ -89,9 +89,17 @@ def create_broker(
 
 
 async def ensure_topics(
-    bootstrap_servers: str, topics: Iterable[Topic] = TOPICS, *, replication_factor: int = 1
+    bootstrap_servers: str,
+    topics: Iterable[Topic] = TOPICS,
+    *,
+    replication_factor: int = 1,
+    partitions: int | None = None,
 ) -> list[str]:
-    """Create the registry's topics that do not exist yet; return the names created."""
+    """Create the registry's topics that do not exist yet; return the names created.
+
+    `partitions` (KAFKA_TOPIC_PARTITIONS) raises the partition count of new multi-partition topics, so a consumer
+    group can spread over that many processes; single-partition topics (ordered snapshots) stay single. Existing
+    topics are never changed (see docs/architecture.md, "Partitions", to grow them)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="om-provisioner")
     await admin.start()
     try:
@@ -99,7 +107,12 @@ async def ensure_topics(
         missing = [t for t in topics if t.name not in existing]
         if missing:
             configs = [
-                NewTopic(t.name, t.partitions, replication_factor, topic_configs={"retention.ms": str(t.retention_ms)})
+                NewTopic(
+                    t.name,
+                    max(t.partitions, partitions or 0) if t.partitions > 1 else 1,
+                    replication_factor,
+                    topic_configs={"retention.ms": str(t.retention_ms)},
+                )
                 for t in missing
             ]
             response = await admin.create_topics(configs)

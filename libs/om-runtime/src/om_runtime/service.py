@@ -171,7 +171,9 @@ class ServiceRuntime:
 
     async def _start_kafka(self) -> None:
         await ensure_topics(
-            self.settings.kafka_bootstrap_servers, replication_factor=self.settings.kafka_replication_factor
+            self.settings.kafka_bootstrap_servers,
+            replication_factor=self.settings.kafka_replication_factor,
+            partitions=self.settings.kafka_topic_partitions,
         )
         await self.broker.start()
         self._consumer_tasks = [

@@ -29,6 +29,11 @@ class ServiceSettings(BaseSettings):
     kafka_replication_factor: int = Field(default=1, ge=1, validation_alias=AliasChoices("KAFKA_REPLICATION_FACTOR"))
     # Tansu (the embedded broker) answers a fetch only after fetch.max.wait; a low value keeps each hop fast.
     kafka_fetch_max_wait_ms: int = Field(default=10, validation_alias=AliasChoices("KAFKA_FETCH_MAX_WAIT_MS"))
+    #: Partitions of each multi-partition topic a service creates (at least the registry's count): the most
+    #: processes one consumer group can spread over. Existing topics are not changed.
+    kafka_topic_partitions: int | None = Field(
+        default=None, ge=1, validation_alias=AliasChoices("KAFKA_TOPIC_PARTITIONS")
+    )
     #: Publishes within this many ms share one produce request (throughput for a little latency).
     kafka_linger_ms: int = Field(default=5, ge=0, validation_alias=AliasChoices("KAFKA_LINGER_MS"))
     #: lz4, zstd or gzip for brokers across a network; none on loopback (compression only costs CPU there).
