@@ -6,7 +6,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench test-faults clean bench-feature bench-analytics bench-ws check typecheck bandit semgrep deploy-lint
+.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench test-faults clean bench-feature bench-analytics bench-ws check typecheck bandit semgrep deploy-lint bench-ingest
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -80,6 +80,9 @@ simulate: install ## Drive an already running platform with simulated markets an
 
 bench: install ## Run the benchmarks in bench/ and print their figures (BENCH_ARGS=--quick for a short run)
 	$(UV) run python -m bench $(BENCH_ARGS)
+
+bench-ingest: install ## Trades/s into ingest through batch HTTP and through the raw topic (goals 5,000 and 20,000)
+	$(UV) run python -m bench.ingest $(BENCH_ARGS)
 
 test-faults: install ## Fault suite: every fault, 20,000 trades each (OM_FAULT_TRADES=100000 for the full run)
 	OM_FAULTS=all $(UV) run pytest tests/faults -s $(PYTEST_ARGS)

@@ -7,7 +7,7 @@ refused, so typos fail loudly (422, naming the field). Numbers must be finite: N
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -38,7 +38,7 @@ class _Write(_In):
     occurred_at: AwareDatetime | None = Field(default=None, description=OCCURRED_AT)
 
     #: The older, write-specific name of the event time, still accepted (e.g. `executed_at` on trades).
-    _legacy_time: str | None = None
+    _legacy_time: ClassVar[str | None] = None
 
     @model_validator(mode="after")
     def _one_event_time(self) -> Self:
@@ -55,7 +55,7 @@ class _Write(_In):
 
 
 class MarketIn(_Write):
-    _legacy_time = "created_at"
+    _legacy_time: ClassVar[str | None] = "created_at"
     market_id: MarketId | None = Field(default=None, description="Chosen by the caller, or generated.")
     question: str = Field(min_length=1, max_length=500)
     category: str = Field(default="general", min_length=1, max_length=64)
@@ -65,7 +65,7 @@ class MarketIn(_Write):
 
 
 class TradeIn(_Write):
-    _legacy_time = "executed_at"
+    _legacy_time: ClassVar[str | None] = "executed_at"
     trade_id: str | None = Field(
         default=None,
         min_length=1,
@@ -96,7 +96,7 @@ class TradeBatchIn(_Write):
 
 
 class SignalIn(_Write):
-    _legacy_time = "observed_at"
+    _legacy_time: ClassVar[str | None] = "observed_at"
     signal_id: str | None = Field(
         default=None, min_length=1, max_length=64, description="Idempotency key: the same id is recorded once."
     )

@@ -285,3 +285,26 @@ def test_lifecycle_change_cannot_predate_the_market() -> None:
     with pytest.raises(Invalid) as info:
         domain.check_not_before_creation(market(), T0 - timedelta(seconds=1), "resolved")
     assert info.value.field == "occurred_at" and "before it was created" in info.value.message
+
+
+def test_a_trade_event_built_without_validation_equals_a_validated_one() -> None:
+    from om_contracts import TradeExecuted
+    from om_ingest.commands import _trade_event
+
+    trade = {
+        "trade_id": "t-1",
+        "market_id": "m-1",
+        "user_id": "u",
+        "outcome": "YES",
+        "side": "BUY",
+        "amount": 5.0,
+        "shares": 10.0,
+        "price_before": 0.4,
+        "price_after": 0.5,
+        "executed_at": T0.astimezone(timezone(timedelta(hours=2))),
+        "amount_estimated": True,
+    }
+    built = _trade_event(trade)
+    validated = TradeExecuted.model_validate_json(built.model_dump_json())
+    assert validated == built
+    assert built.model_dump_json().count("Z") >= 2  # occurred_at and produced_at in UTC, as the contract writes them

@@ -7,7 +7,7 @@ import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -290,8 +290,11 @@ def _first_seen(trades: list[dict[str, Any]]) -> dict[str, datetime]:
 
 
 def _trade_event(trade: dict[str, Any]) -> TradeExecuted:
+    """The trade's event, built without validating it again: every field was validated on the way in (TradeIn,
+    the market rules) and this runs once per trade on the hot path. Times are normalised to UTC as the
+    contract's validator would."""
     fields = {k: v for k, v in trade.items() if k != "executed_at"}
-    return TradeExecuted(occurred_at=trade["executed_at"], producer=PRODUCER, **fields)
+    return TradeExecuted.model_construct(occurred_at=trade["executed_at"].astimezone(UTC), producer=PRODUCER, **fields)
 
 
 def _same_market(existing: dict[str, Any], body: MarketIn) -> bool:

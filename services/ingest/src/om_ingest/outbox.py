@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import psycopg
 from opentelemetry import propagate, trace
@@ -66,13 +67,38 @@ async def publish_pending(
         links = [trace.Link(ctx) for row in rows if (ctx := _span_context(row["headers"])) is not None]
         with tracer.start_as_current_span("outbox relay", links=links[:128]):
             async with asyncio.timeout(confirm_timeout_s), publisher.confirmed_together():
-                for row in rows:
-                    headers = {"content-type": "application/json", "event_type": row["headers"]["event_type"]}
-                    await publisher.publish_bytes(
-                        row["topic"], bytes(row["payload"]), key=row["key"].encode(), headers=headers
-                    )
+                await _send(publisher, rows)
         await conn.execute("DELETE FROM outbox WHERE id = ANY(%s)", ([r["id"] for r in rows],))
         return len(rows)
+
+
+async def _send(publisher: EventPublisher, rows: list[dict[str, Any]]) -> None:
+    """Send the rows in order and wait until Kafka confirmed all of them. Each message carries `content-type`,
+    `event_type` and the trace context of the request that wrote it.
+
+    The hot path hands the messages straight to aiokafka's producer under FastStream: FastStream's publish path
+    (a middleware chain and a span per message) cost about 1 ms per event here, aiokafka's `send` a few µs."""
+    producer = _aiokafka_producer(publisher)
+    if producer is None:
+        for row in rows:
+            headers = {"content-type": "application/json", **row["headers"]}
+            await publisher.publish_bytes(row["topic"], bytes(row["payload"]), key=row["key"].encode(), headers=headers)
+        return
+    sent = []
+    for row in rows:
+        headers = [("content-type", b"application/json"), *((k, v.encode()) for k, v in row["headers"].items())]
+        sent.append(await producer.send(row["topic"], bytes(row["payload"]), key=row["key"].encode(), headers=headers))
+    await asyncio.gather(*sent)
+
+
+def _aiokafka_producer(publisher: EventPublisher) -> Any:
+    """The started aiokafka producer behind the publisher's FastStream broker, or None (not started, FastStream's
+    in-memory test broker, or internals that moved in another FastStream version: then the regular path is used)."""
+    try:
+        producer = publisher.broker._producer._producer.producer  # noqa: SLF001
+    except AttributeError:
+        return None
+    return producer if hasattr(producer, "send") else None
 
 
 def _span_context(headers: dict[str, str]) -> trace.SpanContext | None:

@@ -78,16 +78,19 @@ async def set_status(conn: AsyncConnection, market_id: str, status: str, **field
 
 
 async def set_prices(conn: AsyncConnection, markets: list[Market]) -> None:
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "UPDATE markets SET current_price = %s, last_trade_at = %s, updated_at = now() WHERE market_id = %s",
-            [(m.current_price, m.last_trade_at, m.market_id) for m in markets],
-        )
+    """Move several markets' prices in one statement (a batch spread over many markets would otherwise cost one
+    UPDATE per market)."""
+    await conn.execute(
+        "UPDATE markets SET current_price = p.price, last_trade_at = p.at, updated_at = now() "
+        "FROM unnest(%b::text[], %b::float8[], %b::timestamptz[]) AS p(market_id, price, at) "
+        "WHERE markets.market_id = p.market_id",
+        ([m.market_id for m in markets], [m.current_price for m in markets], [m.last_trade_at for m in markets]),
+    )
 
 
 async def ensure_users(conn: AsyncConnection, first_seen: dict[str, Any]) -> None:
     await conn.execute(
-        "INSERT INTO users (user_id, first_seen_at) SELECT * FROM unnest(%s::text[], %s::timestamptz[]) "
+        "INSERT INTO users (user_id, first_seen_at) SELECT * FROM unnest(%b::text[], %b::timestamptz[]) "
         "ON CONFLICT (user_id) DO NOTHING",
         (list(first_seen), list(first_seen.values())),
     )
@@ -102,7 +105,7 @@ TRADE_COLUMNS = (
 async def trades_by_id(conn: AsyncConnection, trade_ids: list[str]) -> dict[str, dict[str, Any]]:
     if not trade_ids:
         return {}
-    cur = await conn.execute(f"SELECT {TRADE_COLUMNS} FROM trades WHERE trade_id = ANY(%s)", (trade_ids,))
+    cur = await conn.execute(f"SELECT {TRADE_COLUMNS} FROM trades WHERE trade_id = ANY(%b)", (trade_ids,))
     return {row["trade_id"]: row for row in await cur.fetchall()}
 
 
@@ -118,7 +121,7 @@ async def insert_trades(conn: AsyncConnection, trades: list[dict[str, Any]]) -> 
         "executed_at": "timestamptz",
         "amount_estimated": "bool",
     }
-    arrays = ", ".join(f"%s::{types.get(c, 'text')}[]" for c in columns)
+    arrays = ", ".join(f"%b::{types.get(c, 'text')}[]" for c in columns)  # %b: binary, no per-element quoting
     cur = await conn.execute(
         f"INSERT INTO trades ({TRADE_COLUMNS}) SELECT * FROM unnest({arrays}) ON CONFLICT (trade_id) DO NOTHING",
         [[t[c] for t in trades] for c in columns],
@@ -200,7 +203,7 @@ async def enqueue(conn: AsyncConnection, topic: Topic, *events: BaseModel) -> No
     await conn.execute(
         "INSERT INTO outbox (topic, key, slot, payload, headers) "
         "SELECT %s, key, hashtext(key) & 63, payload, headers "
-        "FROM unnest(%s::text[], %s::bytea[], %s::jsonb[]) AS e(key, payload, headers)",
+        "FROM unnest(%b::text[], %b::bytea[], %b::jsonb[]) AS e(key, payload, headers)",
         (topic.name, keys, payloads, row_headers),
     )
     await conn.execute("SELECT pg_notify('ingest_outbox', '')")

@@ -1,0 +1,209 @@
+"""How fast ingest records trades: through batch HTTP (`POST /v1/trades/batch`) and through the raw topic
+(`ingest.raw-trades.v1`). Starts embedded Kafka and PostgreSQL and ingest as its own process, prints figures.
+
+    make bench-ingest                                   # or: uv run python -m bench.ingest --http-trades 50000
+    uv run python -m bench.ingest --raw-trades 200000 --json out.json
+
+Goals on the project's 2-core machine: batch HTTP ≥ 5,000 trades/s, raw topic ≥ 20,000 trades/s. "Recorded" means
+committed in PostgreSQL with their events in the outbox; "published" means the outbox relay also had Kafka confirm
+every event (the outbox is empty again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import psycopg
+from aiokafka import AIOKafkaProducer
+
+from om_cli.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
+
+
+def market_ids(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}-{i:04d}" for i in range(count)]
+
+
+def trade(market: str, trade_id: str, i: int) -> dict:
+    return {
+        "trade_id": trade_id,
+        "market_id": market,
+        "user_id": f"u{i % 997}",
+        "outcome": "YES" if i % 3 else "NO",
+        "amount": 10.0 + i % 7,
+        "shares": 20.0,
+        "price": 0.3 + (i % 40) / 100,
+    }
+
+
+class Ingest:
+    """ingest as its own process, as in production; stopped by its PID."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, **env, "INGEST_HTTP_PORT": str(self.port), "INGEST_LOG_LEVEL": "WARNING"}
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def spawn(self) -> None:
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "om_ingest"], env=self.env, stdout=out, stderr=out)
+
+    async def start(self) -> None:
+        self.spawn()
+        async with httpx.AsyncClient() as http:
+            for _ in range(600):
+                try:
+                    if (await http.get(f"{self.url}/ready")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"ingest did not become ready; see {self.log}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def count(database_url: str, table: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(f"SELECT count(*) FROM ingest.{table}").fetchone()[0]  # noqa: S608 (fixed names)
+
+
+async def wait_until(predicate, timeout_s: float = 600.0, interval_s: float = 0.05) -> float:  # noqa: ANN001
+    deadline = time.perf_counter() + timeout_s
+    while not predicate():
+        if time.perf_counter() > deadline:
+            raise TimeoutError("gave up waiting")
+        await asyncio.sleep(interval_s)
+    return time.perf_counter()
+
+
+async def create_markets(url: str, markets: list[str]) -> None:
+    close_at = (datetime.now(UTC) + timedelta(days=7)).isoformat()
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        for m in markets:
+            (
+                await http.post("/v1/markets", json={"market_id": m, "question": "bench?", "close_at": close_at})
+            ).raise_for_status()
+
+
+async def bench_http(ingest: Ingest, database_url: str, total: int, batch: int, clients: int) -> dict:
+    """`clients` concurrent clients, each posting batches of `batch` trades over its own 25 markets."""
+    markets = market_ids("http", clients * 25)
+    await create_markets(ingest.url, markets)
+    per_client = total // clients
+    print(f"batch HTTP: {per_client * clients} trades from {clients} clients ...", flush=True)
+
+    async def client(c: int) -> None:
+        mine = markets[c * 25 : (c + 1) * 25]
+        async with httpx.AsyncClient(base_url=ingest.url, timeout=120) as http:
+            for start in range(0, per_client, batch):
+                trades = [trade(mine[i % 25], f"h{c}-{i}", i) for i in range(start, min(start + batch, per_client))]
+                (await http.post("/v1/trades/batch", json={"trades": trades})).raise_for_status()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    recorded = time.perf_counter()
+    published = await wait_until(lambda: count(database_url, "outbox") == 0)
+    n = per_client * clients
+    return {
+        "trades": n,
+        "batch": batch,
+        "clients": clients,
+        "recorded_per_s": round(n / (recorded - started)),
+        "published_per_s": round(n / (published - started)),
+    }
+
+
+async def bench_raw(kafka: str, ingest: Ingest, database_url: str, total: int, already: int) -> dict:
+    """Produce `total` raw trades as fast as possible while ingest runs; time until all are recorded."""
+    markets = market_ids("raw", 200)
+    await create_markets(ingest.url, markets)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka, enable_idempotence=False, linger_ms=5, max_batch_size=256 * 1024
+    )
+    await producer.start()
+    print(f"raw topic: producing {total} trades ...", flush=True)
+    started = time.perf_counter()
+    try:
+        for start in range(0, total, 5000):
+            sends = []
+            for i in range(start, min(start + 5000, total)):
+                m = markets[i % len(markets)]
+                value = json.dumps(trade(m, f"r-{i}", i)).encode()
+                sends.append(await producer.send("ingest.raw-trades.v1", value, key=m.encode()))
+            await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+    produced = time.perf_counter()
+    recorded = await wait_until(lambda: count(database_url, "trades") >= already + total)
+    published = await wait_until(lambda: count(database_url, "outbox") == 0)
+    return {
+        "trades": total,
+        "produce_per_s": round(total / (produced - started)),
+        "recorded_per_s": round(total / (recorded - started)),
+        "published_per_s": round(total / (published - started)),
+    }
+
+
+async def main(args: argparse.Namespace) -> dict:
+    data = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    kafka = EmbeddedKafka("kafka", free_port(), data / "kafka")
+    postgres = EmbeddedPostgres("postgres", free_port(), data / "postgres")
+    ingest: Ingest | None = None
+    try:
+        kafka.start()
+        postgres.start()
+        env = {"KAFKA_BOOTSTRAP_SERVERS": kafka.url, "DATABASE_URL": postgres.url, "DATABASE_POOL_SIZE": "8"}
+        ingest = Ingest(env, data / "ingest.log")
+        await ingest.start()
+        http = await bench_http(ingest, postgres.url, args.http_trades, args.batch, args.clients)
+        raw = await bench_raw(kafka.url, ingest, postgres.url, args.raw_trades, count(postgres.url, "trades"))
+    finally:
+        if ingest:
+            ingest.stop()
+        postgres.stop()
+        kafka.stop()
+    return {"machine": f"{os.cpu_count()} CPUs (shared with other work)", "batch_http": http, "raw_topic": raw}
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--http-trades", type=int, default=40_000)
+    parser.add_argument("--batch", type=int, default=1000, help="trades per HTTP batch (1 to 1000)")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients")
+    parser.add_argument("--raw-trades", type=int, default=100_000)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    result = asyncio.run(main(args))
+    h, r = result["batch_http"], result["raw_topic"]
+    print(f"ingest benchmark ({result['machine']})")
+    print("| path | trades | recorded trades/s | published trades/s | goal |")
+    print("|---|---|---|---|---|")
+    http_path = f"batch HTTP ({h['clients']} clients x {h['batch']}/batch)"
+    raw_path = f"raw topic (produced at {r['produce_per_s']}/s)"
+    print(f"| {http_path} | {h['trades']} | {h['recorded_per_s']} | {h['published_per_s']} | 5,000 |")
+    print(f"| {raw_path} | {r['trades']} | {r['recorded_per_s']} | {r['published_per_s']} | 20,000 |")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    cli()
