@@ -6,7 +6,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench clean bench-feature
+.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench clean bench-feature test-feature-crash
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -65,3 +65,6 @@ clean: ## Remove the virtual environment, local data (.om/) and caches
 
 bench-feature: install ## Feature service alone: 200k pre-produced trades -> events/s, vectors, peak RSS, state bytes/market
 	$(UV) run python -m bench.feature $(BENCH_ARGS)
+
+test-feature-crash: install ## Feature: SIGKILL in the middle of a 100,000-trade stream, restart, compare with one replay
+	FEATURE_CRASH_TRADES=100000 $(UV) run pytest services/feature/tests/test_recovery.py -k sigkill -o timeout=1800 $(PYTEST_ARGS)
