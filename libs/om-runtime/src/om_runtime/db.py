@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -20,7 +21,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from om_contracts import Topic
-from om_runtime.kafka import BatchHandler, EventPublisher
+from om_runtime.consumer import DeliveryProcessor
+from om_runtime.kafka import Delivery, EventPublisher
+from om_runtime.offsets import Partition, claim_events, ensure_runtime_tables, load_offsets, prune_events, save_offsets
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +71,18 @@ class Database:
 
     async def __aenter__(self) -> Database:
         await asyncio.to_thread(migrate, self.url, self.schema, self.migrations)
+        await asyncio.to_thread(self._ensure_runtime_tables)
         await self.pool.open(wait=True, timeout=30)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.pool.close()
+
+    def _ensure_runtime_tables(self) -> None:
+        options = f"-c search_path={self.schema}"
+        with psycopg.connect(self.url, options=options, row_factory=dict_row) as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('om_runtime_tables'))")  # replicas start together
+            ensure_runtime_tables(conn)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection]:
@@ -89,37 +99,63 @@ def transactional(
     publisher: EventPublisher,
     handlers: Mapping[Topic, TxHandler] | TxBatchHandler,
     *,
+    consumer: str,
     after_commit: Callable[[], None] | None = None,
-) -> BatchHandler:
-    """A batch handler that applies a batch's events in one transaction, each exactly once.
+) -> DeliveryProcessor:
+    """A delivery processor that applies a batch's events in one transaction, each exactly once.
 
-    The batch's event ids are claimed in `processed_events` in one statement; events already processed (a
-    redelivery, or a repeat within the batch) are skipped. The remaining events go, with the transaction's
-    connection, either one by one to their topic's handler (a mapping) or all at once to a batch handler (a
-    callable, for services that save work by grouping), so their effects commit together with their claims.
-    What handlers publish is confirmed by Kafka before the commit: a failure rolls the batch back.
+    The transaction that holds the events' effects also saves the consumed offsets (`consumer_offsets`), so a batch
+    redelivered after a crash starts where the last commit left off. The batch's event ids are claimed in the
+    bounded dedupe window (`consumed_events`) in one statement; events applied before under another offset (a
+    producer's retry, a replay, a broker that lost its log) or repeated within the batch are skipped. The rest go,
+    with the transaction's connection, one by one to their topic's handler (a mapping) or all at once to a batch
+    handler (a callable). What handlers publish is confirmed by Kafka before the commit: a failure rolls back.
     """
 
-    async def process(events: list[tuple[Topic, Any]]) -> None:
+    async def process(deliveries: list[Delivery], offsets: Mapping[Partition, int]) -> None:
         async with db.transaction() as conn, publisher.confirmed_together():
-            cur = await conn.execute(
-                "INSERT INTO processed_events (event_id) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING "
-                "RETURNING event_id",
-                ([str(e.event_id) for _, e in events],),
-            )
-            claimed = {row["event_id"] for row in await cur.fetchall()}
+            claimed = await claim_events(conn, [d.event.event_id for d in deliveries])
             fresh = []
-            for topic, event in events:
-                if (event_id := str(event.event_id)) in claimed:
-                    claimed.discard(event_id)  # a repeat later in the same batch is a duplicate too
-                    fresh.append((topic, event))
+            for d in deliveries:
+                if d.event.event_id in claimed:
+                    claimed.discard(d.event.event_id)  # a repeat later in the same batch is a duplicate too
+                    fresh.append((d.topic, d.event))
             if not isinstance(handlers, Mapping):
                 if fresh:
                     await handlers(fresh, conn)
             else:
                 for topic, event in fresh:
                     await handlers[topic](event, conn)
-        if after_commit is not None:
+            await save_offsets(conn, consumer, offsets)
+        if after_commit is not None and deliveries:
             after_commit()
 
     return process
+
+
+class StoredOffsets:
+    """The partition listener of a transactional consumer: resume where the last committed transaction ended."""
+
+    def __init__(self, db: Database, consumer: str) -> None:
+        self.db = db
+        self.consumer = consumer
+
+    async def on_assigned(self, partitions: list[Partition]) -> Mapping[Partition, int]:
+        async with self.db.pool.connection(timeout=10) as conn:
+            return await load_offsets(conn, self.consumer, partitions)
+
+    async def on_revoked(self, partitions: list[Partition]) -> None:
+        return None  # every batch commits its offsets before the next one starts
+
+
+async def prune_dedupe_window(db: Database, window: timedelta, *, interval_s: float = 600.0) -> None:
+    """Forget applied event ids older than `window`, every `interval_s`, until cancelled."""
+    while True:
+        while True:
+            async with db.transaction() as conn:
+                removed = await prune_events(conn, window)
+            if removed:
+                log.info("forgot %d event id(s) older than %s", removed, window)
+            if removed < 50_000:
+                break
+        await asyncio.sleep(interval_s)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -12,7 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 Check = Callable[[], Awaitable[object]]
 
 
-def ops_router(checks: Mapping[str, Check], registry: CollectorRegistry) -> APIRouter:
+def ops_router(
+    checks: Mapping[str, Check], registry: CollectorRegistry, *, optional: Collection[str] = ()
+) -> APIRouter:
+    """`optional` names checks that are reported but do not make the service unready (e.g. Kafka for ingest,
+    whose writes keep succeeding into the outbox while the broker is down)."""
     router = APIRouter(tags=["operations"])
 
     @router.get("/health", summary="The process is alive")
@@ -29,7 +33,7 @@ def ops_router(checks: Mapping[str, Check], registry: CollectorRegistry) -> APIR
                 return f"failed: {type(exc).__name__}: {exc}"
 
         results = dict(zip(checks, await asyncio.gather(*(run(c) for c in checks.values())), strict=True))
-        ok = all(r == "ok" for r in results.values())
+        ok = all(r == "ok" for name, r in results.items() if name not in optional)
         return JSONResponse(
             {"status": "ready" if ok else "not ready", "checks": results}, status_code=200 if ok else 503
         )

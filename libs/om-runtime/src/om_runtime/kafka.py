@@ -13,15 +13,15 @@ import asyncio
 import base64
 import contextlib
 import logging
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
@@ -39,6 +39,20 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Any], Awaitable[None]]
 #: Receives a batch's valid events, in arrival order, each with the topic it came from.
 BatchHandler = Callable[[list[tuple[Topic, Any]]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One decoded event as the consumer received it: where it came from and the record's timestamp."""
+
+    topic: Topic
+    event: Any
+    partition: int
+    offset: int
+    timestamp: datetime
+    #: The Kafka record (key, raw value, headers), for dead-lettering and tracing.
+    record: Any = field(default=None, repr=False, compare=False)
+
 
 # After a transient failure, wait before the message is redelivered instead of spinning on it.
 RETRY_DELAY_S = 0.5
@@ -221,16 +235,11 @@ def consume(
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether an error says the infrastructure is unavailable (retry, never drop) rather than the event is
-    unusable. Connection and timeout errors of the network, Kafka, PostgreSQL and Redis count as transient."""
-    transient: tuple[type[BaseException], ...] = (OSError, TimeoutError, KafkaError)
-    for module, names in (
-        ("psycopg", ("OperationalError",)),
-        ("redis.exceptions", ("ConnectionError", "TimeoutError")),
-    ):
-        if found := sys.modules.get(module):  # only drivers the service imported can have raised
-            transient += tuple(getattr(found, name) for name in names)
-    return isinstance(exc, transient)
+    """Whether an error says the infrastructure failed (retry, never drop) rather than the event is unusable;
+    see `om_runtime.failures.is_systemic`."""
+    from om_runtime.failures import is_systemic
+
+    return is_systemic(exc)
 
 
 def dispatch(handlers: Mapping[Topic, Handler]) -> BatchHandler:

@@ -5,6 +5,9 @@ background loops run, and an HTTP app with probes and metrics — all closed aga
     runtime.add_resource(db, name="postgres", check=db.ping)
     runtime.consume_in_transaction(db, {MARKET_TRADES: handlers.on_trade})
     app = runtime.create_app(title="feature", routers=[api])
+
+A service that must serve while Kafka is down (ingest) passes `kafka_required=False`: the broker connection and
+the consumers are then retried in the background, and /ready reports Kafka without failing on it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -22,8 +26,19 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CollectorRegistry
 
 from om_contracts import Topic
+from om_runtime.consumer import ConsumerMetrics, GroupConsumer, PartitionListener
+from om_runtime.failures import Backoff
 from om_runtime.http import Check, ops_router
-from om_runtime.kafka import BatchHandler, EventPublisher, Handler, consume, create_broker, dispatch, ensure_topics
+from om_runtime.kafka import (
+    BatchHandler,
+    Delivery,
+    EventPublisher,
+    Handler,
+    consume,
+    create_broker,
+    dispatch,
+    ensure_topics,
+)
 from om_runtime.settings import ServiceSettings
 from om_runtime.telemetry import setup_logging, setup_tracing
 
@@ -34,14 +49,21 @@ log = logging.getLogger(__name__)
 
 
 class ServiceRuntime:
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: ServiceSettings, *, kafka_required: bool = True) -> None:
         self.settings = settings
+        self.kafka_required = kafka_required
         self.registry = CollectorRegistry()
         self.broker = create_broker(
             settings.kafka_bootstrap_servers, client_id=settings.service_name, registry=self.registry
         )
         self.publisher = EventPublisher(self.broker)
         self.checks: dict[str, Check] = {"kafka": self._kafka_ready}
+        #: Checks reported by /ready that do not make the service unready when they fail.
+        self.optional_checks: set[str] = set() if kafka_required else {"kafka"}
+        self.consumer_metrics = ConsumerMetrics(self.registry)
+        self.consumers: list[GroupConsumer] = []
+        #: Set once the broker is connected (at start, or later when Kafka is optional and was down).
+        self.kafka_started = asyncio.Event()
         self._resources: list[AbstractAsyncContextManager[Any]] = []
         self._loops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
 
@@ -72,10 +94,50 @@ class ServiceRuntime:
     ) -> None:
         """Apply each batch of events in one transaction, each event exactly once (see db.transactional):
         per event with a mapping of topic handlers, or as a whole with a batch handler and its `topics`."""
-        from om_runtime.db import transactional
+        from om_runtime.db import StoredOffsets, prune_dedupe_window, transactional
 
         topics = handlers.keys() if isinstance(handlers, Mapping) else topics
-        self._subscribe(topics, transactional(db, self.publisher, handlers, after_commit=after_commit))
+        name = self.settings.service_name
+        process = transactional(db, self.publisher, handlers, consumer=name, after_commit=after_commit)
+        self._group_consumer(topics, process, StoredOffsets(db, name), fallback_to_committed=True)
+        window = timedelta(hours=self.settings.dedupe_window_hours)
+        self.add_loop("dedupe-window-prune", lambda: prune_dedupe_window(db, window))
+
+    def consume_stateful(
+        self,
+        process: Callable[[list[Delivery]], Awaitable[None]],
+        *,
+        topics: Collection[Topic],
+        listener: PartitionListener,
+    ) -> None:
+        """For a consumer that keeps its own state and checkpoints (with the offsets it covers).
+
+        `listener.on_assigned` says where each assigned partition resumes, `listener.on_revoked` flushes before
+        partitions move (and `on_offset_regression(partition, stored, log_end)`, if present, hears that the broker
+        lost its log). `process` gets each batch of valid deliveries; it must apply all or nothing: if it raises,
+        the same deliveries come again (after a pause when the failure is systemic, or one at a time to find a
+        poison event, which is then dead-lettered)."""
+
+        async def apply(deliveries: list[Delivery], offsets: Mapping[tuple[str, int], int]) -> None:
+            if deliveries:
+                await process(deliveries)
+
+        self._group_consumer(topics, apply, listener)
+
+    def _group_consumer(self, topics: Collection[Topic], process: Any, listener: PartitionListener, **kw: Any) -> None:
+        self.consumers.append(
+            GroupConsumer(
+                bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                topics=list(topics),
+                group=self.settings.service_name,
+                process=process,
+                listener=listener,
+                publisher=self.publisher,
+                metrics=self.consumer_metrics,
+                fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
+                **kw,
+            )
+        )
 
     def _subscribe(self, topics: Collection[Topic], process: BatchHandler, *, fanout: bool = False) -> None:
         consume(
@@ -93,15 +155,56 @@ class ServiceRuntime:
         async with AsyncExitStack() as stack:
             for resource in self._resources:
                 await stack.enter_async_context(resource)
-            await ensure_topics(
-                self.settings.kafka_bootstrap_servers, replication_factor=self.settings.kafka_replication_factor
-            )
-            await self.broker.start()
-            stack.push_async_callback(self.broker.stop)
+            if self.kafka_required:
+                await self._start_kafka()
+            else:
+                stack.push_async_callback(_cancel, asyncio.create_task(self._start_kafka_eventually()))
+            stack.push_async_callback(self._stop_kafka)
             for name, loop in self._loops:
                 stack.push_async_callback(_cancel, asyncio.create_task(_supervised(name, loop), name=name))
             log.info("%s started", self.settings.service_name)
             yield
+
+    async def _start_kafka(self) -> None:
+        await ensure_topics(
+            self.settings.kafka_bootstrap_servers, replication_factor=self.settings.kafka_replication_factor
+        )
+        await self.broker.start()
+        self._consumer_tasks = [
+            asyncio.create_task(_supervised(f"consumer-{i}", c.run), name=f"consumer-{i}")
+            for i, c in enumerate(self.consumers)
+        ]
+        self.kafka_started.set()
+
+    async def _start_kafka_eventually(self) -> None:
+        backoff = Backoff(cap_s=10.0)
+        while True:
+            try:
+                await self._start_kafka()
+                log.info("connected to Kafka at %s", self.settings.kafka_bootstrap_servers)
+                return
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await self.broker.stop()
+                delay = backoff.next_delay()
+                log.warning(
+                    "Kafka at %s is unavailable (%s); serving without it, retrying in %.1f s",
+                    self.settings.kafka_bootstrap_servers,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _stop_kafka(self) -> None:
+        tasks = getattr(self, "_consumer_tasks", [])
+        for consumer in self.consumers:
+            await consumer.stop()
+        if tasks:
+            await asyncio.wait(tasks, timeout=15.0)
+        for task in tasks:
+            await _cancel(task)
+        if self.kafka_started.is_set():
+            await self.broker.stop()
 
     def create_app(
         self, *, title: str, description: str = "", routers: Sequence[APIRouter] = (), **fastapi_kwargs: Any
@@ -112,7 +215,7 @@ class ServiceRuntime:
                 yield
 
         app = FastAPI(title=title, description=description, lifespan=lifespan, **fastapi_kwargs)
-        app.include_router(ops_router(self.checks, self.registry))
+        app.include_router(ops_router(self.checks, self.registry, optional=self.optional_checks))
         for router in routers:
             app.include_router(router)
         app.state.runtime = self

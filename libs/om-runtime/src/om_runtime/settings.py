@@ -29,6 +29,9 @@ class ServiceSettings(BaseSettings):
     kafka_replication_factor: int = Field(default=1, ge=1, validation_alias=AliasChoices("KAFKA_REPLICATION_FACTOR"))
     # Tansu (the embedded broker) answers a fetch only after fetch.max.wait; a low value keeps each hop fast.
     kafka_fetch_max_wait_ms: int = Field(default=10, validation_alias=AliasChoices("KAFKA_FETCH_MAX_WAIT_MS"))
+    #: How long applied event ids are remembered to catch an event published twice under two offsets (a
+    #: producer's retry, a replay, a broker that lost its log). Older ids are pruned; offsets do the rest.
+    dedupe_window_hours: float = Field(default=24.0, gt=0)
 
 
 class PostgresSettings(BaseSettings):

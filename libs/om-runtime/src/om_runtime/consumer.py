@@ -1,0 +1,443 @@
+"""The group consumer behind `consume_in_transaction` and `consume_stateful`, on aiokafka directly.
+
+Positions live with the service's state, not in Kafka: on assignment the listener says where each partition resumes
+(offsets saved in the service's own transaction, or its checkpoint) and the consumer seeks there; before partitions
+move away the listener may flush. Offsets are also committed to Kafka after each batch, for lag reporting only.
+
+Failures are classified (see `om_runtime.failures`): undecodable bytes are dead-lettered at once; an infrastructure
+error, or most of a batch failing alone the same way, stops the batch, backs off (metric + log line) and retries it,
+however long that takes; only an event that fails alone, repeatedly, among neighbours that succeed is dead-lettered.
+A stored offset beyond the partition's log end means the broker lost its log: that is logged, counted, told to the
+listener, and the partition is read again from its beginning (event-id dedupe keeps that harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from om_contracts import DecodeError, Topic, decode
+from om_runtime.failures import Backoff, StreakGuard, is_systemic, judge_isolated
+from om_runtime.kafka import Delivery, EventPublisher
+from om_runtime.offsets import Partition
+
+log = logging.getLogger(__name__)
+
+#: Applies deliveries and, in the same unit of work, records `offsets` (next offset per partition) as consumed.
+DeliveryProcessor = Callable[[list[Delivery], Mapping[Partition, int]], Awaitable[None]]
+
+#: Attempts at an event applied alone before it is judged poison.
+POISON_ATTEMPTS = 3
+
+
+class PartitionListener(Protocol):
+    async def on_assigned(self, partitions: list[Partition]) -> Mapping[Partition, int]:
+        """Return the next offset to read for each partition that has one (missing: from the earliest)."""
+        ...
+
+    async def on_revoked(self, partitions: list[Partition]) -> None:
+        """Flush what must be saved before these partitions move to another process."""
+        ...
+
+
+class ConsumerMetrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        registry = registry if registry is not None else CollectorRegistry()
+        labels = ("consumer", "topic")
+        self.events = Counter("om_consumer_events", "Events applied", labels, registry=registry)
+        self.dead_letters = Counter(
+            "om_consumer_dead_letters", "Events dead-lettered", (*labels, "cause"), registry=registry
+        )
+        self.systemic = Counter(
+            "om_consumer_systemic_failures",
+            "Batches stopped by a systemic failure and retried after a pause",
+            ("consumer", "error"),
+            registry=registry,
+        )
+        self.regressions = Counter(
+            "om_consumer_offset_regressions", "Stored offsets beyond the partition's log end", labels, registry=registry
+        )
+        self.lag = Gauge(
+            "om_consumer_lag", "Messages behind the partition's end", (*labels, "partition"), registry=registry
+        )
+        self.backing_off = Gauge(
+            "om_consumer_backing_off",
+            "1 while the consumer pauses after a systemic failure",
+            ("consumer",),
+            registry=registry,
+        )
+
+
+class _Systemic(Exception):
+    def __init__(self, cause: BaseException, reason: str) -> None:
+        super().__init__(reason)
+        self.cause = cause
+        self.reason = reason
+
+
+class GroupConsumer:
+    """One consumer-group member reading `topics` and handing each fetched batch to `process`."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        topics: Collection[Topic],
+        group: str,
+        process: DeliveryProcessor,
+        listener: PartitionListener,
+        publisher: EventPublisher,
+        metrics: ConsumerMetrics,
+        fallback_to_committed: bool = False,
+        fetch_max_wait_ms: int = 10,
+        max_records: int = 500,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.by_name = {t.name: t for t in topics}
+        self.group = group
+        self.process = process
+        self.listener = listener
+        self.publisher = publisher
+        self.metrics = metrics
+        self.fallback_to_committed = fallback_to_committed
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.max_records = max_records
+        self.backoff = Backoff()
+        self.streak = StreakGuard()
+        self._lock = asyncio.Lock()  # held while a batch is applied; revocation waits for it
+        self._epoch = 0  # bumped by every assignment: deliveries fetched before it are stale
+        self._consumer: AIOKafkaConsumer | None = None
+        self.started = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume until `stop()` (or cancellation). The broker may be down at first: connecting is retried."""
+        consumer = await self._connect()
+        graceful = False
+        try:
+            self.started.set()
+            while not self._stopping.is_set():
+                epoch = self._epoch
+                try:
+                    batch = await consumer.getmany(
+                        timeout_ms=max(self.fetch_max_wait_ms, 100), max_records=self.max_records
+                    )
+                except OffsetOutOfRangeError as exc:
+                    await self._out_of_range(exc.args[0] if exc.args else {})
+                    continue
+                except NoOffsetForPartitionError:
+                    continue  # fetched before the assignment callback positioned the partition; it has been since
+                if batch:
+                    await self._handle_fetched(batch, epoch)
+            graceful = True
+        finally:
+            if graceful:  # between batches: let a stateful consumer checkpoint what it holds before leaving
+                await self.revoked(list(consumer.assignment()))
+            self._consumer = None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.stop(), timeout=10)
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, then leave the group (a stateful listener hears on_revoked first)."""
+        self._stopping.set()
+
+    async def _connect(self) -> AIOKafkaConsumer:
+        backoff = Backoff(cap_s=10.0)
+        while True:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers,
+                group_id=self.group,
+                client_id=self.group,
+                enable_auto_commit=False,
+                auto_offset_reset="none",  # positions come from the listener; a lost log must not pass silently
+                fetch_max_wait_ms=self.fetch_max_wait_ms,
+                max_poll_records=self.max_records,
+            )
+            consumer.subscribe(list(self.by_name), listener=_Rebalance(self))
+            self._consumer = consumer  # the first assignment may come while start() runs
+            try:
+                await consumer.start()
+                return consumer
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+                delay = backoff.next_delay()
+                log.warning(
+                    "%s cannot reach Kafka at %s (%s); retrying in %.1f s",
+                    self.group,
+                    self.bootstrap_servers,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    # -- rebalancing -------------------------------------------------------------------------------------------
+
+    async def assigned(self, tps: list[TopicPartition]) -> None:
+        self._epoch += 1
+        consumer = self._consumer_or_raise()
+        parts = [(tp.topic, tp.partition) for tp in tps]
+        backoff = Backoff(cap_s=10.0)
+        while True:  # a partition must never start from a guessed position: wait for the store to answer
+            try:
+                stored = dict(await self.listener.on_assigned(parts)) if parts else {}
+                ends = await consumer.end_offsets(tps) if tps else {}
+                break
+            except Exception as exc:
+                delay = backoff.next_delay()
+                log.error("%s cannot load positions of %s (%r); retrying in %.1f s", self.group, parts, exc, delay)
+                self.metrics.systemic.labels(self.group, type(exc).__name__).inc()
+                await asyncio.sleep(delay)
+        for tp in tps:
+            next_offset = stored.get((tp.topic, tp.partition))
+            if next_offset is None and self.fallback_to_committed:
+                # First start after consumers committed to Kafka (before offsets moved into the database).
+                next_offset = await consumer.committed(tp)
+            if next_offset is None:
+                await consumer.seek_to_beginning(tp)
+            elif next_offset > ends[tp]:
+                await self._regressed(tp, next_offset, ends[tp])
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, next_offset)
+        log.info("%s assigned %s", self.group, sorted(parts))
+
+    async def revoked(self, tps: list[TopicPartition]) -> None:
+        async with self._lock:  # let the batch in flight commit first
+            parts = [(tp.topic, tp.partition) for tp in tps]
+            if parts:
+                try:
+                    await self.listener.on_revoked(parts)
+                except Exception:
+                    log.exception("%s: on_revoked failed for %s", self.group, parts)
+
+    async def _regressed(self, tp: TopicPartition, stored: int, log_end: int) -> None:
+        log.error(
+            "%s: offset regression on %s-%d: stored next offset %d is beyond the log end %d (the broker lost its "
+            "log); reading it again from the beginning, already-applied events are skipped by event id",
+            self.group,
+            tp.topic,
+            tp.partition,
+            stored,
+            log_end,
+        )
+        self.metrics.regressions.labels(self.group, tp.topic).inc()
+        if hook := getattr(self.listener, "on_offset_regression", None):
+            try:
+                await hook((tp.topic, tp.partition), stored, log_end)
+            except Exception:
+                log.exception("%s: on_offset_regression failed", self.group)
+
+    async def _out_of_range(self, positions: Mapping[TopicPartition, int]) -> None:
+        consumer = self._consumer_or_raise()
+        tps = list(positions)
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            if positions[tp] > ends[tp]:
+                await self._regressed(tp, positions[tp], ends[tp])
+            else:
+                log.error(
+                    "%s: offset %d of %s-%d is gone (retention); resuming at the earliest",
+                    self.group,
+                    positions[tp],
+                    tp.topic,
+                    tp.partition,
+                )
+            await consumer.seek_to_beginning(tp)
+
+    def _consumer_or_raise(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("consumer not started")
+        return self._consumer
+
+    # -- batches -----------------------------------------------------------------------------------------------
+
+    async def _handle_fetched(self, batch: Mapping[TopicPartition, list[Any]], epoch: int) -> None:
+        consumer = self._consumer_or_raise()
+        async with self._lock:
+            if epoch != self._epoch:
+                return  # a rebalance re-positioned every partition since this was fetched
+            assignment = consumer.assignment()
+            records = [r for tp, rs in batch.items() if tp in assignment for r in rs]
+            if not records:
+                return
+            batch_end = _next_offsets(records)
+            deliveries: list[Delivery] = []
+            for record in records:
+                topic = self.by_name[record.topic]
+                try:
+                    deliveries.append(_delivery(topic, record))
+                except DecodeError as exc:
+                    log.warning("dead-lettered a message from %s: %s", topic.name, exc.reason)
+                    await self.publisher.dead_letter(self.group, record, record.value or b"", exc.reason)
+                    self.metrics.dead_letters.labels(self.group, topic.name, "decode").inc()
+            done = await self._apply(deliveries, batch_end, epoch)
+        if done:
+            for tp, records_of_tp in batch.items():
+                if records_of_tp and (hw := consumer.highwater(tp)) is not None:
+                    self.metrics.lag.labels(self.group, tp.topic, str(tp.partition)).set(
+                        max(0, hw - records_of_tp[-1].offset - 1)
+                    )
+            with contextlib.suppress(Exception):  # Kafka's copy is for lag reports only
+                await consumer.commit(
+                    {
+                        TopicPartition(t, p): o
+                        for (t, p), o in batch_end.items()
+                        if TopicPartition(t, p) in consumer.assignment()
+                    }
+                )
+
+    async def _apply(self, deliveries: list[Delivery], batch_end: Mapping[Partition, int], epoch: int) -> bool:
+        """Apply a batch; return False when a rebalance made it stale on the way (it will be fetched again)."""
+        pending = deliveries
+        while True:
+            if epoch != self._epoch or self._stopping.is_set():
+                return False
+            try:
+                if not pending:
+                    await self.process([], batch_end)
+                    return True
+                try:
+                    await self.process(pending, batch_end)
+                    self._applied(pending)
+                    return True
+                except Exception as exc:
+                    if is_systemic(exc):
+                        raise _Systemic(exc, f"{type(exc).__name__}: {exc}") from exc
+                    log.warning(
+                        "%s: a batch of %d failed (%r); applying its events one by one", self.group, len(pending), exc
+                    )
+                pending = await self._isolate(pending, batch_end)
+                if not pending:
+                    return True
+            except _Systemic as systemic:
+                await self._pause(systemic, len(pending))
+
+    async def _isolate(self, batch: list[Delivery], batch_end: Mapping[Partition, int]) -> list[Delivery]:
+        """Apply each event alone. Returns [] when done (poison dead-lettered), else the suspects to retry later.
+        Raises _Systemic (with what is left in `batch`) when the infrastructure fails meanwhile."""
+        failures: list[tuple[Delivery, BaseException]] = []
+        blocked: set[Partition] = set()  # partitions whose stored offset must not pass an unresolved suspect
+        for index, delivery in enumerate(batch):
+            part = (delivery.topic.name, delivery.partition)
+            offsets = {} if part in blocked else {part: delivery.offset + 1}
+            try:
+                error = await self._try_alone(delivery, offsets)
+            except _Systemic:
+                batch[:] = [d for d, _ in failures] + batch[index:]
+                raise
+            if error is None:
+                self._applied([delivery])
+                self.streak.success()
+            else:
+                failures.append((delivery, error))
+                blocked.add(part)
+        if not failures:
+            await self.process([], batch_end)
+            return []
+        verdict = judge_isolated(len(batch), [e for _, e in failures])
+        if not verdict.systemic and len(batch) == 1 and self.streak.failure(failures[0][1]):
+            verdict = verdict.__class__(True, f"{self.streak.limit} events in a row failed alone the same way")
+        suspects = [d for d, _ in failures]
+        if verdict.systemic:
+            batch[:] = suspects
+            raise _Systemic(failures[0][1], verdict.reason)
+        for delivery, error in failures:
+            reason = (
+                f"{delivery.topic.name} event {delivery.event.event_id} could not be applied "
+                f"({POISON_ATTEMPTS} attempts): {type(error).__name__}: {error}"
+            )
+            log.error("%s dead-lettered: %s", self.group, reason)
+            await self.publisher.dead_letter(self.group, delivery.record, delivery.record.value or b"", reason)
+            self.metrics.dead_letters.labels(self.group, delivery.topic.name, "apply").inc()
+        await self.process([], batch_end)
+        return []
+
+    async def _try_alone(self, delivery: Delivery, offsets: Mapping[Partition, int]) -> BaseException | None:
+        error: BaseException | None = None
+        for attempt in range(POISON_ATTEMPTS):
+            try:
+                await self.process([delivery], offsets)
+                return None
+            except Exception as exc:
+                if is_systemic(exc):
+                    raise _Systemic(exc, f"{type(exc).__name__}: {exc}") from exc
+                error = exc
+                await asyncio.sleep(0.05 * (attempt + 1))
+        return error
+
+    async def _pause(self, systemic: _Systemic, size: int) -> None:
+        delay = self.backoff.next_delay()
+        self.metrics.systemic.labels(self.group, type(systemic.cause).__name__).inc()
+        log.error(
+            "%s: systemic failure, nothing dead-lettered; %d event(s) will be retried in %.1f s: %s",
+            self.group,
+            size,
+            delay,
+            systemic.reason,
+        )
+        self.metrics.backing_off.labels(self.group).set(1)
+        self._lock.release()  # a rebalance may proceed while we wait
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+        finally:
+            await self._lock.acquire()
+            self.metrics.backing_off.labels(self.group).set(0)
+
+    def _applied(self, deliveries: list[Delivery]) -> None:
+        self.backoff.reset()
+        for d in deliveries:
+            self.metrics.events.labels(self.group, d.topic.name).inc()
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, owner: GroupConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        await self.owner.revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        await self.owner.assigned(list(assigned))
+
+
+def _delivery(topic: Topic, record: Any) -> Delivery:
+    return Delivery(
+        topic=topic,
+        event=decode(topic, record.value or b""),
+        partition=record.partition,
+        offset=record.offset,
+        timestamp=datetime.fromtimestamp(record.timestamp / 1000, UTC)
+        if record.timestamp is not None
+        else datetime.now(UTC),
+        record=record,
+    )
+
+
+def _next_offsets(records: list[Any]) -> dict[Partition, int]:
+    offsets: dict[Partition, int] = {}
+    for r in records:
+        part = (r.topic, r.partition)
+        offsets[part] = max(offsets.get(part, 0), r.offset + 1)
+    return offsets
+
+
+class NoPositions:
+    """A listener for consumers without their own state: start every partition from the earliest."""
+
+    async def on_assigned(self, partitions: list[Partition]) -> Mapping[Partition, int]:
+        return {}
+
+    async def on_revoked(self, partitions: list[Partition]) -> None:
+        return None

@@ -1,0 +1,297 @@
+"""The runtime's group consumer against a real broker (Tansu) and PostgreSQL: offsets saved with the effects, event-id
+dedupe, poison vs systemic failures, stateful listeners with seeking and offset regressions, and a service that
+starts while Kafka is down."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis.exceptions
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from om_cli.embedded import EmbeddedKafka, free_port
+from om_cli.testing import app_client, consume_until, eventually, produce
+from om_contracts import TradeExecuted, encode
+from om_contracts.topics import DEAD_LETTERS, MARKET_TRADES
+from om_runtime.db import Database
+from om_runtime.kafka import Delivery, ensure_topics
+from om_runtime.service import ServiceRuntime
+from om_runtime.settings import ServiceSettings
+
+pytestmark = pytest.mark.integration
+
+TRADES = MARKET_TRADES.name
+
+
+def trade(trade_id: str, market: str = "m1") -> TradeExecuted:
+    return TradeExecuted(
+        occurred_at=datetime.now(UTC),
+        producer="test",
+        trade_id=trade_id,
+        market_id=market,
+        user_id="alice",
+        outcome="YES",
+        amount=10.0,
+        shares=16.0,
+        price_before=0.5,
+        price_after=0.6,
+    )
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
+
+
+def settings(bootstrap: str) -> ServiceSettings:
+    return ServiceSettings(service_name="svc", KAFKA_BOOTSTRAP_SERVERS=bootstrap)
+
+
+@pytest.fixture
+async def kafka(kafka_bootstrap: str) -> str:
+    """The test's broker with the registry's topics (as services create them), before anything is produced."""
+    await ensure_topics(kafka_bootstrap)
+    return kafka_bootstrap
+
+
+@pytest.fixture
+def migrations(tmp_path: Path) -> Path:
+    (tmp_path / "0001_applied.sql").write_text("CREATE TABLE applied (trade_id text NOT NULL);\n")
+    return tmp_path
+
+
+class Applier:
+    """A batch handler that records each trade it applies, and fails the way a test tells it to."""
+
+    def __init__(self) -> None:
+        self.fail: Any = None  # called with the trade; may raise
+
+    async def __call__(self, events: list[tuple[Any, Any]], conn: psycopg.AsyncConnection) -> None:
+        for _, event in events:
+            if self.fail is not None:
+                self.fail(event)
+            await conn.execute("INSERT INTO applied (trade_id) VALUES (%s)", (event.trade_id,))
+
+
+@asynccontextmanager
+async def transactional_service(
+    bootstrap: str, database_url: str, migrations: Path, applier: Applier
+) -> AsyncIterator[tuple[ServiceRuntime, Database]]:
+    runtime = ServiceRuntime(settings(bootstrap))
+    db = Database(database_url, schema="svc", migrations=migrations)
+    runtime.add_resource(db, name="postgres", check=db.ping)
+    runtime.consume_in_transaction(db, applier, topics=(MARKET_TRADES,))
+    async with runtime.running():
+        yield runtime, db
+
+
+async def applied(db: Database) -> list[str]:
+    async with db.pool.connection() as conn:
+        cur = await conn.execute("SELECT trade_id FROM applied ORDER BY trade_id")
+        return [row["trade_id"] for row in await cur.fetchall()]
+
+
+def sample(runtime: ServiceRuntime, name: str, **labels: str) -> float:
+    return runtime.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_events_apply_once_across_restarts_and_republished_duplicates(
+    kafka: str, database_url: str, migrations: Path
+) -> None:
+    first = [trade(f"t{i}") for i in range(3)]
+    await produce(kafka, TRADES, [encode(t) for t in first] + [encode(first[0])], key=b"m1")
+    async with transactional_service(kafka, database_url, migrations, Applier()) as (_, db):
+
+        async def three_applied() -> None:
+            assert await applied(db) == ["t0", "t1", "t2"]
+
+        await eventually(three_applied)
+        async with db.pool.connection() as conn:
+            cur = await conn.execute("SELECT topic, next_offset FROM consumer_offsets WHERE consumer = 'svc'")
+            saved = await cur.fetchall()
+    # the duplicate (same event id, another offset) changed nothing, yet its offset was consumed
+    assert [(r["topic"], r["next_offset"]) for r in saved] == [(TRADES, 4)]
+
+    await produce(kafka, TRADES, [encode(trade("t3"))], key=b"m1")
+    async with transactional_service(kafka, database_url, migrations, Applier()) as (_, db):
+
+        async def four_applied() -> None:
+            assert await applied(db) == ["t0", "t1", "t2", "t3"]
+
+        await eventually(four_applied)
+        await asyncio.sleep(0.5)  # a redelivery from the start would show up as doubles now
+        assert await applied(db) == ["t0", "t1", "t2", "t3"]
+
+
+async def test_an_event_that_fails_alone_is_dead_lettered_and_the_rest_applied(
+    kafka: str, database_url: str, migrations: Path
+) -> None:
+    applier = Applier()
+
+    def reject_bad(event: TradeExecuted) -> None:
+        if event.trade_id == "bad":
+            raise ValueError("this trade cannot be applied")
+
+    applier.fail = reject_bad
+    trades = [trade("a"), trade("b"), trade("bad"), trade("c"), trade("d")]
+    await produce(kafka, TRADES, [encode(t) for t in trades], key=b"m1")
+    async with transactional_service(kafka, database_url, migrations, applier) as (runtime, db):
+
+        async def four_applied() -> None:
+            assert await applied(db) == ["a", "b", "c", "d"]
+
+        await eventually(four_applied)
+        [letter] = await consume_until(kafka, DEAD_LETTERS.name, lambda m: len(m) >= 1)
+        assert letter["consumer"] == "svc" and letter["original_topic"] == TRADES
+        assert str(trades[2].event_id) in letter["reason"]
+        assert "ValueError: this trade cannot be applied" in letter["reason"]
+        assert sample(runtime, "om_consumer_dead_letters_total", consumer="svc", topic=TRADES, cause="apply") == 1
+        assert sample(runtime, "om_consumer_systemic_failures_total", consumer="svc", error="ValueError") == 0
+
+
+async def test_redis_refusing_writes_is_systemic_retried_and_nothing_dead_lettered(
+    kafka: str, database_url: str, migrations: Path
+) -> None:
+    applier = Applier()
+    refusals = {"left": 3}
+
+    def out_of_memory(event: TradeExecuted) -> None:
+        if refusals["left"] > 0:
+            refusals["left"] -= 1
+            raise redis.exceptions.ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+
+    applier.fail = out_of_memory
+    await produce(kafka, TRADES, [encode(trade(f"t{i}")) for i in range(4)], key=b"m1")
+    async with transactional_service(kafka, database_url, migrations, applier) as (runtime, db):
+
+        async def all_applied() -> None:
+            assert await applied(db) == ["t0", "t1", "t2", "t3"]
+
+        await eventually(all_applied)
+        assert sample(runtime, "om_consumer_systemic_failures_total", consumer="svc", error="ResponseError") == 3
+        assert sample(runtime, "om_consumer_dead_letters_total", consumer="svc", topic=TRADES, cause="apply") == 0
+    assert sum((await end_offsets(kafka, DEAD_LETTERS.name)).values()) == 0
+
+
+async def test_most_of_a_batch_failing_alone_the_same_way_is_systemic(
+    kafka: str, database_url: str, migrations: Path
+) -> None:
+    applier = Applier()
+
+    def bug(event: TradeExecuted) -> None:
+        raise KeyError(f"no settings for market {event.market_id}")  # a bug: every event fails, none is at fault
+
+    applier.fail = bug
+    await produce(kafka, TRADES, [encode(trade(f"t{i}")) for i in range(6)], key=b"m1")
+    async with transactional_service(kafka, database_url, migrations, applier) as (runtime, db):
+
+        async def stopped() -> None:
+            assert sample(runtime, "om_consumer_systemic_failures_total", consumer="svc", error="KeyError") >= 1
+
+        await eventually(stopped)
+        applier.fail = None  # the fix is deployed
+
+        async def all_applied() -> None:
+            assert await applied(db) == [f"t{i}" for i in range(6)]
+
+        await eventually(all_applied, timeout_s=30)
+    assert sum((await end_offsets(kafka, DEAD_LETTERS.name)).values()) == 0
+
+
+class Checkpoints:
+    """A stateful consumer's listener: resumes at offsets it was given, records what it is told."""
+
+    def __init__(self, resume: Mapping[tuple[str, int], int]) -> None:
+        self.resume = dict(resume)
+        self.assigned: list[list[tuple[str, int]]] = []
+        self.revoked: list[list[tuple[str, int]]] = []
+        self.regressions: list[tuple[tuple[str, int], int, int]] = []
+
+    async def on_assigned(self, partitions: list[tuple[str, int]]) -> Mapping[tuple[str, int], int]:
+        self.assigned.append(sorted(partitions))
+        return {p: o for p, o in self.resume.items() if p in partitions}
+
+    async def on_revoked(self, partitions: list[tuple[str, int]]) -> None:
+        self.revoked.append(sorted(partitions))
+
+    async def on_offset_regression(self, partition: tuple[str, int], stored: int, log_end: int) -> None:
+        self.regressions.append((partition, stored, log_end))
+
+
+async def test_a_stateful_consumer_resumes_where_its_listener_says_and_hears_of_a_lost_log(
+    kafka: str,
+) -> None:
+    trades = [trade(f"t{i}") for i in range(5)]
+    await produce(kafka, TRADES, [encode(t) for t in trades], key=b"m1")
+    [partition] = [p for p, end in (await end_offsets(kafka, TRADES)).items() if end == 5]
+    empty = next(p for p in range(MARKET_TRADES.partitions) if p != partition)
+    # resume the busy partition at offset 2; claim offset 7 on an empty one: beyond its end, as after a lost log
+    listener = Checkpoints({(TRADES, partition): 2, (TRADES, empty): 7})
+    received: list[Delivery] = []
+
+    async def process(deliveries: list[Delivery]) -> None:
+        received.extend(deliveries)
+
+    runtime = ServiceRuntime(settings(kafka))
+    runtime.consume_stateful(process, topics=(MARKET_TRADES,), listener=listener)
+    async with runtime.running():
+
+        async def three_received() -> None:
+            assert [d.event.trade_id for d in received] == ["t2", "t3", "t4"]
+
+        await eventually(three_received)
+        await produce(kafka, TRADES, [encode(trade("t5", market="m2"))], key=str(uuid.uuid4()).encode())
+
+        async def four_received() -> None:
+            assert len(received) == 4
+
+        await eventually(four_received)
+    assert listener.assigned == [[(TRADES, p) for p in range(MARKET_TRADES.partitions)]]
+    assert listener.revoked[-1:] == [[(TRADES, p) for p in range(MARKET_TRADES.partitions)]]
+    assert listener.regressions == [((TRADES, empty), 7, 0)]
+    first = received[0]
+    assert (first.topic, first.partition, first.offset) == (MARKET_TRADES, partition, 2)
+    assert first.event == trades[2] and first.timestamp.tzinfo is not None
+    assert sample(runtime, "om_consumer_offset_regressions_total", consumer="svc", topic=TRADES) == 1
+
+
+async def test_a_service_that_does_not_require_kafka_starts_ready_and_connects_later(tmp_path: Path) -> None:
+    port = free_port()
+    runtime = ServiceRuntime(settings(f"127.0.0.1:{port}"), kafka_required=False)
+    received: list[Delivery] = []
+
+    async def process(deliveries: list[Delivery]) -> None:
+        received.extend(deliveries)
+
+    runtime.consume_stateful(process, topics=(MARKET_TRADES,), listener=Checkpoints({}))
+    kafka = EmbeddedKafka("kafka", port, tmp_path / "kafka")
+    try:
+        async with app_client(runtime.create_app(title="svc")) as client:
+            reply = await client.get("/ready")
+            assert reply.status_code == 200
+            assert reply.json()["checks"]["kafka"].startswith("failed")
+            kafka.start()
+            await asyncio.wait_for(runtime.kafka_started.wait(), timeout=30)
+            await produce(kafka.url, TRADES, [encode(trade("late"))], key=b"m1")
+
+            async def received_late() -> None:
+                assert [d.event.trade_id for d in received] == ["late"]
+
+            await eventually(received_late, timeout_s=30)
+            assert (await client.get("/ready")).json()["checks"]["kafka"] == "ok"
+    finally:
+        kafka.stop()
