@@ -26,6 +26,8 @@ from om_contracts import decode
 from om_contracts.topics import topic
 from om_feature import synthetic
 from om_feature.engine import Engine
+from om_feature.rebuild import rebuild
+from om_feature.settings import FeatureSettings
 from om_feature.synthetic import StreamSpec
 
 pytestmark = pytest.mark.integration
@@ -135,3 +137,13 @@ async def test_two_processes_one_stopped_mid_stream_equal_one_replay(infra_env: 
 def _owns_partitions(log: Path) -> bool:
     """Whether the process's log says it was assigned at least one partition (and kept it for a moment)."""
     return "assigned [(" in log.read_text(errors="replace")
+
+
+async def test_rebuild_recomputes_everything_from_the_topics(infra_env: dict[str, str]) -> None:
+    messages = list(synthetic.stream(spec(600)))
+    await synthetic.produce(infra_env["KAFKA_BOOTSTRAP_SERVERS"], messages)
+    settings = FeatureSettings(**infra_env)
+    assert await rebuild(settings) == len(messages)
+    first = saved_states(infra_env["DATABASE_URL"])
+    assert await rebuild(settings) == len(messages)  # again: the old state is forgotten, not added to
+    assert saved_states(infra_env["DATABASE_URL"]) == first == replay(messages)
