@@ -54,7 +54,7 @@ class FeatureProcessor:
         redis: Redis,
         sink: VectorSink,
         *,
-        checkpoint_interval_s: float = 1.0,
+        checkpoint_interval_s: float = 5.0,
     ) -> None:
         self.engine = engine
         self.db = db
