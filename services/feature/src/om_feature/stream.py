@@ -41,15 +41,19 @@ class Delivery:
     offset: int
     timestamp: int
     key: bytes | None = None
+    value: bytes | None = None  # the original bytes, for a dead letter (also of an event held for a while)
 
     def __reduce__(self) -> tuple[Any, ...]:  # held events are pickled into checkpoints: keep the topic by name
-        return (_delivery, (self.topic.name, self.event, self.partition, self.offset, self.timestamp, self.key))
+        fields = (self.topic.name, self.event, self.partition, self.offset, self.timestamp, self.key, self.value)
+        return (_delivery, fields)
 
 
-def _delivery(name: str, event: Any, partition: int, offset: int, timestamp: int, key: bytes | None) -> Delivery:
+def _delivery(
+    name: str, event: Any, partition: int, offset: int, timestamp: int, key: bytes | None, value: bytes | None
+) -> Delivery:
     from om_contracts.topics import topic
 
-    return Delivery(topic(name), event, partition, offset, timestamp, key)
+    return Delivery(topic(name), event, partition, offset, timestamp, key, value)
 
 
 class StatefulListener(Protocol):
@@ -218,7 +222,6 @@ class StatefulLoop:
             log.warning("offsets went back on %s: the broker lost its log, events come again", regressed)
             self.listener.on_offset_regression(regressed)
         deliveries: list[Delivery] = []
-        raw: dict[tuple[str, int, int], bytes] = {}
         for tp, records in batch.items():
             topic = self.by_name[tp.topic]
             for r in records:
@@ -229,8 +232,7 @@ class StatefulLoop:
                     reason = exc.reason
                     await self.sink.dead_letter(self.group, tp.topic, tp.partition, r.offset, r.key, r.value, reason)
                     continue
-                deliveries.append(Delivery(topic, event, tp.partition, r.offset, r.timestamp, r.key))
-                raw[(tp.topic, tp.partition, r.offset)] = r.value
+                deliveries.append(Delivery(topic, event, tp.partition, r.offset, r.timestamp, r.key, r.value))
         if not deliveries:
             return
         try:
@@ -246,6 +248,6 @@ class StatefulLoop:
                 await self.resume(assigned)
             return
         for d, reason in rejected:
-            body = raw.get((d.topic.name, d.partition, d.offset)) or d.event.model_dump_json().encode()
+            body = d.value if d.value is not None else d.event.model_dump_json().encode()
             log.warning("dead-lettered: %s", reason)
             await self.sink.dead_letter(self.group, d.topic.name, d.partition, d.offset, d.key, body, reason)
