@@ -6,7 +6,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench test-faults clean bench-feature bench-analytics bench-ws check typecheck bandit semgrep deploy-lint bench-ingest
+.PHONY: help install helm-tool up down test test-unit test-integration test-e2e lint format contracts contracts-check simulate bench test-faults clean bench-feature bench-analytics bench-ws check typecheck bandit semgrep deploy-lint bench-ingest test-feature-crash
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -99,5 +99,9 @@ bench-feature: install ## Feature service alone: 200k pre-produced trades -> eve
 .PHONY: bench-prediction
 bench-prediction: install ## Batched predictions/s per core, and p99 of a cached prediction through the gateway
 	OMP_NUM_THREADS=1 $(UV) run python -m bench.prediction
+
 bench-analytics: install ## Benchmark analytics alone: events/s over 10k and 1M trades of prior history, and RSS
 	$(UV) run python -m bench.analytics $(BENCH_ARGS)
+
+test-feature-crash: install ## Feature: SIGKILL in the middle of a 100,000-trade stream, restart, compare with one replay
+	FEATURE_CRASH_TRADES=100000 $(UV) run pytest services/feature/tests/test_recovery.py -k sigkill -o timeout=1800 $(PYTEST_ARGS)

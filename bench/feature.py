@@ -89,7 +89,7 @@ async def _ready(port: str) -> bool:
         return False
 
 
-def state_bytes_per_market(markets: int, trades_per_market: int = 20) -> float:
+def state_bytes_per_market(markets: int, trades_per_market: int = 10) -> float:
     """Heap bytes the engine holds per market after `trades_per_market` trades each (tracemalloc)."""
     spec = StreamSpec(markets=markets, trades=markets * trades_per_market, users=20_000, spacing_ms=10_000 / markets)
     messages = [(decode(topic(t), v), 0, None) for t, _, v in synthetic.stream(spec)]
@@ -182,7 +182,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"feature peak RSS:                      {rss:,.0f} MiB")
     for markets in args.state_markets:
         print(
-            f"state bytes per market at {markets:>7,} markets (20 trades each): {state_bytes_per_market(markets):,.0f}"
+            f"state bytes per market at {markets:>7,} markets (10 trades each): {state_bytes_per_market(markets):,.0f}"
         )
     print(f"state bytes per market at   1,000 markets (200 trades each): {state_bytes_per_market(1_000, 200):,.0f}")
     print("(a shared 2-core machine: compare runs made back to back)")

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -25,6 +26,8 @@ from om_contracts import decode
 from om_contracts.topics import topic
 from om_feature import synthetic
 from om_feature.engine import Engine
+from om_feature.rebuild import rebuild
+from om_feature.settings import FeatureSettings
 from om_feature.synthetic import StreamSpec
 
 pytestmark = pytest.mark.integration
@@ -36,22 +39,23 @@ def spec(trades: int) -> StreamSpec:
 
 
 @contextmanager
-def feature_process(infra_env: dict[str, str]) -> Iterator[subprocess.Popen]:
+def feature_process(infra_env: dict[str, str], log: Path | None = None) -> Iterator[subprocess.Popen]:
     env = {
         **os.environ,
         **infra_env,
         "FEATURE_HTTP_PORT": str(free_port()),
         "FEATURE_CHECKPOINT_INTERVAL_S": "0.2",
         "FEATURE_MAX_BATCH": "250",
-        "FEATURE_LOG_LEVEL": "WARNING",
+        "FEATURE_LOG_LEVEL": "INFO" if log else "WARNING",
     }
-    process = subprocess.Popen([sys.executable, "-m", "om_feature"], env=env)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
+    with open(log or os.devnull, "wb") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "om_feature"], env=env, stderr=stderr)
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=30)
 
 
 def consumed(database_url: str) -> int:
@@ -97,28 +101,49 @@ async def test_sigkill_mid_stream_then_restart_equals_one_replay(infra_env: dict
     await synthetic.produce(infra_env["KAFKA_BOOTSTRAP_SERVERS"], messages)
     db = infra_env["DATABASE_URL"]
     with feature_process(infra_env) as first:
-        await wait_for(lambda: consumed(db) >= len(messages) // 3, 180, "a third of the stream", [first])
+        await wait_for(lambda: consumed(db) >= len(messages) // 3, 120, "a third of the stream", [first])
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
     at_kill = consumed(db)
     assert at_kill < len(messages), "the stream was already done: the kill proved nothing"
     with feature_process(infra_env) as second:
-        await wait_for(lambda: consumed(db) >= len(messages), 300, "the whole stream", [second])
+        await wait_for(lambda: consumed(db) >= len(messages), 240, "the whole stream", [second])
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=30)
     assert saved_states(db) == replay(messages)
 
 
-async def test_two_processes_one_stopped_mid_stream_equal_one_replay(infra_env: dict[str, str]) -> None:
+async def test_two_processes_one_stopped_mid_stream_equal_one_replay(infra_env: dict[str, str], tmp_path: Path) -> None:
     messages = list(synthetic.stream(spec(3000)))
-    await synthetic.produce(infra_env["KAFKA_BOOTSTRAP_SERVERS"], messages)
-    db = infra_env["DATABASE_URL"]
-    with feature_process(infra_env) as one, feature_process(infra_env) as two:
-        await wait_for(lambda: consumed(db) >= len(messages) // 4, 180, "a quarter of the stream", [one, two])
-        two.send_signal(signal.SIGTERM)  # its partitions move to `one` after a checkpoint
+    creations = [m for m in messages if m[0] == "market.lifecycle.v1"][: spec(3000).markets]
+    rest = messages[len(creations) :]
+    first_half, second_half = creations + rest[: len(rest) // 2], rest[len(rest) // 2 :]
+    bootstrap, db = infra_env["KAFKA_BOOTSTRAP_SERVERS"], infra_env["DATABASE_URL"]
+    await synthetic.produce(bootstrap, first_half)
+    log_one, log_two = tmp_path / "one.log", tmp_path / "two.log"
+    with feature_process(infra_env, log_one) as one, feature_process(infra_env, log_two) as two:
+        await wait_for(lambda: consumed(db) >= len(first_half), 120, "the first half", [one, two])
+        await wait_for(lambda: _owns_partitions(log_two), 60, "the second process to own partitions", [one, two])
+        two.send_signal(signal.SIGTERM)  # its partitions move to `one` after its last checkpoint
         two.wait(timeout=30)
-        assert consumed(db) < len(messages), "the stream was already done: the handover proved nothing"
-        await wait_for(lambda: consumed(db) >= len(messages), 300, "the whole stream", [one])
+        await synthetic.produce(bootstrap, second_half)
+        await wait_for(lambda: consumed(db) >= len(messages), 240, "the whole stream", [one])
         one.send_signal(signal.SIGTERM)
         one.wait(timeout=30)
+    assert _owns_partitions(log_one)
     assert saved_states(db) == replay(messages)
+
+
+def _owns_partitions(log: Path) -> bool:
+    """Whether the process's log says it was assigned at least one partition (and kept it for a moment)."""
+    return "assigned [(" in log.read_text(errors="replace")
+
+
+async def test_rebuild_recomputes_everything_from_the_topics(infra_env: dict[str, str]) -> None:
+    messages = list(synthetic.stream(spec(600)))
+    await synthetic.produce(infra_env["KAFKA_BOOTSTRAP_SERVERS"], messages)
+    settings = FeatureSettings(**infra_env)
+    assert await rebuild(settings) == len(messages)
+    first = saved_states(infra_env["DATABASE_URL"])
+    assert await rebuild(settings) == len(messages)  # again: the old state is forgotten, not added to
+    assert saved_states(infra_env["DATABASE_URL"]) == first == replay(messages)

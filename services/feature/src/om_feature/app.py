@@ -67,6 +67,7 @@ def create_app(settings: FeatureSettings | None = None) -> FastAPI:
     runtime.add_resource(contextlib.aclosing(redis), name="redis", check=redis.ping)
     runtime.add_resource(producing(), name="producer", check=runtime.checks["kafka"])
     runtime.add_loop("feature-stream", loop.run)
+    runtime.add_loop("feature-checkpoints", processor.checkpoint_periodically)
     app = runtime.create_app(
         title="Opinion Market feature",
         description="Streaming per-market features (internal) and the training export of point-in-time snapshots.",

@@ -54,7 +54,7 @@ class FeatureProcessor:
         redis: Redis,
         sink: VectorSink,
         *,
-        checkpoint_interval_s: float = 1.0,
+        checkpoint_interval_s: float = 5.0,
     ) -> None:
         self.engine = engine
         self.db = db
@@ -65,6 +65,7 @@ class FeatureProcessor:
         self.snapshots: list[tuple[int, Vector]] = []  # (partition, snapshot) since the last checkpoint
         self.outcomes: list[tuple[int, Outcome]] = []
         self._last_checkpoint = time.monotonic()
+        self._saved_offsets: dict[tuple[str, int], int] = {}
         self._lock = asyncio.Lock()
         self.vectors_published = 0
 
@@ -103,8 +104,6 @@ class FeatureProcessor:
         """The broker lost its log: events may come again with new offsets. Events of these partitions older than
         the grace period are taken as already applied; newer ones are deduped by event id."""
         self.engine.suspect_partitions.update(p for _, p in partitions)
-        for tp in partitions:
-            self.offsets[tp] = 0
         log.warning("offset regression on %s: deduping replayed events by event id and event time", partitions)
 
     # --- processing ------------------------------------------------------------------------------------
@@ -137,6 +136,16 @@ class FeatureProcessor:
         async with self._lock:
             await self._checkpoint()
 
+    async def checkpoint_periodically(self) -> None:
+        """Checkpoint what a quiet stream left unsaved (batches checkpoint only when they arrive)."""
+        while True:
+            await asyncio.sleep(self.checkpoint_interval_s)
+            if time.monotonic() - self._last_checkpoint >= self.checkpoint_interval_s and self._unsaved():
+                await self.checkpoint()
+
+    def _unsaved(self) -> bool:
+        return bool(self.engine.dirty or self.snapshots or self.outcomes or self.offsets != self._saved_offsets)
+
     async def _checkpoint(self) -> None:
         """Vectors first (acknowledged), then state + offsets + snapshots + outcomes in one transaction."""
         await self.sink.flush()
@@ -150,4 +159,5 @@ class FeatureProcessor:
             self.engine.dirty.update(s.market_id for s in states)  # still to save next time
             raise
         self.snapshots, self.outcomes = [], []
+        self._saved_offsets = dict(self.offsets)
         self._last_checkpoint = time.monotonic()

@@ -18,7 +18,7 @@ class FeatureSettings(ServiceSettings, PostgresSettings, RedisSettings):
     #: A point-in-time snapshot per market per this much event time (and one at close).
     snapshot_every_s: float = Field(default=900.0, gt=0)
     #: State + offsets are checkpointed at least this often (and when partitions move, and at shutdown).
-    checkpoint_interval_s: float = Field(default=1.0, gt=0)
+    checkpoint_interval_s: float = Field(default=5.0, gt=0)
     #: Events held per market (and in all) while its market.created has not arrived; beyond, dead-lettered.
     max_held_per_market: int = Field(default=1_000, ge=0)
     max_held_total: int = Field(default=100_000, ge=0)

@@ -116,7 +116,11 @@ def trades_per_market(spec: StreamSpec) -> dict[str, int]:
 
 
 async def produce(bootstrap: str, messages: Iterator[tuple[str, bytes, bytes]] | list) -> int:
-    """Publish (topic, key, value) triples fast (batched, acknowledged in chunks); return how many."""
+    """Publish (topic, key, value) triples fast (batched, acknowledged in chunks); return how many. Creates the
+    registry's topics first, so none is auto-created with the broker's default partition count."""
+    from om_runtime.kafka import ensure_topics
+
+    await ensure_topics(bootstrap)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=20, max_batch_size=1024 * 1024
     )
