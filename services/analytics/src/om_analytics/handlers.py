@@ -306,8 +306,8 @@ class AnalyticsHandlers:
 
     async def lead(self) -> None:
         """Loop: while this replica holds the leader lock, keep the windows current, publish the system
-        snapshot after changes (an interval after the first change, so a burst of batches gives one snapshot;
-        at least every heartbeat), and prune on the retention."""
+        snapshot after changes (once an interval passed without one, at most five intervals after the first,
+        so a burst of batches gives one snapshot; at least every heartbeat), and prune on the retention."""
         s = self.settings
         last_system = last_prune = 0.0
         try:
@@ -318,9 +318,17 @@ class AnalyticsHandlers:
                 timeout = max(0.0, s.system_heartbeat_s - (time.monotonic() - last_system))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), timeout=timeout)
-                await asyncio.sleep(s.system_interval_s)
-                await self.refresh_windows()
+                # Let a burst of batches land first: publish once nothing was committed for an interval, but
+                # no later than five intervals after the first change.
+                first_change = time.monotonic()
+                while True:
+                    self.changed.clear()
+                    await asyncio.sleep(s.system_interval_s)
+                    if not self.changed.is_set() or time.monotonic() - first_change >= 5 * s.system_interval_s:
+                        break
                 self.changed.clear()
+                await self.publish_dirty()  # top markets from current market snapshots
+                await self.refresh_windows()
                 snapshot = await self.system_snapshot()
                 await self.hot.put("system", snapshot.model_dump(mode="json"))
                 await self.publisher.publish(ANALYTICS_SYSTEM, snapshot)

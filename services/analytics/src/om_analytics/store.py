@@ -684,7 +684,7 @@ async def comparable_candidates(conn: AsyncConnection, category: str, close_at: 
 
 async def prune(conn: AsyncConnection, as_of: datetime, retention: dict[str, timedelta]) -> int:
     """Delete what is older than its retention (relative to the clock): buckets per resolution, platform
-    minutes, stored trades and processed event ids."""
+    minutes and stored trades. (`processed_events` belongs to the runtime's consumer and is not pruned here.)"""
     deleted = 0
     for resolution in ("1m", "1h", "1d"):
         if (keep := retention.get(resolution)) is not None:
