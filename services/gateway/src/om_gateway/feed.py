@@ -7,6 +7,7 @@ import logging
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import Histogram
 
 from om_contracts import DecodeError, decode
 from om_contracts.topics import TOPICS
@@ -21,7 +22,10 @@ def active_sources() -> dict[str, Source]:
     return {s.topic: s for s in SOURCES if s.topic in known}
 
 
-async def follow(hub: LiveHub, bootstrap: str, history_s: float, fetch_max_wait_ms: int = 10) -> None:
+async def follow(
+    hub: LiveHub, bootstrap: str, history_s: float, fetch_max_wait_ms: int = 10, lag: Histogram | None = None
+) -> None:
+    """Read forever; `lag` observes event time → handed to the clients' queues, for live updates."""
     sources = active_sources()
     topics = {t.name: t for t in TOPICS if t.name in sources}
     consumer = AIOKafkaConsumer(
@@ -63,5 +67,7 @@ async def follow(hub: LiveHub, bootstrap: str, history_s: float, fetch_max_wait_
                         )
                         continue
                     hub.publish(source, event, tp.partition, record.offset)
+                    if lag is not None and (behind := time.time() - event.occurred_at.timestamp()) < 60:
+                        lag.observe(behind)  # (not the history read at start)
     finally:
         await consumer.stop()
