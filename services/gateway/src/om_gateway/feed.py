@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 
@@ -35,8 +37,10 @@ async def follow(
         fetch_max_wait_ms=fetch_max_wait_ms,
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
-    try:  # stopped even when cancelled while starting (a replica shut down at once)
-        await consumer.start()
+    # A start cut short by cancellation can leave its bootstrap connection open: let it finish, then stop.
+    starting = asyncio.ensure_future(consumer.start())
+    try:
+        await asyncio.shield(starting)
         await consumer.topics()
         partitions = [
             TopicPartition(name, p) for name in topics for p in sorted(consumer.partitions_for_topic(name) or ())
@@ -70,4 +74,6 @@ async def follow(
                     if lag is not None and (behind := time.time() - event.occurred_at.timestamp()) < 60:
                         lag.observe(behind)  # (not the history read at start)
     finally:
+        with contextlib.suppress(Exception):
+            await starting
         await consumer.stop()
