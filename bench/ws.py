@@ -182,8 +182,11 @@ async def bench(args: argparse.Namespace) -> None:
             cpu0, _ = _proc(gateway.pid)
             await asyncio.sleep(max(0.0, t1 - time.time()))
             cpu1, rss = _proc(gateway.pid)
-            async with httpx.AsyncClient() as http:
-                metrics = (await http.get(f"{base}/metrics", headers={"authorization": f"Bearer {key}"})).text
+            async with httpx.AsyncClient(timeout=120) as http:  # a saturated gateway answers late
+                try:
+                    metrics = (await http.get(f"{base}/metrics", headers={"authorization": f"Bearer {key}"})).text
+                except httpx.HTTPError:
+                    metrics = ""
             results = []
             for client in clients:
                 out = await asyncio.to_thread(client.stdout.read)  # type: ignore[union-attr]
