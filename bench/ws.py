@@ -182,6 +182,11 @@ async def bench(args: argparse.Namespace) -> None:
             cpu0, _ = _proc(gateway.pid)
             await asyncio.sleep(max(0.0, t1 - time.time()))
             cpu1, rss = _proc(gateway.pid)
+            async with httpx.AsyncClient(timeout=120) as http:  # a saturated gateway answers late
+                try:
+                    metrics = (await http.get(f"{base}/metrics", headers={"authorization": f"Bearer {key}"})).text
+                except httpx.HTTPError:
+                    metrics = ""
             results = []
             for client in clients:
                 out = await asyncio.to_thread(client.stdout.read)  # type: ignore[union-attr]
@@ -207,10 +212,24 @@ async def bench(args: argparse.Namespace) -> None:
           f"{len(delays) / max(1, expected):.1%} of the {expected:,} expected)")  # fmt: skip
     print(f"  delivery delay      p50 {percentile(delays, 0.5):.0f} ms   p99 {percentile(delays, 0.99):.0f} ms   "
           f"max {max(delays, default=0):.0f} ms   (event time -> received, snapshots excluded)")  # fmt: skip
+    print(f"  event -> gateway    {_lag_summary(metrics)} (Kafka hop: event time -> queued for the clients)")
     print(f"  gateway CPU         {(cpu1 - cpu0) / args.duration:.0%} of a core")
     print(f"  gateway RSS         {rss:.0f} MiB; {(rss - rss_idle) * 1024 / max(1, connected):.1f} KiB per client")
     print(f"  client processes    {client_cpu / args.duration:.0%} of a core in all")
     print("  (one 2-core machine: the gateway, the clients, Kafka and the producer share it)")
+
+
+def _lag_summary(metrics: str) -> str:
+    """Share of updates queued within 50 / 250 ms of their event time, from the gateway's histogram."""
+    buckets = {}
+    for line in metrics.splitlines():
+        if line.startswith("gateway_live_update_lag_seconds_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            buckets[le] = float(line.rsplit(" ", 1)[1])
+    total = buckets.get("+Inf", 0.0)
+    if not total:
+        return "n/a"
+    return f"{buckets['0.05'] / total:.0%} within 50 ms, {buckets['0.25'] / total:.0%} within 250 ms"
 
 
 def main() -> None:

@@ -67,6 +67,7 @@ def drive(gateway: str, api: httpx.Client, key: str) -> None:
         trade("bob", 0.73)
         expect(page.locator("#chart")).to_have_attribute("data-last-price", "0.73", timeout=30_000)
         expect(row).to_contain_text("73.0%")
+        expect(page.locator("#trades")).to_contain_text("bob", timeout=10_000)  # recent trades follow updates
         assert page.evaluate("window.omDashboard.state.series[1].at(-1)") == 0.73
         assert not errors, errors  # nothing blocked by the Content-Security-Policy
         SCREENSHOT.parent.mkdir(exist_ok=True)

@@ -242,3 +242,18 @@ async def test_cors_is_off_by_default_and_configurable(infra_env, tmp_path) -> N
         assert reply.headers["access-control-allow-origin"] == "https://app.example"
         other = await client.options("/api/v1/markets/m1", headers={**preflight, "origin": "https://evil.example"})
         assert other.headers.get("access-control-allow-origin") != "https://evil.example"
+
+
+async def test_a_hung_upstream_leaves_the_gateway_ready(infra_env, tmp_path) -> None:
+    import socket
+
+    with socket.socket() as hung:  # accepts connections (backlog) and never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen()
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        settings = gateway_settings(infra_env, tmp_path, analytics_url=url, upstream_timeout_s=1.0)
+        async with running_gateway(settings, analytics=None) as (_, client):
+            ready = await client.get("/ready", headers=bearer(ADMIN_KEY))
+            assert ready.status_code == 200, ready.text
+            slow = await client.get("/api/v1/ai-analytics/analytics/system", headers=bearer(ADMIN_KEY))
+            assert slow.status_code == 504 and slow.headers["retry-after"] == "5"

@@ -10,7 +10,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field
 
@@ -73,6 +73,26 @@ READ_ONE = documented(*AUTH, 404, 422, *UPSTREAM)
 WRITE = documented(*AUTH, 404, 409, 413, 422, *UPSTREAM)
 
 
+_TRADE = {"market_id": "will-it-rain-tomorrow", "user_id": "user-42", "outcome": "YES", "side": "BUY", "amount": 30.0,
+          "shares": 50.0, "price": 0.6, "trade_id": "t-000123"}  # fmt: skip
+#: Request body examples, shown in the OpenAPI document (and tried first by API fuzzers).
+MarketBody = Annotated[MarketIn, Body(openapi_examples={"market": {"value": {
+    "market_id": "will-it-rain-tomorrow", "question": "Will it rain in Paris tomorrow?", "category": "weather",
+    "close_at": "2026-12-01T00:00:00Z", "initial_price": 0.5}}})]  # fmt: skip
+ResolveBody = Annotated[ResolveIn, Body(openapi_examples={
+    "yes": {"value": {"resolution": "YES"}},
+    "at a price": {"value": {"resolution": "MKT", "resolution_price": 0.3}}})]  # fmt: skip
+CancelBody = Annotated[
+    CancelIn | None, Body(openapi_examples={"reason": {"value": {"reason": "question was ambiguous"}}})
+]
+TradeBody = Annotated[TradeIn, Body(openapi_examples={"buy YES": {"value": _TRADE}})]
+TradeBatchBody = Annotated[TradeBatchIn, Body(openapi_examples={"two": {"value": {"trades": [
+    _TRADE, {**_TRADE, "trade_id": "t-000124", "outcome": "NO", "price": 0.55}]}}})]  # fmt: skip
+SignalBody = Annotated[SignalIn, Body(openapi_examples={"news": {"value": {
+    "market_id": "will-it-rain-tomorrow", "kind": "news", "source": "meteo-france",
+    "text": "Heavy rain expected over Paris tomorrow", "sentiment": 0.4}}})]  # fmt: skip
+
+
 class Page(BaseModel):
     items: list[dict[str, Any]]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
@@ -126,7 +146,7 @@ def router(up: Upstreams, gate: Gate) -> APIRouter:
         responses=WRITE,
         dependencies=[write_markets],
     )
-    async def create_market(request: Request, _: MarketIn, idempotency_key: IdempotencyKey = None) -> Response:
+    async def create_market(request: Request, _: MarketBody, idempotency_key: IdempotencyKey = None) -> Response:
         """Create a binary market, open for trading until `close_at`. Roles: admin, service."""
         return await to_ingest("/markets", request)
 
@@ -207,7 +227,7 @@ def router(up: Upstreams, gate: Gate) -> APIRouter:
         dependencies=[write_markets],
     )
     async def resolve_market(
-        market_id: MarketIdPath, request: Request, _: ResolveIn, idempotency_key: IdempotencyKey = None
+        market_id: MarketIdPath, request: Request, _: ResolveBody, idempotency_key: IdempotencyKey = None
     ) -> Response:
         """Settle the market: YES (1), NO (0) or MKT at a probability."""
         return await to_ingest(f"/markets/{market_id}/resolve", request)
@@ -220,7 +240,7 @@ def router(up: Upstreams, gate: Gate) -> APIRouter:
         dependencies=[write_markets],
     )
     async def cancel_market(
-        market_id: MarketIdPath, request: Request, _: CancelIn | None = None, idempotency_key: IdempotencyKey = None
+        market_id: MarketIdPath, request: Request, _: CancelBody = None, idempotency_key: IdempotencyKey = None
     ) -> Response:
         """Void the market; it will have no outcome."""
         return await to_ingest(f"/markets/{market_id}/cancel", request)
@@ -234,7 +254,7 @@ def router(up: Upstreams, gate: Gate) -> APIRouter:
     )
     async def record_trade(
         request: Request,
-        trade: TradeIn,
+        trade: TradeBody,
         principal: Principal = write_trades,
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
@@ -245,7 +265,7 @@ def router(up: Upstreams, gate: Gate) -> APIRouter:
     @api.post("/trades/batch", tags=["trades"], status_code=201, response_model=TradeBatchOut, responses=WRITE)
     async def record_trades(
         request: Request,
-        batch: TradeBatchIn,
+        batch: TradeBatchBody,
         principal: Principal = write_trades,
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
@@ -261,7 +281,7 @@ def router(up: Upstreams, gate: Gate) -> APIRouter:
         responses={**WRITE, 200: {"description": "Replay of a recorded signal_id; nothing changed"}},
         dependencies=[Depends(gate("signals:write"))],
     )
-    async def record_signal(request: Request, _: SignalIn, idempotency_key: IdempotencyKey = None) -> Response:
+    async def record_signal(request: Request, _: SignalBody, idempotency_key: IdempotencyKey = None) -> Response:
         """Record a social post or news item about a market."""
         return await to_ingest("/signals", request)
 

@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import Histogram
 
 from om_gateway import admin, api, feed, problems
 from om_gateway.auth import Authenticator, KeyStore
@@ -60,10 +61,16 @@ def create_app(
 
     hub = LiveHub(settings.ws_queue_size, settings.ws_backfill)
     live = LiveEndpoint(hub, auth, settings, runtime.registry)
+    lag = Histogram(
+        "gateway_live_update_lag_seconds",
+        "Event time to the update being queued for WebSocket clients",
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        registry=runtime.registry,
+    )
     runtime.add_loop(
         "live-feed",
         lambda: feed.follow(
-            hub, settings.kafka_bootstrap_servers, settings.ws_history_s, settings.kafka_fetch_max_wait_ms
+            hub, settings.kafka_bootstrap_servers, settings.ws_history_s, settings.kafka_fetch_max_wait_ms, lag
         ),
     )
     runtime.add_loop("ws-heartbeats", live.heartbeats)

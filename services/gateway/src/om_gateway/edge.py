@@ -84,7 +84,9 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         for name, value in scope.get("headers", []):
             if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
+                if not value.isdigit():
+                    return await send_problem(send, 400, "Content-Length is not a number")
+                if int(value) > self.max_bytes:
                     return await send_problem(send, 413, f"request body over {self.max_bytes} bytes")
         seen = 0
         started = False

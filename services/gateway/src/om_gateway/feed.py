@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import Histogram
 
 from om_contracts import DecodeError, decode
 from om_contracts.topics import TOPICS
@@ -21,7 +24,10 @@ def active_sources() -> dict[str, Source]:
     return {s.topic: s for s in SOURCES if s.topic in known}
 
 
-async def follow(hub: LiveHub, bootstrap: str, history_s: float, fetch_max_wait_ms: int = 10) -> None:
+async def follow(
+    hub: LiveHub, bootstrap: str, history_s: float, fetch_max_wait_ms: int = 10, lag: Histogram | None = None
+) -> None:
+    """Read forever; `lag` observes event time → handed to the clients' queues, for live updates."""
     sources = active_sources()
     topics = {t.name: t for t in TOPICS if t.name in sources}
     consumer = AIOKafkaConsumer(
@@ -31,8 +37,10 @@ async def follow(hub: LiveHub, bootstrap: str, history_s: float, fetch_max_wait_
         fetch_max_wait_ms=fetch_max_wait_ms,
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
-    try:  # stopped even when cancelled while starting (a replica shut down at once)
-        await consumer.start()
+    # A start cut short by cancellation can leave its bootstrap connection open: let it finish, then stop.
+    starting = asyncio.ensure_future(consumer.start())
+    try:
+        await asyncio.shield(starting)
         await consumer.topics()
         partitions = [
             TopicPartition(name, p) for name in topics for p in sorted(consumer.partitions_for_topic(name) or ())
@@ -63,5 +71,9 @@ async def follow(hub: LiveHub, bootstrap: str, history_s: float, fetch_max_wait_
                         )
                         continue
                     hub.publish(source, event, tp.partition, record.offset)
+                    if lag is not None and (behind := time.time() - event.occurred_at.timestamp()) < 60:
+                        lag.observe(behind)  # (not the history read at start)
     finally:
+        with contextlib.suppress(Exception):
+            await starting
         await consumer.stop()

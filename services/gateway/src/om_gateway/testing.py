@@ -15,7 +15,6 @@ import httpx
 import jwt
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 
-from om_cli.testing import app_client
 from om_gateway.app import create_app
 from om_gateway.settings import GatewaySettings
 
@@ -186,6 +185,8 @@ def gateway_settings(infra: dict[str, str], tmp_path: Path, **overrides: Any) ->
 async def running_gateway(
     settings: GatewaySettings, **upstream_apps: FastAPI
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    from om_cli.testing import app_client  # dev-only: this module is imported by the service's tests alone
+
     apps = {"ingest": stub_ingest(), "prediction": stub_prediction(), "analytics": stub_analytics(), **upstream_apps}
     transports = {name: httpx.ASGITransport(app=a) for name, a in apps.items() if a is not None}
     app = create_app(settings, transports=transports)
