@@ -736,9 +736,10 @@ def test_prometheus_rule_carries_every_alert(rendered: dict[str, list[dict[str, 
     source = load_yaml(CHART / "files" / "alerts.yaml")
     assert alerts == {r["alert"] for g in source["groups"] for r in g["rules"]}
     assert alerts >= {
-        "OpinionMarketConsumerLagHigh", "OpinionMarketConsumerBackingOff", "OpinionMarketDeadLetters", "OpinionMarketHighErrorRate",
-        "OpinionMarketHighLatencyP99", "OpinionMarketNoTrades", "OpinionMarketPodRestarting", "OpinionMarketCPUHigh",
-        "OpinionMarketMemoryHigh", "OpinionMarketUnauthorizedSpike", "OpinionMarketRateLimitedSpike",
+        "OpinionMarketConsumerLagHigh", "OpinionMarketConsumerBackingOff", "OpinionMarketDeadLetters",
+        "OpinionMarketHighErrorRate", "OpinionMarketHighLatencyP99", "OpinionMarketNoTrades",
+        "OpinionMarketPodRestarting", "OpinionMarketCPUHigh", "OpinionMarketMemoryHigh",
+        "OpinionMarketUnauthorizedSpike", "OpinionMarketRateLimitedSpike",
     }  # fmt: skip
 
 
