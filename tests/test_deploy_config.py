@@ -736,9 +736,10 @@ def test_prometheus_rule_carries_every_alert(rendered: dict[str, list[dict[str, 
     source = load_yaml(CHART / "files" / "alerts.yaml")
     assert alerts == {r["alert"] for g in source["groups"] for r in g["rules"]}
     assert alerts >= {
-        "OpinionMarketConsumerLagHigh", "OpinionMarketConsumerBackingOff", "OpinionMarketDeadLetters", "OpinionMarketHighErrorRate",
-        "OpinionMarketHighLatencyP99", "OpinionMarketNoTrades", "OpinionMarketPodRestarting", "OpinionMarketCPUHigh",
-        "OpinionMarketMemoryHigh", "OpinionMarketUnauthorizedSpike", "OpinionMarketRateLimitedSpike",
+        "OpinionMarketConsumerLagHigh", "OpinionMarketConsumerBackingOff", "OpinionMarketDeadLetters",
+        "OpinionMarketHighErrorRate", "OpinionMarketHighLatencyP99", "OpinionMarketNoTrades",
+        "OpinionMarketPodRestarting", "OpinionMarketCPUHigh", "OpinionMarketMemoryHigh",
+        "OpinionMarketUnauthorizedSpike", "OpinionMarketRateLimitedSpike",
     }  # fmt: skip
 
 
@@ -768,3 +769,23 @@ def test_helm_lint_fails_a_broken_chart(helm: Helm, tmp_path: Path) -> None:
     components.write_text(components.read_text(encoding="utf-8").replace("{{- end }}\n{{- end }}\n", "", 1))
     result = run_helm(helm, "lint", "--strict", str(broken), ok=False)
     assert result.returncode != 0, result.stdout
+
+
+# ---- the schema validators reject broken copies ----
+
+
+def test_compose_schema_rejects_a_broken_compose_file(compose: dict[str, Any]) -> None:
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["ingest"]["depends_on"]["kafka"]["condition"] = "service_ready"
+    broken["services"]["gateway"]["ports"] = "8000:8000"
+    errors = schema_errors(SCHEMAS / "compose-spec.json", broken)
+    assert any("services/gateway/ports" in e for e in errors), errors
+    assert any("services/ingest/depends_on" in e for e in errors), errors
+
+
+def test_skaffold_schema_rejects_a_broken_skaffold_file(skaffold: dict[str, Any]) -> None:
+    broken = json.loads(json.dumps(skaffold))
+    broken["build"]["artifacts"][0]["docker"]["buildArg"] = {"SERVICE": "ingest"}  # buildArgs, misspelt
+    broken["portForward"][0]["port"] = "eight thousand"
+    errors = schema_errors(SCHEMAS / "skaffold-v4beta14.json", broken)
+    assert errors, "the skaffold schema accepted a misspelt field and a non-numeric port"
