@@ -30,7 +30,8 @@ from om_feature.rebuild import rebuild
 from om_feature.settings import FeatureSettings
 from om_feature.synthetic import StreamSpec
 
-pytestmark = pytest.mark.integration
+# Real processes start slowly on a busy machine: a longer per-test limit than the suite default.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 TRADES = int(os.environ.get("FEATURE_CRASH_TRADES", "3000"))
 
 
@@ -107,7 +108,7 @@ async def test_sigkill_mid_stream_then_restart_equals_one_replay(infra_env: dict
     at_kill = consumed(db)
     assert at_kill < len(messages), "the stream was already done: the kill proved nothing"
     with feature_process(infra_env) as second:
-        await wait_for(lambda: consumed(db) >= len(messages), 240, "the whole stream", [second])
+        await wait_for(lambda: consumed(db) >= len(messages), 400, "the whole stream", [second])
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=30)
     assert saved_states(db) == replay(messages)
@@ -122,12 +123,12 @@ async def test_two_processes_one_stopped_mid_stream_equal_one_replay(infra_env: 
     await synthetic.produce(bootstrap, first_half)
     log_one, log_two = tmp_path / "one.log", tmp_path / "two.log"
     with feature_process(infra_env, log_one) as one, feature_process(infra_env, log_two) as two:
-        await wait_for(lambda: consumed(db) >= len(first_half), 120, "the first half", [one, two])
+        await wait_for(lambda: consumed(db) >= len(first_half), 300, "the first half", [one, two])
         await wait_for(lambda: _owns_partitions(log_two), 60, "the second process to own partitions", [one, two])
         two.send_signal(signal.SIGTERM)  # its partitions move to `one` after its last checkpoint
         two.wait(timeout=30)
         await synthetic.produce(bootstrap, second_half)
-        await wait_for(lambda: consumed(db) >= len(messages), 240, "the whole stream", [one])
+        await wait_for(lambda: consumed(db) >= len(messages), 400, "the whole stream", [one])
         one.send_signal(signal.SIGTERM)
         one.wait(timeout=30)
     assert _owns_partitions(log_one)

@@ -215,6 +215,14 @@ class StatefulLoop:
                 if batch:
                     await self._handle(batch)
         finally:
+            # Checkpoint and let go of the partitions *before* leaving the group: once this member leaves, another
+            # one may load them, and a later save from here would overwrite its newer checkpoint.
+            owned = [(tp.topic, tp.partition) for tp in self.consumer.assignment()]
+            try:
+                if owned:
+                    await self.listener.on_revoked(owned)
+            except Exception:
+                log.exception("could not checkpoint %s before leaving; they resume from the previous checkpoint", owned)
             await self.consumer.stop()
 
     async def _handle(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
