@@ -684,7 +684,7 @@ def test_hook_jobs_provision_topics_and_migrate_before_the_release(rendered: dic
     jobs = {d["metadata"]["name"]: d for d in rendered["default"] if d["kind"] == "Job"}
     topics = jobs["om-opinion-market-topics"]
     migrations = [j for n, j in jobs.items() if n.endswith("-migrations")]
-    assert len(migrations) == 4  # every component with a database
+    assert len(migrations) == 5  # every component with a database (the gateway keeps API keys)
     for job in (topics, *migrations):
         hook = job["metadata"]["annotations"]
         assert hook["helm.sh/hook"] == "pre-install,pre-upgrade"

@@ -90,7 +90,9 @@ def build_app(service: str) -> FastAPI:
         for key, value in vars(settings_module).items()
         if key.lower() == f"{service}settings" and isinstance(value, type)
     ]
-    app: FastAPI = app_module.create_app(settings_class())
+    # The gateway's /metrics needs a credential by default; this test reads what it exposes, not who may see it.
+    overrides = {"public_metrics": True} if service == "gateway" else {}
+    app: FastAPI = app_module.create_app(settings_class(**overrides))
     return app
 
 

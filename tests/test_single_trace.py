@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -26,6 +28,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from om_cli.credentials import API_KEY_ENV, GATEWAY_KEY_FILE_ENV, auth_headers, ensure_admin_key
 from om_cli.embedded import free_port
 from om_cli.testing import eventually
 
@@ -64,9 +67,12 @@ def spans() -> Iterable[InMemorySpanExporter]:
 
 
 @pytest.fixture
-async def gateway_url(infra_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
+async def gateway_url(infra_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AsyncIterator[str]:
     """The five services as uvicorn servers in this event loop; yields the gateway's base URL."""
     ports = {name: free_port() for name in SERVICES}
+    key_file, key = ensure_admin_key(tmp_path)  # the development admin credential, as `om up` makes it
+    monkeypatch.setenv(GATEWAY_KEY_FILE_ENV, str(key_file))
+    monkeypatch.setenv(API_KEY_ENV, key)
     for name, value in infra_env.items():
         monkeypatch.setenv(name, value)
     for name in SERVICES:
@@ -96,7 +102,7 @@ async def gateway_url(infra_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 
 def public_client(base_url: str) -> httpx.AsyncClient:
     """Every call to the public API goes through here (credentials, when the gateway requires them, go here)."""
-    return httpx.AsyncClient(base_url=base_url + "/api/v1", timeout=10)
+    return httpx.AsyncClient(base_url=base_url + "/api/v1", timeout=10, headers=auth_headers())
 
 
 def reachable(spans: Iterable[ReadableSpan], root: ReadableSpan) -> list[ReadableSpan]:
@@ -126,7 +132,10 @@ async def trade_and_wait_for_push(gateway_url: str, memory: InMemorySpanExporter
     """Create a market, then post one trade and wait for its market update on a WebSocket; return the span of
     the trade's HTTP request at the gateway."""
     market = f"trace-{uuid.uuid4().hex[:8]}"
-    ws_url = gateway_url.replace("http://", "ws://", 1) + "/api/v1/ai-analytics/ws/analytics/trace-client"
+    token = os.environ[API_KEY_ENV]
+    ws_url = (
+        gateway_url.replace("http://", "ws://", 1) + f"/api/v1/ai-analytics/ws/analytics/trace-client?token={token}"
+    )
     async with public_client(gateway_url) as api, websockets.connect(ws_url) as ws:
         await ws.send(json.dumps({"type": "subscribe", "market_ids": [market]}))
         close_at = (datetime.now(UTC) + timedelta(days=7)).isoformat()

@@ -87,8 +87,8 @@ async def test_bad_event_is_dead_lettered_and_good_ones_still_flow(
 async def test_event_that_cannot_be_applied_is_dead_lettered_and_the_rest_applied(
     kafka_bootstrap: str, database_url: str, redis_url: str
 ) -> None:
-    """Valid on the wire, impossible to apply (an amount that overflows to infinity must never enter state): it
-    is dead-lettered with the reason, and neither blocks the events around it nor is retried forever."""
+    """Valid JSON with an amount that overflows to infinity, which must never enter state: the contract refuses it
+    at decode, so it is dead-lettered with the reason and neither blocks the events around it nor is retried."""
     settings = FeatureSettings(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, DATABASE_URL=database_url, REDIS_URL=redis_url)
     market = f"m-{uuid.uuid4().hex[:8]}"
     before, poison, after = (
@@ -109,6 +109,6 @@ async def test_event_that_cannot_be_applied_is_dead_lettered_and_the_rest_applie
         )
     [letter] = letters
     assert base64.b64decode(letter["payload_base64"]) == poison_bytes
-    assert str(poison.event_id) in letter["reason"] and "not a finite" in letter["reason"]
+    assert "amount" in letter["reason"] and "finite" in letter["reason"]
     latest = vectors[-1]["features"]
     assert (latest["trade_count"], latest["total_volume"], latest["participant_count"]) == (2, 15.0, 2)

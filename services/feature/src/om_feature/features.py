@@ -239,10 +239,21 @@ class MarketState:
 MAX_RECENT_IDS = 1_024  # per market; a market busier than this within the grace period dedupes the newest ids
 
 
+def _id_key(event_id: str) -> int:
+    """A compact int for an event id: 60 random bits of a uuid4 (48+ of other uuids); ids that are not uuids (as
+    offline history's record ids are) hash to 64 bits instead."""
+    if len(event_id) == 36 and event_id[8] == "-" and event_id[13] == "-":
+        try:
+            return int(event_id[:8] + event_id[9:13] + event_id[14:18], 16)
+        except ValueError:
+            pass
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
+
+
 def _seen(s: MarketState, event_id: str, at: float, config: FeatureConfig) -> bool:
     """True if this event was already applied (a redelivery within the grace period); else remember it."""
     ids = s.recent_ids
-    key = int(event_id[:8] + event_id[9:13] + event_id[14:18], 16)  # 60 random bits of a uuid4, 48+ of others
+    key = _id_key(event_id)
     if key in ids:
         return True
     ids[key] = at

@@ -89,10 +89,13 @@ async def set_prices(conn: AsyncConnection, markets: list[Market]) -> None:
 
 
 async def ensure_users(conn: AsyncConnection, first_seen: dict[str, Any]) -> None:
+    # In id order: two batches inserting overlapping new users then take the unique-index locks in the same
+    # order, so one waits for the other instead of deadlocking (which PostgreSQL would end with an error).
+    users = sorted(first_seen.items())
     await conn.execute(
         "INSERT INTO users (user_id, first_seen_at) SELECT * FROM unnest(%b::text[], %b::timestamptz[]) "
         "ON CONFLICT (user_id) DO NOTHING",
-        (list(first_seen), list(first_seen.values())),
+        ([user for user, _ in users], [seen for _, seen in users]),
     )
 
 
