@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tqdm import tqdm
 
 from om_cli.api_client import api_client
+from om_cli.credentials import auth_headers
 from om_cli.embedded import Ports, free_port, start_infrastructure
 from om_cli.launcher import consumer_lag
 from om_cli.platform import Platform, ServicePorts
@@ -231,9 +232,11 @@ async def latency_under_load(
     """Seconds from POST /trades (gateway) to the market_update it causes, while background trades flow."""
     with platform_up() as platform:
         gateway = platform.url("gateway")
-        api = api_client(gateway + "/api/v1", timeout=30)
+        api = api_client(gateway + "/api/v1", timeout=30, headers=auth_headers(platform.admin_api_key))
         ingest = api_client(platform.url("ingest"), timeout=60)
-        ws_url = gateway.replace("http", "ws", 1) + "/api/v1/ai-analytics/ws/analytics/bench"
+        ws_url = (
+            gateway.replace("http", "ws", 1) + f"/api/v1/ai-analytics/ws/analytics/bench?token={platform.admin_api_key}"
+        )
         async with api, ingest, websockets.connect(ws_url, max_size=None) as ws:
             await create_markets(ingest, "bg", markets)
             market = "lat-m0"

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from om_cli.credentials import auth_headers
 from om_cli.history.format import MarketRecord, Record, ResolutionRecord, SignalRecord, TradeRecord
 from om_cli.history.manifold import Rejects
 
@@ -32,8 +33,7 @@ def make_client(
     url: str | None = None, api_key: str | None = None, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
     """The importer's only HTTP client: base URL, `Authorization: Bearer` credential, timeouts."""
-    key = api_key or os.environ.get("OM_API_KEY")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = auth_headers(api_key)  # the explicit key, else $OM_API_KEY, else the key `make up` saved
     return httpx.AsyncClient(
         base_url=url or os.environ.get("OM_API_URL", DEFAULT_URL),
         headers=headers,
