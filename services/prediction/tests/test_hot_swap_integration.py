@@ -70,6 +70,12 @@ async def test_swap_under_load_corrupt_refusal_and_final_prediction(
         half = len(vectors) // 2
         for i in range(0, half, 50):
             await produce(kafka_bootstrap, "feature.vectors.v1", [encode(v) for v in vectors[i : i + 50]])
+
+        async def every_market_predicted() -> None:  # open markets known before the swap, to be re-scored
+            for m in markets:
+                assert (await client.get(f"/v1/markets/{m}/prediction")).status_code == 200, m
+
+        await eventually(every_market_predicted, timeout_s=60)
         registry.promote(first["version"], ANY)
         await produce(kafka_bootstrap, "model.lifecycle.v1", [announce(first["version"])])
         for i in range(half, len(vectors), 50):
