@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import socket
 import subprocess  # nosec B404  # runs fixed programs from argument lists, never a shell
 import sys
@@ -13,7 +15,6 @@ import httpx
 import pytest
 
 from om_cli.credentials import auth_headers
-from om_cli.embedded import free_port
 from om_cli.launcher import process_alive
 
 pytestmark = pytest.mark.e2e
@@ -39,13 +40,29 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports, below Linux's ephemeral range (32768 and up): a port taken from
+    that range can meanwhile become the local end of some client connection, and `--service-ports-from` uses four
+    in a row."""
+    for _ in range(500):
+        first = random.randrange(20_000, 32_000 - count)  # nosec B311  # a port number, not a secret
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(first, first + count):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} consecutive free ports between 20000 and 32000")
+
+
 def port_args() -> list[str]:
     return [
-        "--kafka-port", str(free_port()),
-        "--postgres-port", str(free_port()),
-        "--redis-port", str(free_port()),
-        "--gateway-port", str(free_port()),
-        "--service-ports-from", str(free_port()),
+        "--kafka-port", str(free_ports(1)),
+        "--postgres-port", str(free_ports(1)),
+        "--redis-port", str(free_ports(1)),
+        "--gateway-port", str(free_ports(1)),
+        "--service-ports-from", str(free_ports(4)),
     ]  # fmt: skip
 
 
