@@ -27,13 +27,16 @@ from om_prediction.training import dataset as ds  # noqa: E402
 from om_prediction.training.pipeline import train  # noqa: E402
 
 
-async def _cached_latency(gateway: str, samples: int) -> list[float]:
+async def _cached_latency(gateway: str, api_key: str, samples: int) -> list[float]:
     import uuid
     from datetime import UTC, datetime, timedelta
 
     import httpx
 
-    async with httpx.AsyncClient(base_url=gateway + "/api/v1", timeout=10) as api:
+    from om_cli.credentials import auth_headers
+
+    headers = auth_headers(api_key)
+    async with httpx.AsyncClient(base_url=gateway + "/api/v1", timeout=10, headers=headers) as api:
         market = f"bench-{uuid.uuid4().hex[:8]}"
         close_at = (datetime.now(UTC) + timedelta(days=1)).isoformat()
         (
@@ -66,7 +69,7 @@ def gateway_latency(samples: int = 2000) -> None:
         platform = Platform(env, Path(data) / "logs", ServicePorts(*(free_port() for _ in range(5))))
         try:
             platform.start(timeout_s=120)
-            lat = sorted(x * 1000 for x in asyncio.run(_cached_latency(platform.url("gateway"), samples)))
+            lat = sorted(x * 1000 for x in asyncio.run(_cached_latency(platform.url("gateway"), platform.admin_api_key, samples)))
         finally:
             platform.stop()
             infra.stop()
