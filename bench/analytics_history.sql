@@ -79,7 +79,5 @@ INSERT INTO user_categories (user_id, category, volume)
 SELECT t.user_id, m.category, sum(t.amount) FROM trades t JOIN markets m USING (market_id)
 GROUP BY t.user_id, m.category;
 
-INSERT INTO processed_events (event_id) SELECT 'history-' || g FROM generate_series(0, %(trades)s - 1) AS g;
-
 UPDATE clock SET as_of = %(start)s + interval '29 days';
 ANALYZE;
