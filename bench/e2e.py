@@ -199,7 +199,8 @@ class Step:
 async def sustained_step(rate: float, seconds: float, markets: int, users: int) -> Step:
     step = Step(rate, seconds)
     with platform_up() as platform:
-        http = api_client("http://127.0.0.1", timeout=60)
+        # the gateway's /metrics wants a credential; the other services ignore it
+        http = api_client("http://127.0.0.1", timeout=60, headers=auth_headers(platform.admin_api_key))
         ingest = api_client(platform.url("ingest"), timeout=60)
         async with http, ingest:
             run = f"s{int(rate)}"
