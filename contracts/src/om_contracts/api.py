@@ -2,14 +2,17 @@
 
 Defined once here so the gateway validates and documents exactly what ingest accepts. Unknown fields are
 refused, so typos fail loudly (422, naming the field). Numbers must be finite: NaN and ±Infinity (also spelt
-`NaN`/`Infinity` in a JSON body) are refused with 422, since one infinite amount would poison every consumer."""
+`NaN`/`Infinity` in a JSON body) are refused with 422, since one infinite amount would poison every consumer.
+Date-times are ISO 8601 strings with a UTC offset only: a number (which pydantic would read as a Unix time) is
+refused with 422 naming the field."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from om_contracts.events import MarketId, Probability, UserId
 
@@ -20,6 +23,21 @@ MAX_SHARES = 1_000_000_000.0
 
 #: Documented default of ingest's `INGEST_MAX_FUTURE_SKEW_S`; the check itself runs in ingest (it needs the clock).
 DEFAULT_MAX_FUTURE_SKEW_S = 300.0
+
+_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+
+
+def _iso_only(value: Any) -> Any:
+    """Only an ISO 8601 date-time string is a date-time here (pydantic would read a number as a Unix time)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO.match(value):
+        raise ValueError("expected an ISO 8601 date-time with a UTC offset, e.g. 2026-11-25T12:00:00Z")
+    return value
+
+
+#: A date-time given as an ISO 8601 string with an offset (or a `datetime` in Python); never a number.
+IsoDateTime = Annotated[AwareDatetime, BeforeValidator(_iso_only)]
 
 OCCURRED_AT = (
     "Event time: when this happened in the domain (timezone required; stored in UTC). Defaults to the time ingest "
@@ -35,7 +53,7 @@ class _In(BaseModel):
 class _Write(_In):
     """A write: it may say when it happened (`occurred_at`)."""
 
-    occurred_at: AwareDatetime | None = Field(default=None, description=OCCURRED_AT)
+    occurred_at: IsoDateTime | None = Field(default=None, description=OCCURRED_AT)
 
     #: The older, write-specific name of the event time, still accepted (e.g. `executed_at` on trades).
     _legacy_time: ClassVar[str | None] = None
@@ -59,9 +77,9 @@ class MarketIn(_Write):
     market_id: MarketId | None = Field(default=None, description="Chosen by the caller, or generated.")
     question: str = Field(min_length=1, max_length=500)
     category: str = Field(default="general", min_length=1, max_length=64)
-    close_at: AwareDatetime
+    close_at: IsoDateTime
     initial_price: Probability = 0.5
-    created_at: AwareDatetime | None = Field(default=None, description="Same as `occurred_at` (older name).")
+    created_at: IsoDateTime | None = Field(default=None, description="Same as `occurred_at` (older name).")
 
 
 class TradeIn(_Write):
@@ -81,7 +99,7 @@ class TradeIn(_Write):
     )
     shares: float = Field(gt=0, le=MAX_SHARES, description=f"Shares bought or sold; finite, in (0, {MAX_SHARES:.0e}].")
     price: Probability = Field(description="The market's YES price after this trade.")
-    executed_at: AwareDatetime | None = Field(default=None, description="Same as `occurred_at` (older name).")
+    executed_at: IsoDateTime | None = Field(default=None, description="Same as `occurred_at` (older name).")
     amount_estimated: bool = Field(
         default=False,
         description="True when `amount` is not known but estimated (e.g. shares × price for imported history).",
@@ -90,7 +108,7 @@ class TradeIn(_Write):
 
 class TradeBatchIn(_Write):
     trades: list[TradeIn] = Field(min_length=1, max_length=1000)
-    occurred_at: AwareDatetime | None = Field(
+    occurred_at: IsoDateTime | None = Field(
         default=None, description="Event time of the trades that send none of their own. " + OCCURRED_AT
     )
 
@@ -105,7 +123,7 @@ class SignalIn(_Write):
     source: str = Field(min_length=1, max_length=128)
     text: str = Field(min_length=1, max_length=5000)
     sentiment: float | None = Field(default=None, ge=-1.0, le=1.0)
-    observed_at: AwareDatetime | None = Field(default=None, description="Same as `occurred_at` (older name).")
+    observed_at: IsoDateTime | None = Field(default=None, description="Same as `occurred_at` (older name).")
 
 
 class CloseIn(_Write):

@@ -4,9 +4,12 @@ date-times only as ISO 8601 strings, the Idempotency-Key passed on to ingest, an
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from om_cli.embedded import free_port
 from om_gateway.testing import ADMIN_KEY, bearer, gateway_settings, running_gateway
@@ -48,6 +51,48 @@ async def test_malformed_requests_are_problems_with_field_detail(infra_env, tmp_
         ok = {"market_id": "m1", "user_id": "u", "outcome": "YES", "amount": 1, "shares": 2, "price": 0.5}
         await client.post("/api/v1/trades", json=ok, headers={**ADMIN, "idempotency-key": "retry-7"})
         assert seen == ["trades"]
+
+
+@pytest.mark.integration
+async def test_body_date_times_are_iso_strings_and_non_finite_numbers_are_refused(infra_env, tmp_path) -> None:
+    """A number where a date-time belongs, or NaN/Infinity where a number does, is a 422 naming the field, in the
+    same problem shape as a 422 that ingest itself gives (translated by the gateway); nothing reaches ingest."""
+    seen: list[str] = []
+    ingest = FastAPI()
+
+    @ingest.post("/v1/{path:path}")
+    async def refuse(path: str) -> JSONResponse:
+        seen.append(path)
+        detail = [{"loc": ["body", "close_at"], "msg": "before the market existed", "type": "domainerror"}]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    market = {"market_id": "m1", "question": "Q?", "close_at": "2026-12-01T00:00:00Z"}
+    trade = {"market_id": "m1", "user_id": "u", "outcome": "YES", "amount": 1.0, "shares": 2.0, "price": 0.5}
+    bad_times = [
+        ("/api/v1/markets", {**market, "close_at": 1234}, ["body", "close_at"]),
+        ("/api/v1/markets", {**market, "close_at": "1234"}, ["body", "close_at"]),
+        ("/api/v1/markets", {**market, "occurred_at": 1.7e9}, ["body", "occurred_at"]),
+        ("/api/v1/trades", {**trade, "executed_at": 1700000000}, ["body", "executed_at"]),
+        ("/api/v1/trades/batch", {"trades": [{**trade, "occurred_at": 5}]}, ["body", "trades", 0, "occurred_at"]),
+        ("/api/v1/markets/m1/resolve", {"resolution": "YES", "occurred_at": 0}, ["body", "occurred_at"]),
+    ]
+    raw = json.dumps(trade)
+    non_finite = [
+        ("/api/v1/trades", raw.replace("1.0", value), ["body", "amount"]) for value in ("NaN", "Infinity", "-Infinity")
+    ] + [("/api/v1/markets", json.dumps(market)[:-1] + ', "initial_price": NaN}', ["body", "initial_price"])]
+    headers = {**ADMIN, "content-type": "application/json"}
+    async with running_gateway(gateway_settings(infra_env, tmp_path), ingest=ingest) as (_, client):
+        for path, body, loc in [(p, json.dumps(b), loc) for p, b, loc in bad_times] + non_finite:
+            reply = await client.post(path, content=body, headers=headers)
+            assert reply.status_code == 422, (body, reply.text)
+            assert reply.headers["content-type"] == "application/problem+json"
+            assert loc in [e["loc"] for e in reply.json()["errors"]], (body, reply.json())
+        assert seen == []
+        from_ingest = await client.post("/api/v1/markets", json=market, headers=ADMIN)
+    assert seen == ["markets"] and from_ingest.status_code == 422
+    # One 422 shape, whoever refused (`instance`, optional in RFC 9457, names the gateway's own route only).
+    assert set(from_ingest.json()) == set(reply.json()) - {"instance"}
+    assert {tuple(e) for e in from_ingest.json()["errors"]} == {tuple(e) for e in reply.json()["errors"]}
 
 
 @pytest.mark.integration

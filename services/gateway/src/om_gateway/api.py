@@ -6,17 +6,17 @@ forwarded to ingest with the caller's `Idempotency-Key`. Every error is a proble
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.routing import APIRoute
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, Field
 
 from om_contracts import PredictionMade, SystemMetricsUpdated
 from om_contracts.api import (
     CancelIn,
+    IsoDateTime,
     MarketIn,
     MarketOut,
     ResolveIn,
@@ -36,19 +36,6 @@ from om_gateway.upstream import Upstreams
 ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 MarketIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN, examples=["will-it-rain-tomorrow"])]
 UserIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN, examples=["user-42"])]
-_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
-
-
-def _iso_only(value: Any) -> Any:
-    """Only an ISO 8601 date-time string is a date-time here (pydantic would read a number as a Unix time)."""
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str) or not _ISO.match(value):
-        raise ValueError("expected an ISO 8601 date-time with a UTC offset, e.g. 2026-11-25T12:00:00Z")
-    return value
-
-
-IsoDateTime = Annotated[AwareDatetime, BeforeValidator(_iso_only)]
 FromQuery = Annotated[
     IsoDateTime | None,
     Query(alias="from", description="Start (inclusive), ISO 8601 with offset.", examples=["2026-11-24T00:00:00Z"]),
