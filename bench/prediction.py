@@ -69,7 +69,9 @@ def gateway_latency(samples: int = 2000) -> None:
         platform = Platform(env, Path(data) / "logs", ServicePorts(*(free_port() for _ in range(5))))
         try:
             platform.start(timeout_s=120)
-            lat = sorted(x * 1000 for x in asyncio.run(_cached_latency(platform.url("gateway"), platform.admin_api_key, samples)))
+            lat = sorted(
+                x * 1000 for x in asyncio.run(_cached_latency(platform.url("gateway"), platform.admin_api_key, samples))
+            )
         finally:
             platform.stop()
             infra.stop()

@@ -143,7 +143,8 @@ async def bench(args: argparse.Namespace) -> None:
         port = free_port()
         env = {
             **os.environ, **infra.env(), "GATEWAY_HTTP_PORT": str(port), "GATEWAY_ADMIN_API_KEY_FILE": str(key_file),
-            "GATEWAY_WS_MAX_CONNECTIONS_PER_PRINCIPAL": str(args.clients + 10), "GATEWAY_LOG_LEVEL": "WARNING",
+            "GATEWAY_WS_MAX_CONNECTIONS_PER_PRINCIPAL": str(args.clients + 10),
+            "GATEWAY_WS_MAX_CONNECTIONS_PER_IP": str(args.clients + 10), "GATEWAY_LOG_LEVEL": "WARNING",
             "OTEL_SDK_DISABLED": "true",
         }  # fmt: skip
         gateway = subprocess.Popen([sys.executable, "-m", "om_gateway"], env=env, stdin=subprocess.DEVNULL)  # noqa: ASYNC220 - starts and returns

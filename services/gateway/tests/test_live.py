@@ -153,7 +153,7 @@ def test_a_slow_client_is_marked_for_disconnection_and_others_are_unaffected() -
         received += fast.drain()
     assert [m["seq"] for m in received] == [0, 1, 2, 3, 4]
     assert slow.slow and not slow.queue  # nothing silently skipped: the client is closed with 4008 and resumes
-    assert not slow.offer("more")
+    assert not slow.offer(b"more")
 
 
 def test_heartbeat_reaches_everyone_and_names_idle_clients() -> None:

@@ -1,6 +1,7 @@
 """The WebSocket protocol against real gateways (uvicorn, Kafka, PostgreSQL, Redis): authentication on connect,
 acknowledged subscriptions, updates numbered identically on two replicas, resuming on the other replica with a
-backfill, and the product's endpoint still pushing `analytics_update`."""
+backfill, the product's endpoint still pushing `analytics_update`, the per-IP connection limit, a slow reader
+closed without delaying the others, and the fan-out traced from the consumed event."""
 
 from __future__ import annotations
 
@@ -13,10 +14,17 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from aiokafka import AIOKafkaProducer
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from om_cli.testing import eventually, produce
 from om_contracts import MarketMetricsUpdated, MarketSummary, SystemMetrics, SystemMetricsUpdated, encode
+from om_gateway import ws as endpoint
 from om_gateway.app import create_app
+from om_gateway.live import frame
 from om_gateway.testing import ADMIN_KEY, gateway_settings, serving, stub_analytics, stub_ingest, stub_prediction, token
 
 pytestmark = pytest.mark.integration
@@ -126,3 +134,99 @@ async def test_the_product_endpoint_pushes_analytics_update(infra_env, tmp_path,
                 while True:
                     await ws.recv()
             assert ws.close_code == 1009
+
+
+async def test_connections_per_ip_are_limited_from_the_handshake(infra_env, tmp_path) -> None:
+    app = create_app(gateway_settings(infra_env, tmp_path, ws_max_connections_per_ip=2))
+    async with serving(app) as url, contextlib.AsyncExitStack() as stack:
+        authenticated = await stack.enter_async_context(websockets.connect(f"ws://{url}/api/v1/ws?token={ADMIN_KEY}"))
+        await next_of(authenticated, "welcome")
+        await stack.enter_async_context(websockets.connect(f"ws://{url}/api/v1/ws"))  # not authenticated yet: counts
+        async with websockets.connect(f"ws://{url}/api/v1/ws?token={ADMIN_KEY}") as third:
+            with pytest.raises(websockets.ConnectionClosed):
+                await third.recv()
+        assert third.close_code == 4029 and "IP address" in third.close_reason
+        await authenticated.close()
+
+        async def a_place_is_free() -> None:
+            async with websockets.connect(f"ws://{url}/api/v1/ws?token={ADMIN_KEY}") as again:
+                assert (await next_of(again, "welcome"))["role"] == "admin"
+
+        await eventually(a_place_is_free)
+
+
+async def test_a_slow_reader_is_closed_and_never_delays_the_others(infra_env, tmp_path, monkeypatch) -> None:
+    """Real sockets: frames go straight to each socket while it takes them and queue behind it when it does not;
+    a client that stops reading fills its queue and is closed (4008) while a reading one gets every frame in
+    order."""
+    monkeypatch.setattr(endpoint, "CLOSE_TIMEOUT_S", 0.5)  # the stuck client will not read its close frame either
+    app = create_app(gateway_settings(infra_env, tmp_path, ws_queue_size=8))
+    hub = app.state.hub
+    async with serving(app) as url:
+        path = f"ws://{url}/api/v1/ws?token={ADMIN_KEY}"
+        async with websockets.connect(path, max_queue=1) as stuck, websockets.connect(path, max_size=None) as reader:
+            await next_of(stuck, "welcome")
+            await next_of(reader, "welcome")
+            await eventually(lambda: _assert(len(hub.clients) == 2))
+            assert all(c.socket is not None for c in hub.clients)  # uvicorn's sans-I/O protocol: direct writes
+            received: list[int] = []
+
+            async def read_all() -> None:
+                while len(received) < 150:
+                    received.append(json.loads(await reader.recv())["n"])
+
+            reading = asyncio.create_task(read_all())
+            padding = "x" * 256 * 1024
+            for n in range(150):  # ~38 MB, far more than the socket buffers hold
+                for client in list(hub.clients):
+                    client.offer(frame(json.dumps({"n": n, "padding": padding})))
+                await asyncio.sleep(0.005)
+            async with asyncio.timeout(30):
+                await reading
+            assert received == list(range(150))
+            await eventually(lambda: _assert(len(hub.clients) == 1))  # the stuck one is gone
+            async with httpx.AsyncClient() as http:
+                metrics = await http.get(f"http://{url}/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"})
+            assert 'gateway_ws_closes_total{code="4008"} 1.0' in metrics.text
+
+
+async def _assert(condition: bool) -> None:
+    assert condition
+
+
+async def test_the_fan_out_is_traced_from_the_consumed_event(infra_env, tmp_path, kafka_bootstrap) -> None:
+    """One `<topic> process` span per consumed batch, linked to each record's trace (its `traceparent` header),
+    with one `<topic> websocket send` child in which the subscribers are sent the update."""
+    memory = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    trace_id, parent_id = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
+    try:
+        async with serving(gateway_app(infra_env, tmp_path)) as url:
+            async with websockets.connect(f"ws://{url}/api/v1/ws?token={ADMIN_KEY}") as ws:
+                await ws.send(json.dumps({"type": "subscribe", "id": 1, "channels": ["market/traced"]}))
+                await next_of(ws, "snapshot")
+                producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
+                await producer.start()
+                try:
+                    header = f"00-{trace_id:032x}-{parent_id:016x}-01".encode()
+                    await producer.send_and_wait(
+                        "analytics.market.v1", market(0.4, "traced"), key=b"traced", headers=[("traceparent", header)]
+                    )
+                finally:
+                    await producer.stop()
+                assert (await next_of(ws, "market_update"))["market"]["market_id"] == "traced"
+        [batch] = [
+            s
+            for s in memory.get_finished_spans()
+            if s.name == "analytics.market.v1 process" and any(link.context.trace_id == trace_id for link in s.links)
+        ]
+        assert [link.context.span_id for link in batch.links] == [parent_id]
+        [send] = [s for s in memory.get_finished_spans() if s.parent and s.parent.span_id == batch.context.span_id]
+        assert send.name == "analytics.market.v1 websocket send"
+        assert send.attributes is not None and send.attributes["om.websocket.deliveries"] == 1
+    finally:
+        memory.shutdown()

@@ -1,5 +1,10 @@
 """Reads the update topics into the hub. Every replica reads every partition itself (no consumer group), from
-`ws_history_s` ago, so its channel histories and sequence numbers (record offsets) match every other replica's."""
+`ws_history_s` ago, so its channel histories and sequence numbers (record offsets) match every other replica's.
+
+Traced like the other consumers, one span per fetched batch (`<topic> process`, linked to each record's trace),
+and inside it one `<topic> websocket send` span for the batch's fan-out: the sends to every subscriber happen in
+it (or are queued in it for a busy socket), so a walk from a trade's HTTP request reaches the push. Per batch,
+not per client: its cost does not grow with the number of clients."""
 
 from __future__ import annotations
 
@@ -7,8 +12,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import Histogram
 
 from om_contracts import DecodeError, decode
@@ -16,6 +25,10 @@ from om_contracts.topics import TOPICS
 from om_gateway.live import SOURCES, LiveHub, Source
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("om_gateway.feed")
+_propagator = TraceContextTextMapPropagator()
+#: Links from a batch span to its records' traces, at most (as om_runtime.consumer).
+MAX_LINKS = 128
 
 
 def active_sources() -> dict[str, Source]:
@@ -57,23 +70,47 @@ async def follow(
         while True:
             batches = await consumer.getmany(timeout_ms=1000, max_records=2000)
             for tp, records in batches.items():
-                topic, source = topics[tp.topic], sources[tp.topic]
-                for record in records:
-                    try:
-                        event = decode(topic, record.value)
-                    except DecodeError as exc:
-                        log.warning(
-                            "skipped an undecodable update at %s/%d@%d: %s",
-                            tp.topic,
-                            tp.partition,
-                            record.offset,
-                            exc.reason,
-                        )
-                        continue
-                    hub.publish(source, event, tp.partition, record.offset)
-                    if lag is not None and (behind := time.time() - event.occurred_at.timestamp()) < 60:
-                        lag.observe(behind)  # (not the history read at start)
+                fan_out(hub, topics[tp.topic], sources[tp.topic], tp.partition, records, lag)
     finally:
         with contextlib.suppress(Exception):
             await starting
         await consumer.stop()
+
+
+def fan_out(
+    hub: LiveHub, topic: Any, source: Source, partition: int, records: list[Any], lag: Histogram | None
+) -> None:
+    """Decode one partition's batch and push its updates to the subscribers, in one traced batch."""
+    with _tracer.start_as_current_span(
+        f"{topic.name} process",
+        kind=SpanKind.CONSUMER,
+        links=_links(records),
+        attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(records)},
+    ):
+        events = []
+        for record in records:
+            try:
+                events.append((record.offset, decode(topic, record.value)))
+            except DecodeError as exc:
+                log.warning(
+                    "skipped an undecodable update at %s/%d@%d: %s", topic.name, partition, record.offset, exc.reason
+                )
+        with _tracer.start_as_current_span(f"{topic.name} websocket send") as span:
+            deliveries = 0
+            for offset, event in events:
+                deliveries += hub.publish(source, event, partition, offset)
+                if lag is not None and (behind := time.time() - event.occurred_at.timestamp()) < 60:
+                    lag.observe(behind)  # (not the history read at start)
+            span.set_attribute("om.websocket.updates", len(events))
+            span.set_attribute("om.websocket.deliveries", deliveries)
+
+
+def _links(records: list[Any]) -> list[Link]:
+    links = []
+    for record in records[:MAX_LINKS]:
+        carrier = {k: v.decode(errors="replace") for k, v in record.headers or () if k == "traceparent"}
+        if carrier:
+            context = trace.get_current_span(_propagator.extract(carrier)).get_span_context()
+            if context.is_valid:
+                links.append(Link(context))
+    return links

@@ -3,9 +3,10 @@
 Each update comes from a Kafka record, and its sequence number is that record's offset in its partition. A
 channel's updates all come from one partition (the topics are keyed by the channel's id), so its numbers rise,
 and every replica, reading the same log, gives the same update the same number: a client can resume on any
-replica. An update is serialised once, into text that every subscriber's queue shares. A client whose queue
-is full is not skipped silently: it is marked slow and disconnected (close code 4008), and resumes from its
-last sequence number.
+replica. An update is serialised once, into one WebSocket frame that is written as is to every subscriber's
+socket (no per-client encoding, task or await). A client whose socket cannot take more gets the frame in its
+queue instead, drained by its sender as the socket allows; a client whose queue is full is not skipped
+silently: it is marked slow and disconnected (close code 4008), and resumes from its last sequence number.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from om_contracts import MarketMetricsUpdated, PredictionMade, SystemMetricsUpdated
 
@@ -92,40 +94,73 @@ SOURCES: tuple[Source, ...] = (
 )
 
 
+def frame(text: str) -> bytes:
+    """`text` as one complete, unmasked WebSocket text frame (RFC 6455 §5.2), as a server sends it."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
+def text_of(data: bytes) -> str:
+    """The text a frame built by `frame` carries."""
+    size = data[1]
+    return data[2 if size < 126 else 4 if size == 126 else 10 :].decode()
+
+
+class Socket(Protocol):
+    """Where a client's frames go directly: its connection's transport."""
+
+    def can_write(self) -> bool:
+        """True while the socket takes more without blocking (and is not closing)."""
+
+    def write(self, data: bytes) -> None: ...
+
+
 @dataclass(eq=False)
 class Client:
-    """One connection: its principal, channels and outgoing queue (shared, pre-encoded texts)."""
+    """One connection: its principal, channels and, while its socket is busy, a queue of shared frames."""
 
     client_id: str
     max_queue: int
     principal: Any = None
     channels: set[str] = field(default_factory=set)
-    queue: deque[str] = field(default_factory=deque)
+    #: Frames waiting for the socket (or all frames, without a direct socket), drained by the connection's sender.
+    queue: deque[bytes] = field(default_factory=deque)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     slow: bool = False
     last_heard: float = 0.0
     #: Connected on the product's original endpoint: `analytics_update` exactly as it always was (no seq).
     legacy: bool = False
+    #: Written to directly when set and idle; None queues everything for the sender (any ASGI server).
+    socket: Socket | None = None
 
-    def offer(self, text: str) -> bool:
-        """Queue a text; False (and marked slow) if the client is too far behind to take it."""
+    def offer(self, data: bytes) -> bool:
+        """Send a frame now if the socket takes it, else queue it; False (and marked slow) if the client is too
+        far behind to take it."""
         if self.slow:
             return False
+        if not self.queue and self.socket is not None and self.socket.can_write():
+            self.socket.write(data)  # the hot path: no task, no await, nothing encoded
+            return True
         if len(self.queue) >= self.max_queue:
             self.slow = True
             self.queue.clear()
             self.ready.set()  # wake the sender, which closes the connection
             return False
-        self.queue.append(text)
+        self.queue.append(data)
         self.ready.set()
         return True
 
     def reply(self, message: dict[str, Any]) -> None:
-        self.offer(json.dumps(message, separators=(",", ":")))
+        self.offer(frame(_json(message)))
 
     def drain(self) -> list[dict[str, Any]]:
         """Everything queued, decoded (for tests and diagnostics)."""
-        out = [json.loads(t) for t in self.queue]
+        out = [json.loads(text_of(f)) for f in self.queue]
         self.queue.clear()
         return out
 
@@ -136,7 +171,7 @@ class History:
 
     updates: deque[tuple[int, str]]
     trimmed_through: int = -1  # the highest seq no longer kept
-    legacy_latest: str | None = None  # the latest update in the original shape (channel `system` only)
+    legacy_latest: bytes | None = None  # the latest update's frame in the original shape (channel `system` only)
 
 
 class LiveHub:
@@ -179,14 +214,14 @@ class LiveHub:
             complete = self.can_resume(channel, since)
             texts = [t for seq, t in history.updates if seq > since] if history else []
             if complete:
-                client.offer(_json({"type": "backfill", "channel": channel, "since": since, "count": len(texts)}))
+                client.reply({"type": "backfill", "channel": channel, "since": since, "count": len(texts)})
                 for text in texts:
-                    client.offer(text)
+                    client.offer(frame(text))
                 return
         latest = history.updates[-1] if history and history.updates else None
         seq = latest[0] if latest else None
         head = _json({"type": "snapshot", "channel": channel, "seq": seq, "reset": since is not None})
-        client.offer(head[:-1] + ',"message":' + (latest[1] if latest else "null") + "}")  # no re-encoding
+        client.offer(frame(head[:-1] + ',"message":' + (latest[1] if latest else "null") + "}"))  # no re-encoding
 
     def can_resume(self, channel: str, since: int) -> bool:
         history = self.history.get(channel)
@@ -206,17 +241,17 @@ class LiveHub:
 
     # --- updates -----------------------------------------------------------------------------------
 
-    def publish(self, source: Source, event: Any, partition: int, offset: int) -> str:
-        """Number, encode once, remember and fan out one update; returns its channel."""
+    def publish(self, source: Source, event: Any, partition: int, offset: int) -> int:
+        """Number, encode once, remember and fan out one update; returns how many clients it was offered to."""
         channel = source.channel(event)
         history = self.history.get(channel)
         if history is None:
             history = self.history[channel] = History(deque())
             self.partition_of[channel] = (source.topic, partition)
         if history.updates and offset <= history.updates[-1][0]:
-            return channel  # already seen (a consumer restart re-reads): never twice
+            return 0  # already seen (a consumer restart re-reads): never twice
         message = source.message(event)
-        legacy = _json(message) if channel == "system" else None
+        legacy = frame(_json(message)) if channel == "system" else None
         message["channel"] = channel
         message["seq"] = offset
         text = _json(message)
@@ -224,19 +259,25 @@ class LiveHub:
         history.legacy_latest = legacy
         if len(history.updates) > self.backfill:
             history.trimmed_through = history.updates.popleft()[0]
-        for client in self.subscribers.get(channel, ()):
-            client.offer(legacy if client.legacy and legacy is not None else text)
-        return channel
+        subscribers = self.subscribers.get(channel, ())
+        data = frame(text)
+        if legacy is None:
+            for client in subscribers:
+                client.offer(data)
+        else:
+            for client in subscribers:
+                client.offer(legacy if client.legacy else data)
+        return len(subscribers)
 
     def heartbeat(self, now: float, stamp: str, idle_timeout_s: float) -> list[Client]:
         """Queue a heartbeat for everyone; return the clients silent for longer than the idle timeout."""
-        text = _json({"type": "heartbeat", "timestamp": stamp})
+        data = frame(_json({"type": "heartbeat", "timestamp": stamp}))
         idle = []
         for client in self.clients:
             if now - client.last_heard > idle_timeout_s:
                 idle.append(client)
             else:
-                client.offer(text)
+                client.offer(data)
         return idle
 
 

@@ -52,6 +52,8 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     max_body_bytes: int = 1024 * 1024
     ws_max_message_bytes: int = 64 * 1024
     ws_max_connections_per_principal: int = 100
+    #: Open WebSockets per client IP address, counted from the handshake (before authentication); past it: 4029.
+    ws_max_connections_per_ip: int = 200
     #: Updates buffered per WebSocket client; a client further behind is disconnected (close code 4008).
     ws_queue_size: int = 256
     ws_heartbeat_s: float = 15.0

@@ -1,6 +1,11 @@
-"""The WebSocket endpoint, as plain ASGI (no middleware on the send path: a send is one `websocket.send` of
-text encoded once per update). Protocol in docs/websocket.md: authenticate (token in the URL or a first `auth`
-message), then `subscribe` / `unsubscribe` / `ping`, each acknowledged with its `id`."""
+"""The WebSocket endpoint, as plain ASGI (no middleware on the send path). Protocol in docs/websocket.md:
+authenticate (token in the URL or a first `auth` message), then `subscribe` / `unsubscribe` / `ping`, each
+acknowledged with its `id`.
+
+Updates are written as frames built once per update straight to each connection's transport when uvicorn's
+sans-I/O WebSocket protocol serves it (`DirectSocket`): fan-out to 10,000 clients is then a loop of
+`transport.write` calls, with no per-client task, await or encoding. Under any other server every frame goes
+through the connection's sender and ASGI `websocket.send`."""
 
 from __future__ import annotations
 
@@ -10,11 +15,13 @@ import json
 import logging
 import time
 from collections import Counter as Tally
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from om_gateway.access import allowed
 from om_gateway.auth import Authenticator, Principal, Unauthenticated
@@ -28,6 +35,7 @@ from om_gateway.live import (
     CLOSE_UNAUTHENTICATED,
     Client,
     LiveHub,
+    text_of,
 )
 
 log = logging.getLogger(__name__)
@@ -35,6 +43,7 @@ log = logging.getLogger(__name__)
 LEGACY_PREFIX = "/api/v1/ai-analytics/ws/analytics/"
 PATH = "/api/v1/ws"
 MAX_CHANNELS = 200
+CLOSE_TIMEOUT_S = 10.0
 
 
 class BadMessage(ValueError):
@@ -110,6 +119,34 @@ def _may_read(principal: Principal | None, channel: str) -> bool:
     return allowed("live:connect", principal.role)
 
 
+class DirectSocket:
+    """A uvicorn sans-I/O WebSocket connection's transport, written to with complete frames. Safe beside the
+    protocol's own writes: every write is a whole frame, on the one event loop; an unmasked, uncompressed text
+    frame is valid whatever extensions were negotiated (RFC 7692 §6)."""
+
+    __slots__ = ("_protocol", "write")
+
+    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+        self._protocol = protocol
+        self.write = protocol.transport.write
+
+    @classmethod
+    def of(cls, send: Any) -> DirectSocket | None:
+        """The socket behind an ASGI `send`, if uvicorn's sans-I/O protocol serves the connection."""
+        protocol = getattr(send, "__self__", None)
+        return cls(protocol) if isinstance(protocol, WebSocketsSansIOProtocol) else None
+
+    def can_write(self) -> bool:
+        protocol = self._protocol  # (a transport is closing as soon as a write failed or it was lost)
+        return protocol.writable.is_set() and not protocol.close_sent and not protocol.transport.is_closing()
+
+    def closing(self) -> bool:
+        return self._protocol.close_sent or self._protocol.transport.is_closing()
+
+    async def writable(self) -> None:
+        await self._protocol.writable.wait()
+
+
 class LiveEndpoint:
     """Serves WebSocket connections on `/api/v1/ws` and the product's `/api/v1/ai-analytics/ws/analytics/{id}`
     (which is subscribed to `system` at once, as before)."""
@@ -119,6 +156,7 @@ class LiveEndpoint:
         self.auth = auth
         self.settings = settings
         self.per_principal: Tally[str] = Tally()
+        self.per_ip: Tally[str] = Tally()
         self.connections = Gauge("gateway_ws_connections", "Open WebSocket connections", registry=registry)
         self.closes = Counter("gateway_ws_closes", "WebSocket closes by code", ["code"], registry=registry)
 
@@ -138,6 +176,17 @@ class LiveEndpoint:
         token = (query.get("token") or query.get("api_key") or [None])[0]
         token = token or _header(scope, b"authorization")
         await send({"type": "websocket.accept"})
+        ip = (scope.get("client") or ("unknown",))[0]
+        if self.per_ip[ip] >= self.settings.ws_max_connections_per_ip:
+            await self._close(send, CLOSE_TOO_MANY, "too many connections from this IP address")
+            return
+        self.per_ip[ip] += 1
+        try:
+            await self._serve(client_id, legacy, token, receive, send)
+        finally:
+            _release(self.per_ip, ip)
+
+    async def _serve(self, client_id: str, legacy: bool, token: str | None, receive: Any, send: Any) -> None:
         principal = await self._authenticate(token, receive, send)
         if principal is None:
             return
@@ -150,16 +199,15 @@ class LiveEndpoint:
         client = self.hub.connect(client_id, principal)
         client.last_heard = time.monotonic()
         client.legacy = legacy
+        client.socket = socket = DirectSocket.of(send)
         if legacy:
             self.hub.subscribe(client, "system")
-        sender = asyncio.create_task(self._send(client, send))
+        sender = asyncio.create_task(self._send(client, send, socket))
         try:
             await self._read(client, receive, send, sender)
         finally:
             self.hub.disconnect(client)
-            self.per_principal[key] -= 1
-            if not self.per_principal[key]:
-                del self.per_principal[key]
+            _release(self.per_principal, key)
             self.connections.dec()
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -209,24 +257,36 @@ class LiveEndpoint:
                 return
             handle(self.hub, client, text)
 
-    async def _send(self, client: Client, send: Any) -> None:
+    async def _send(self, client: Client, send: Any, socket: DirectSocket | None) -> None:
+        """Closes the connection when the hub says so (slow or idle), and sends what the socket could not take at
+        once, in order: while the queue is not empty, new frames join it rather than overtake it."""
         queue = client.queue
         while True:
-            await client.ready.wait()
-            client.ready.clear()
             if client.slow:
                 await self._close(send, CLOSE_SLOW, "too slow: resume from your last seq")
                 return
             if client.principal is None:  # closed as idle
                 await self._close(send, CLOSE_IDLE, "idle")
                 return
-            while queue:
-                await send({"type": "websocket.send", "text": queue.popleft()})
+            if not queue:
+                client.ready.clear()
+                await client.ready.wait()
+            elif socket is None:
+                await send({"type": "websocket.send", "text": text_of(queue.popleft())})
+            elif socket.can_write():
+                socket.write(queue.popleft())
+            elif socket.closing():
+                return  # the reader ends the connection
+            else:  # wait for the socket to drain, or for the hub to close this client
+                client.ready.clear()
+                await _first(socket.writable(), client.ready.wait())
 
     async def _close(self, send: Any, code: int, reason: str) -> None:
         self.closes.labels(str(code)).inc()
+        # Bounded: a client too slow to read its updates may not read the close either.
         with contextlib.suppress(Exception):
-            await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
     async def heartbeats(self) -> None:
         """Every `ws_heartbeat_s`: a heartbeat to everyone; clients idle too long are closed (code 4000)."""
@@ -236,6 +296,22 @@ class LiveEndpoint:
             for client in self.hub.heartbeat(time.monotonic(), stamp, self.settings.ws_idle_timeout_s):
                 client.principal = None
                 client.ready.set()
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until one of `waits` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _release(counts: Tally[str], key: str) -> None:
+    counts[key] -= 1
+    if not counts[key]:
+        del counts[key]
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
