@@ -44,7 +44,8 @@ def zizmor(target: Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def workflow() -> dict[str, Any]:
     with WORKFLOW.open(encoding="utf-8") as f:
-        return yaml.safe_load(f)
+        loaded: dict[str, Any] = yaml.safe_load(f)
+    return loaded
 
 
 def broken_repo(tmp_path: Path, replace: tuple[str, str]) -> Path:
@@ -127,6 +128,25 @@ def test_checks_match_make_check(workflow: dict[str, Any]) -> None:
         assert step in security, step
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert "check: lint typecheck bandit semgrep deploy-lint" in makefile
+
+
+def test_type_and_security_scans_cover_every_package() -> None:
+    """`make typecheck` and `make bandit` name every package's source and tests (a new service is not missed)."""
+    dry_run = subprocess.run(  # nosec B603  # make -n only prints the commands
+        ["make", "-n", "-s", "typecheck", "bandit", "UV=.tools/bin/uv"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    mypy = next(line.split() for line in dry_run.splitlines() if " mypy " in line)
+    bandit_tests = next(line.split() for line in dry_run.splitlines() if " bandit " in line and " -s " in line)
+    packages = [p.parent.relative_to(ROOT) for p in ROOT.glob("*/*/pyproject.toml")] + [Path("contracts")]
+    for package in packages:
+        assert str(package / "src") in mypy, package
+        if (ROOT / package / "tests").is_dir():
+            assert str(package / "tests") in bandit_tests, package
+    assert {"tests", "bench"} <= set(mypy) and {"tests", "bench"} <= set(bandit_tests)
 
 
 def test_tests_run_on_two_pythons_with_service_containers(workflow: dict[str, Any]) -> None:

@@ -31,9 +31,10 @@ INFRA = {"kafka", "postgres", "redis"}
 Helm = tuple[str, dict[str, str]]  # the helm binary and the environment to run it in
 
 
-def load_yaml(path: Path) -> Any:
+def load_yaml(path: Path) -> dict[str, Any]:
     with path.open(encoding="utf-8") as f:
-        return yaml.safe_load(f)
+        loaded: dict[str, Any] = yaml.safe_load(f)
+    return loaded
 
 
 def load_json(path: Path) -> Any:

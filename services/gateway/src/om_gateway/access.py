@@ -19,9 +19,15 @@ class Role(StrEnum):
 
 ROLES: tuple[Role, ...] = tuple(Role)
 
-_ALL = {r: "yes" for r in ROLES}
-_WRITERS = {Role.admin: "yes", Role.service: "yes"}
-_USER_DATA = {Role.viewer: "own", Role.trader: "own", Role.analyst: "yes", Role.admin: "yes", Role.service: "yes"}
+_ALL: dict[Role, Cell] = {r: "yes" for r in ROLES}
+_WRITERS: dict[Role, Cell] = {Role.admin: "yes", Role.service: "yes"}
+_USER_DATA: dict[Role, Cell] = {
+    Role.viewer: "own",
+    Role.trader: "own",
+    Role.analyst: "yes",
+    Role.admin: "yes",
+    Role.service: "yes",
+}
 
 #: operation → {role: cell}; a role not named gets "no". "own" means only for the principal's own user id.
 MATRIX: dict[str, dict[Role, Cell]] = {
@@ -36,7 +42,7 @@ MATRIX: dict[str, dict[Role, Cell]] = {
     "live:connect": _ALL,
     "api-keys:manage": {Role.admin: "yes"},
     "operations:read": {Role.admin: "yes", Role.service: "yes"},
-}  # type: ignore[dict-item]
+}
 
 #: What each operation covers, for the docs.
 OPERATIONS: dict[str, str] = {

@@ -148,7 +148,7 @@ def _document(app: FastAPI) -> None:
 def _swagger() -> HTMLResponse:
     """Swagger UI with a CSP that allows its CDN files and its one inline script by hash (no unsafe-inline)."""
     page = get_swagger_ui_html(openapi_url="/openapi.json", title="Opinion Market API")
-    html = page.body.decode()
+    html = bytes(page.body).decode()
     hashes = " ".join(
         f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'"
         for s in re.findall(r"<script>(.*?)</script>", html, flags=re.S)

@@ -121,7 +121,8 @@ class KeyStore:
     async def find(self, key_id: str) -> dict[str, Any] | None:
         async with self.db.transaction() as conn:
             cur = await conn.execute("SELECT * FROM api_keys WHERE key_id = %s AND revoked_at IS NULL", (key_id,))
-            return await cur.fetchone()
+            row: dict[str, Any] | None = await cur.fetchone()
+            return row
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:

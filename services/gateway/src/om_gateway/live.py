@@ -18,6 +18,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from om_contracts import MarketMetricsUpdated, PredictionMade, SystemMetricsUpdated
@@ -36,7 +37,8 @@ _ENVELOPE = {"event_id", "event_type", "schema_version", "produced_at", "produce
 
 
 def _stamp(event: Any) -> str:
-    return event.occurred_at.isoformat().replace("+00:00", "Z")
+    occurred: datetime = event.occurred_at
+    return occurred.isoformat().replace("+00:00", "Z")
 
 
 def analytics_update(event: SystemMetricsUpdated) -> dict[str, Any]:

@@ -114,12 +114,14 @@ def install(app: FastAPI) -> None:
     """Make every error the app raises a problem."""
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
+        if not isinstance(exc, StarletteHTTPException):  # (registered for it only; narrows the type)
+            raise exc
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         return problem(exc.status_code, detail, instance=request.url.path, headers=getattr(exc, "headers", None))
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
+        if not isinstance(exc, RequestValidationError):  # (registered for it only; narrows the type)
+            raise exc
         errors = field_errors(list(exc.errors()))
         where = ", ".join(".".join(map(str, e["loc"])) for e in errors[:5])
         return problem(422, f"invalid: {where}", instance=request.url.path, errors=errors)

@@ -19,7 +19,8 @@ from om_gateway.app import create_app
 from om_gateway.settings import GatewaySettings
 
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
-JWT_SECRET = "test-secret-at-least-32-bytes-long!!"
+# bandit: a test-only secret, signing the tests' tokens
+JWT_SECRET = "test-secret-at-least-32-bytes-long!!"  # nosec B105
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 

@@ -93,9 +93,10 @@ def _channels(message: dict[str, Any]) -> list[str]:
             raise BadMessage("market_ids must be a list of market ids")
         channels = [f"market/{i}" for i in ids]
     else:
-        channels = message.get("channels")
-        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+        requested = message.get("channels")
+        if not isinstance(requested, list) or not all(isinstance(c, str) for c in requested):
             raise BadMessage("channels must be a list of channel names")
+        channels = list(requested)
     bad = [c for c in channels if not CHANNEL.match(c)]
     if bad:
         raise BadMessage(f"unknown channel(s) {bad}")
