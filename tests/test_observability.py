@@ -152,9 +152,14 @@ async def test_every_dashboard_metric_is_exposed_by_a_service(
     ]
     assert missing == []
     used = {name for d in dashboards for _, expr in panel_exprs(d) for name in metric_names(expr)}
-    # The business metrics the dashboard shows: HTTP traffic, events processed, lag, dead letters, trades.
+    # The business metrics the dashboard shows: HTTP traffic, events processed, lag, dead letters, trades,
+    # WebSocket clients and the gateway's fan-out delay.
     assert {"om_http_requests_total", "om_consumer_events_total", "om_consumer_lag"} <= used
-    assert {"om_consumer_dead_letters_total", "faststream_received_processed_messages_total"} <= used
+    assert {
+        "om_consumer_dead_letters_total",
+        "gateway_ws_connections",
+        "gateway_live_update_lag_seconds_bucket",
+    } <= used
     assert {"faststream_published_messages_total", "om_http_request_duration_seconds_bucket"} <= used
 
 

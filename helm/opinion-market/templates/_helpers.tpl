@@ -105,6 +105,13 @@ its extra env. Call with (dict "root" $ "name" "<component>"). Shared by its Dep
 - name: {{ $key }}
   value: {{ $value | toString | quote }}
 {{- end }}
+{{- range $key, $ref := $c.secretEnv }}
+- name: {{ $key }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $ref.secret }}
+      key: {{ $ref.key }}
+{{- end }}
 {{- end }}
 
 {{/*

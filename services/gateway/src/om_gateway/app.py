@@ -63,7 +63,7 @@ def create_app(
     live = LiveEndpoint(hub, auth, settings, runtime.registry)
     lag = Histogram(
         "gateway_live_update_lag_seconds",
-        "Event time to the update being queued for WebSocket clients",
+        "Event time to the update being sent to (or queued for) its WebSocket subscribers",
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         registry=runtime.registry,
     )
