@@ -12,7 +12,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from om_contracts.events import MarketId, Probability, UserId
 
@@ -48,6 +48,15 @@ OCCURRED_AT = (
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        """No NUL character in text: a JSON body can carry one (`\\u0000`), and PostgreSQL cannot store it, so it
+        would fail the write (a 500) instead of the request (a 422 naming the field)."""
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("text must not contain the NUL character (\\u0000)")
+        return value
 
 
 class _Write(_In):

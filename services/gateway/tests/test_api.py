@@ -55,7 +55,8 @@ async def test_malformed_requests_are_problems_with_field_detail(infra_env, tmp_
 
 @pytest.mark.integration
 async def test_body_date_times_are_iso_strings_and_non_finite_numbers_are_refused(infra_env, tmp_path) -> None:
-    """A number where a date-time belongs, or NaN/Infinity where a number does, is a 422 naming the field, in the
+    """A number where a date-time belongs, NaN/Infinity where a number does, or a NUL character in text, is a 422
+    naming the field, in the
     same problem shape as a 422 that ingest itself gives (translated by the gateway); nothing reaches ingest."""
     seen: list[str] = []
     ingest = FastAPI()
@@ -75,6 +76,8 @@ async def test_body_date_times_are_iso_strings_and_non_finite_numbers_are_refuse
         ("/api/v1/trades", {**trade, "executed_at": 1700000000}, ["body", "executed_at"]),
         ("/api/v1/trades/batch", {"trades": [{**trade, "occurred_at": 5}]}, ["body", "trades", 0, "occurred_at"]),
         ("/api/v1/markets/m1/resolve", {"resolution": "YES", "occurred_at": 0}, ["body", "occurred_at"]),
+        # and text PostgreSQL cannot store: a 422 here, not a failed write behind
+        ("/api/v1/trades/batch", {"trades": [{**trade, "trade_id": "t\x00"}]}, ["body", "trades", 0, "trade_id"]),
     ]
     raw = json.dumps(trade)
     non_finite = [
