@@ -56,8 +56,8 @@ async def test_malformed_requests_are_problems_with_field_detail(infra_env, tmp_
 @pytest.mark.integration
 async def test_body_date_times_are_iso_strings_and_non_finite_numbers_are_refused(infra_env, tmp_path) -> None:
     """A number where a date-time belongs, NaN/Infinity where a number does, or a NUL character in text, is a 422
-    naming the field, in the
-    same problem shape as a 422 that ingest itself gives (translated by the gateway); nothing reaches ingest."""
+    naming the field, in the same problem shape as a 422 that ingest itself gives (translated by the gateway);
+    nothing reaches ingest."""
     seen: list[str] = []
     ingest = FastAPI()
 
