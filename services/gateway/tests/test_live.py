@@ -4,7 +4,9 @@ backfill, slow clients marked for disconnection (never silently skipped), and th
 from __future__ import annotations
 
 import json
+import socket
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -241,3 +243,54 @@ def test_the_original_endpoint_gets_analytics_update_unchanged() -> None:
     hub.publish(SYSTEM, system_event(2), 0, 8)
     assert old.drain() == [analytics_update(system_event(2))]
     assert new.drain()[0]["seq"] == 8
+
+
+class PairSocket:
+    """One end of a real socket pair as a client's direct socket, counting its writes."""
+
+    def __init__(self) -> None:
+        self.ours, self.theirs = socket.socketpair()
+        self.writes = 0
+
+    def can_write(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.ours.sendall(data)
+
+    def received(self) -> list[dict[str, Any]]:
+        self.theirs.setblocking(False)
+        data, out = self.theirs.recv(1 << 20), []
+        while data:
+            head = 2 if data[1] < 126 else 4
+            size = data[1] if head == 2 else int.from_bytes(data[2:4])
+            out.append(json.loads(data[head : head + size]))
+            data = data[head + size :]
+        return out
+
+
+def test_a_round_writes_each_clients_updates_together_in_order() -> None:
+    hub, (both, market_only, legacy) = hub_with("both", "market", "legacy")
+    legacy.legacy = True
+    for client, channels in ((both, ["system", "market/m-1"]), (market_only, ["market/m-1"]), (legacy, ["system"])):
+        for channel in channels:
+            hub.subscribe(client, channel)
+        client.drain()
+    sockets = [PairSocket() for _ in range(3)]
+    for client, pair in zip((both, market_only, legacy), sockets, strict=True):
+        client.socket = pair
+    hub.gather()
+    assert hub.publish(MARKET, market_event("m-1", 0.6), 0, 41) == 2
+    assert hub.publish(SYSTEM, system_event(), 0, 7) == 2
+    assert sockets[0].writes == 0  # nothing sent before the round ends
+    hub.flush()
+    assert [s.writes for s in sockets] == [1, 1, 1]
+    assert [(m["type"], m["seq"]) for m in sockets[0].received()] == [("market_update", 41), ("analytics_update", 7)]
+    assert [m["seq"] for m in sockets[1].received()] == [41]
+    assert sockets[2].received() == [analytics_update(system_event())]
+    hub.publish(MARKET, market_event("m-1", 0.7), 0, 42)  # outside a round: sent at once
+    assert sockets[1].writes == 2
+    for pair in sockets:
+        pair.ours.close()
+        pair.theirs.close()

@@ -1,10 +1,10 @@
 """Reads the update topics into the hub. Every replica reads every partition itself (no consumer group), from
 `ws_history_s` ago, so its channel histories and sequence numbers (record offsets) match every other replica's.
 
-Traced like the other consumers, one span per fetched batch (`<topic> process`, linked to each record's trace),
-and inside it one `<topic> websocket send` span for the batch's fan-out: the sends to every subscriber happen in
-it (or are queued in it for a busy socket), so a walk from a trade's HTTP request reaches the push. Per batch,
-not per client: its cost does not grow with the number of clients."""
+Traced like the other consumers: one span per fetched partition batch (`<topic> process`, linked to each record's
+trace), and per read one `live websocket send` span, linked to those batch spans, in which every subscriber is
+written its updates (or they are queued for a busy socket), so a walk from a trade's HTTP request reaches the
+push. Per read, not per client: its cost does not grow with the number of clients."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from opentelemetry import trace
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace import Link, SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import Histogram
 
@@ -69,40 +69,56 @@ async def follow(
         log.info("following %d partitions of %s", len(partitions), ", ".join(topics))
         while True:
             batches = await consumer.getmany(timeout_ms=1000, max_records=2000)
-            for tp, records in batches.items():
-                fan_out(hub, topics[tp.topic], sources[tp.topic], tp.partition, records, lag)
+            if not batches:
+                continue
+            # One round per read: every batch's updates are gathered, then each client's written at once (no
+            # await in between, so nothing else reaches a client meanwhile).
+            read: list[tuple[SpanContext, list[tuple[float, int]]]] = []
+            hub.gather()
+            try:
+                for tp, records in batches.items():
+                    read.append(read_batch(hub, topics[tp.topic], sources[tp.topic], tp.partition, records))
+            finally:
+                with _tracer.start_as_current_span(
+                    "live websocket send", links=[Link(context) for context, _ in read]
+                ) as span:
+                    hub.flush()
+                    span.set_attribute("om.websocket.updates", sum(len(updates) for _, updates in read))
+                    span.set_attribute("om.websocket.deliveries", sum(n for _, updates in read for _, n in updates))
+            if lag is not None:
+                now = time.time()
+                for _, updates in read:
+                    for occurred_at, _ in updates:
+                        if (behind := now - occurred_at) < 60:
+                            lag.observe(behind)  # (not the history read at start)
     finally:
         with contextlib.suppress(Exception):
             await starting
         await consumer.stop()
 
 
-def fan_out(
-    hub: LiveHub, topic: Any, source: Source, partition: int, records: list[Any], lag: Histogram | None
-) -> None:
-    """Decode one partition's batch and push its updates to the subscribers, in one traced batch."""
+def read_batch(
+    hub: LiveHub, topic: Any, source: Source, partition: int, records: list[Any]
+) -> tuple[SpanContext, list[tuple[float, int]]]:
+    """Decode one partition's batch and publish its updates into the hub's round, in a span linked to the
+    records' traces; returns that span's context and, per update, (event time, subscribers reached)."""
     with _tracer.start_as_current_span(
         f"{topic.name} process",
         kind=SpanKind.CONSUMER,
         links=_links(records),
         attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(records)},
-    ):
-        events = []
+    ) as span:
+        reached: list[tuple[float, int]] = []
         for record in records:
             try:
-                events.append((record.offset, decode(topic, record.value)))
+                event = decode(topic, record.value)
             except DecodeError as exc:
                 log.warning(
                     "skipped an undecodable update at %s/%d@%d: %s", topic.name, partition, record.offset, exc.reason
                 )
-        with _tracer.start_as_current_span(f"{topic.name} websocket send") as span:
-            deliveries = 0
-            for offset, event in events:
-                deliveries += hub.publish(source, event, partition, offset)
-                if lag is not None and (behind := time.time() - event.occurred_at.timestamp()) < 60:
-                    lag.observe(behind)  # (not the history read at start)
-            span.set_attribute("om.websocket.updates", len(events))
-            span.set_attribute("om.websocket.deliveries", deliveries)
+                continue
+            reached.append((event.occurred_at.timestamp(), hub.publish(source, event, partition, record.offset)))
+        return span.get_span_context(), reached
 
 
 def _links(records: list[Any]) -> list[Link]:
