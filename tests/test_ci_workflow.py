@@ -133,7 +133,7 @@ def test_checks_match_make_check(workflow: dict[str, Any]) -> None:
 def test_type_and_security_scans_cover_every_package() -> None:
     """`make typecheck` and `make bandit` name every package's source and tests (a new service is not missed)."""
     dry_run = subprocess.run(  # nosec B603  # make -n only prints the commands
-        ["make", "-n", "-s", "typecheck", "bandit", "UV=.tools/bin/uv"],
+        [tool("make"), "-n", "-s", "typecheck", "bandit", "UV=.tools/bin/uv"],
         cwd=ROOT,
         capture_output=True,
         text=True,
