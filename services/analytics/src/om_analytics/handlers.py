@@ -101,11 +101,14 @@ class AnalyticsHandlers:
         """Apply a batch of new events in the caller's transaction and flag what it touched; the leader
         recomputes and publishes those snapshots once per tick however many batches touched them, so a
         backlog costs one snapshot per market and user per tick, not per batch."""
-        fresh, settled_users = await self.record(conn, [e for _, e in events])
-        await store.advance_clock(conn, max(event_time(e) for _, e in events))
-        await store.mark_dirty(
-            conn, list({e.market_id for _, e in events}), list({t.user_id for t in fresh} | settled_users)
-        )
+        # Pipeline mode: statements whose results are not needed are sent without waiting for each reply, so
+        # PostgreSQL applies one while this process prepares the next.
+        async with conn.pipeline():
+            fresh, settled_users = await self.record(conn, [e for _, e in events])
+            await store.advance_clock(conn, max(event_time(e) for _, e in events), returning=False)
+            await store.mark_dirty(
+                conn, list({e.market_id for _, e in events}), list({t.user_id for t in fresh} | settled_users)
+            )
 
     async def record(self, conn: AsyncConnection, events: list[Any]) -> tuple[list[TradeExecuted], set[str]]:
         """Write a batch's effects (no snapshot, nothing published); return its new trades and the users whose
@@ -342,12 +345,18 @@ class AnalyticsHandlers:
     async def snapshot_changes(self) -> None:
         """Loop: while this replica leads, publish the snapshots of what batches touched (on any replica: the
         flags are in PostgreSQL, so it also polls every `snapshot_interval_s`)."""
+        s = self.settings
         while True:
-            if self.leadership.is_leader and await self.publish_dirty() >= self.settings.refresh_batch:
-                continue  # more waiting: no pause under a backlog
+            started = time.monotonic()
+            if self.leadership.is_leader:
+                await self.publish_dirty()
+            # Snapshots take at most `snapshot_share` of the time: under a backlog each round then covers more
+            # events, so their cost per event falls instead of taking the CPU the consumer needs.
+            busy = time.monotonic() - started
+            await asyncio.sleep(busy * (1.0 / s.snapshot_share - 1.0))
             self.touched.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.touched.wait(), timeout=self.settings.snapshot_interval_s)
+                await asyncio.wait_for(self.touched.wait(), timeout=s.snapshot_interval_s)
 
     async def report_health(self) -> None:
         """Loop: every health interval, the leader reads every service's /metrics and publishes the result

@@ -14,6 +14,7 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from om_contracts import PredictionMade, SignalObserved, TradeExecuted
 
@@ -133,6 +134,45 @@ def fold(events: Iterable[TradeExecuted | SignalObserved], resolution: str) -> d
         key = (e.market_id, bucket_start(e.occurred_at, resolution))
         buckets[key] = buckets[key].merge(piece) if key in buckets else piece
     return buckets
+
+
+def fold_all(events: Iterable[TradeExecuted | SignalObserved]) -> dict[tuple[str, str, datetime], Bucket]:
+    """`fold` at every resolution in one pass (signals at 1 m only), keyed by (market, resolution, start): the
+    batch path's version, with mutable sums instead of a bucket per event. Equal to `fold` (tested)."""
+    acc: dict[tuple[str, str, datetime], list[Any]] = {}
+    for e in events:
+        minute = bucket_start(e.occurred_at, "1m")
+        if isinstance(e, TradeExecuted):
+            key, p = (e.occurred_at, e.trade_id), e.price_after
+            move = abs(p - e.price_before)
+            for k in (
+                (e.market_id, "1m", minute),
+                (e.market_id, "1h", bucket_start(minute, "1h")),
+                (e.market_id, "1d", bucket_start(minute, "1d")),
+            ):
+                a = acc.get(k)
+                if a is None:
+                    acc[k] = [p, key, p, p, p, key, e.amount, 1, e.amount * p, move, 0, 0, 0.0, 0]
+                    continue
+                if a[1] is None or key < a[1]:
+                    a[0], a[1] = p, key
+                a[2] = p if a[2] is None else max(a[2], p)
+                a[3] = p if a[3] is None else min(a[3], p)
+                if a[5] is None or key > a[5]:
+                    a[4], a[5] = p, key
+                a[6] += e.amount
+                a[7] += 1
+                a[8] += e.amount * p
+                a[9] += move
+        else:
+            k = (e.market_id, "1m", minute)
+            a = acc.setdefault(k, [None, None, None, None, None, None, 0.0, 0, 0.0, 0.0, 0, 0, 0.0, 0])
+            a[10] += int(e.kind == "social")
+            a[11] += int(e.kind == "news")
+            if e.sentiment is not None:
+                a[12] += e.sentiment
+                a[13] += 1
+    return {k: Bucket(*a) for k, a in acc.items()}
 
 
 @dataclass(frozen=True)

@@ -56,12 +56,13 @@ def _arrays(*columns: Iterable[Any]) -> tuple[str, ...]:
 # --- writes -----------------------------------------------------------------------------------------
 
 
-async def advance_clock(conn: AsyncConnection, latest: datetime | None) -> datetime | None:
-    """Move the clock to `latest` if that is later; return the clock (None before any event)."""
+async def advance_clock(conn: AsyncConnection, latest: datetime | None, *, returning: bool = True) -> datetime | None:
+    """Move the clock to `latest` if that is later; return the clock (None before any event, or when not
+    `returning`: then nothing waits for the reply, as in a pipeline)."""
     cur = await conn.execute(
         "UPDATE clock SET as_of = greatest(as_of, %s::timestamptz) WHERE id = 1 RETURNING as_of", (latest,)
     )
-    return (await cur.fetchone())["as_of"]
+    return (await cur.fetchone())["as_of"] if returning else None
 
 
 async def clock(conn: AsyncConnection) -> datetime | None:
@@ -129,25 +130,24 @@ async def insert_trades(conn: AsyncConnection, trades: list[TradeExecuted]) -> l
 
 async def record_buckets(conn: AsyncConnection, events: list[TradeExecuted | SignalObserved]) -> None:
     """Merge a batch's trades (every resolution) and signals (minutes only) into the stored buckets."""
-    rows: list[tuple[str, str, datetime, Bucket]] = []
-    for resolution in metrics.RESOLUTIONS:
-        source = events if resolution == "1m" else [e for e in events if isinstance(e, TradeExecuted)]
-        rows += [(m, resolution, start, b) for (m, start), b in metrics.fold(source, resolution).items()]
-    if not rows:
+    folded = metrics.fold_all(events)
+    if not folded:
         return
-    cols: dict[str, list[Any]] = {k: [] for k in _BUCKET_COLUMNS}
-    for market_id, resolution, start, b in rows:
-        values = {
-            "market_id": market_id, "resolution": resolution, "start": start, "open": b.open,
-            "open_at": b.open_key[0] if b.open_key else None, "open_id": b.open_key[1] if b.open_key else None,
-            "high": b.high, "low": b.low, "close": b.close,
-            "close_at": b.close_key[0] if b.close_key else None, "close_id": b.close_key[1] if b.close_key else None,
-            "volume": b.volume, "trades": b.trades, "price_volume": b.price_volume, "abs_move": b.abs_move,
-            "social": b.social, "news": b.news, "sentiment_sum": b.sentiment_sum, "sentiment_n": b.sentiment_n,
-        }  # fmt: skip
-        for k in _BUCKET_COLUMNS:
-            cols[k].append(values[k])
-    await conn.execute(_UPSERT_BUCKETS, _arrays(*cols.values()))
+    keys = sorted(folded)  # rows locked in one order by every writer
+    bs = [folded[k] for k in keys]
+    open_keys = [b.open_key for b in bs]
+    close_keys = [b.close_key for b in bs]
+    await conn.execute(
+        _UPSERT_BUCKETS,
+        _arrays(
+            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [b.open for b in bs],
+            [k[0] if k else None for k in open_keys], [k[1] if k else None for k in open_keys],
+            [b.high for b in bs], [b.low for b in bs], [b.close for b in bs],
+            [k[0] if k else None for k in close_keys], [k[1] if k else None for k in close_keys],
+            [b.volume for b in bs], [b.trades for b in bs], [b.price_volume for b in bs], [b.abs_move for b in bs],
+            [b.social for b in bs], [b.news for b in bs], [b.sentiment_sum for b in bs], [b.sentiment_n for b in bs],
+        ),
+    )  # fmt: skip
 
 
 _BUCKET_COLUMNS = {
@@ -179,54 +179,76 @@ _UPSERT_BUCKETS = (
 
 
 async def record_trades(conn: AsyncConnection, trades: list[TradeExecuted]) -> None:
-    """Add new trades to markets, participants, platform minutes, users, categories and positions."""
+    """Add new trades to markets, participants, platform minutes, users, categories and positions: the batch is
+    summed here per key, then each table gets one upsert, with no result awaited (so it pipelines)."""
     if not trades:
         return
-    trades = sorted(trades, key=metrics.trade_key)  # so every upsert below touches rows in a stable order
-    platform: dict[datetime, tuple[float, int]] = {}
-    markets_acc: dict[str, dict[str, Any]] = {}
+    trades = sorted(trades, key=metrics.trade_key)  # so each market's first and last trade are its first and last
+    platform: dict[datetime, list[Any]] = {}
+    markets_acc: dict[str, list[Any]] = {}  # volume, trades, first trade, last trade
     participants: dict[tuple[str, str], datetime] = {}
     users: dict[str, list[Any]] = {}
-    positions: dict[tuple[str, str, str], Position] = {}
+    spent: dict[tuple[str, str], float] = {}
+    positions: dict[tuple[str, str, str], list[Any]] = {}  # buy shares, buy cost, sell shares, sell proceeds, n
     for t in trades:
-        minute = metrics.bucket_start(t.occurred_at, "1m")
-        v, n = platform.get(minute, (0.0, 0))
-        platform[minute] = (v + t.amount, n + 1)
-        acc = markets_acc.setdefault(t.market_id, {"volume": 0.0, "trades": 0, "first": t, "last": t})
-        acc["volume"] += t.amount
-        acc["trades"] += 1
-        acc["first"] = min(acc["first"], t, key=metrics.trade_key)
-        acc["last"] = max(acc["last"], t, key=metrics.trade_key)
-        pair = (t.market_id, t.user_id)
-        participants[pair] = max(participants.get(pair, t.occurred_at), t.occurred_at)
-        u = users.setdefault(t.user_id, [0, 0.0, t.occurred_at, t.occurred_at])
-        u[0], u[1], u[2], u[3] = u[0] + 1, u[1] + t.amount, min(u[2], t.occurred_at), max(u[3], t.occurred_at)
+        at, amount = t.occurred_at, t.amount
+        minute = metrics.bucket_start(at, "1m")
+        if (p := platform.get(minute)) is None:
+            platform[minute] = [amount, 1]
+        else:
+            p[0] += amount
+            p[1] += 1
+        if (acc := markets_acc.get(t.market_id)) is None:
+            markets_acc[t.market_id] = [amount, 1, t, t]
+        else:
+            acc[0] += amount
+            acc[1] += 1
+            acc[3] = t  # sorted: the latest so far
+        participants[(t.market_id, t.user_id)] = at  # sorted: the latest so far
+        if (u := users.get(t.user_id)) is None:
+            users[t.user_id] = [1, amount, at, at]
+        else:
+            u[0] += 1
+            u[1] += amount
+            u[3] = at
+        pair = (t.user_id, t.market_id)
+        spent[pair] = spent.get(pair, 0.0) + amount
         key = (t.user_id, t.market_id, t.outcome)
-        positions[key] = positions.get(key, Position(t.market_id, t.outcome)).add(t)
+        if (pos := positions.get(key)) is None:
+            pos = positions[key] = [0.0, 0.0, 0.0, 0.0, 0]
+        if t.side == "BUY":
+            pos[0] += t.shares
+            pos[1] += amount
+        else:
+            pos[2] += t.shares
+            pos[3] += amount
+        pos[4] += 1
 
+    # Every upsert touches its rows in key order, so two writers never deadlock.
+    minutes = sorted(platform)
     await conn.execute(
         "INSERT INTO platform_minutes AS p (start, volume, trades) SELECT * FROM unnest(%s::timestamptz[], "
         "%s::float8[], %s::int4[]) ON CONFLICT (start) DO UPDATE SET volume = p.volume + excluded.volume, "
         "trades = p.trades + excluded.trades",
-        _arrays(*(list(platform), [v for v, _ in platform.values()], [n for _, n in platform.values()])),
+        _arrays(minutes, [platform[m][0] for m in minutes], [platform[m][1] for m in minutes]),
     )
-    cur = await conn.execute(
-        "INSERT INTO participants AS p (market_id, user_id, last_trade_at) SELECT * FROM unnest(%s::text[], "
-        "%s::text[], %s::timestamptz[]) ON CONFLICT (market_id, user_id) DO UPDATE SET "
-        "last_trade_at = greatest(p.last_trade_at, excluded.last_trade_at) RETURNING market_id, (xmax = 0) AS new",
-        _arrays(*([m for m, _ in participants], [u for _, u in participants], list(participants.values()))),
-    )
-    newcomers: dict[str, int] = {}
-    for row in await cur.fetchall():
-        newcomers[row["market_id"]] = newcomers.get(row["market_id"], 0) + int(row["new"])
-    ids = sorted(markets_acc)  # rows locked in one order by every writer, so two writers never deadlock
+    pairs = sorted(participants)
+    ids = sorted(markets_acc)
+    accs = [markets_acc[m] for m in ids]
+    # Participants first (a data-modifying CTE), then the markets with the number of participants that were new.
     await conn.execute(
+        "WITH p AS (INSERT INTO participants AS p (market_id, user_id, last_trade_at) SELECT * FROM "
+        "unnest(%s::text[], %s::text[], %s::timestamptz[]) ON CONFLICT (market_id, user_id) DO UPDATE SET "
+        "last_trade_at = greatest(p.last_trade_at, excluded.last_trade_at) RETURNING market_id, (xmax = 0) AS new), "
+        "n AS (SELECT market_id, count(*) FILTER (WHERE new)::int4 AS n FROM p GROUP BY market_id) "
         "INSERT INTO markets AS m (market_id, opening_price, current_price, last_trade_at, last_trade_id, "
-        "total_volume, trade_count, participant_count, last_event_at) SELECT * FROM unnest(%s::text[], "
-        "%s::float8[], %s::float8[], %s::timestamptz[], %s::text[], %s::float8[], %s::int4[], %s::int4[], "
-        "%s::timestamptz[]) ON CONFLICT (market_id) DO UPDATE SET "
+        "total_volume, trade_count, last_event_at, participant_count, dirty) "
+        "SELECT k.*, coalesce(n.n, 0), true FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::timestamptz[], "
+        "%s::text[], %s::float8[], %s::int4[], %s::timestamptz[]) AS k(market_id, opening_price, current_price, "
+        "last_trade_at, last_trade_id, total_volume, trade_count, last_event_at) LEFT JOIN n USING (market_id) "
+        "ORDER BY k.market_id ON CONFLICT (market_id) DO UPDATE SET "
         "total_volume = m.total_volume + excluded.total_volume, trade_count = m.trade_count + excluded.trade_count, "
-        "participant_count = m.participant_count + excluded.participant_count, "
+        "participant_count = m.participant_count + excluded.participant_count, dirty = true, "
         "opening_price = coalesce(m.opening_price, excluded.opening_price), "
         # The latest trade by (event time, trade id) sets the price, whatever the order of arrival.
         "current_price = CASE WHEN m.last_trade_at IS NULL OR (excluded.last_trade_at, excluded.last_trade_id) "
@@ -236,39 +258,31 @@ async def record_trades(conn: AsyncConnection, trades: list[TradeExecuted]) -> N
         "last_trade_at = greatest(m.last_trade_at, excluded.last_trade_at), "
         "last_event_at = greatest(m.last_event_at, excluded.last_event_at)",
         _arrays(
-            *(
-                ids,
-                [markets_acc[m]["first"].price_before for m in ids],
-                [markets_acc[m]["last"].price_after for m in ids],
-                [markets_acc[m]["last"].occurred_at for m in ids],
-                [markets_acc[m]["last"].trade_id for m in ids],
-                [markets_acc[m]["volume"] for m in ids],
-                [markets_acc[m]["trades"] for m in ids],
-                [newcomers.get(m, 0) for m in ids],
-                [markets_acc[m]["last"].occurred_at for m in ids],
-            )
+            [m for m, _ in pairs], [u for _, u in pairs], [participants[k] for k in pairs],
+            ids, [a[2].price_before for a in accs], [a[3].price_after for a in accs],
+            [a[3].occurred_at for a in accs], [a[3].trade_id for a in accs], [a[0] for a in accs],
+            [a[1] for a in accs], [a[3].occurred_at for a in accs],
         ),
-    )
+    )  # fmt: skip
+    uids = sorted(users)
     await conn.execute(
-        "INSERT INTO users AS u (user_id, total_trades, total_volume, first_seen_at, last_trade_at) "
-        "SELECT * FROM unnest(%s::text[], %s::int4[], %s::float8[], %s::timestamptz[], %s::timestamptz[]) "
+        "INSERT INTO users AS u (user_id, total_trades, total_volume, first_seen_at, last_trade_at, dirty) "
+        "SELECT *, true FROM unnest(%s::text[], %s::int4[], %s::float8[], %s::timestamptz[], %s::timestamptz[]) "
         "ON CONFLICT (user_id) DO UPDATE SET total_trades = u.total_trades + excluded.total_trades, "
-        "total_volume = u.total_volume + excluded.total_volume, "
+        "total_volume = u.total_volume + excluded.total_volume, dirty = true, "
         "first_seen_at = least(u.first_seen_at, excluded.first_seen_at), "
         "last_trade_at = greatest(u.last_trade_at, excluded.last_trade_at)",
-        _arrays(*(list(users), *([u[i] for u in users.values()] for i in range(4)))),
+        _arrays(uids, *([users[u][i] for u in uids] for i in range(4))),
     )
-    # Volume per category, as the market's category is known when its trade is processed.
-    cur = await conn.execute("SELECT market_id, category FROM markets WHERE market_id = ANY(%s)", (ids,))
-    category = {row["market_id"]: row["category"] or "uncategorized" for row in await cur.fetchall()}
-    by_category: dict[tuple[str, str], float] = {}
-    for t in trades:
-        key = (t.user_id, category[t.market_id])
-        by_category[key] = by_category.get(key, 0.0) + t.amount
+    # Volume per category, as the market's category is known when its trade is processed (the markets
+    # upsert above made every row this joins).
+    spent_keys = sorted(spent)
     await conn.execute(
-        "INSERT INTO user_categories AS c (user_id, category, volume) SELECT * FROM unnest(%s::text[], %s::text[], "
-        "%s::float8[]) ON CONFLICT (user_id, category) DO UPDATE SET volume = c.volume + excluded.volume",
-        _arrays(*([u for u, _ in by_category], [c for _, c in by_category], list(by_category.values()))),
+        "INSERT INTO user_categories AS c (user_id, category, volume) "
+        "SELECT k.user_id, coalesce(m.category, 'uncategorized'), sum(k.volume) FROM unnest(%s::text[], "
+        "%s::text[], %s::float8[]) AS k(user_id, market_id, volume) JOIN markets m USING (market_id) "
+        "GROUP BY 1, 2 ORDER BY 1, 2 ON CONFLICT (user_id, category) DO UPDATE SET volume = c.volume + excluded.volume",
+        _arrays([u for u, _ in spent_keys], [m for _, m in spent_keys], [spent[k] for k in spent_keys]),
     )
     keys = sorted(positions)
     await conn.execute(
@@ -278,11 +292,10 @@ async def record_trades(conn: AsyncConnection, trades: list[TradeExecuted]) -> N
         "buy_shares = p.buy_shares + excluded.buy_shares, buy_cost = p.buy_cost + excluded.buy_cost, "
         "sell_shares = p.sell_shares + excluded.sell_shares, sell_proceeds = p.sell_proceeds + excluded.sell_proceeds, "
         "trades = p.trades + excluded.trades",
-        _arrays(*(
+        _arrays(
             [u for u, _, _ in keys], [m for _, m, _ in keys], [o for _, _, o in keys],
-            *([getattr(positions[k], f) for k in keys]
-              for f in ("buy_shares", "buy_cost", "sell_shares", "sell_proceeds", "trades")),
-        )),
+            *([positions[k][i] for k in keys] for i in range(5)),
+        ),
     )  # fmt: skip
 
 
