@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from psycopg import AsyncConnection
 
 from om_analytics import metrics, store
 from om_analytics.health import Scrape, service_health
@@ -53,14 +52,14 @@ from om_runtime.kafka import EventPublisher
 log = logging.getLogger(__name__)
 
 PRODUCER = "analytics"
-STATUS_AFTER = {MarketClosed: "closed", MarketResolved: "resolved", MarketCancelled: "cancelled"}
+STATUS_AFTER: dict[type, str] = {MarketClosed: "closed", MarketResolved: "resolved", MarketCancelled: "cancelled"}
 _REFRESH_IDS = uuid.UUID("3b0f6a52-1d5e-4c1b-8f0e-7d7f6c2f9a41")
 MARKET_FIELDS = set(MarketMetricsUpdated.model_fields) - {
     "event_id", "event_type", "schema_version", "occurred_at", "produced_at", "producer",
 }  # fmt: skip
 
 
-def _content_id(kind: str, key: str, snapshot: dict) -> uuid.UUID:
+def _content_id(kind: str, key: str, snapshot: dict[str, Any]) -> uuid.UUID:
     """An update's id from what it says: recomputing an unchanged snapshot (a redelivery, a restart) publishes
     the same id, which consumers dedupe."""
     return uuid.uuid5(_REFRESH_IDS, f"{kind}:{key}:{json.dumps(snapshot, sort_keys=True, default=str)}")
@@ -97,7 +96,7 @@ class AnalyticsHandlers:
 
     # --- the consumer -------------------------------------------------------------------------------
 
-    async def apply_batch(self, events: list[tuple[Topic, Any]], conn: AsyncConnection) -> None:
+    async def apply_batch(self, events: list[tuple[Topic, Any]], conn: store.Conn) -> None:
         """Apply a batch of new events in the caller's transaction and flag what it touched; the leader
         recomputes and publishes those snapshots once per tick however many batches touched them, so a
         backlog costs one snapshot per market and user per tick, not per batch."""
@@ -110,7 +109,7 @@ class AnalyticsHandlers:
                 conn, list({e.market_id for _, e in events}), list({t.user_id for t in fresh} | settled_users)
             )
 
-    async def record(self, conn: AsyncConnection, events: list[Any]) -> tuple[list[TradeExecuted], set[str]]:
+    async def record(self, conn: store.Conn, events: list[Any]) -> tuple[list[TradeExecuted], set[str]]:
         """Write a batch's effects (no snapshot, nothing published); return its new trades and the users whose
         settled results changed. Replaying history into the tables goes through here too (bench/analytics.py)."""
         trades = [e for e in events if isinstance(e, TradeExecuted)]
@@ -152,8 +151,8 @@ class AnalyticsHandlers:
     # --- snapshots ----------------------------------------------------------------------------------
 
     async def market_snapshots(
-        self, conn: AsyncConnection, market_ids: list[str], as_of: datetime | None, *, lock: bool = False
-    ) -> dict[str, dict]:
+        self, conn: store.Conn, market_ids: list[str], as_of: datetime | None, *, lock: bool = False
+    ) -> dict[str, dict[str, Any]]:
         """Each market's metrics at `as_of`, stored with the market (markets whose price is unknown are left
         out); with `lock`, the rows stay locked until commit so a newer snapshot is never overwritten."""
         rows = await store.market_rows(conn, market_ids, lock=lock)
@@ -193,7 +192,7 @@ class AnalyticsHandlers:
         await self.hot.put_markets(snapshots)
         return snapshots
 
-    async def publish_markets(self, snapshots: dict[str, dict], ids: dict[str, uuid.UUID]) -> None:
+    async def publish_markets(self, snapshots: dict[str, dict[str, Any]], ids: dict[str, uuid.UUID]) -> None:
         for market_id, snapshot in snapshots.items():
             update = MarketMetricsUpdated(
                 event_id=ids[market_id],
@@ -204,7 +203,7 @@ class AnalyticsHandlers:
             await self.publisher.publish(ANALYTICS_MARKET, update)
 
     @staticmethod
-    async def compute_users(conn: AsyncConnection, user_ids: list[str], as_of: datetime) -> dict[str, dict]:
+    async def compute_users(conn: store.Conn, user_ids: list[str], as_of: datetime) -> dict[str, dict[str, Any]]:
         """Users' metrics from their totals and open positions, marked at the markets' current prices."""
         totals, held, categories = await store.user_inputs(conn, user_ids)
         return {
@@ -214,7 +213,7 @@ class AnalyticsHandlers:
             if user_id in totals
         }  # fmt: skip
 
-    async def user_now(self, user_id: str) -> dict | None:
+    async def user_now(self, user_id: str) -> dict[str, Any] | None:
         """A user's metrics now (for the API: prices may have moved since the user's last snapshot)."""
         async with self.db.transaction() as conn:
             as_of = await store.clock(conn)
@@ -222,14 +221,14 @@ class AnalyticsHandlers:
                 return None
             return (await self.compute_users(conn, [user_id], as_of)).get(user_id)
 
-    async def user_snapshots(self, conn: AsyncConnection, user_ids: list[str], as_of: datetime) -> dict[str, dict]:
+    async def user_snapshots(self, conn: store.Conn, user_ids: list[str], as_of: datetime) -> dict[str, dict[str, Any]]:
         snapshots = await self.compute_users(conn, user_ids, as_of)
         if snapshots:
             await store.save_user_snapshots(conn, snapshots)
             await self.hot.put_users(snapshots)
         return snapshots
 
-    async def publish_users(self, snapshots: dict[str, dict]) -> None:
+    async def publish_users(self, snapshots: dict[str, dict[str, Any]]) -> None:
         for user_id, snapshot in snapshots.items():
             update = UserMetricsUpdated(
                 event_id=_content_id("user", user_id, snapshot), occurred_at=snapshot["as_of"], producer=PRODUCER,

@@ -4,7 +4,7 @@ leaderboards and the cached calibration. PostgreSQL keeps the same snapshots; Re
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as redis
 
@@ -22,11 +22,11 @@ class HotModels:
         self.redis = client
         self.keys = KeySpace(prefix)
 
-    async def put_markets(self, snapshots: dict[str, dict]) -> None:
+    async def put_markets(self, snapshots: dict[str, dict[str, Any]]) -> None:
         if snapshots:
             await self.redis.mset({self.keys.key("market", m): _dumps(s) for m, s in snapshots.items()})
 
-    async def put_users(self, snapshots: dict[str, dict]) -> None:
+    async def put_users(self, snapshots: dict[str, dict[str, Any]]) -> None:
         if not snapshots:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -38,8 +38,9 @@ class HotModels:
                 pipe.zadd(self.keys.key("leaderboard", "success_rate"), rated)
             await pipe.execute()
 
-    async def market(self, market_id: str) -> dict | None:
-        return _loads(await self.redis.get(self.keys.key("market", market_id)))
+    async def market(self, market_id: str) -> dict[str, Any] | None:
+        snapshot: dict[str, Any] | None = _loads(await self.redis.get(self.keys.key("market", market_id)))
+        return snapshot
 
     async def put(self, name: str, value: Any, ttl_s: float | None = None) -> None:
         await self.redis.set(self.keys.key(name), _dumps(value), px=int(ttl_s * 1000) if ttl_s else None)
@@ -51,8 +52,17 @@ class HotModels:
         return _loads(await self.redis.get(self.keys.key(name)))
 
     async def leaderboard(self, by: str, limit: int) -> list[tuple[str, float]]:
-        return await self.redis.zrevrange(self.keys.key("leaderboard", by), 0, limit - 1, withscores=True)
+        # With scores, redis-py answers (member, score) pairs; its annotation covers every variant of the call.
+        rows = cast(
+            "list[tuple[str | bytes, float]]",
+            await self.redis.zrevrange(self.keys.key("leaderboard", by), 0, limit - 1, withscores=True),
+        )
+        return [(_text(member), float(score)) for member, score in rows]
 
 
-def _loads(raw: str | None) -> Any:
+def _loads(raw: str | bytes | None) -> Any:
     return None if raw is None else json.loads(raw)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -103,7 +103,7 @@ def _later(a: Bucket, b: Bucket, key: str) -> Bucket:
     return a if kb is None or (ka is not None and ka >= kb) else b
 
 
-def _opt(pick, a: float | None, b: float | None) -> float | None:
+def _opt(pick: Callable[[float, float], float], a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else pick(a, b)
 
 
@@ -117,12 +117,12 @@ def trade_bucket(trade: TradeExecuted) -> Bucket:
 
 
 def signal_bucket(signal: SignalObserved) -> Bucket:
-    has_sentiment = signal.sentiment is not None
+    sentiment = signal.sentiment
     return Bucket(
         social=int(signal.kind == "social"),
         news=int(signal.kind == "news"),
-        sentiment_sum=signal.sentiment if has_sentiment else 0.0,
-        sentiment_n=int(has_sentiment),
+        sentiment_sum=sentiment if sentiment is not None else 0.0,
+        sentiment_n=int(sentiment is not None),
     )
 
 
@@ -261,7 +261,7 @@ def latest_predictions(predictions: Iterable[PredictionMade]) -> list[Prediction
     return list(latest.values())
 
 
-def candles(buckets: dict[datetime, Bucket], resolution: str) -> list[dict]:
+def candles(buckets: dict[datetime, Bucket], resolution: str) -> list[dict[str, Any]]:
     """OHLCV candles of a coarser `resolution` from finer buckets keyed by start; periods without trades are
     left out (a chart carries the last close forward)."""
     merged: dict[datetime, Bucket] = {}

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, LiteralString
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor, sql
 
 from om_analytics import metrics
 from om_analytics.calibration import Resolved
@@ -20,6 +20,18 @@ from om_analytics.portfolio import Position, UserTotals, settle
 from om_contracts import MarketCreated, PredictionMade, SignalObserved, TradeExecuted
 
 SETTLED = ("resolved", "cancelled")
+#: A connection from the runtime's pool: its rows are dicts (`dict_row`), typed loosely as the runtime types it.
+Conn = AsyncConnection[Any]
+#: A JSON-ready snapshot (market or user metrics).
+Snapshot = dict[str, Any]
+
+
+async def _one(cur: AsyncCursor[Any]) -> Any:
+    """The single row a query always returns (an aggregate, the clock's one row)."""
+    row = await cur.fetchone()
+    if row is None:
+        raise LookupError("expected a row")
+    return row
 
 
 def _array(values: Iterable[Any]) -> str:
@@ -56,20 +68,21 @@ def _arrays(*columns: Iterable[Any]) -> tuple[str, ...]:
 # --- writes -----------------------------------------------------------------------------------------
 
 
-async def advance_clock(conn: AsyncConnection, latest: datetime | None, *, returning: bool = True) -> datetime | None:
+async def advance_clock(conn: Conn, latest: datetime | None, *, returning: bool = True) -> datetime | None:
     """Move the clock to `latest` if that is later; return the clock (None before any event, or when not
     `returning`: then nothing waits for the reply, as in a pipeline)."""
     cur = await conn.execute(
         "UPDATE clock SET as_of = greatest(as_of, %s::timestamptz) WHERE id = 1 RETURNING as_of", (latest,)
     )
-    return (await cur.fetchone())["as_of"] if returning else None
+    return (await _one(cur))["as_of"] if returning else None
 
 
-async def clock(conn: AsyncConnection) -> datetime | None:
-    return (await (await conn.execute("SELECT as_of FROM clock WHERE id = 1")).fetchone())["as_of"]
+async def clock(conn: Conn) -> datetime | None:
+    as_of: datetime | None = (await _one(await conn.execute("SELECT as_of FROM clock WHERE id = 1")))["as_of"]
+    return as_of
 
 
-async def record_created(conn: AsyncConnection, e: MarketCreated) -> None:
+async def record_created(conn: Conn, e: MarketCreated) -> None:
     await conn.execute(
         "INSERT INTO markets AS m (market_id, category, created_at, close_at, opening_price, current_price, "
         "last_event_at) VALUES (%(id)s, %(category)s, %(at)s, %(close)s, %(price)s, %(price)s, %(at)s) "
@@ -83,7 +96,7 @@ async def record_created(conn: AsyncConnection, e: MarketCreated) -> None:
 
 
 async def record_status(
-    conn: AsyncConnection,
+    conn: Conn,
     market_id: str,
     status: str,
     at: datetime,
@@ -107,7 +120,7 @@ def _columns(rows: list[Any], *names: str) -> tuple[list[Any], ...]:
     return tuple([getattr(row, name) for row in rows] for name in names)
 
 
-async def insert_trades(conn: AsyncConnection, trades: list[TradeExecuted]) -> list[TradeExecuted]:
+async def insert_trades(conn: Conn, trades: list[TradeExecuted]) -> list[TradeExecuted]:
     """Store new trades; return those whose trade id was not seen before (a trade counts once)."""
     if not trades:
         return []
@@ -128,7 +141,7 @@ async def insert_trades(conn: AsyncConnection, trades: list[TradeExecuted]) -> l
     return fresh
 
 
-async def record_buckets(conn: AsyncConnection, events: list[TradeExecuted | SignalObserved]) -> None:
+async def record_buckets(conn: Conn, events: list[TradeExecuted | SignalObserved]) -> None:
     """Merge a batch's trades (every resolution) and signals (minutes only) into the stored buckets."""
     folded = metrics.fold_all(events)
     if not folded:
@@ -150,25 +163,27 @@ async def record_buckets(conn: AsyncConnection, events: list[TradeExecuted | Sig
     )  # fmt: skip
 
 
-_BUCKET_COLUMNS = {
-    "market_id": "text", "resolution": "text", "start": "timestamptz", "open": "float8", "open_at": "timestamptz",
-    "open_id": "text", "high": "float8", "low": "float8", "close": "float8", "close_at": "timestamptz",
-    "close_id": "text", "volume": "float8", "trades": "int4", "price_volume": "float8", "abs_move": "float8",
-    "social": "int4", "news": "int4", "sentiment_sum": "float8", "sentiment_n": "int4",
-}  # fmt: skip
-_EARLIER = "b.open_at IS NULL OR (excluded.open_at, excluded.open_id) < (b.open_at, b.open_id)"
-_LATER = "b.close_at IS NULL OR (excluded.close_at, excluded.close_id) > (b.close_at, b.close_id)"
-_UPSERT_BUCKETS = (
-    f"INSERT INTO buckets AS b ({', '.join(_BUCKET_COLUMNS)}) "
-    f"SELECT * FROM unnest({', '.join(f'%s::{t}[]' for t in _BUCKET_COLUMNS.values())}) "
+# OHLC chosen by (event time, trade id), so the stored bucket is the same whatever order batches come in.
+_UPSERT_BUCKETS: LiteralString = (
+    "INSERT INTO buckets AS b (market_id, resolution, start, open, open_at, open_id, high, low, close, close_at, "
+    "close_id, volume, trades, price_volume, abs_move, social, news, sentiment_sum, sentiment_n) "
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::float8[], %s::timestamptz[], %s::text[], "
+    "%s::float8[], %s::float8[], %s::float8[], %s::timestamptz[], %s::text[], %s::float8[], %s::int4[], "
+    "%s::float8[], %s::float8[], %s::int4[], %s::int4[], %s::float8[], %s::int4[]) "
     "ON CONFLICT (market_id, resolution, start) DO UPDATE SET "
-    f"open = CASE WHEN excluded.open_at IS NOT NULL AND ({_EARLIER}) THEN excluded.open ELSE b.open END, "
-    f"open_id = CASE WHEN excluded.open_at IS NOT NULL AND ({_EARLIER}) THEN excluded.open_id ELSE b.open_id END, "
-    f"open_at = CASE WHEN excluded.open_at IS NOT NULL AND ({_EARLIER}) THEN excluded.open_at ELSE b.open_at END, "
-    f"close = CASE WHEN excluded.close_at IS NOT NULL AND ({_LATER}) THEN excluded.close ELSE b.close END, "
-    f"close_id = CASE WHEN excluded.close_at IS NOT NULL AND ({_LATER}) THEN excluded.close_id "
+    "open = CASE WHEN excluded.open_at IS NOT NULL AND (b.open_at IS NULL "
+    "  OR (excluded.open_at, excluded.open_id) < (b.open_at, b.open_id)) THEN excluded.open ELSE b.open END, "
+    "open_id = CASE WHEN excluded.open_at IS NOT NULL AND (b.open_at IS NULL "
+    "  OR (excluded.open_at, excluded.open_id) < (b.open_at, b.open_id)) THEN excluded.open_id ELSE b.open_id END, "
+    "open_at = CASE WHEN excluded.open_at IS NOT NULL AND (b.open_at IS NULL "
+    "  OR (excluded.open_at, excluded.open_id) < (b.open_at, b.open_id)) THEN excluded.open_at ELSE b.open_at END, "
+    "close = CASE WHEN excluded.close_at IS NOT NULL AND (b.close_at IS NULL "
+    "  OR (excluded.close_at, excluded.close_id) > (b.close_at, b.close_id)) THEN excluded.close ELSE b.close END, "
+    "close_id = CASE WHEN excluded.close_at IS NOT NULL AND (b.close_at IS NULL "
+    "  OR (excluded.close_at, excluded.close_id) > (b.close_at, b.close_id)) THEN excluded.close_id "
     "  ELSE b.close_id END, "
-    f"close_at = CASE WHEN excluded.close_at IS NOT NULL AND ({_LATER}) THEN excluded.close_at "
+    "close_at = CASE WHEN excluded.close_at IS NOT NULL AND (b.close_at IS NULL "
+    "  OR (excluded.close_at, excluded.close_id) > (b.close_at, b.close_id)) THEN excluded.close_at "
     "  ELSE b.close_at END, "
     "high = greatest(b.high, excluded.high), low = least(b.low, excluded.low), "
     "volume = b.volume + excluded.volume, trades = b.trades + excluded.trades, "
@@ -178,7 +193,7 @@ _UPSERT_BUCKETS = (
 )
 
 
-async def record_trades(conn: AsyncConnection, trades: list[TradeExecuted]) -> None:
+async def record_trades(conn: Conn, trades: list[TradeExecuted]) -> None:
     """Add new trades to markets, participants, platform minutes, users, categories and positions: the batch is
     summed here per key, then each table gets one upsert, with no result awaited (so it pipelines)."""
     if not trades:
@@ -299,7 +314,7 @@ async def record_trades(conn: AsyncConnection, trades: list[TradeExecuted]) -> N
     )  # fmt: skip
 
 
-async def touch_markets(conn: AsyncConnection, last_event: dict[str, datetime]) -> None:
+async def touch_markets(conn: Conn, last_event: dict[str, datetime]) -> None:
     """Create rows for markets first seen through a signal, and keep each market's latest event time."""
     if last_event:
         await conn.execute(
@@ -310,7 +325,7 @@ async def touch_markets(conn: AsyncConnection, last_event: dict[str, datetime]) 
         )
 
 
-async def record_predictions(conn: AsyncConnection, predictions: list[PredictionMade]) -> None:
+async def record_predictions(conn: Conn, predictions: list[PredictionMade]) -> None:
     """Keep each market's newest prediction (by features_as_of); an older one is ignored."""
     latest = metrics.latest_predictions(predictions)
     if not latest:
@@ -334,7 +349,7 @@ async def record_predictions(conn: AsyncConnection, predictions: list[Prediction
     )
 
 
-async def settle_pairs(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]) -> set[str]:
+async def settle_pairs(conn: Conn, pairs: Iterable[tuple[str, str]]) -> set[str]:
     """Re-settle (user, market) pairs in markets that ended: store each pair's result and add the difference to
     its user's totals, so a market's resolution or a late trade in it counts exactly once. Returns the users."""
     pairs = sorted(set(pairs))
@@ -380,7 +395,7 @@ async def settle_pairs(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]) 
         "UPDATE users u SET settled_pnl = u.settled_pnl + d.pnl, resolved_positions = u.resolved_positions + d.n, "
         "winning_positions = u.winning_positions + d.w FROM unnest(%s::text[], %s::float8[], %s::int4[], "
         "%s::int4[]) AS d(user_id, pnl, n, w) WHERE u.user_id = d.user_id",
-        _arrays(*(list(deltas), *([d[i] for d in deltas.values()] for i in range(3)))),
+        _arrays(list(deltas), *([d[i] for d in deltas.values()] for i in range(3))),
     )
     await conn.execute(
         "UPDATE positions p SET settled = true FROM unnest(%s::text[], %s::text[]) AS k(user_id, market_id) "
@@ -390,12 +405,12 @@ async def settle_pairs(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]) 
     return set(deltas)
 
 
-async def holders(conn: AsyncConnection, market_id: str) -> list[tuple[str, str]]:
+async def holders(conn: Conn, market_id: str) -> list[tuple[str, str]]:
     cur = await conn.execute("SELECT DISTINCT user_id FROM positions WHERE market_id = %s", (market_id,))
     return [(row["user_id"], market_id) for row in await cur.fetchall()]
 
 
-async def settled_markets(conn: AsyncConnection, market_ids: list[str]) -> set[str]:
+async def settled_markets(conn: Conn, market_ids: list[str]) -> set[str]:
     cur = await conn.execute(
         "SELECT market_id FROM markets WHERE market_id = ANY(%s) AND status IN ('resolved', 'cancelled')",
         (market_ids,),
@@ -410,7 +425,7 @@ def _position(row: dict[str, Any]) -> Position:
     )  # fmt: skip
 
 
-async def mark_dirty(conn: AsyncConnection, market_ids: list[str], user_ids: list[str]) -> None:
+async def mark_dirty(conn: Conn, market_ids: list[str], user_ids: list[str]) -> None:
     """Flag markets and users whose snapshot must be recomputed (by the leader, once for many batches)."""
     if market_ids:
         await conn.execute(
@@ -423,30 +438,28 @@ async def mark_dirty(conn: AsyncConnection, market_ids: list[str], user_ids: lis
         )
 
 
-async def take_dirty(conn: AsyncConnection, table: str, limit: int) -> list[str]:
+async def take_dirty(conn: Conn, table: str, limit: int) -> list[str]:
     """Claim up to `limit` dirty markets or users (rows a running batch holds are skipped, not waited for) and
     clear their flag; the caller's transaction recomputes their snapshots."""
     key = {"markets": "market_id", "users": "user_id"}[table]  # a fixed set: never user text in SQL
-    cur = await conn.execute(
-        f"UPDATE {table} SET dirty = false WHERE {key} IN (SELECT {key} FROM {table} WHERE dirty ORDER BY {key} "
-        f"LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {key}",
-        (limit,),
-    )
+    query = sql.SQL(
+        "UPDATE {table} SET dirty = false WHERE {key} IN (SELECT {key} FROM {table} WHERE dirty ORDER BY {key} "
+        "LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {key}"
+    ).format(table=sql.Identifier(table), key=sql.Identifier(key))
+    cur = await conn.execute(query, (limit,))
     return sorted(row[key] for row in await cur.fetchall())
 
 
 # --- reads for metrics ----------------------------------------------------------------------------
 
 
-async def market_rows(conn: AsyncConnection, market_ids: list[str], *, lock: bool = False) -> dict[str, dict]:
-    cur = await conn.execute(
-        "SELECT * FROM markets WHERE market_id = ANY(%s) ORDER BY market_id" + (" FOR UPDATE" if lock else ""),
-        (market_ids,),
-    )
+async def market_rows(conn: Conn, market_ids: list[str], *, lock: bool = False) -> dict[str, dict[str, Any]]:
+    query: LiteralString = "SELECT * FROM markets WHERE market_id = ANY(%s) ORDER BY market_id"
+    cur = await conn.execute(query + " FOR UPDATE" if lock else query, (market_ids,))
     return {row["market_id"]: row for row in await cur.fetchall()}
 
 
-async def window_totals(conn: AsyncConnection, market_ids: list[str], as_of: datetime) -> dict[str, WindowTotals]:
+async def window_totals(conn: Conn, market_ids: list[str], as_of: datetime) -> dict[str, WindowTotals]:
     """Each market's sums over the minute buckets of the window and of the 24 h before (≤ 2,880 rows each)."""
     start, end = metrics.window_minutes(as_of)
     cur = await conn.execute(
@@ -476,7 +489,7 @@ async def window_totals(conn: AsyncConnection, market_ids: list[str], as_of: dat
     return totals
 
 
-async def reference_prices(conn: AsyncConnection, market_ids: list[str], as_of: datetime) -> dict[str, float]:
+async def reference_prices(conn: Conn, market_ids: list[str], as_of: datetime) -> dict[str, float]:
     """The close of each market's last trade before the window (minute buckets, else hour, else day buckets
     wholly before it, for markets quiet for longer than minute buckets are kept)."""
     start, _ = metrics.window_minutes(as_of)
@@ -494,7 +507,7 @@ async def reference_prices(conn: AsyncConnection, market_ids: list[str], as_of: 
     return {row["market_id"]: row["close"] for row in await cur.fetchall() if row["close"] is not None}
 
 
-async def active_traders(conn: AsyncConnection, market_ids: list[str], as_of: datetime) -> dict[str, int]:
+async def active_traders(conn: Conn, market_ids: list[str], as_of: datetime) -> dict[str, int]:
     start, _ = metrics.window_minutes(as_of)
     cur = await conn.execute(
         "SELECT market_id, count(*) AS n FROM participants WHERE market_id = ANY(%s) AND last_trade_at >= %s "
@@ -504,7 +517,7 @@ async def active_traders(conn: AsyncConnection, market_ids: list[str], as_of: da
     return {row["market_id"]: row["n"] for row in await cur.fetchall()}
 
 
-async def save_market_snapshots(conn: AsyncConnection, snapshots: dict[str, dict], as_of: datetime) -> None:
+async def save_market_snapshots(conn: Conn, snapshots: dict[str, dict[str, Any]], as_of: datetime) -> None:
     ids = list(snapshots)
     await conn.execute(
         "UPDATE markets m SET snapshot = s.snapshot, snapshot_as_of = %s, volume_24h = s.volume, "
@@ -522,7 +535,7 @@ async def save_market_snapshots(conn: AsyncConnection, snapshots: dict[str, dict
     )
 
 
-async def stale_markets(conn: AsyncConnection, as_of: datetime, limit: int) -> list[str]:
+async def stale_markets(conn: Conn, as_of: datetime, limit: int) -> list[str]:
     """Markets whose stored snapshot's windows may have moved since: computed before `as_of`, with an event
     within 48 h of that snapshot (older activity has left every window already)."""
     cur = await conn.execute(
@@ -534,7 +547,7 @@ async def stale_markets(conn: AsyncConnection, as_of: datetime, limit: int) -> l
 
 
 async def user_inputs(
-    conn: AsyncConnection, user_ids: list[str]
+    conn: Conn, user_ids: list[str]
 ) -> tuple[dict[str, UserTotals], dict[str, list[tuple[Position, float]]], dict[str, dict[str, float]]]:
     """Per user: totals, open positions with their market's YES price, and volume per category."""
     cur = await conn.execute("SELECT * FROM users WHERE user_id = ANY(%s)", (user_ids,))
@@ -565,7 +578,7 @@ async def user_inputs(
     return totals, held, categories
 
 
-async def save_user_snapshots(conn: AsyncConnection, snapshots: dict[str, dict]) -> None:
+async def save_user_snapshots(conn: Conn, snapshots: dict[str, dict[str, Any]]) -> None:
     ids = list(snapshots)
     await conn.execute(
         "UPDATE users u SET snapshot = s.snapshot FROM unnest(%s::text[], %s::jsonb[]) AS s(user_id, snapshot) "
@@ -577,13 +590,13 @@ async def save_user_snapshots(conn: AsyncConnection, snapshots: dict[str, dict])
 # --- reads for the API and the system snapshot ----------------------------------------------------
 
 
-async def market_snapshot(conn: AsyncConnection, market_id: str) -> dict | None:
+async def market_snapshot(conn: Conn, market_id: str) -> dict[str, Any] | None:
     cur = await conn.execute("SELECT snapshot FROM markets WHERE market_id = %s", (market_id,))
     row = await cur.fetchone()
     return row["snapshot"] if row else None
 
 
-async def system_totals(conn: AsyncConnection, as_of: datetime | None) -> dict[str, Any]:
+async def system_totals(conn: Conn, as_of: datetime | None) -> dict[str, Any]:
     start, end = metrics.window_minutes(as_of) if as_of else (None, None)
     cur = await conn.execute(
         "SELECT (SELECT count(*) FROM users) AS total_users, "
@@ -596,12 +609,12 @@ async def system_totals(conn: AsyncConnection, as_of: datetime | None) -> dict[s
         "  AS total_trades_24h",
         {"active": start + timedelta(minutes=1) if start else None, "start": start, "end": end},
     )
-    row = dict(await cur.fetchone())
+    row = dict(await _one(cur))
     row["total_volume_24h"] = round(row["total_volume_24h"], 6)
     return row
 
 
-async def top_market_snapshots(conn: AsyncConnection, limit: int) -> list[dict]:
+async def top_market_snapshots(conn: Conn, limit: int) -> list[dict[str, Any]]:
     cur = await conn.execute(
         "SELECT snapshot FROM markets WHERE volume_24h > 0 AND snapshot IS NOT NULL "
         "ORDER BY volume_24h DESC, market_id LIMIT %s",
@@ -614,7 +627,7 @@ SORTS = {"volume_24h": "volume_24h", "liquidity": "liquidity", "close_at": "clos
 
 
 async def list_markets(
-    conn: AsyncConnection,
+    conn: Conn,
     *,
     status: str | None,
     category: str | None,
@@ -622,20 +635,21 @@ async def list_markets(
     descending: bool,
     offset: int,
     limit: int,
-) -> list[dict]:
-    column = SORTS[sort]  # from a fixed set: never user text in SQL
-    direction = "DESC NULLS LAST" if descending else "ASC NULLS LAST"
-    cur = await conn.execute(
-        f"SELECT snapshot FROM markets WHERE snapshot IS NOT NULL AND (%(status)s::text IS NULL OR status = "
-        f"%(status)s) AND (%(category)s::text IS NULL OR category = %(category)s) "
-        f"ORDER BY {column} {direction}, market_id LIMIT %(limit)s OFFSET %(offset)s",
-        {"status": status, "category": category, "limit": limit, "offset": offset},
+) -> list[dict[str, Any]]:
+    query = sql.SQL(
+        "SELECT snapshot FROM markets WHERE snapshot IS NOT NULL AND (%(status)s::text IS NULL OR status = "
+        "%(status)s) AND (%(category)s::text IS NULL OR category = %(category)s) "
+        "ORDER BY {column} {direction}, market_id LIMIT %(limit)s OFFSET %(offset)s"
+    ).format(
+        column=sql.Identifier(SORTS[sort]),  # from a fixed set
+        direction=sql.SQL("DESC NULLS LAST" if descending else "ASC NULLS LAST"),
     )
+    cur = await conn.execute(query, {"status": status, "category": category, "limit": limit, "offset": offset})
     return [row["snapshot"] for row in await cur.fetchall()]
 
 
 async def market_buckets(
-    conn: AsyncConnection, market_id: str, resolution: str, start: datetime, end: datetime
+    conn: Conn, market_id: str, resolution: str, start: datetime, end: datetime
 ) -> dict[datetime, Bucket]:
     cur = await conn.execute(
         "SELECT * FROM buckets WHERE market_id = %s AND resolution = %s AND start >= %s AND start <= %s "
@@ -657,7 +671,7 @@ async def market_buckets(
     }
 
 
-async def open_positions(conn: AsyncConnection, user_id: str) -> list[dict]:
+async def open_positions(conn: Conn, user_id: str) -> list[dict[str, Any]]:
     cur = await conn.execute(
         "SELECT p.*, m.current_price, m.status, m.category, m.predicted_probability, m.model_version "
         "FROM positions p JOIN markets m USING (market_id) WHERE p.user_id = %s AND NOT p.settled "
@@ -667,7 +681,7 @@ async def open_positions(conn: AsyncConnection, user_id: str) -> list[dict]:
     return list(await cur.fetchall())
 
 
-async def resolved_markets(conn: AsyncConnection) -> list[Resolved]:
+async def resolved_markets(conn: Conn) -> list[Resolved]:
     cur = await conn.execute(
         "SELECT market_id, coalesce(category, 'uncategorized') AS category, current_price, predicted_probability, "
         "model_version, resolution_price FROM markets WHERE status = 'resolved' AND resolution_price IS NOT NULL"
@@ -685,7 +699,7 @@ async def resolved_markets(conn: AsyncConnection) -> list[Resolved]:
     ]
 
 
-async def comparable_candidates(conn: AsyncConnection, category: str, close_at: datetime | None) -> list[dict]:
+async def comparable_candidates(conn: Conn, category: str, close_at: datetime | None) -> list[dict[str, Any]]:
     """Up to 200 markets of the category nearest by close time (ranked further in the pure insights module)."""
     cur = await conn.execute(
         "SELECT market_id, close_at, liquidity FROM markets WHERE category = %s AND snapshot IS NOT NULL "
@@ -695,7 +709,7 @@ async def comparable_candidates(conn: AsyncConnection, category: str, close_at: 
     return list(await cur.fetchall())
 
 
-async def prune(conn: AsyncConnection, as_of: datetime, retention: dict[str, timedelta]) -> int:
+async def prune(conn: Conn, as_of: datetime, retention: dict[str, timedelta]) -> int:
     """Delete what is older than its retention (relative to the clock): buckets per resolution, platform
     minutes and stored trades. (`processed_events` belongs to the runtime's consumer and is not pruned here.)"""
     deleted = 0
