@@ -10,7 +10,7 @@ import json
 import os
 import random
 import signal
-import subprocess  # nosec B404 (the service runs as its own process, to be SIGKILLed)
+import subprocess  # nosec B404
 import sys
 import time
 import uuid

@@ -168,3 +168,7 @@ def test_latest_prediction_per_market_is_from_the_newest_features() -> None:
 
     latest = metrics.latest_predictions([prediction("a", 0.9, 5), prediction("a", 0.2, 1), prediction("b", 0.4, 0)])
     assert {p.market_id: p.probability for p in latest} == {"a": 0.9, "b": 0.4}
+    # A final prediction (made at resolution) outranks a newer ordinary one, in either order.
+    final = prediction("a", 0.7, 1).model_copy(update={"final": True})
+    for order in ([prediction("a", 0.9, 5), final], [final, prediction("a", 0.9, 5)]):
+        assert [p.probability for p in metrics.latest_predictions(order)] == [0.7]

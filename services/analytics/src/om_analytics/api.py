@@ -13,6 +13,7 @@ from pydantic import AwareDatetime
 
 from om_analytics import calibration, insights, metrics, store
 from om_analytics.handlers import AnalyticsHandlers
+from om_analytics.health import UNMEASURED
 from om_analytics.portfolio import Position, payoff
 from om_contracts import PlatformHealthUpdated, SystemMetricsUpdated
 
@@ -162,7 +163,12 @@ def router(handlers: AnalyticsHandlers) -> APIRouter:
     async def system_metrics() -> SystemMetricsUpdated:
         return await handlers.system_snapshot()
 
-    @api.get("/system/health", response_model=PlatformHealthUpdated, summary="Per-service platform health")
+    @api.get(
+        "/system/health",
+        response_model=PlatformHealthUpdated,
+        response_model_exclude={"services": {"__all__": set(UNMEASURED)}},
+        summary="Per-service platform health",
+    )
     async def system_health() -> PlatformHealthUpdated:
         cached = await hot.get("health")
         return PlatformHealthUpdated.model_validate(cached) if cached else await handlers.health_snapshot()

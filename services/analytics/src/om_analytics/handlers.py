@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from om_analytics import metrics, store
-from om_analytics.health import Scrape, service_health
+from om_analytics.health import UNMEASURED, Scrape, service_health
 from om_analytics.hot import HotModels
 from om_analytics.leader import Leadership
 from om_analytics.portfolio import user_metrics
@@ -366,7 +366,9 @@ class AnalyticsHandlers:
             if not self.leadership.is_leader:
                 continue
             health = await self.health_snapshot()
-            await self.hot.put("health", health.model_dump(mode="json"))
+            await self.hot.put(
+                "health", health.model_dump(mode="json", exclude={"services": {"__all__": set(UNMEASURED)}})
+            )
             await self.publisher.publish(ANALYTICS_HEALTH, health)
             wait_s = self.settings.health_interval_s
 

@@ -245,18 +245,18 @@ def _round(x: float, digits: int = 6) -> float:
     return round(x, digits) if math.isfinite(x) else 0.0
 
 
-def newer_prediction(stored_as_of: datetime | None, candidate: PredictionMade) -> bool:
-    """A prediction replaces the stored one when its features are at least as new."""
-    return stored_as_of is None or candidate.features_as_of >= stored_as_of
+def prediction_rank(p: PredictionMade) -> tuple[bool, datetime, str]:
+    """Which of a market's predictions it keeps: a final one (made at resolution) over any other, then the one
+    from the newest features, then the larger event id, so the order of arrival never matters."""
+    return (p.final, p.features_as_of, str(p.event_id))
 
 
 def latest_predictions(predictions: Iterable[PredictionMade]) -> list[PredictionMade]:
-    """One prediction per market: the one from the newest features (the later event id on a tie, so order of
-    arrival does not matter)."""
+    """One prediction per market: the highest `prediction_rank`."""
     latest: dict[str, PredictionMade] = {}
     for p in predictions:
         held = latest.get(p.market_id)
-        if held is None or (p.features_as_of, str(p.event_id)) > (held.features_as_of, str(held.event_id)):
+        if held is None or prediction_rank(p) > prediction_rank(held):
             latest[p.market_id] = p
     return list(latest.values())
 

@@ -326,17 +326,20 @@ async def touch_markets(conn: Conn, last_event: dict[str, datetime]) -> None:
 
 
 async def record_predictions(conn: Conn, predictions: list[PredictionMade]) -> None:
-    """Keep each market's newest prediction (by features_as_of); an older one is ignored."""
+    """Keep each market's highest-ranked prediction (`metrics.prediction_rank`: final, then newest features)."""
     latest = metrics.latest_predictions(predictions)
     if not latest:
         return
     await conn.execute(
-        "INSERT INTO markets AS m (market_id, predicted_probability, model_version, predicted_as_of, prediction) "
-        "SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[], %s::timestamptz[], %s::jsonb[]) "
+        "INSERT INTO markets AS m (market_id, predicted_probability, model_version, predicted_as_of, prediction, "
+        "prediction_final) SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[], %s::timestamptz[], "
+        "%s::jsonb[], %s::bool[]) "
         "ON CONFLICT (market_id) DO UPDATE SET predicted_probability = excluded.predicted_probability, "
         "model_version = excluded.model_version, predicted_as_of = excluded.predicted_as_of, "
-        "prediction = excluded.prediction "
-        "WHERE m.predicted_as_of IS NULL OR excluded.predicted_as_of >= m.predicted_as_of",
+        "prediction = excluded.prediction, prediction_final = excluded.prediction_final "
+        "WHERE m.predicted_as_of IS NULL OR (excluded.prediction_final, excluded.predicted_as_of, "
+        "  (excluded.prediction->>'event_id') COLLATE \"C\") "
+        "  >= (m.prediction_final, m.predicted_as_of, (m.prediction->>'event_id') COLLATE \"C\")",
         _arrays(
             *(
                 [p.market_id for p in latest],
@@ -344,6 +347,7 @@ async def record_predictions(conn: Conn, predictions: list[PredictionMade]) -> N
                 [p.model_version for p in latest],
                 [p.features_as_of for p in latest],
                 [p.model_dump(mode="json", exclude={"producer", "schema_version", "produced_at"}) for p in latest],
+                [p.final for p in latest],
             )
         ),
     )
