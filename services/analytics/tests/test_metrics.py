@@ -132,7 +132,7 @@ def test_the_batch_fold_equals_the_definition(order: list[TradeExecuted | Signal
             [e for e in order if resolution == "1m" or isinstance(e, TradeExecuted)], resolution
         ).items()
     }
-    assert metrics.fold_all(order) == expected
+    assert {k: metrics.Bucket(*row) for k, row in metrics.fold_all(order).items()} == expected
 
 
 def test_on_the_same_event_time_the_larger_trade_id_closes() -> None:

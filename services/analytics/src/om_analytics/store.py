@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, LiteralString
 
 from psycopg import AsyncConnection, AsyncCursor, sql
+from psycopg.rows import tuple_row
 
 from om_analytics import metrics
 from om_analytics.calibration import Resolved
@@ -44,6 +45,9 @@ def _array(values: Iterable[Any]) -> str:
     if kinds == {datetime}:
         return "{" + ",".join(map(datetime.isoformat, values)) + "}"
     if kinds == {str}:
+        whole = "".join(values)  # holds a quote or backslash exactly when some value does
+        if '"' not in whole and "\\" not in whole:  # ids and names: nothing to escape
+            return '{"' + '","'.join(values) + '"}'
         return '{"' + '","'.join(v.replace("\\", "\\\\").replace('"', '\\"') for v in values) + '"}'
     return "{" + ",".join(map(_element, values)) + "}"
 
@@ -147,18 +151,17 @@ async def record_buckets(conn: Conn, events: list[TradeExecuted | SignalObserved
     if not folded:
         return
     keys = sorted(folded)  # rows locked in one order by every writer
-    bs = [folded[k] for k in keys]
-    open_keys = [b.open_key for b in bs]
-    close_keys = [b.close_key for b in bs]
+    rows = [folded[k] for k in keys]  # Bucket's fields: open, open_key, high, low, close, close_key, sums...
+    opened = [r[1] for r in rows]
+    closed = [r[5] for r in rows]
     await conn.execute(
         _UPSERT_BUCKETS,
         _arrays(
-            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [b.open for b in bs],
-            [k[0] if k else None for k in open_keys], [k[1] if k else None for k in open_keys],
-            [b.high for b in bs], [b.low for b in bs], [b.close for b in bs],
-            [k[0] if k else None for k in close_keys], [k[1] if k else None for k in close_keys],
-            [b.volume for b in bs], [b.trades for b in bs], [b.price_volume for b in bs], [b.abs_move for b in bs],
-            [b.social for b in bs], [b.news for b in bs], [b.sentiment_sum for b in bs], [b.sentiment_n for b in bs],
+            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [r[0] for r in rows],
+            [k[0] if k else None for k in opened], [k[1] if k else None for k in opened],
+            [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows],
+            [k[0] if k else None for k in closed], [k[1] if k else None for k in closed],
+            *([r[i] for r in rows] for i in range(6, 14)),
         ),
     )  # fmt: skip
 
@@ -567,14 +570,16 @@ async def user_inputs(
         )  # fmt: skip
         for r in await cur.fetchall()
     }
-    cur = await conn.execute(
-        "SELECT p.*, coalesce(m.current_price, 0.5) AS price FROM positions p JOIN markets m USING (market_id) "
+    # Plain tuples: a user's open positions are the most rows a snapshot reads.
+    rows = await conn.cursor(row_factory=tuple_row).execute(
+        "SELECT p.user_id, p.market_id, p.outcome, p.buy_shares, p.buy_cost, p.sell_shares, p.sell_proceeds, "
+        "p.trades, coalesce(m.current_price, 0.5) FROM positions p JOIN markets m USING (market_id) "
         "WHERE p.user_id = ANY(%s) AND NOT p.settled",
         (user_ids,),
     )
     held: dict[str, list[tuple[Position, float]]] = {}
-    for r in await cur.fetchall():
-        held.setdefault(r["user_id"], []).append((_position(r), r["price"]))
+    for user_id, *fields, price in await rows.fetchall():
+        held.setdefault(user_id, []).append((Position(*fields), price))
     cur = await conn.execute("SELECT * FROM user_categories WHERE user_id = ANY(%s)", (user_ids,))
     categories: dict[str, dict[str, float]] = {}
     for r in await cur.fetchall():
