@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -23,7 +22,7 @@ import httpx
 
 from om_analytics import metrics, store
 from om_analytics.health import UNMEASURED, Scrape, service_health
-from om_analytics.hot import HotModels
+from om_analytics.hot import HotModels, dumps
 from om_analytics.leader import Leadership
 from om_analytics.portfolio import user_metrics
 from om_analytics.scrape import consumer_lag, scrape
@@ -59,10 +58,10 @@ MARKET_FIELDS = set(MarketMetricsUpdated.model_fields) - {
 }  # fmt: skip
 
 
-def _content_id(kind: str, key: str, snapshot: dict[str, Any]) -> uuid.UUID:
-    """An update's id from what it says: recomputing an unchanged snapshot (a redelivery, a restart) publishes
-    the same id, which consumers dedupe."""
-    return uuid.uuid5(_REFRESH_IDS, f"{kind}:{key}:{json.dumps(snapshot, sort_keys=True, default=str)}")
+def _content_id(kind: str, key: str, text: str) -> uuid.UUID:
+    """An update's id from what it says (the snapshot's JSON text, `hot.dumps`): recomputing an unchanged
+    snapshot (a redelivery, a restart) publishes the same id, which consumers dedupe."""
+    return uuid.uuid5(_REFRESH_IDS, f"{kind}:{key}:{text}")
 
 
 def event_time(event: Any) -> datetime:
@@ -152,13 +151,14 @@ class AnalyticsHandlers:
 
     async def market_snapshots(
         self, conn: store.Conn, market_ids: list[str], as_of: datetime | None, *, lock: bool = False
-    ) -> dict[str, dict[str, Any]]:
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, uuid.UUID]]:
         """Each market's metrics at `as_of`, stored with the market (markets whose price is unknown are left
-        out); with `lock`, the rows stay locked until commit so a newer snapshot is never overwritten."""
+        out), and each update's content-derived id; with `lock`, the rows stay locked until commit so a newer
+        snapshot is never overwritten."""
         rows = await store.market_rows(conn, market_ids, lock=lock)
         ids = [m for m, r in rows.items() if r["current_price"] is not None]
         if not ids or as_of is None:
-            return {}
+            return {}, {}
         totals = await store.window_totals(conn, ids, as_of)
         references = await store.reference_prices(conn, ids, as_of)
         active = await store.active_traders(conn, ids, as_of)
@@ -188,9 +188,10 @@ class AnalyticsHandlers:
                     active.get(market_id, 0),
                 ),
             }
-        await store.save_market_snapshots(conn, snapshots, as_of)
-        await self.hot.put_markets(snapshots)
-        return snapshots
+        texts = {m: dumps(s) for m, s in snapshots.items()}
+        await store.save_market_snapshots(conn, snapshots, texts, as_of)
+        await self.hot.put_markets(texts)
+        return snapshots, {m: _content_id("market", m, text) for m, text in texts.items()}
 
     async def publish_markets(self, snapshots: dict[str, dict[str, Any]], ids: dict[str, uuid.UUID]) -> None:
         for market_id, snapshot in snapshots.items():
@@ -221,19 +222,22 @@ class AnalyticsHandlers:
                 return None
             return (await self.compute_users(conn, [user_id], as_of)).get(user_id)
 
-    async def user_snapshots(self, conn: store.Conn, user_ids: list[str], as_of: datetime) -> dict[str, dict[str, Any]]:
+    async def user_snapshots(
+        self, conn: store.Conn, user_ids: list[str], as_of: datetime
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, uuid.UUID]]:
+        """Users' metrics, stored and cached, and each update's content-derived id."""
         snapshots = await self.compute_users(conn, user_ids, as_of)
+        texts = {u: dumps(s) for u, s in snapshots.items()}
         if snapshots:
-            await store.save_user_snapshots(conn, snapshots)
-            await self.hot.put_users(snapshots)
-        return snapshots
+            await store.save_user_snapshots(conn, texts)
+            await self.hot.put_users(snapshots, texts)
+        return snapshots, {u: _content_id("user", u, text) for u, text in texts.items()}
 
-    async def publish_users(self, snapshots: dict[str, dict[str, Any]]) -> None:
+    async def publish_users(self, snapshots: dict[str, dict[str, Any]], ids: dict[str, uuid.UUID]) -> None:
         for user_id, snapshot in snapshots.items():
             update = UserMetricsUpdated(
-                event_id=_content_id("user", user_id, snapshot), occurred_at=snapshot["as_of"], producer=PRODUCER,
-                **snapshot,
-            )  # fmt: skip
+                event_id=ids[user_id], occurred_at=snapshot["as_of"], producer=PRODUCER, **snapshot
+            )
             await self.publisher.publish(ANALYTICS_USER, update)
 
     async def publish_dirty(self) -> int:
@@ -245,11 +249,10 @@ class AnalyticsHandlers:
                 return 0
             markets = await store.take_dirty(conn, "markets", self.settings.refresh_batch)
             if markets:
-                snapshots = await self.market_snapshots(conn, markets, as_of)
-                await self.publish_markets(snapshots, {m: _content_id("market", m, s) for m, s in snapshots.items()})
+                await self.publish_markets(*await self.market_snapshots(conn, markets, as_of))
             users = await store.take_dirty(conn, "users", self.settings.refresh_batch)
             if users:
-                await self.publish_users(await self.user_snapshots(conn, users, as_of))
+                await self.publish_users(*await self.user_snapshots(conn, users, as_of))
             done = len(markets) + len(users)
         return done
 
@@ -285,8 +288,7 @@ class AnalyticsHandlers:
             stale = await store.stale_markets(conn, as_of, self.settings.refresh_batch)
             if stale:
                 async with self.publisher.confirmed_together():
-                    snapshots = await self.market_snapshots(conn, stale, as_of, lock=True)
-                    ids = {m: _content_id("market", m, s) for m, s in snapshots.items()}
+                    snapshots, ids = await self.market_snapshots(conn, stale, as_of, lock=True)
                     await self.publish_markets(snapshots, ids)
                 refreshed = len(snapshots)
         return refreshed

@@ -524,7 +524,10 @@ async def active_traders(conn: Conn, market_ids: list[str], as_of: datetime) -> 
     return {row["market_id"]: row["n"] for row in await cur.fetchall()}
 
 
-async def save_market_snapshots(conn: Conn, snapshots: dict[str, dict[str, Any]], as_of: datetime) -> None:
+async def save_market_snapshots(
+    conn: Conn, snapshots: dict[str, dict[str, Any]], texts: dict[str, str], as_of: datetime
+) -> None:
+    """Store market snapshots (as their JSON texts) with the columns listings sort by."""
     ids = list(snapshots)
     await conn.execute(
         "UPDATE markets m SET snapshot = s.snapshot, snapshot_as_of = %s, volume_24h = s.volume, "
@@ -534,7 +537,7 @@ async def save_market_snapshots(conn: Conn, snapshots: dict[str, dict[str, Any]]
             as_of,
             *_arrays(
                 ids,
-                [snapshots[m] for m in ids],
+                [texts[m] for m in ids],
                 [snapshots[m]["volume_24h"] for m in ids],
                 [snapshots[m]["liquidity"] for m in ids],
             ),
@@ -587,12 +590,13 @@ async def user_inputs(
     return totals, held, categories
 
 
-async def save_user_snapshots(conn: Conn, snapshots: dict[str, dict[str, Any]]) -> None:
-    ids = list(snapshots)
+async def save_user_snapshots(conn: Conn, texts: dict[str, str]) -> None:
+    """Store user snapshots, as their JSON texts."""
+    ids = list(texts)
     await conn.execute(
         "UPDATE users u SET snapshot = s.snapshot FROM unnest(%s::text[], %s::jsonb[]) AS s(user_id, snapshot) "
         "WHERE u.user_id = s.user_id",
-        _arrays(*(ids, [snapshots[u] for u in ids])),
+        _arrays(ids, [texts[u] for u in ids]),
     )
 
 
