@@ -25,6 +25,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psutil
 import psycopg
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
@@ -188,6 +189,15 @@ def applied(conn: psycopg.Connection, topics: list[str]) -> int:
     return int(row[0]) if row else 0
 
 
+def pending_snapshots(conn: psycopg.Connection) -> int:
+    """Markets and users flagged for a snapshot not yet recomputed."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM analytics.markets WHERE dirty) "
+        "+ (SELECT count(*) FROM analytics.users WHERE dirty)"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -195,7 +205,35 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
-def run_once(prior: int, n_live: int, data: Path, replay: bool) -> dict[str, float]:
+def cpu_s(process: psutil.Process, *, children: bool = False) -> float:
+    """User + system CPU-seconds of a process (and of its live children: PostgreSQL's backends)."""
+    procs = [process, *(process.children(recursive=True) if children else [])]
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+# uvicorn re-raises the SIGTERM it caught after a graceful shutdown: the handler it restores writes the profile.
+_PROFILED = """
+import cProfile, signal, sys
+from om_analytics.__main__ import main
+profiler = cProfile.Profile()
+def stop(*_):
+    profiler.disable()
+    profiler.dump_stats({path!r})
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+profiler.enable()
+main()
+"""
+
+
+def run_once(prior: int, n_live: int, data: Path, replay: bool, profile: Path | None = None) -> dict[str, float]:
     infra = start_infrastructure(data, Ports(free_port(), free_port(), free_port()), environ={})
     process = None
     try:
@@ -214,12 +252,16 @@ def run_once(prior: int, n_live: int, data: Path, replay: bool) -> dict[str, flo
             "ANALYTICS_LOG_LEVEL": "WARNING",
         }  # fmt: skip
         with open(data / "analytics.log", "ab") as log:
+            command = ["-c", _PROFILED.format(path=str(profile))] if profile else ["-m", "om_analytics"]
             process = subprocess.Popen(
-                [sys.executable, "-m", "om_analytics"], env=service_env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                [sys.executable, *command], env=service_env, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         first = last = None
         base = 0
+        service = psutil.Process(process.pid)
+        postgres = [psutil.Process(s.process.pid) for s in infra.started if s.name == "postgres" and s.process]
+        cpu_first = (0.0, 0.0)
         peak = 0.0
         with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn, tqdm(
             total=total, desc="live backlog", unit="event", file=sys.stderr
@@ -230,11 +272,13 @@ def run_once(prior: int, n_live: int, data: Path, replay: bool) -> dict[str, flo
                 now = time.monotonic()
                 if done > base and first is None:
                     first, base = now, done  # the first batch: the clock starts when it is applied
+                    cpu_first = (cpu_s(service), sum(cpu_s(p, children=True) for p in postgres))
                 bar.n = done
                 bar.refresh()
                 peak = max(peak, rss_mib(process.pid))
                 if done >= total:
                     last = now
+                    cpu_last = (cpu_s(service), sum(cpu_s(p, children=True) for p in postgres))
                     break
                 if process.poll() is not None:
                     raise RuntimeError(f"analytics exited early: {(data / 'analytics.log').read_text()[-3000:]}")
@@ -242,16 +286,28 @@ def run_once(prior: int, n_live: int, data: Path, replay: bool) -> dict[str, flo
         if first is None or last is None:
             raise RuntimeError("the backlog was not applied within 30 minutes")
         rss = rss_mib(process.pid)
+        # Snapshots trail the batches (they are recomputed in rounds): also time until none is left to recompute,
+        # and count the CPU spent until then.
+        with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
+            while pending_snapshots(conn) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        settled = time.monotonic()
+        cpu_settled = (cpu_s(service), sum(cpu_s(p, children=True) for p in postgres))
         return {
             "prior": prior, "events": total, "history_s": history_s,
             "events_per_s": (total - base) / max(last - first, 1e-9), "seconds": last - first,
             "rss_mib": rss, "peak_rss_mib": max(peak, rss_mib(process.pid, "VmHWM")),
+            "cpu_per_1k": (cpu_last[0] - cpu_first[0]) / max(total - base, 1) * 1000,
+            "pg_cpu_per_1k": (cpu_last[1] - cpu_first[1]) / max(total - base, 1) * 1000,
+            "snapshots_after_s": settled - last,
+            "settled_cpu_per_1k": (cpu_settled[0] - cpu_first[0]) / max(total - base, 1) * 1000,
+            "settled_pg_cpu_per_1k": (cpu_settled[1] - cpu_first[1]) / max(total - base, 1) * 1000,
         }  # fmt: skip
     finally:
         if process is not None and process.poll() is None:
             process.terminate()
             try:
-                process.wait(15)
+                process.wait(60 if profile else 15)  # cProfile writes its file at exit
             except subprocess.TimeoutExpired:
                 process.kill()
         infra.stop()
@@ -264,18 +320,25 @@ def main() -> None:
     parser.add_argument(
         "--replay-history", action="store_true", help="write the history through analytics' own code (slow)"
     )
+    parser.add_argument(
+        "--profile", type=Path, help="run the service under cProfile, writing PATH.<history> (pstats files)"
+    )
     args = parser.parse_args()
     results = []
     for prior in args.histories:
+        profile = args.profile.with_name(f"{args.profile.name}.{prior}").absolute() if args.profile else None
         with tempfile.TemporaryDirectory() as data:
-            results.append(run_once(prior, args.live, Path(data), args.replay_history))
+            results.append(run_once(prior, args.live, Path(data), args.replay_history, profile))
     print(f"\nanalytics alone, {args.live:,} live events (trades, predictions 1 in 20, market creations and "
           f"resolutions), 2 cores shared\n")  # fmt: skip
     for r in results:
         print(
             f"  prior history {r['prior']:>9,} trades: {r['events_per_s']:8,.0f} events/s "
             f"({r['events']:,} events in {r['seconds']:.1f} s)   RSS {r['rss_mib']:.0f} MiB "
-            f"(peak {r['peak_rss_mib']:.0f})   history built in {r['history_s']:.0f} s"
+            f"(peak {r['peak_rss_mib']:.0f})   history built in {r['history_s']:.0f} s\n"
+            f"      CPU-s per 1,000 events: analytics {r['cpu_per_1k']:.3f}, PostgreSQL {r['pg_cpu_per_1k']:.3f}; "
+            f"with the trailing snapshots (all current {r['snapshots_after_s']:.1f} s later): "
+            f"{r['settled_cpu_per_1k']:.3f} and {r['settled_pg_cpu_per_1k']:.3f}"
         )
     if len(results) >= 2:
         a, b = results[0]["events_per_s"], results[-1]["events_per_s"]

@@ -92,18 +92,26 @@ async def test_internal_api_serves_every_view(kafka_bootstrap: str, database_url
 
         await eventually(trades_applied)
         await produce(kafka_bootstrap, "market.lifecycle.v1", [encode(resolved)])
+        # At resolution prediction emits B's final prediction; it outranks an ordinary one from newer features
+        # (here arriving just before it), so calibration scores the final one. (Either order: test_metrics.)
+        final = prediction(b, 0.75).model_copy(update={"final": True, "event_id": uuid.uuid4()})
+        newer = prediction(b, 0.2).model_copy(
+            update={"features_as_of": BASE + timedelta(minutes=40), "event_id": uuid.uuid4()}
+        )
+        await produce(kafka_bootstrap, "prediction.predictions.v1", [encode(newer), encode(final)])
 
         async def resolved_and_current() -> dict:
             reply = (await client.get(f"/v1/markets/{a}/metrics")).json()
             assert reply["as_of"] == (BASE + timedelta(minutes=90)).isoformat()
-            assert (await client.get(f"/v1/markets/{b}/metrics")).json()["status"] == "resolved"
+            b_now = (await client.get(f"/v1/markets/{b}/metrics")).json()
+            assert b_now["status"] == "resolved" and b_now["predicted_probability"] == 0.75
             return reply
 
         m = await eventually(resolved_and_current)
         assert (m["current_price"], m["volume_24h"], m["total_volume"], m["trades_24h"]) == (0.5, 12.0, 12.0, 3)
         assert (m["participant_count"], m["active_traders_24h"], m["price_change_24h"]) == (2, 2, 0.0)
         assert m["sentiment_24h"] == 0.4 and m["liquidity"] == 0.3  # 12 / (100 * (0.1 + 0.2 + 0.1))
-        assert m["prediction_accuracy"] == {"resolved_markets": 1, "accuracy": 1.0, "brier": 0.09}
+        assert m["prediction_accuracy"] == {"resolved_markets": 1, "accuracy": 1.0, "brier": 0.0625}  # (0.75 - 1)²
         assert (await client.get("/v1/markets/nope/metrics")).status_code == 404
 
         # Listing: category filter, sort by close time, cursor paging, validation.
@@ -159,7 +167,7 @@ async def test_internal_api_serves_every_view(kafka_bootstrap: str, database_url
 
         cal = (await client.get("/v1/calibration", params={"category": f"cat{tag}"})).json()
         assert cal["resolved_markets"] == 1
-        assert cal["prices"]["brier"] == pytest.approx(0.04) and cal["predictions"]["brier"] == pytest.approx(0.09)
+        assert cal["prices"]["brier"] == pytest.approx(0.04) and cal["predictions"]["brier"] == pytest.approx(0.0625)
         assert cal["prices"]["reliability"] == [
             {"lower": 0.8, "upper": 0.9, "count": 1, "mean_forecast": 0.8, "observed_rate": 1.0}
         ]
@@ -176,6 +184,7 @@ async def test_internal_api_serves_every_view(kafka_bootstrap: str, database_url
         health = (await client.get("/v1/system/health")).json()
         [ingest] = health["services"]
         assert (ingest["service"], ingest["up"]) == ("ingest", False) and ingest["error"]
+        assert not {"cache_hit_rate", "db_pool_in_use", "processing_p50_s"} & set(ingest)  # no service measures them
 
         users = await consume_until(
             kafka_bootstrap, "analytics.user.v1", lambda us: any(u["user_id"] == bob for u in us)

@@ -5,33 +5,36 @@ from __future__ import annotations
 
 from om_analytics.health import parse, quantile, service_health
 
+# The runtime's series, as every service exposes them.
 BEFORE = """
-# TYPE faststream_received_processed_messages_total counter
-faststream_received_processed_messages_total{app_name="feature",handler="t",status="acked"} 100
-# TYPE faststream_published_messages_total counter
-faststream_published_messages_total{app_name="feature",destination="platform.dead-letters.v1",status="success"} 1
-# TYPE faststream_received_processed_messages_duration_seconds histogram
-faststream_received_processed_messages_duration_seconds_bucket{app_name="feature",handler="t",le="0.01"} 10
-faststream_received_processed_messages_duration_seconds_bucket{app_name="feature",handler="t",le="0.1"} 10
-faststream_received_processed_messages_duration_seconds_bucket{app_name="feature",handler="t",le="+Inf"} 10
-faststream_received_processed_messages_duration_seconds_count{app_name="feature",handler="t"} 10
-faststream_received_processed_messages_duration_seconds_sum{app_name="feature",handler="t"} 0.05
+# TYPE om_consumer_events_total counter
+om_consumer_events_total{consumer="feature",topic="market.trades.v1"} 100
+# TYPE om_consumer_dead_letters_total counter
+om_consumer_dead_letters_total{cause="decode",consumer="feature",topic="market.trades.v1"} 1
+# TYPE om_http_requests_total counter
+om_http_requests_total{app_name="feature",method="GET",route="/v1/x",status="200"} 10
+# TYPE om_http_request_duration_seconds histogram
+om_http_request_duration_seconds_bucket{app_name="feature",method="GET",route="/v1/x",le="0.01"} 10
+om_http_request_duration_seconds_bucket{app_name="feature",method="GET",route="/v1/x",le="0.1"} 10
+om_http_request_duration_seconds_bucket{app_name="feature",method="GET",route="/v1/x",le="+Inf"} 10
 # TYPE process_cpu_seconds_total counter
 process_cpu_seconds_total 10
 """
 NOW = """
-# TYPE faststream_received_processed_messages_total counter
-faststream_received_processed_messages_total{app_name="feature",handler="t",status="acked"} 290
-faststream_received_processed_messages_total{app_name="feature",handler="t",status="error"} 10
-# TYPE faststream_published_messages_total counter
-faststream_published_messages_total{app_name="feature",destination="platform.dead-letters.v1",status="success"} 5
-faststream_published_messages_total{app_name="feature",destination="feature.vectors.v1",status="success"} 500
-# TYPE faststream_received_processed_messages_duration_seconds histogram
-faststream_received_processed_messages_duration_seconds_bucket{app_name="feature",handler="t",le="0.01"} 60
-faststream_received_processed_messages_duration_seconds_bucket{app_name="feature",handler="t",le="0.1"} 110
-faststream_received_processed_messages_duration_seconds_bucket{app_name="feature",handler="t",le="+Inf"} 110
-faststream_received_processed_messages_duration_seconds_count{app_name="feature",handler="t"} 110
-faststream_received_processed_messages_duration_seconds_sum{app_name="feature",handler="t"} 3.0
+# TYPE om_consumer_events_total counter
+om_consumer_events_total{consumer="feature",topic="market.trades.v1"} 250
+om_consumer_events_total{consumer="feature",topic="market.signals.v1"} 50
+# TYPE om_consumer_dead_letters_total counter
+om_consumer_dead_letters_total{cause="decode",consumer="feature",topic="market.trades.v1"} 5
+# TYPE om_consumer_systemic_failures_total counter
+om_consumer_systemic_failures_total{consumer="feature",error="OperationalError"} 2
+# TYPE om_http_requests_total counter
+om_http_requests_total{app_name="feature",method="GET",route="/v1/x",status="200"} 108
+om_http_requests_total{app_name="feature",method="GET",route="/v1/x",status="503"} 2
+# TYPE om_http_request_duration_seconds histogram
+om_http_request_duration_seconds_bucket{app_name="feature",method="GET",route="/v1/x",le="0.01"} 60
+om_http_request_duration_seconds_bucket{app_name="feature",method="GET",route="/v1/x",le="0.1"} 110
+om_http_request_duration_seconds_bucket{app_name="feature",method="GET",route="/v1/x",le="+Inf"} 110
 # TYPE process_cpu_seconds_total counter
 process_cpu_seconds_total 15
 # TYPE process_resident_memory_bytes gauge
@@ -49,16 +52,23 @@ def test_quantile_interpolates_within_a_bucket() -> None:
 def test_service_health_from_two_scrapes() -> None:
     health = service_health("feature", parse(NOW, at=20.0), parse(BEFORE, at=10.0))
     assert health.up and health.error is None
-    assert health.processing_rate == 20.0  # (300 - 100) / 10 s
+    assert health.processing_rate == 20.0  # (250 + 50 - 100) / 10 s
     assert health.dead_letter_rate == 0.4  # (5 - 1) / 10 s
+    assert health.error_rate == 0.2  # 2 failed batches (a counter first seen now started at 0) / 10 s
     assert health.cpu_seconds_per_second == 0.5
     assert health.memory_bytes == 1.5e8
-    # Since the first scrape: 50 batches under 10 ms, 50 between 10 and 100 ms
-    assert health.processing_p50_s == 0.01
-    assert health.processing_p99_s == round(0.01 + 0.09 * 49 / 50, 6)
-    # Not exposed by the service: left empty, not invented
-    assert (health.http_p50_s, health.http_error_rate, health.cache_hit_rate, health.db_pool_in_use) == (None,) * 4
-    assert health.error_rate is None  # no exceptions series yet
+    # Since the first scrape: 50 requests under 10 ms, 50 between 10 and 100 ms
+    assert health.http_p50_s == 0.01
+    assert health.http_p99_s == round(0.01 + 0.09 * 49 / 50, 6)
+    assert health.http_error_rate == round(2 / 110, 6)
+    # No service exposes these series: left empty here, and out of what analytics serves
+    assert (health.processing_p50_s, health.cache_hit_rate, health.db_pool_in_use) == (None,) * 3
+
+
+def test_a_service_without_a_series_leaves_its_figure_empty() -> None:
+    health = service_health("feature", parse(BEFORE, at=20.0), parse(BEFORE, at=10.0))
+    assert health.error_rate is None  # no systemic-failure series exposed
+    assert health.processing_rate == 0.0
 
 
 def test_the_first_scrape_has_no_rates_and_an_unreachable_service_is_down() -> None:

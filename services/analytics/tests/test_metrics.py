@@ -122,6 +122,19 @@ def test_trades_in_any_order_give_the_same_buckets(order: list[TradeExecuted]) -
         assert metrics.fold(order, resolution) == metrics.fold(list(reversed(order)), resolution)
 
 
+@settings(max_examples=50)
+@given(st.permutations(TRADES + SIGNALS + [trade(60 + 0.2, 5.0, 0.6, 0.7, trade_id="t-same-time")]))
+def test_the_batch_fold_equals_the_definition(order: list[TradeExecuted | SignalObserved]) -> None:
+    expected = {
+        (market_id, resolution, start): b
+        for resolution in metrics.RESOLUTIONS
+        for (market_id, start), b in metrics.fold(
+            [e for e in order if resolution == "1m" or isinstance(e, TradeExecuted)], resolution
+        ).items()
+    }
+    assert {k: metrics.Bucket(*row) for k, row in metrics.fold_all(order).items()} == expected
+
+
 def test_on_the_same_event_time_the_larger_trade_id_closes() -> None:
     a, b = trade(0, 1.0, 0.5, 0.6, trade_id="a"), trade(0, 1.0, 0.6, 0.7, trade_id="b")
     [(_, bucket)] = metrics.fold([b, a], "1m").items()
@@ -155,3 +168,7 @@ def test_latest_prediction_per_market_is_from_the_newest_features() -> None:
 
     latest = metrics.latest_predictions([prediction("a", 0.9, 5), prediction("a", 0.2, 1), prediction("b", 0.4, 0)])
     assert {p.market_id: p.probability for p in latest} == {"a": 0.9, "b": 0.4}
+    # A final prediction (made at resolution) outranks a newer ordinary one, in either order.
+    final = prediction("a", 0.7, 1).model_copy(update={"final": True})
+    for order in ([prediction("a", 0.9, 5), final], [final, prediction("a", 0.9, 5)]):
+        assert [p.probability for p in metrics.latest_predictions(order)] == [0.7]

@@ -6,13 +6,14 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import AwareDatetime
 
 from om_analytics import calibration, insights, metrics, store
 from om_analytics.handlers import AnalyticsHandlers
+from om_analytics.health import UNMEASURED
 from om_analytics.portfolio import Position, payoff
 from om_contracts import PlatformHealthUpdated, SystemMetricsUpdated
 
@@ -48,7 +49,7 @@ def router(handlers: AnalyticsHandlers) -> APIRouter:
     api = APIRouter(prefix="/v1", tags=["analytics"])
     hot, db = handlers.hot, handlers.db
 
-    async def market_or_404(market_id: str) -> dict:
+    async def market_or_404(market_id: str) -> dict[str, Any]:
         snapshot = await hot.market(market_id)
         if snapshot is None:
             async with db.transaction() as conn:
@@ -57,7 +58,7 @@ def router(handlers: AnalyticsHandlers) -> APIRouter:
             raise HTTPException(404, f"no analytics for market {market_id!r} yet")
         return snapshot
 
-    async def user_or_404(user_id: str) -> dict:
+    async def user_or_404(user_id: str) -> dict[str, Any]:
         # Computed on request from the user's totals and open positions (no trades read): marking to market
         # needs the current prices, which move after the user's last published snapshot.
         snapshot = await handlers.user_now(user_id)
@@ -65,10 +66,10 @@ def router(handlers: AnalyticsHandlers) -> APIRouter:
             raise HTTPException(404, f"no analytics for user {user_id!r}: no trade of theirs seen")
         return snapshot
 
-    async def platform_calibration() -> dict:
+    async def platform_calibration() -> dict[str, Any]:
         """Calibration and per-model accuracy over resolved markets, cached briefly (it reads every resolved
         market's row, not trades)."""
-        cached = await hot.get("calibration")
+        cached: dict[str, Any] | None = await hot.get("calibration")
         if cached is None:
             async with db.transaction() as conn:
                 rows = await store.resolved_markets(conn)
@@ -81,7 +82,7 @@ def router(handlers: AnalyticsHandlers) -> APIRouter:
         return cached
 
     @api.get("/markets/{market_id}/metrics", summary="A market's current metrics")
-    async def market_metrics(market_id: str) -> dict:
+    async def market_metrics(market_id: str) -> dict[str, Any]:
         snapshot = await market_or_404(market_id)
         models = (await platform_calibration())["models"]
         return {**snapshot, "prediction_accuracy": models.get(snapshot.get("model_version") or "")}
@@ -94,7 +95,7 @@ def router(handlers: AnalyticsHandlers) -> APIRouter:
         order: Literal["asc", "desc"] = "desc",
         cursor: Annotated[str | None, Query(max_length=100)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    ) -> dict:
+    ) -> dict[str, Any]:
         offset = _offset(cursor)
         async with db.transaction() as conn:
             items = await store.list_markets(
@@ -110,23 +111,23 @@ def router(handlers: AnalyticsHandlers) -> APIRouter:
         resolution: Literal["1m", "1h", "1d"] | None = None,
         from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
         to: AwareDatetime | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         snapshot = await market_or_404(market_id)
         end = to or datetime.fromisoformat(snapshot["as_of"])
         start = from_ or end - TIMEFRAMES[timeframe]
-        resolution = resolution or DEFAULT_RESOLUTION[timeframe]
+        step: str = resolution or DEFAULT_RESOLUTION[timeframe]
         if start > end:
             raise _range_error("from", "must not be after `to`")
-        if (end - start) / metrics.RESOLUTIONS[resolution] > MAX_POINTS:
+        if (end - start) / metrics.RESOLUTIONS[step] > MAX_POINTS:
             raise _range_error("resolution", f"more than {MAX_POINTS} candles; choose a coarser resolution")
         async with db.transaction() as conn:
-            buckets = await store.market_buckets(conn, market_id, resolution, start, end)
+            buckets = await store.market_buckets(conn, market_id, step, start, end)
         return {
             "market_id": market_id,
-            "resolution": resolution,
+            "resolution": step,
             "from": start,
             "to": end,
-            "candles": metrics.candles(buckets, resolution),
+            "candles": metrics.candles(buckets, step),
         }
 
     @api.get("/markets/{market_id}/price-history", summary="A market's price over time (closes per period)")
@@ -134,7 +135,7 @@ def router(handlers: AnalyticsHandlers) -> APIRouter:
         market_id: str,
         from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
         to: AwareDatetime | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         snapshot = await market_or_404(market_id)
         end = to or datetime.fromisoformat(snapshot["as_of"])
         start = from_ or end - timedelta(hours=24)
@@ -144,15 +145,15 @@ def router(handlers: AnalyticsHandlers) -> APIRouter:
         resolution = "1m" if span <= timedelta(days=2) else "1h" if span <= timedelta(days=90) else "1d"
         async with db.transaction() as conn:
             buckets = await store.market_buckets(conn, market_id, resolution, start, end)
-        points = [{"at": b.close_key[0], "price": b.close} for _, b in sorted(buckets.items())]
+        points = [{"at": b.close_key[0], "price": b.close} for _, b in sorted(buckets.items()) if b.close_key]
         return {"market_id": market_id, "resolution": resolution, "from": start, "to": end, "points": points}
 
     @api.get("/users/{user_id}/metrics", summary="A user's trading metrics")
-    async def user_metrics(user_id: str) -> dict:
+    async def user_metrics(user_id: str) -> dict[str, Any]:
         return await user_or_404(user_id)
 
     @api.get("/users/{user_id}/portfolio", summary="A user's open positions, marked to market")
-    async def portfolio(user_id: str) -> dict:
+    async def portfolio(user_id: str) -> dict[str, Any]:
         snapshot = await user_or_404(user_id)
         async with db.transaction() as conn:
             rows = await store.open_positions(conn, user_id)
@@ -162,7 +163,12 @@ def router(handlers: AnalyticsHandlers) -> APIRouter:
     async def system_metrics() -> SystemMetricsUpdated:
         return await handlers.system_snapshot()
 
-    @api.get("/system/health", response_model=PlatformHealthUpdated, summary="Per-service platform health")
+    @api.get(
+        "/system/health",
+        response_model=PlatformHealthUpdated,
+        response_model_exclude={"services": {"__all__": set(UNMEASURED)}},
+        summary="Per-service platform health",
+    )
     async def system_health() -> PlatformHealthUpdated:
         cached = await hot.get("health")
         return PlatformHealthUpdated.model_validate(cached) if cached else await handlers.health_snapshot()
@@ -170,12 +176,12 @@ def router(handlers: AnalyticsHandlers) -> APIRouter:
     @api.get("/leaderboard", summary="Users ranked by P&L, volume or success rate")
     async def leaderboard(
         by: Literal["pnl", "volume", "success_rate"] = "pnl", limit: Annotated[int, Query(ge=1, le=100)] = 10
-    ) -> dict:
+    ) -> dict[str, Any]:
         ranked = await hot.leaderboard(by, limit)
         return {"by": by, "items": [{"rank": i + 1, "user_id": u, "value": v} for i, (u, v) in enumerate(ranked)]}
 
     @api.get("/calibration", summary="Brier score and reliability of prices and predictions, per category")
-    async def platform_calibration_view(category: Annotated[str | None, Query(max_length=64)] = None) -> dict:
+    async def platform_calibration_view(category: Annotated[str | None, Query(max_length=64)] = None) -> dict[str, Any]:
         cached = await platform_calibration()
         rows = [
             calibration.Resolved(category=c, price=p, predicted=f, model_version=v, outcome=o, market_id=m)
@@ -184,7 +190,7 @@ def router(handlers: AnalyticsHandlers) -> APIRouter:
         return {**calibration.calibration(rows, category), "models": cached["models"]}
 
     @api.get("/insights/market/{market_id}", summary="A market's metrics, prediction, trend and comparables")
-    async def market_insights(market_id: str) -> dict:
+    async def market_insights(market_id: str) -> dict[str, Any]:
         snapshot = await market_or_404(market_id)
         as_of = datetime.fromisoformat(snapshot["as_of"])
         async with db.transaction() as conn:
@@ -208,7 +214,7 @@ def router(handlers: AnalyticsHandlers) -> APIRouter:
         }
 
     @api.get("/insights/portfolio/{user_id}", summary="A user's positions, exposure, P&L, risk and the model's view")
-    async def portfolio_insights(user_id: str) -> dict:
+    async def portfolio_insights(user_id: str) -> dict[str, Any]:
         snapshot = await user_or_404(user_id)
         async with db.transaction() as conn:
             rows = await store.open_positions(conn, user_id)
@@ -223,7 +229,7 @@ def router(handlers: AnalyticsHandlers) -> APIRouter:
     return api
 
 
-def _position_view(row: dict) -> dict:
+def _position_view(row: dict[str, Any]) -> dict[str, Any]:
     position = Position(
         market_id=row["market_id"], outcome=row["outcome"], buy_shares=row["buy_shares"], buy_cost=row["buy_cost"],
         sell_shares=row["sell_shares"], sell_proceeds=row["sell_proceeds"], trades=row["trades"],

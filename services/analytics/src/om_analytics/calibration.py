@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 BUCKETS = 10  # reliability buckets of width 0.1: [0, 0.1), ..., [0.9, 1.0]
 
@@ -31,7 +32,7 @@ def brier(pairs: list[tuple[float, float]]) -> float | None:
     return round(sum((f - o) ** 2 for f, o in pairs) / len(pairs), 6)
 
 
-def reliability(pairs: list[tuple[float, float]]) -> list[dict]:
+def reliability(pairs: list[tuple[float, float]]) -> list[dict[str, Any]]:
     """Per forecast bucket: how many, the mean forecast and the observed mean outcome (empty buckets left out)."""
     groups: dict[int, list[tuple[float, float]]] = {}
     for f, o in pairs:
@@ -48,7 +49,7 @@ def reliability(pairs: list[tuple[float, float]]) -> list[dict]:
     ]
 
 
-def _report(rows: list[Resolved]) -> dict:
+def _report(rows: list[Resolved]) -> dict[str, Any]:
     prices = [(r.price, r.outcome) for r in rows if r.price is not None]
     predictions = [(r.predicted, r.outcome) for r in rows if r.predicted is not None]
     return {
@@ -62,7 +63,7 @@ def _report(rows: list[Resolved]) -> dict:
     }
 
 
-def calibration(rows: Iterable[Resolved], category: str | None = None) -> dict:
+def calibration(rows: Iterable[Resolved], category: str | None = None) -> dict[str, Any]:
     """The platform's calibration, overall (or of one category) and per category."""
     rows = [r for r in rows if category is None or r.category == category]
     by_category: dict[str, list[Resolved]] = {}
@@ -75,7 +76,7 @@ def calibration(rows: Iterable[Resolved], category: str | None = None) -> dict:
     }
 
 
-def accuracy_by_model(rows: Iterable[Resolved]) -> dict[str, dict]:
+def accuracy_by_model(rows: Iterable[Resolved]) -> dict[str, dict[str, Any]]:
     """Per model version: resolved markets it predicted, the share it called on the right side of 0.5 (YES/NO
     resolutions only) and its Brier score."""
     groups: dict[str, list[Resolved]] = {}
@@ -84,11 +85,11 @@ def accuracy_by_model(rows: Iterable[Resolved]) -> dict[str, dict]:
             groups.setdefault(r.model_version, []).append(r)
     result = {}
     for version, rs in sorted(groups.items()):
-        decided = [r for r in rs if r.outcome in (0.0, 1.0)]
-        right = sum(1 for r in decided if (r.predicted >= 0.5) == (r.outcome == 1.0))
+        decided = [(p, r.outcome) for r in rs if (p := r.predicted) is not None and r.outcome in (0.0, 1.0)]
+        right = sum(1 for p, outcome in decided if (p >= 0.5) == (outcome == 1.0))
         result[version] = {
             "resolved_markets": len(rs),
             "accuracy": round(right / len(decided), 6) if decided else None,
-            "brier": brier([(r.predicted, r.outcome) for r in rs]),
+            "brier": brier([(p, r.outcome) for r in rs if (p := r.predicted) is not None]),
         }
     return result

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -20,11 +19,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from psycopg import AsyncConnection
 
 from om_analytics import metrics, store
-from om_analytics.health import Scrape, service_health
-from om_analytics.hot import HotModels
+from om_analytics.health import UNMEASURED, Scrape, service_health
+from om_analytics.hot import HotModels, dumps
 from om_analytics.leader import Leadership
 from om_analytics.portfolio import user_metrics
 from om_analytics.scrape import consumer_lag, scrape
@@ -53,17 +51,17 @@ from om_runtime.kafka import EventPublisher
 log = logging.getLogger(__name__)
 
 PRODUCER = "analytics"
-STATUS_AFTER = {MarketClosed: "closed", MarketResolved: "resolved", MarketCancelled: "cancelled"}
+STATUS_AFTER: dict[type, str] = {MarketClosed: "closed", MarketResolved: "resolved", MarketCancelled: "cancelled"}
 _REFRESH_IDS = uuid.UUID("3b0f6a52-1d5e-4c1b-8f0e-7d7f6c2f9a41")
 MARKET_FIELDS = set(MarketMetricsUpdated.model_fields) - {
     "event_id", "event_type", "schema_version", "occurred_at", "produced_at", "producer",
 }  # fmt: skip
 
 
-def _content_id(kind: str, key: str, snapshot: dict) -> uuid.UUID:
-    """An update's id from what it says: recomputing an unchanged snapshot (a redelivery, a restart) publishes
-    the same id, which consumers dedupe."""
-    return uuid.uuid5(_REFRESH_IDS, f"{kind}:{key}:{json.dumps(snapshot, sort_keys=True, default=str)}")
+def _content_id(kind: str, key: str, text: str) -> uuid.UUID:
+    """An update's id from what it says (the snapshot's JSON text, `hot.dumps`): recomputing an unchanged
+    snapshot (a redelivery, a restart) publishes the same id, which consumers dedupe."""
+    return uuid.uuid5(_REFRESH_IDS, f"{kind}:{key}:{text}")
 
 
 def event_time(event: Any) -> datetime:
@@ -97,17 +95,20 @@ class AnalyticsHandlers:
 
     # --- the consumer -------------------------------------------------------------------------------
 
-    async def apply_batch(self, events: list[tuple[Topic, Any]], conn: AsyncConnection) -> None:
+    async def apply_batch(self, events: list[tuple[Topic, Any]], conn: store.Conn) -> None:
         """Apply a batch of new events in the caller's transaction and flag what it touched; the leader
         recomputes and publishes those snapshots once per tick however many batches touched them, so a
         backlog costs one snapshot per market and user per tick, not per batch."""
-        fresh, settled_users = await self.record(conn, [e for _, e in events])
-        await store.advance_clock(conn, max(event_time(e) for _, e in events))
-        await store.mark_dirty(
-            conn, list({e.market_id for _, e in events}), list({t.user_id for t in fresh} | settled_users)
-        )
+        # Pipeline mode: statements whose results are not needed are sent without waiting for each reply, so
+        # PostgreSQL applies one while this process prepares the next.
+        async with conn.pipeline():
+            fresh, settled_users = await self.record(conn, [e for _, e in events])
+            await store.advance_clock(conn, max(event_time(e) for _, e in events), returning=False)
+            await store.mark_dirty(
+                conn, list({e.market_id for _, e in events}), list({t.user_id for t in fresh} | settled_users)
+            )
 
-    async def record(self, conn: AsyncConnection, events: list[Any]) -> tuple[list[TradeExecuted], set[str]]:
+    async def record(self, conn: store.Conn, events: list[Any]) -> tuple[list[TradeExecuted], set[str]]:
         """Write a batch's effects (no snapshot, nothing published); return its new trades and the users whose
         settled results changed. Replaying history into the tables goes through here too (bench/analytics.py)."""
         trades = [e for e in events if isinstance(e, TradeExecuted)]
@@ -149,14 +150,15 @@ class AnalyticsHandlers:
     # --- snapshots ----------------------------------------------------------------------------------
 
     async def market_snapshots(
-        self, conn: AsyncConnection, market_ids: list[str], as_of: datetime | None, *, lock: bool = False
-    ) -> dict[str, dict]:
+        self, conn: store.Conn, market_ids: list[str], as_of: datetime | None, *, lock: bool = False
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, uuid.UUID]]:
         """Each market's metrics at `as_of`, stored with the market (markets whose price is unknown are left
-        out); with `lock`, the rows stay locked until commit so a newer snapshot is never overwritten."""
+        out), and each update's content-derived id; with `lock`, the rows stay locked until commit so a newer
+        snapshot is never overwritten."""
         rows = await store.market_rows(conn, market_ids, lock=lock)
         ids = [m for m, r in rows.items() if r["current_price"] is not None]
         if not ids or as_of is None:
-            return {}
+            return {}, {}
         totals = await store.window_totals(conn, ids, as_of)
         references = await store.reference_prices(conn, ids, as_of)
         active = await store.active_traders(conn, ids, as_of)
@@ -186,11 +188,12 @@ class AnalyticsHandlers:
                     active.get(market_id, 0),
                 ),
             }
-        await store.save_market_snapshots(conn, snapshots, as_of)
-        await self.hot.put_markets(snapshots)
-        return snapshots
+        texts = {m: dumps(s) for m, s in snapshots.items()}
+        await store.save_market_snapshots(conn, snapshots, texts, as_of)
+        await self.hot.put_markets(texts)
+        return snapshots, {m: _content_id("market", m, text) for m, text in texts.items()}
 
-    async def publish_markets(self, snapshots: dict[str, dict], ids: dict[str, uuid.UUID]) -> None:
+    async def publish_markets(self, snapshots: dict[str, dict[str, Any]], ids: dict[str, uuid.UUID]) -> None:
         for market_id, snapshot in snapshots.items():
             update = MarketMetricsUpdated(
                 event_id=ids[market_id],
@@ -201,7 +204,7 @@ class AnalyticsHandlers:
             await self.publisher.publish(ANALYTICS_MARKET, update)
 
     @staticmethod
-    async def compute_users(conn: AsyncConnection, user_ids: list[str], as_of: datetime) -> dict[str, dict]:
+    async def compute_users(conn: store.Conn, user_ids: list[str], as_of: datetime) -> dict[str, dict[str, Any]]:
         """Users' metrics from their totals and open positions, marked at the markets' current prices."""
         totals, held, categories = await store.user_inputs(conn, user_ids)
         return {
@@ -211,7 +214,7 @@ class AnalyticsHandlers:
             if user_id in totals
         }  # fmt: skip
 
-    async def user_now(self, user_id: str) -> dict | None:
+    async def user_now(self, user_id: str) -> dict[str, Any] | None:
         """A user's metrics now (for the API: prices may have moved since the user's last snapshot)."""
         async with self.db.transaction() as conn:
             as_of = await store.clock(conn)
@@ -219,19 +222,22 @@ class AnalyticsHandlers:
                 return None
             return (await self.compute_users(conn, [user_id], as_of)).get(user_id)
 
-    async def user_snapshots(self, conn: AsyncConnection, user_ids: list[str], as_of: datetime) -> dict[str, dict]:
+    async def user_snapshots(
+        self, conn: store.Conn, user_ids: list[str], as_of: datetime
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, uuid.UUID]]:
+        """Users' metrics, stored and cached, and each update's content-derived id."""
         snapshots = await self.compute_users(conn, user_ids, as_of)
+        texts = {u: dumps(s) for u, s in snapshots.items()}
         if snapshots:
-            await store.save_user_snapshots(conn, snapshots)
-            await self.hot.put_users(snapshots)
-        return snapshots
+            await store.save_user_snapshots(conn, texts)
+            await self.hot.put_users(snapshots, texts)
+        return snapshots, {u: _content_id("user", u, text) for u, text in texts.items()}
 
-    async def publish_users(self, snapshots: dict[str, dict]) -> None:
+    async def publish_users(self, snapshots: dict[str, dict[str, Any]], ids: dict[str, uuid.UUID]) -> None:
         for user_id, snapshot in snapshots.items():
             update = UserMetricsUpdated(
-                event_id=_content_id("user", user_id, snapshot), occurred_at=snapshot["as_of"], producer=PRODUCER,
-                **snapshot,
-            )  # fmt: skip
+                event_id=ids[user_id], occurred_at=snapshot["as_of"], producer=PRODUCER, **snapshot
+            )
             await self.publisher.publish(ANALYTICS_USER, update)
 
     async def publish_dirty(self) -> int:
@@ -243,11 +249,10 @@ class AnalyticsHandlers:
                 return 0
             markets = await store.take_dirty(conn, "markets", self.settings.refresh_batch)
             if markets:
-                snapshots = await self.market_snapshots(conn, markets, as_of)
-                await self.publish_markets(snapshots, {m: _content_id("market", m, s) for m, s in snapshots.items()})
+                await self.publish_markets(*await self.market_snapshots(conn, markets, as_of))
             users = await store.take_dirty(conn, "users", self.settings.refresh_batch)
             if users:
-                await self.publish_users(await self.user_snapshots(conn, users, as_of))
+                await self.publish_users(*await self.user_snapshots(conn, users, as_of))
             done = len(markets) + len(users)
         return done
 
@@ -283,8 +288,7 @@ class AnalyticsHandlers:
             stale = await store.stale_markets(conn, as_of, self.settings.refresh_batch)
             if stale:
                 async with self.publisher.confirmed_together():
-                    snapshots = await self.market_snapshots(conn, stale, as_of, lock=True)
-                    ids = {m: _content_id("market", m, s) for m, s in snapshots.items()}
+                    snapshots, ids = await self.market_snapshots(conn, stale, as_of, lock=True)
                     await self.publish_markets(snapshots, ids)
                 refreshed = len(snapshots)
         return refreshed
@@ -342,12 +346,18 @@ class AnalyticsHandlers:
     async def snapshot_changes(self) -> None:
         """Loop: while this replica leads, publish the snapshots of what batches touched (on any replica: the
         flags are in PostgreSQL, so it also polls every `snapshot_interval_s`)."""
+        s = self.settings
         while True:
-            if self.leadership.is_leader and await self.publish_dirty() >= self.settings.refresh_batch:
-                continue  # more waiting: no pause under a backlog
+            started = time.monotonic()
+            if self.leadership.is_leader:
+                await self.publish_dirty()
+            # Snapshots take at most `snapshot_share` of the time: under a backlog each round then covers more
+            # events, so their cost per event falls instead of taking the CPU the consumer needs.
+            busy = time.monotonic() - started
+            await asyncio.sleep(busy * (1.0 / s.snapshot_share - 1.0))
             self.touched.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.touched.wait(), timeout=self.settings.snapshot_interval_s)
+                await asyncio.wait_for(self.touched.wait(), timeout=s.snapshot_interval_s)
 
     async def report_health(self) -> None:
         """Loop: every health interval, the leader reads every service's /metrics and publishes the result
@@ -358,7 +368,9 @@ class AnalyticsHandlers:
             if not self.leadership.is_leader:
                 continue
             health = await self.health_snapshot()
-            await self.hot.put("health", health.model_dump(mode="json"))
+            await self.hot.put(
+                "health", health.model_dump(mode="json", exclude={"services": {"__all__": set(UNMEASURED)}})
+            )
             await self.publisher.publish(ANALYTICS_HEALTH, health)
             wait_s = self.settings.health_interval_s
 

@@ -1,7 +1,10 @@
 """Platform health from each service's Prometheus `/metrics` text: pure parsing and arithmetic, no I/O.
 
 Rates are differences between two scrapes divided by the time between them; quantiles are read from histogram
-buckets (linear within a bucket). A figure a service does not expose stays None: nothing is invented.
+buckets (linear within a bucket). The series are the runtime's (`om_consumer_*`, `om_http_*`, `process_*`), which
+every service exposes. A figure a service does not expose stays None: nothing is invented. Figures no service
+exposes at all (UNMEASURED) are left out of what analytics serves rather than shown as a null that means "not
+built".
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from om_contracts import ConsumerLag, ServiceHealth
 from om_contracts.topics import DEAD_LETTERS
 
-#: Histograms of "event time → processed", best first; the batch handling time is the fallback.
-PROCESSING_HISTOGRAMS = (
-    "om_event_processing_latency_seconds",
-    "om_consumer_event_latency_seconds",
-    "faststream_received_processed_messages_duration_seconds",
-)
-HTTP_HISTOGRAMS = ("http_server_request_duration_seconds", "http_request_duration_seconds", "http_server_duration")
+HTTP_HISTOGRAMS = ("om_http_request_duration_seconds", "http_server_request_duration_seconds")
+#: Counters, the runtime's first: events applied, failed batches (systemic failures), dead letters.
+PROCESSED = ("om_consumer_events_total", "faststream_received_processed_messages_total")
+FAILED = ("om_consumer_systemic_failures_total", "faststream_received_processed_messages_exceptions_total")
+DEAD_LETTERED = "om_consumer_dead_letters_total"
+#: ServiceHealth fields no service's /metrics has a series for today (no consumer histogram of event time →
+#: processed, no cache or pool gauges): analytics leaves them out of its answers (docs/metrics.md).
+UNMEASURED = frozenset({"processing_p50_s", "processing_p99_s", "cache_hit_rate", "db_pool_in_use"})
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ def parse(text: str, at: float) -> Scrape:
 
 
 def _rate(now: Scrape, before: Scrape | None, name: str, **match: str) -> float | None:
+    """Δ counter / Δt between two scrapes (a counter first seen now started at 0)."""
     current = now.total(name, **match)
     if current is None or before is None or now.at <= before.at:
         return None
@@ -99,6 +104,12 @@ def _histogram(now: Scrape, before: Scrape | None, names: tuple[str, ...]) -> tu
     return None, None
 
 
+def _first_rate(now: Scrape, before: Scrape | None, names: tuple[str, ...]) -> float | None:
+    """The rate of the first of `names` the service exposes."""
+    name = next((n for n in names if now.total(n) is not None), None)
+    return _rate(now, before, name) if name else None
+
+
 def _first_with(now: Scrape, *parts: str) -> str | None:
     return next((n for n in sorted(now.names()) if all(p in n for p in parts)), None)
 
@@ -107,19 +118,15 @@ def service_health(service: str, now: Scrape | None, before: Scrape | None, erro
     """A service's health from its latest scrape (and the one before, for rates); `now` None means unreachable."""
     if now is None:
         return ServiceHealth(service=service, up=False, error=error or "no answer")
-    p50, p99 = _histogram(now, before, PROCESSING_HISTOGRAMS)
     http_p50, http_p99 = _histogram(now, before, HTTP_HISTOGRAMS)
     http_error_rate = None
     if requests := _first_with(now, "http_", "requests_total"):
         total = now.total(requests) or 0.0
         errors = sum(v for labels, v in now.series(requests) if _status(labels).startswith("5"))
         http_error_rate = round(errors / total, 6) if total else 0.0
-    cache_hit_rate = None
-    hits, misses = _first_with(now, "cache_hits"), _first_with(now, "cache_misses")
-    if hits and misses:
-        h, m = now.total(hits) or 0.0, now.total(misses) or 0.0
-        cache_hit_rate = round(h / (h + m), 6) if h + m else None
-    pool = _first_with(now, "pool", "in_use") or _first_with(now, "pool", "used")
+    dead_letters = _rate(now, before, DEAD_LETTERED)
+    if dead_letters is None:  # a service publishing through FastStream: its published-to-dead-letters counter
+        dead_letters = _rate(now, before, "faststream_published_messages_total", destination=DEAD_LETTERS.name)
     lag = [
         ConsumerLag(
             group=labels.get("group", labels.get("consumer", service)),
@@ -133,18 +140,12 @@ def service_health(service: str, now: Scrape | None, before: Scrape | None, erro
     return ServiceHealth(
         service=service,
         up=True,
-        processing_rate=_round(_rate(now, before, "faststream_received_processed_messages_total")),
-        error_rate=_round(_rate(now, before, "faststream_received_processed_messages_exceptions_total")),
-        dead_letter_rate=_round(
-            _rate(now, before, "faststream_published_messages_total", destination=DEAD_LETTERS.name)
-        ),
-        processing_p50_s=p50,
-        processing_p99_s=p99,
+        processing_rate=_round(_first_rate(now, before, PROCESSED)),
+        error_rate=_round(_first_rate(now, before, FAILED)),
+        dead_letter_rate=_round(dead_letters),
         http_p50_s=http_p50,
         http_p99_s=http_p99,
         http_error_rate=http_error_rate,
-        cache_hit_rate=cache_hit_rate,
-        db_pool_in_use=now.total(pool) if pool else None,
         cpu_seconds_per_second=_round(_rate(now, before, "process_cpu_seconds_total")),
         memory_bytes=now.total("process_resident_memory_bytes"),
         consumer_lag=lag,

@@ -4,7 +4,7 @@ leaderboards and the cached calibration. PostgreSQL keeps the same snapshots; Re
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as redis
 
@@ -13,8 +13,10 @@ from om_runtime.cache import KeySpace
 LEADERBOARDS = ("pnl", "volume", "success_rate")
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=str, separators=(",", ":"))
+def dumps(value: Any) -> str:
+    """A snapshot's JSON text, the same for equal content (sorted keys): written once to PostgreSQL and Redis,
+    and the source of the update's content-derived id."""
+    return json.dumps(value, default=str, separators=(",", ":"), sort_keys=True)
 
 
 class HotModels:
@@ -22,15 +24,17 @@ class HotModels:
         self.redis = client
         self.keys = KeySpace(prefix)
 
-    async def put_markets(self, snapshots: dict[str, dict]) -> None:
-        if snapshots:
-            await self.redis.mset({self.keys.key("market", m): _dumps(s) for m, s in snapshots.items()})
+    async def put_markets(self, texts: dict[str, str]) -> None:
+        """Market snapshots, as their JSON texts (`dumps`)."""
+        if texts:
+            await self.redis.mset({self.keys.key("market", m): text for m, text in texts.items()})
 
-    async def put_users(self, snapshots: dict[str, dict]) -> None:
+    async def put_users(self, snapshots: dict[str, dict[str, Any]], texts: dict[str, str]) -> None:
+        """User snapshots (their JSON texts from `dumps`) and the leaderboards."""
         if not snapshots:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.mset({self.keys.key("user", u): _dumps(s) for u, s in snapshots.items()})
+            pipe.mset({self.keys.key("user", u): texts[u] for u in snapshots})
             pipe.zadd(self.keys.key("leaderboard", "pnl"), {u: s["total_pnl"] for u, s in snapshots.items()})
             pipe.zadd(self.keys.key("leaderboard", "volume"), {u: s["total_volume"] for u, s in snapshots.items()})
             rated = {u: s["success_rate"] for u, s in snapshots.items() if s["success_rate"] is not None}
@@ -38,11 +42,12 @@ class HotModels:
                 pipe.zadd(self.keys.key("leaderboard", "success_rate"), rated)
             await pipe.execute()
 
-    async def market(self, market_id: str) -> dict | None:
-        return _loads(await self.redis.get(self.keys.key("market", market_id)))
+    async def market(self, market_id: str) -> dict[str, Any] | None:
+        snapshot: dict[str, Any] | None = _loads(await self.redis.get(self.keys.key("market", market_id)))
+        return snapshot
 
     async def put(self, name: str, value: Any, ttl_s: float | None = None) -> None:
-        await self.redis.set(self.keys.key(name), _dumps(value), px=int(ttl_s * 1000) if ttl_s else None)
+        await self.redis.set(self.keys.key(name), dumps(value), px=int(ttl_s * 1000) if ttl_s else None)
 
     async def forget(self, name: str) -> None:
         await self.redis.delete(self.keys.key(name))
@@ -51,8 +56,17 @@ class HotModels:
         return _loads(await self.redis.get(self.keys.key(name)))
 
     async def leaderboard(self, by: str, limit: int) -> list[tuple[str, float]]:
-        return await self.redis.zrevrange(self.keys.key("leaderboard", by), 0, limit - 1, withscores=True)
+        # With scores, redis-py answers (member, score) pairs; its annotation covers every variant of the call.
+        rows = cast(
+            "list[tuple[str | bytes, float]]",
+            await self.redis.zrevrange(self.keys.key("leaderboard", by), 0, limit - 1, withscores=True),
+        )
+        return [(_text(member), float(score)) for member, score in rows]
 
 
-def _loads(raw: str | None) -> Any:
+def _loads(raw: str | bytes | None) -> Any:
     return None if raw is None else json.loads(raw)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

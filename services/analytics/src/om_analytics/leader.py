@@ -35,7 +35,8 @@ class Leadership:
                 await self.release()
         conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
         cur = await conn.execute("SELECT pg_try_advisory_lock(%s) AS won", (self.key,))
-        if (await cur.fetchone())[0]:
+        row = await cur.fetchone()
+        if row is not None and row[0]:
             self._conn = conn
             log.info("this replica is now the analytics leader")
             return True

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from om_contracts import PredictionMade, SignalObserved, TradeExecuted
 
@@ -102,7 +103,7 @@ def _later(a: Bucket, b: Bucket, key: str) -> Bucket:
     return a if kb is None or (ka is not None and ka >= kb) else b
 
 
-def _opt(pick, a: float | None, b: float | None) -> float | None:
+def _opt(pick: Callable[[float, float], float], a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else pick(a, b)
 
 
@@ -116,12 +117,12 @@ def trade_bucket(trade: TradeExecuted) -> Bucket:
 
 
 def signal_bucket(signal: SignalObserved) -> Bucket:
-    has_sentiment = signal.sentiment is not None
+    sentiment = signal.sentiment
     return Bucket(
         social=int(signal.kind == "social"),
         news=int(signal.kind == "news"),
-        sentiment_sum=signal.sentiment if has_sentiment else 0.0,
-        sentiment_n=int(has_sentiment),
+        sentiment_sum=sentiment if sentiment is not None else 0.0,
+        sentiment_n=int(sentiment is not None),
     )
 
 
@@ -133,6 +134,46 @@ def fold(events: Iterable[TradeExecuted | SignalObserved], resolution: str) -> d
         key = (e.market_id, bucket_start(e.occurred_at, resolution))
         buckets[key] = buckets[key].merge(piece) if key in buckets else piece
     return buckets
+
+
+def fold_all(events: Iterable[TradeExecuted | SignalObserved]) -> dict[tuple[str, str, datetime], list[Any]]:
+    """`fold` at every resolution in one pass (signals at 1 m only), keyed by (market, resolution, start): the
+    batch path's version, with mutable sums instead of a bucket per event. Each value holds a Bucket's fields in
+    order (`Bucket(*row)`); equal to `fold` (tested)."""
+    acc: dict[tuple[str, str, datetime], list[Any]] = {}
+    for e in events:
+        minute = bucket_start(e.occurred_at, "1m")
+        if isinstance(e, TradeExecuted):
+            key, p = (e.occurred_at, e.trade_id), e.price_after
+            move = abs(p - e.price_before)
+            for k in (
+                (e.market_id, "1m", minute),
+                (e.market_id, "1h", bucket_start(minute, "1h")),
+                (e.market_id, "1d", bucket_start(minute, "1d")),
+            ):
+                a = acc.get(k)
+                if a is None:
+                    acc[k] = [p, key, p, p, p, key, e.amount, 1, e.amount * p, move, 0, 0, 0.0, 0]
+                    continue
+                if a[1] is None or key < a[1]:
+                    a[0], a[1] = p, key
+                a[2] = p if a[2] is None else max(a[2], p)
+                a[3] = p if a[3] is None else min(a[3], p)
+                if a[5] is None or key > a[5]:
+                    a[4], a[5] = p, key
+                a[6] += e.amount
+                a[7] += 1
+                a[8] += e.amount * p
+                a[9] += move
+        else:
+            k = (e.market_id, "1m", minute)
+            a = acc.setdefault(k, [None, None, None, None, None, None, 0.0, 0, 0.0, 0.0, 0, 0, 0.0, 0])
+            a[10] += int(e.kind == "social")
+            a[11] += int(e.kind == "news")
+            if e.sentiment is not None:
+                a[12] += e.sentiment
+                a[13] += 1
+    return acc
 
 
 @dataclass(frozen=True)
@@ -205,23 +246,23 @@ def _round(x: float, digits: int = 6) -> float:
     return round(x, digits) if math.isfinite(x) else 0.0
 
 
-def newer_prediction(stored_as_of: datetime | None, candidate: PredictionMade) -> bool:
-    """A prediction replaces the stored one when its features are at least as new."""
-    return stored_as_of is None or candidate.features_as_of >= stored_as_of
+def prediction_rank(p: PredictionMade) -> tuple[bool, datetime, str]:
+    """Which of a market's predictions it keeps: a final one (made at resolution) over any other, then the one
+    from the newest features, then the larger event id, so the order of arrival never matters."""
+    return (p.final, p.features_as_of, str(p.event_id))
 
 
 def latest_predictions(predictions: Iterable[PredictionMade]) -> list[PredictionMade]:
-    """One prediction per market: the one from the newest features (the later event id on a tie, so order of
-    arrival does not matter)."""
+    """One prediction per market: the highest `prediction_rank`."""
     latest: dict[str, PredictionMade] = {}
     for p in predictions:
         held = latest.get(p.market_id)
-        if held is None or (p.features_as_of, str(p.event_id)) > (held.features_as_of, str(held.event_id)):
+        if held is None or prediction_rank(p) > prediction_rank(held):
             latest[p.market_id] = p
     return list(latest.values())
 
 
-def candles(buckets: dict[datetime, Bucket], resolution: str) -> list[dict]:
+def candles(buckets: dict[datetime, Bucket], resolution: str) -> list[dict[str, Any]]:
     """OHLCV candles of a coarser `resolution` from finer buckets keyed by start; periods without trades are
     left out (a chart carries the last close forward)."""
     merged: dict[datetime, Bucket] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from om_contracts import TradeExecuted
 
@@ -135,7 +136,7 @@ def user_metrics(
     open_positions: Iterable[tuple[Position, float]],
     category_volume: dict[str, float],
     as_of: datetime,
-) -> dict:
+) -> dict[str, Any]:
     """A user's metrics from their totals and their positions in markets still open (with each market's YES
     price). `category_volume` is the user's traded volume per market category."""
     held = [(p, price) for p, price in open_positions]

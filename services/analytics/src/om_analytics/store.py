@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, LiteralString
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor, sql
+from psycopg.rows import tuple_row
 
 from om_analytics import metrics
 from om_analytics.calibration import Resolved
@@ -20,6 +21,18 @@ from om_analytics.portfolio import Position, UserTotals, settle
 from om_contracts import MarketCreated, PredictionMade, SignalObserved, TradeExecuted
 
 SETTLED = ("resolved", "cancelled")
+#: A connection from the runtime's pool: its rows are dicts (`dict_row`), typed loosely as the runtime types it.
+Conn = AsyncConnection[Any]
+#: A JSON-ready snapshot (market or user metrics).
+Snapshot = dict[str, Any]
+
+
+async def _one(cur: AsyncCursor[Any]) -> Any:
+    """The single row a query always returns (an aggregate, the clock's one row)."""
+    row = await cur.fetchone()
+    if row is None:
+        raise LookupError("expected a row")
+    return row
 
 
 def _array(values: Iterable[Any]) -> str:
@@ -32,6 +45,9 @@ def _array(values: Iterable[Any]) -> str:
     if kinds == {datetime}:
         return "{" + ",".join(map(datetime.isoformat, values)) + "}"
     if kinds == {str}:
+        whole = "".join(values)  # holds a quote or backslash exactly when some value does
+        if '"' not in whole and "\\" not in whole:  # ids and names: nothing to escape
+            return '{"' + '","'.join(values) + '"}'
         return '{"' + '","'.join(v.replace("\\", "\\\\").replace('"', '\\"') for v in values) + '"}'
     return "{" + ",".join(map(_element, values)) + "}"
 
@@ -56,19 +72,21 @@ def _arrays(*columns: Iterable[Any]) -> tuple[str, ...]:
 # --- writes -----------------------------------------------------------------------------------------
 
 
-async def advance_clock(conn: AsyncConnection, latest: datetime | None) -> datetime | None:
-    """Move the clock to `latest` if that is later; return the clock (None before any event)."""
+async def advance_clock(conn: Conn, latest: datetime | None, *, returning: bool = True) -> datetime | None:
+    """Move the clock to `latest` if that is later; return the clock (None before any event, or when not
+    `returning`: then nothing waits for the reply, as in a pipeline)."""
     cur = await conn.execute(
         "UPDATE clock SET as_of = greatest(as_of, %s::timestamptz) WHERE id = 1 RETURNING as_of", (latest,)
     )
-    return (await cur.fetchone())["as_of"]
+    return (await _one(cur))["as_of"] if returning else None
 
 
-async def clock(conn: AsyncConnection) -> datetime | None:
-    return (await (await conn.execute("SELECT as_of FROM clock WHERE id = 1")).fetchone())["as_of"]
+async def clock(conn: Conn) -> datetime | None:
+    as_of: datetime | None = (await _one(await conn.execute("SELECT as_of FROM clock WHERE id = 1")))["as_of"]
+    return as_of
 
 
-async def record_created(conn: AsyncConnection, e: MarketCreated) -> None:
+async def record_created(conn: Conn, e: MarketCreated) -> None:
     await conn.execute(
         "INSERT INTO markets AS m (market_id, category, created_at, close_at, opening_price, current_price, "
         "last_event_at) VALUES (%(id)s, %(category)s, %(at)s, %(close)s, %(price)s, %(price)s, %(at)s) "
@@ -82,7 +100,7 @@ async def record_created(conn: AsyncConnection, e: MarketCreated) -> None:
 
 
 async def record_status(
-    conn: AsyncConnection,
+    conn: Conn,
     market_id: str,
     status: str,
     at: datetime,
@@ -106,7 +124,7 @@ def _columns(rows: list[Any], *names: str) -> tuple[list[Any], ...]:
     return tuple([getattr(row, name) for row in rows] for name in names)
 
 
-async def insert_trades(conn: AsyncConnection, trades: list[TradeExecuted]) -> list[TradeExecuted]:
+async def insert_trades(conn: Conn, trades: list[TradeExecuted]) -> list[TradeExecuted]:
     """Store new trades; return those whose trade id was not seen before (a trade counts once)."""
     if not trades:
         return []
@@ -127,48 +145,48 @@ async def insert_trades(conn: AsyncConnection, trades: list[TradeExecuted]) -> l
     return fresh
 
 
-async def record_buckets(conn: AsyncConnection, events: list[TradeExecuted | SignalObserved]) -> None:
+async def record_buckets(conn: Conn, events: list[TradeExecuted | SignalObserved]) -> None:
     """Merge a batch's trades (every resolution) and signals (minutes only) into the stored buckets."""
-    rows: list[tuple[str, str, datetime, Bucket]] = []
-    for resolution in metrics.RESOLUTIONS:
-        source = events if resolution == "1m" else [e for e in events if isinstance(e, TradeExecuted)]
-        rows += [(m, resolution, start, b) for (m, start), b in metrics.fold(source, resolution).items()]
-    if not rows:
+    folded = metrics.fold_all(events)
+    if not folded:
         return
-    cols: dict[str, list[Any]] = {k: [] for k in _BUCKET_COLUMNS}
-    for market_id, resolution, start, b in rows:
-        values = {
-            "market_id": market_id, "resolution": resolution, "start": start, "open": b.open,
-            "open_at": b.open_key[0] if b.open_key else None, "open_id": b.open_key[1] if b.open_key else None,
-            "high": b.high, "low": b.low, "close": b.close,
-            "close_at": b.close_key[0] if b.close_key else None, "close_id": b.close_key[1] if b.close_key else None,
-            "volume": b.volume, "trades": b.trades, "price_volume": b.price_volume, "abs_move": b.abs_move,
-            "social": b.social, "news": b.news, "sentiment_sum": b.sentiment_sum, "sentiment_n": b.sentiment_n,
-        }  # fmt: skip
-        for k in _BUCKET_COLUMNS:
-            cols[k].append(values[k])
-    await conn.execute(_UPSERT_BUCKETS, _arrays(*cols.values()))
+    keys = sorted(folded)  # rows locked in one order by every writer
+    rows = [folded[k] for k in keys]  # Bucket's fields: open, open_key, high, low, close, close_key, sums...
+    opened = [r[1] for r in rows]
+    closed = [r[5] for r in rows]
+    await conn.execute(
+        _UPSERT_BUCKETS,
+        _arrays(
+            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [r[0] for r in rows],
+            [k[0] if k else None for k in opened], [k[1] if k else None for k in opened],
+            [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows],
+            [k[0] if k else None for k in closed], [k[1] if k else None for k in closed],
+            *([r[i] for r in rows] for i in range(6, 14)),
+        ),
+    )  # fmt: skip
 
 
-_BUCKET_COLUMNS = {
-    "market_id": "text", "resolution": "text", "start": "timestamptz", "open": "float8", "open_at": "timestamptz",
-    "open_id": "text", "high": "float8", "low": "float8", "close": "float8", "close_at": "timestamptz",
-    "close_id": "text", "volume": "float8", "trades": "int4", "price_volume": "float8", "abs_move": "float8",
-    "social": "int4", "news": "int4", "sentiment_sum": "float8", "sentiment_n": "int4",
-}  # fmt: skip
-_EARLIER = "b.open_at IS NULL OR (excluded.open_at, excluded.open_id) < (b.open_at, b.open_id)"
-_LATER = "b.close_at IS NULL OR (excluded.close_at, excluded.close_id) > (b.close_at, b.close_id)"
-_UPSERT_BUCKETS = (
-    f"INSERT INTO buckets AS b ({', '.join(_BUCKET_COLUMNS)}) "
-    f"SELECT * FROM unnest({', '.join(f'%s::{t}[]' for t in _BUCKET_COLUMNS.values())}) "
+# OHLC chosen by (event time, trade id), so the stored bucket is the same whatever order batches come in.
+_UPSERT_BUCKETS: LiteralString = (
+    "INSERT INTO buckets AS b (market_id, resolution, start, open, open_at, open_id, high, low, close, close_at, "
+    "close_id, volume, trades, price_volume, abs_move, social, news, sentiment_sum, sentiment_n) "
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::float8[], %s::timestamptz[], %s::text[], "
+    "%s::float8[], %s::float8[], %s::float8[], %s::timestamptz[], %s::text[], %s::float8[], %s::int4[], "
+    "%s::float8[], %s::float8[], %s::int4[], %s::int4[], %s::float8[], %s::int4[]) "
     "ON CONFLICT (market_id, resolution, start) DO UPDATE SET "
-    f"open = CASE WHEN excluded.open_at IS NOT NULL AND ({_EARLIER}) THEN excluded.open ELSE b.open END, "
-    f"open_id = CASE WHEN excluded.open_at IS NOT NULL AND ({_EARLIER}) THEN excluded.open_id ELSE b.open_id END, "
-    f"open_at = CASE WHEN excluded.open_at IS NOT NULL AND ({_EARLIER}) THEN excluded.open_at ELSE b.open_at END, "
-    f"close = CASE WHEN excluded.close_at IS NOT NULL AND ({_LATER}) THEN excluded.close ELSE b.close END, "
-    f"close_id = CASE WHEN excluded.close_at IS NOT NULL AND ({_LATER}) THEN excluded.close_id "
+    "open = CASE WHEN excluded.open_at IS NOT NULL AND (b.open_at IS NULL "
+    "  OR (excluded.open_at, excluded.open_id) < (b.open_at, b.open_id)) THEN excluded.open ELSE b.open END, "
+    "open_id = CASE WHEN excluded.open_at IS NOT NULL AND (b.open_at IS NULL "
+    "  OR (excluded.open_at, excluded.open_id) < (b.open_at, b.open_id)) THEN excluded.open_id ELSE b.open_id END, "
+    "open_at = CASE WHEN excluded.open_at IS NOT NULL AND (b.open_at IS NULL "
+    "  OR (excluded.open_at, excluded.open_id) < (b.open_at, b.open_id)) THEN excluded.open_at ELSE b.open_at END, "
+    "close = CASE WHEN excluded.close_at IS NOT NULL AND (b.close_at IS NULL "
+    "  OR (excluded.close_at, excluded.close_id) > (b.close_at, b.close_id)) THEN excluded.close ELSE b.close END, "
+    "close_id = CASE WHEN excluded.close_at IS NOT NULL AND (b.close_at IS NULL "
+    "  OR (excluded.close_at, excluded.close_id) > (b.close_at, b.close_id)) THEN excluded.close_id "
     "  ELSE b.close_id END, "
-    f"close_at = CASE WHEN excluded.close_at IS NOT NULL AND ({_LATER}) THEN excluded.close_at "
+    "close_at = CASE WHEN excluded.close_at IS NOT NULL AND (b.close_at IS NULL "
+    "  OR (excluded.close_at, excluded.close_id) > (b.close_at, b.close_id)) THEN excluded.close_at "
     "  ELSE b.close_at END, "
     "high = greatest(b.high, excluded.high), low = least(b.low, excluded.low), "
     "volume = b.volume + excluded.volume, trades = b.trades + excluded.trades, "
@@ -178,55 +196,77 @@ _UPSERT_BUCKETS = (
 )
 
 
-async def record_trades(conn: AsyncConnection, trades: list[TradeExecuted]) -> None:
-    """Add new trades to markets, participants, platform minutes, users, categories and positions."""
+async def record_trades(conn: Conn, trades: list[TradeExecuted]) -> None:
+    """Add new trades to markets, participants, platform minutes, users, categories and positions: the batch is
+    summed here per key, then each table gets one upsert, with no result awaited (so it pipelines)."""
     if not trades:
         return
-    trades = sorted(trades, key=metrics.trade_key)  # so every upsert below touches rows in a stable order
-    platform: dict[datetime, tuple[float, int]] = {}
-    markets_acc: dict[str, dict[str, Any]] = {}
+    trades = sorted(trades, key=metrics.trade_key)  # so each market's first and last trade are its first and last
+    platform: dict[datetime, list[Any]] = {}
+    markets_acc: dict[str, list[Any]] = {}  # volume, trades, first trade, last trade
     participants: dict[tuple[str, str], datetime] = {}
     users: dict[str, list[Any]] = {}
-    positions: dict[tuple[str, str, str], Position] = {}
+    spent: dict[tuple[str, str], float] = {}
+    positions: dict[tuple[str, str, str], list[Any]] = {}  # buy shares, buy cost, sell shares, sell proceeds, n
     for t in trades:
-        minute = metrics.bucket_start(t.occurred_at, "1m")
-        v, n = platform.get(minute, (0.0, 0))
-        platform[minute] = (v + t.amount, n + 1)
-        acc = markets_acc.setdefault(t.market_id, {"volume": 0.0, "trades": 0, "first": t, "last": t})
-        acc["volume"] += t.amount
-        acc["trades"] += 1
-        acc["first"] = min(acc["first"], t, key=metrics.trade_key)
-        acc["last"] = max(acc["last"], t, key=metrics.trade_key)
-        pair = (t.market_id, t.user_id)
-        participants[pair] = max(participants.get(pair, t.occurred_at), t.occurred_at)
-        u = users.setdefault(t.user_id, [0, 0.0, t.occurred_at, t.occurred_at])
-        u[0], u[1], u[2], u[3] = u[0] + 1, u[1] + t.amount, min(u[2], t.occurred_at), max(u[3], t.occurred_at)
+        at, amount = t.occurred_at, t.amount
+        minute = metrics.bucket_start(at, "1m")
+        if (p := platform.get(minute)) is None:
+            platform[minute] = [amount, 1]
+        else:
+            p[0] += amount
+            p[1] += 1
+        if (acc := markets_acc.get(t.market_id)) is None:
+            markets_acc[t.market_id] = [amount, 1, t, t]
+        else:
+            acc[0] += amount
+            acc[1] += 1
+            acc[3] = t  # sorted: the latest so far
+        participants[(t.market_id, t.user_id)] = at  # sorted: the latest so far
+        if (u := users.get(t.user_id)) is None:
+            users[t.user_id] = [1, amount, at, at]
+        else:
+            u[0] += 1
+            u[1] += amount
+            u[3] = at
+        pair = (t.user_id, t.market_id)
+        spent[pair] = spent.get(pair, 0.0) + amount
         key = (t.user_id, t.market_id, t.outcome)
-        positions[key] = positions.get(key, Position(t.market_id, t.outcome)).add(t)
+        if (pos := positions.get(key)) is None:
+            pos = positions[key] = [0.0, 0.0, 0.0, 0.0, 0]
+        if t.side == "BUY":
+            pos[0] += t.shares
+            pos[1] += amount
+        else:
+            pos[2] += t.shares
+            pos[3] += amount
+        pos[4] += 1
 
+    # Every upsert touches its rows in key order, so two writers never deadlock.
+    minutes = sorted(platform)
     await conn.execute(
         "INSERT INTO platform_minutes AS p (start, volume, trades) SELECT * FROM unnest(%s::timestamptz[], "
         "%s::float8[], %s::int4[]) ON CONFLICT (start) DO UPDATE SET volume = p.volume + excluded.volume, "
         "trades = p.trades + excluded.trades",
-        _arrays(*(list(platform), [v for v, _ in platform.values()], [n for _, n in platform.values()])),
+        _arrays(minutes, [platform[m][0] for m in minutes], [platform[m][1] for m in minutes]),
     )
-    cur = await conn.execute(
-        "INSERT INTO participants AS p (market_id, user_id, last_trade_at) SELECT * FROM unnest(%s::text[], "
-        "%s::text[], %s::timestamptz[]) ON CONFLICT (market_id, user_id) DO UPDATE SET "
-        "last_trade_at = greatest(p.last_trade_at, excluded.last_trade_at) RETURNING market_id, (xmax = 0) AS new",
-        _arrays(*([m for m, _ in participants], [u for _, u in participants], list(participants.values()))),
-    )
-    newcomers: dict[str, int] = {}
-    for row in await cur.fetchall():
-        newcomers[row["market_id"]] = newcomers.get(row["market_id"], 0) + int(row["new"])
-    ids = sorted(markets_acc)  # rows locked in one order by every writer, so two writers never deadlock
+    pairs = sorted(participants)
+    ids = sorted(markets_acc)
+    accs = [markets_acc[m] for m in ids]
+    # Participants first (a data-modifying CTE), then the markets with the number of participants that were new.
     await conn.execute(
+        "WITH p AS (INSERT INTO participants AS p (market_id, user_id, last_trade_at) SELECT * FROM "
+        "unnest(%s::text[], %s::text[], %s::timestamptz[]) ON CONFLICT (market_id, user_id) DO UPDATE SET "
+        "last_trade_at = greatest(p.last_trade_at, excluded.last_trade_at) RETURNING market_id, (xmax = 0) AS new), "
+        "n AS (SELECT market_id, count(*) FILTER (WHERE new)::int4 AS n FROM p GROUP BY market_id) "
         "INSERT INTO markets AS m (market_id, opening_price, current_price, last_trade_at, last_trade_id, "
-        "total_volume, trade_count, participant_count, last_event_at) SELECT * FROM unnest(%s::text[], "
-        "%s::float8[], %s::float8[], %s::timestamptz[], %s::text[], %s::float8[], %s::int4[], %s::int4[], "
-        "%s::timestamptz[]) ON CONFLICT (market_id) DO UPDATE SET "
+        "total_volume, trade_count, last_event_at, participant_count, dirty) "
+        "SELECT k.*, coalesce(n.n, 0), true FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::timestamptz[], "
+        "%s::text[], %s::float8[], %s::int4[], %s::timestamptz[]) AS k(market_id, opening_price, current_price, "
+        "last_trade_at, last_trade_id, total_volume, trade_count, last_event_at) LEFT JOIN n USING (market_id) "
+        "ORDER BY k.market_id ON CONFLICT (market_id) DO UPDATE SET "
         "total_volume = m.total_volume + excluded.total_volume, trade_count = m.trade_count + excluded.trade_count, "
-        "participant_count = m.participant_count + excluded.participant_count, "
+        "participant_count = m.participant_count + excluded.participant_count, dirty = true, "
         "opening_price = coalesce(m.opening_price, excluded.opening_price), "
         # The latest trade by (event time, trade id) sets the price, whatever the order of arrival.
         "current_price = CASE WHEN m.last_trade_at IS NULL OR (excluded.last_trade_at, excluded.last_trade_id) "
@@ -236,39 +276,31 @@ async def record_trades(conn: AsyncConnection, trades: list[TradeExecuted]) -> N
         "last_trade_at = greatest(m.last_trade_at, excluded.last_trade_at), "
         "last_event_at = greatest(m.last_event_at, excluded.last_event_at)",
         _arrays(
-            *(
-                ids,
-                [markets_acc[m]["first"].price_before for m in ids],
-                [markets_acc[m]["last"].price_after for m in ids],
-                [markets_acc[m]["last"].occurred_at for m in ids],
-                [markets_acc[m]["last"].trade_id for m in ids],
-                [markets_acc[m]["volume"] for m in ids],
-                [markets_acc[m]["trades"] for m in ids],
-                [newcomers.get(m, 0) for m in ids],
-                [markets_acc[m]["last"].occurred_at for m in ids],
-            )
+            [m for m, _ in pairs], [u for _, u in pairs], [participants[k] for k in pairs],
+            ids, [a[2].price_before for a in accs], [a[3].price_after for a in accs],
+            [a[3].occurred_at for a in accs], [a[3].trade_id for a in accs], [a[0] for a in accs],
+            [a[1] for a in accs], [a[3].occurred_at for a in accs],
         ),
-    )
+    )  # fmt: skip
+    uids = sorted(users)
     await conn.execute(
-        "INSERT INTO users AS u (user_id, total_trades, total_volume, first_seen_at, last_trade_at) "
-        "SELECT * FROM unnest(%s::text[], %s::int4[], %s::float8[], %s::timestamptz[], %s::timestamptz[]) "
+        "INSERT INTO users AS u (user_id, total_trades, total_volume, first_seen_at, last_trade_at, dirty) "
+        "SELECT *, true FROM unnest(%s::text[], %s::int4[], %s::float8[], %s::timestamptz[], %s::timestamptz[]) "
         "ON CONFLICT (user_id) DO UPDATE SET total_trades = u.total_trades + excluded.total_trades, "
-        "total_volume = u.total_volume + excluded.total_volume, "
+        "total_volume = u.total_volume + excluded.total_volume, dirty = true, "
         "first_seen_at = least(u.first_seen_at, excluded.first_seen_at), "
         "last_trade_at = greatest(u.last_trade_at, excluded.last_trade_at)",
-        _arrays(*(list(users), *([u[i] for u in users.values()] for i in range(4)))),
+        _arrays(uids, *([users[u][i] for u in uids] for i in range(4))),
     )
-    # Volume per category, as the market's category is known when its trade is processed.
-    cur = await conn.execute("SELECT market_id, category FROM markets WHERE market_id = ANY(%s)", (ids,))
-    category = {row["market_id"]: row["category"] or "uncategorized" for row in await cur.fetchall()}
-    by_category: dict[tuple[str, str], float] = {}
-    for t in trades:
-        key = (t.user_id, category[t.market_id])
-        by_category[key] = by_category.get(key, 0.0) + t.amount
+    # Volume per category, as the market's category is known when its trade is processed (the markets
+    # upsert above made every row this joins).
+    spent_keys = sorted(spent)
     await conn.execute(
-        "INSERT INTO user_categories AS c (user_id, category, volume) SELECT * FROM unnest(%s::text[], %s::text[], "
-        "%s::float8[]) ON CONFLICT (user_id, category) DO UPDATE SET volume = c.volume + excluded.volume",
-        _arrays(*([u for u, _ in by_category], [c for _, c in by_category], list(by_category.values()))),
+        "INSERT INTO user_categories AS c (user_id, category, volume) "
+        "SELECT k.user_id, coalesce(m.category, 'uncategorized'), sum(k.volume) FROM unnest(%s::text[], "
+        "%s::text[], %s::float8[]) AS k(user_id, market_id, volume) JOIN markets m USING (market_id) "
+        "GROUP BY 1, 2 ORDER BY 1, 2 ON CONFLICT (user_id, category) DO UPDATE SET volume = c.volume + excluded.volume",
+        _arrays([u for u, _ in spent_keys], [m for _, m in spent_keys], [spent[k] for k in spent_keys]),
     )
     keys = sorted(positions)
     await conn.execute(
@@ -278,15 +310,14 @@ async def record_trades(conn: AsyncConnection, trades: list[TradeExecuted]) -> N
         "buy_shares = p.buy_shares + excluded.buy_shares, buy_cost = p.buy_cost + excluded.buy_cost, "
         "sell_shares = p.sell_shares + excluded.sell_shares, sell_proceeds = p.sell_proceeds + excluded.sell_proceeds, "
         "trades = p.trades + excluded.trades",
-        _arrays(*(
+        _arrays(
             [u for u, _, _ in keys], [m for _, m, _ in keys], [o for _, _, o in keys],
-            *([getattr(positions[k], f) for k in keys]
-              for f in ("buy_shares", "buy_cost", "sell_shares", "sell_proceeds", "trades")),
-        )),
+            *([positions[k][i] for k in keys] for i in range(5)),
+        ),
     )  # fmt: skip
 
 
-async def touch_markets(conn: AsyncConnection, last_event: dict[str, datetime]) -> None:
+async def touch_markets(conn: Conn, last_event: dict[str, datetime]) -> None:
     """Create rows for markets first seen through a signal, and keep each market's latest event time."""
     if last_event:
         await conn.execute(
@@ -297,18 +328,21 @@ async def touch_markets(conn: AsyncConnection, last_event: dict[str, datetime]) 
         )
 
 
-async def record_predictions(conn: AsyncConnection, predictions: list[PredictionMade]) -> None:
-    """Keep each market's newest prediction (by features_as_of); an older one is ignored."""
+async def record_predictions(conn: Conn, predictions: list[PredictionMade]) -> None:
+    """Keep each market's highest-ranked prediction (`metrics.prediction_rank`: final, then newest features)."""
     latest = metrics.latest_predictions(predictions)
     if not latest:
         return
     await conn.execute(
-        "INSERT INTO markets AS m (market_id, predicted_probability, model_version, predicted_as_of, prediction) "
-        "SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[], %s::timestamptz[], %s::jsonb[]) "
+        "INSERT INTO markets AS m (market_id, predicted_probability, model_version, predicted_as_of, prediction, "
+        "prediction_final) SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[], %s::timestamptz[], "
+        "%s::jsonb[], %s::bool[]) "
         "ON CONFLICT (market_id) DO UPDATE SET predicted_probability = excluded.predicted_probability, "
         "model_version = excluded.model_version, predicted_as_of = excluded.predicted_as_of, "
-        "prediction = excluded.prediction "
-        "WHERE m.predicted_as_of IS NULL OR excluded.predicted_as_of >= m.predicted_as_of",
+        "prediction = excluded.prediction, prediction_final = excluded.prediction_final "
+        "WHERE m.predicted_as_of IS NULL OR (excluded.prediction_final, excluded.predicted_as_of, "
+        "  (excluded.prediction->>'event_id') COLLATE \"C\") "
+        "  >= (m.prediction_final, m.predicted_as_of, (m.prediction->>'event_id') COLLATE \"C\")",
         _arrays(
             *(
                 [p.market_id for p in latest],
@@ -316,12 +350,13 @@ async def record_predictions(conn: AsyncConnection, predictions: list[Prediction
                 [p.model_version for p in latest],
                 [p.features_as_of for p in latest],
                 [p.model_dump(mode="json", exclude={"producer", "schema_version", "produced_at"}) for p in latest],
+                [p.final for p in latest],
             )
         ),
     )
 
 
-async def settle_pairs(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]) -> set[str]:
+async def settle_pairs(conn: Conn, pairs: Iterable[tuple[str, str]]) -> set[str]:
     """Re-settle (user, market) pairs in markets that ended: store each pair's result and add the difference to
     its user's totals, so a market's resolution or a late trade in it counts exactly once. Returns the users."""
     pairs = sorted(set(pairs))
@@ -367,7 +402,7 @@ async def settle_pairs(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]) 
         "UPDATE users u SET settled_pnl = u.settled_pnl + d.pnl, resolved_positions = u.resolved_positions + d.n, "
         "winning_positions = u.winning_positions + d.w FROM unnest(%s::text[], %s::float8[], %s::int4[], "
         "%s::int4[]) AS d(user_id, pnl, n, w) WHERE u.user_id = d.user_id",
-        _arrays(*(list(deltas), *([d[i] for d in deltas.values()] for i in range(3)))),
+        _arrays(list(deltas), *([d[i] for d in deltas.values()] for i in range(3))),
     )
     await conn.execute(
         "UPDATE positions p SET settled = true FROM unnest(%s::text[], %s::text[]) AS k(user_id, market_id) "
@@ -377,12 +412,12 @@ async def settle_pairs(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]) 
     return set(deltas)
 
 
-async def holders(conn: AsyncConnection, market_id: str) -> list[tuple[str, str]]:
+async def holders(conn: Conn, market_id: str) -> list[tuple[str, str]]:
     cur = await conn.execute("SELECT DISTINCT user_id FROM positions WHERE market_id = %s", (market_id,))
     return [(row["user_id"], market_id) for row in await cur.fetchall()]
 
 
-async def settled_markets(conn: AsyncConnection, market_ids: list[str]) -> set[str]:
+async def settled_markets(conn: Conn, market_ids: list[str]) -> set[str]:
     cur = await conn.execute(
         "SELECT market_id FROM markets WHERE market_id = ANY(%s) AND status IN ('resolved', 'cancelled')",
         (market_ids,),
@@ -397,7 +432,7 @@ def _position(row: dict[str, Any]) -> Position:
     )  # fmt: skip
 
 
-async def mark_dirty(conn: AsyncConnection, market_ids: list[str], user_ids: list[str]) -> None:
+async def mark_dirty(conn: Conn, market_ids: list[str], user_ids: list[str]) -> None:
     """Flag markets and users whose snapshot must be recomputed (by the leader, once for many batches)."""
     if market_ids:
         await conn.execute(
@@ -410,30 +445,28 @@ async def mark_dirty(conn: AsyncConnection, market_ids: list[str], user_ids: lis
         )
 
 
-async def take_dirty(conn: AsyncConnection, table: str, limit: int) -> list[str]:
+async def take_dirty(conn: Conn, table: str, limit: int) -> list[str]:
     """Claim up to `limit` dirty markets or users (rows a running batch holds are skipped, not waited for) and
     clear their flag; the caller's transaction recomputes their snapshots."""
     key = {"markets": "market_id", "users": "user_id"}[table]  # a fixed set: never user text in SQL
-    cur = await conn.execute(
-        f"UPDATE {table} SET dirty = false WHERE {key} IN (SELECT {key} FROM {table} WHERE dirty ORDER BY {key} "
-        f"LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {key}",
-        (limit,),
-    )
+    query = sql.SQL(
+        "UPDATE {table} SET dirty = false WHERE {key} IN (SELECT {key} FROM {table} WHERE dirty ORDER BY {key} "
+        "LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {key}"
+    ).format(table=sql.Identifier(table), key=sql.Identifier(key))
+    cur = await conn.execute(query, (limit,))
     return sorted(row[key] for row in await cur.fetchall())
 
 
 # --- reads for metrics ----------------------------------------------------------------------------
 
 
-async def market_rows(conn: AsyncConnection, market_ids: list[str], *, lock: bool = False) -> dict[str, dict]:
-    cur = await conn.execute(
-        "SELECT * FROM markets WHERE market_id = ANY(%s) ORDER BY market_id" + (" FOR UPDATE" if lock else ""),
-        (market_ids,),
-    )
+async def market_rows(conn: Conn, market_ids: list[str], *, lock: bool = False) -> dict[str, dict[str, Any]]:
+    query: LiteralString = "SELECT * FROM markets WHERE market_id = ANY(%s) ORDER BY market_id"
+    cur = await conn.execute(query + " FOR UPDATE" if lock else query, (market_ids,))
     return {row["market_id"]: row for row in await cur.fetchall()}
 
 
-async def window_totals(conn: AsyncConnection, market_ids: list[str], as_of: datetime) -> dict[str, WindowTotals]:
+async def window_totals(conn: Conn, market_ids: list[str], as_of: datetime) -> dict[str, WindowTotals]:
     """Each market's sums over the minute buckets of the window and of the 24 h before (≤ 2,880 rows each)."""
     start, end = metrics.window_minutes(as_of)
     cur = await conn.execute(
@@ -463,7 +496,7 @@ async def window_totals(conn: AsyncConnection, market_ids: list[str], as_of: dat
     return totals
 
 
-async def reference_prices(conn: AsyncConnection, market_ids: list[str], as_of: datetime) -> dict[str, float]:
+async def reference_prices(conn: Conn, market_ids: list[str], as_of: datetime) -> dict[str, float]:
     """The close of each market's last trade before the window (minute buckets, else hour, else day buckets
     wholly before it, for markets quiet for longer than minute buckets are kept)."""
     start, _ = metrics.window_minutes(as_of)
@@ -481,7 +514,7 @@ async def reference_prices(conn: AsyncConnection, market_ids: list[str], as_of: 
     return {row["market_id"]: row["close"] for row in await cur.fetchall() if row["close"] is not None}
 
 
-async def active_traders(conn: AsyncConnection, market_ids: list[str], as_of: datetime) -> dict[str, int]:
+async def active_traders(conn: Conn, market_ids: list[str], as_of: datetime) -> dict[str, int]:
     start, _ = metrics.window_minutes(as_of)
     cur = await conn.execute(
         "SELECT market_id, count(*) AS n FROM participants WHERE market_id = ANY(%s) AND last_trade_at >= %s "
@@ -491,7 +524,10 @@ async def active_traders(conn: AsyncConnection, market_ids: list[str], as_of: da
     return {row["market_id"]: row["n"] for row in await cur.fetchall()}
 
 
-async def save_market_snapshots(conn: AsyncConnection, snapshots: dict[str, dict], as_of: datetime) -> None:
+async def save_market_snapshots(
+    conn: Conn, snapshots: dict[str, dict[str, Any]], texts: dict[str, str], as_of: datetime
+) -> None:
+    """Store market snapshots (as their JSON texts) with the columns listings sort by."""
     ids = list(snapshots)
     await conn.execute(
         "UPDATE markets m SET snapshot = s.snapshot, snapshot_as_of = %s, volume_24h = s.volume, "
@@ -501,7 +537,7 @@ async def save_market_snapshots(conn: AsyncConnection, snapshots: dict[str, dict
             as_of,
             *_arrays(
                 ids,
-                [snapshots[m] for m in ids],
+                [texts[m] for m in ids],
                 [snapshots[m]["volume_24h"] for m in ids],
                 [snapshots[m]["liquidity"] for m in ids],
             ),
@@ -509,7 +545,7 @@ async def save_market_snapshots(conn: AsyncConnection, snapshots: dict[str, dict
     )
 
 
-async def stale_markets(conn: AsyncConnection, as_of: datetime, limit: int) -> list[str]:
+async def stale_markets(conn: Conn, as_of: datetime, limit: int) -> list[str]:
     """Markets whose stored snapshot's windows may have moved since: computed before `as_of`, with an event
     within 48 h of that snapshot (older activity has left every window already)."""
     cur = await conn.execute(
@@ -521,7 +557,7 @@ async def stale_markets(conn: AsyncConnection, as_of: datetime, limit: int) -> l
 
 
 async def user_inputs(
-    conn: AsyncConnection, user_ids: list[str]
+    conn: Conn, user_ids: list[str]
 ) -> tuple[dict[str, UserTotals], dict[str, list[tuple[Position, float]]], dict[str, dict[str, float]]]:
     """Per user: totals, open positions with their market's YES price, and volume per category."""
     cur = await conn.execute("SELECT * FROM users WHERE user_id = ANY(%s)", (user_ids,))
@@ -537,14 +573,16 @@ async def user_inputs(
         )  # fmt: skip
         for r in await cur.fetchall()
     }
-    cur = await conn.execute(
-        "SELECT p.*, coalesce(m.current_price, 0.5) AS price FROM positions p JOIN markets m USING (market_id) "
+    # Plain tuples: a user's open positions are the most rows a snapshot reads.
+    rows = await conn.cursor(row_factory=tuple_row).execute(
+        "SELECT p.user_id, p.market_id, p.outcome, p.buy_shares, p.buy_cost, p.sell_shares, p.sell_proceeds, "
+        "p.trades, coalesce(m.current_price, 0.5) FROM positions p JOIN markets m USING (market_id) "
         "WHERE p.user_id = ANY(%s) AND NOT p.settled",
         (user_ids,),
     )
     held: dict[str, list[tuple[Position, float]]] = {}
-    for r in await cur.fetchall():
-        held.setdefault(r["user_id"], []).append((_position(r), r["price"]))
+    for user_id, *fields, price in await rows.fetchall():
+        held.setdefault(user_id, []).append((Position(*fields), price))
     cur = await conn.execute("SELECT * FROM user_categories WHERE user_id = ANY(%s)", (user_ids,))
     categories: dict[str, dict[str, float]] = {}
     for r in await cur.fetchall():
@@ -552,25 +590,26 @@ async def user_inputs(
     return totals, held, categories
 
 
-async def save_user_snapshots(conn: AsyncConnection, snapshots: dict[str, dict]) -> None:
-    ids = list(snapshots)
+async def save_user_snapshots(conn: Conn, texts: dict[str, str]) -> None:
+    """Store user snapshots, as their JSON texts."""
+    ids = list(texts)
     await conn.execute(
         "UPDATE users u SET snapshot = s.snapshot FROM unnest(%s::text[], %s::jsonb[]) AS s(user_id, snapshot) "
         "WHERE u.user_id = s.user_id",
-        _arrays(*(ids, [snapshots[u] for u in ids])),
+        _arrays(ids, [texts[u] for u in ids]),
     )
 
 
 # --- reads for the API and the system snapshot ----------------------------------------------------
 
 
-async def market_snapshot(conn: AsyncConnection, market_id: str) -> dict | None:
+async def market_snapshot(conn: Conn, market_id: str) -> dict[str, Any] | None:
     cur = await conn.execute("SELECT snapshot FROM markets WHERE market_id = %s", (market_id,))
     row = await cur.fetchone()
     return row["snapshot"] if row else None
 
 
-async def system_totals(conn: AsyncConnection, as_of: datetime | None) -> dict[str, Any]:
+async def system_totals(conn: Conn, as_of: datetime | None) -> dict[str, Any]:
     start, end = metrics.window_minutes(as_of) if as_of else (None, None)
     cur = await conn.execute(
         "SELECT (SELECT count(*) FROM users) AS total_users, "
@@ -583,12 +622,12 @@ async def system_totals(conn: AsyncConnection, as_of: datetime | None) -> dict[s
         "  AS total_trades_24h",
         {"active": start + timedelta(minutes=1) if start else None, "start": start, "end": end},
     )
-    row = dict(await cur.fetchone())
+    row = dict(await _one(cur))
     row["total_volume_24h"] = round(row["total_volume_24h"], 6)
     return row
 
 
-async def top_market_snapshots(conn: AsyncConnection, limit: int) -> list[dict]:
+async def top_market_snapshots(conn: Conn, limit: int) -> list[dict[str, Any]]:
     cur = await conn.execute(
         "SELECT snapshot FROM markets WHERE volume_24h > 0 AND snapshot IS NOT NULL "
         "ORDER BY volume_24h DESC, market_id LIMIT %s",
@@ -601,7 +640,7 @@ SORTS = {"volume_24h": "volume_24h", "liquidity": "liquidity", "close_at": "clos
 
 
 async def list_markets(
-    conn: AsyncConnection,
+    conn: Conn,
     *,
     status: str | None,
     category: str | None,
@@ -609,20 +648,21 @@ async def list_markets(
     descending: bool,
     offset: int,
     limit: int,
-) -> list[dict]:
-    column = SORTS[sort]  # from a fixed set: never user text in SQL
-    direction = "DESC NULLS LAST" if descending else "ASC NULLS LAST"
-    cur = await conn.execute(
-        f"SELECT snapshot FROM markets WHERE snapshot IS NOT NULL AND (%(status)s::text IS NULL OR status = "
-        f"%(status)s) AND (%(category)s::text IS NULL OR category = %(category)s) "
-        f"ORDER BY {column} {direction}, market_id LIMIT %(limit)s OFFSET %(offset)s",
-        {"status": status, "category": category, "limit": limit, "offset": offset},
+) -> list[dict[str, Any]]:
+    query = sql.SQL(
+        "SELECT snapshot FROM markets WHERE snapshot IS NOT NULL AND (%(status)s::text IS NULL OR status = "
+        "%(status)s) AND (%(category)s::text IS NULL OR category = %(category)s) "
+        "ORDER BY {column} {direction}, market_id LIMIT %(limit)s OFFSET %(offset)s"
+    ).format(
+        column=sql.Identifier(SORTS[sort]),  # from a fixed set
+        direction=sql.SQL("DESC NULLS LAST" if descending else "ASC NULLS LAST"),
     )
+    cur = await conn.execute(query, {"status": status, "category": category, "limit": limit, "offset": offset})
     return [row["snapshot"] for row in await cur.fetchall()]
 
 
 async def market_buckets(
-    conn: AsyncConnection, market_id: str, resolution: str, start: datetime, end: datetime
+    conn: Conn, market_id: str, resolution: str, start: datetime, end: datetime
 ) -> dict[datetime, Bucket]:
     cur = await conn.execute(
         "SELECT * FROM buckets WHERE market_id = %s AND resolution = %s AND start >= %s AND start <= %s "
@@ -644,7 +684,7 @@ async def market_buckets(
     }
 
 
-async def open_positions(conn: AsyncConnection, user_id: str) -> list[dict]:
+async def open_positions(conn: Conn, user_id: str) -> list[dict[str, Any]]:
     cur = await conn.execute(
         "SELECT p.*, m.current_price, m.status, m.category, m.predicted_probability, m.model_version "
         "FROM positions p JOIN markets m USING (market_id) WHERE p.user_id = %s AND NOT p.settled "
@@ -654,7 +694,7 @@ async def open_positions(conn: AsyncConnection, user_id: str) -> list[dict]:
     return list(await cur.fetchall())
 
 
-async def resolved_markets(conn: AsyncConnection) -> list[Resolved]:
+async def resolved_markets(conn: Conn) -> list[Resolved]:
     cur = await conn.execute(
         "SELECT market_id, coalesce(category, 'uncategorized') AS category, current_price, predicted_probability, "
         "model_version, resolution_price FROM markets WHERE status = 'resolved' AND resolution_price IS NOT NULL"
@@ -672,7 +712,7 @@ async def resolved_markets(conn: AsyncConnection) -> list[Resolved]:
     ]
 
 
-async def comparable_candidates(conn: AsyncConnection, category: str, close_at: datetime | None) -> list[dict]:
+async def comparable_candidates(conn: Conn, category: str, close_at: datetime | None) -> list[dict[str, Any]]:
     """Up to 200 markets of the category nearest by close time (ranked further in the pure insights module)."""
     cur = await conn.execute(
         "SELECT market_id, close_at, liquidity FROM markets WHERE category = %s AND snapshot IS NOT NULL "
@@ -682,7 +722,7 @@ async def comparable_candidates(conn: AsyncConnection, category: str, close_at: 
     return list(await cur.fetchall())
 
 
-async def prune(conn: AsyncConnection, as_of: datetime, retention: dict[str, timedelta]) -> int:
+async def prune(conn: Conn, as_of: datetime, retention: dict[str, timedelta]) -> int:
     """Delete what is older than its retention (relative to the clock): buckets per resolution, platform
     minutes and stored trades. (`processed_events` belongs to the runtime's consumer and is not pruned here.)"""
     deleted = 0
