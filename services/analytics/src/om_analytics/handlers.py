@@ -11,6 +11,7 @@ and prunes old rows.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -19,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+from opentelemetry import trace
 
 from om_analytics import metrics, store
 from om_analytics.health import UNMEASURED, Scrape, service_health
@@ -48,6 +50,7 @@ from om_contracts.topics import ANALYTICS_HEALTH, ANALYTICS_MARKET, ANALYTICS_SY
 from om_runtime.db import Database
 from om_runtime.kafka import EventPublisher
 
+_tracer = trace.get_tracer(__name__)
 log = logging.getLogger(__name__)
 
 PRODUCER = "analytics"
@@ -82,6 +85,9 @@ class AnalyticsHandlers:
         self._scrapes: dict[str, Scrape] = {}
         self._calibration_changed = False
         self._background: set[asyncio.Task[None]] = set()
+        # The batch spans whose effects the next snapshot round publishes: that round's span links to them, so a
+        # trace walks from a trade to the market update it caused (bounded: a backlog links its latest batches).
+        self._batch_spans: collections.deque[trace.SpanContext] = collections.deque(maxlen=64)
 
     def after_commit(self) -> None:
         self.last_event_monotonic = time.monotonic()
@@ -99,6 +105,8 @@ class AnalyticsHandlers:
         """Apply a batch of new events in the caller's transaction and flag what it touched; the leader
         recomputes and publishes those snapshots once per tick however many batches touched them, so a
         backlog costs one snapshot per market and user per tick, not per batch."""
+        if (context := trace.get_current_span().get_span_context()).is_valid:
+            self._batch_spans.append(context)
         # Pipeline mode: statements whose results are not needed are sent without waiting for each reply, so
         # PostgreSQL applies one while this process prepares the next.
         async with conn.pipeline():
@@ -243,17 +251,20 @@ class AnalyticsHandlers:
     async def publish_dirty(self) -> int:
         """Leader: recompute, store and publish the snapshots of flagged markets and users. Returns how many."""
         done = 0
-        async with self.db.transaction() as conn, self.publisher.confirmed_together():
-            as_of = await store.clock(conn)
-            if as_of is None:
-                return 0
-            markets = await store.take_dirty(conn, "markets", self.settings.refresh_batch)
-            if markets:
-                await self.publish_markets(*await self.market_snapshots(conn, markets, as_of))
-            users = await store.take_dirty(conn, "users", self.settings.refresh_batch)
-            if users:
-                await self.publish_users(*await self.user_snapshots(conn, users, as_of))
-            done = len(markets) + len(users)
+        links = [trace.Link(context) for context in self._batch_spans]
+        self._batch_spans.clear()
+        with _tracer.start_as_current_span("analytics snapshot", links=links):
+            async with self.db.transaction() as conn, self.publisher.confirmed_together():
+                as_of = await store.clock(conn)
+                if as_of is None:
+                    return 0
+                markets = await store.take_dirty(conn, "markets", self.settings.refresh_batch)
+                if markets:
+                    await self.publish_markets(*await self.market_snapshots(conn, markets, as_of))
+                users = await store.take_dirty(conn, "users", self.settings.refresh_batch)
+                if users:
+                    await self.publish_users(*await self.user_snapshots(conn, users, as_of))
+                done = len(markets) + len(users)
         return done
 
     # --- the leader ---------------------------------------------------------------------------------
