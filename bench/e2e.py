@@ -227,10 +227,52 @@ async def sustained_step(rate: float, seconds: float, markets: int, users: int) 
     return step
 
 
+class HopClock:
+    """Records when the latency market's events reach Kafka (the records' producer timestamps): each trade on
+    market.trades.v1 and each analytics snapshot on analytics.market.v1, to split trade -> WebSocket into hops."""
+
+    def __init__(self, bootstrap: str, market: str) -> None:
+        self.market = market
+        self.trade_ms: dict[str, int] = {}  # trade_id -> record timestamp
+        self.snapshots: list[tuple[int, int]] = []  # (trade_count, record timestamp), in arrival order
+        self.consumer = AIOKafkaConsumer(
+            "market.trades.v1",
+            "analytics.market.v1",
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=5,
+        )
+
+    async def run(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for r in records:
+                    if r.key != self.market.encode():
+                        continue
+                    body = json.loads(r.value)
+                    if r.topic == "market.trades.v1":
+                        self.trade_ms[body["trade_id"]] = r.timestamp
+                    else:
+                        self.snapshots.append((body["trade_count"], r.timestamp))
+
+    def snapshot_ms(self, trade_count: int) -> int | None:
+        return next((ts for count, ts in self.snapshots if count >= trade_count), None)
+
+
+def hop_summary(hops: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    return {
+        name: {"samples": len(v), "p50_ms": percentile(v, 0.5), "p99_ms": percentile(v, 0.99)}
+        for name, v in hops.items()
+    }
+
+
 async def latency_under_load(
     samples: int, background_rate: float, markets: int, users: int, max_seconds: float = 90.0
-) -> dict[str, float]:
-    """Seconds from POST /trades (gateway) to the market_update it causes, while background trades flow."""
+) -> dict[str, Any]:
+    """Seconds from POST /trades (gateway) to the market_update it causes, while background trades flow; split
+    into hops by the Kafka records' timestamps: the write (POST answered), the outbox relay (answered -> on
+    market.trades.v1), analytics (-> its snapshot on analytics.market.v1) and the gateway (-> on the WebSocket)."""
     with platform_up() as platform:
         gateway = platform.url("gateway")
         api = api_client(gateway + "/api/v1", timeout=30, headers=auth_headers(platform.admin_api_key))
@@ -238,31 +280,47 @@ async def latency_under_load(
         ws_url = (
             gateway.replace("http", "ws", 1) + f"/api/v1/ai-analytics/ws/analytics/bench?token={platform.admin_api_key}"
         )
+        market = "lat-m0"
+        clock = HopClock(platform.infra_env["KAFKA_BOOTSTRAP_SERVERS"], market)
+        await clock.consumer.start()
+        watcher = asyncio.create_task(clock.run())
         async with api, ingest, websockets.connect(ws_url, max_size=None) as ws:
             await create_markets(ingest, "bg", markets)
-            market = "lat-m0"
             await create_markets(ingest, "lat", 1)
             await ws.send(json.dumps({"type": "subscribe", "market_ids": [market]}))
             background = asyncio.create_task(offer(ingest, "bg", background_rate, 3600, markets=markets, users=users))
             await asyncio.sleep(3.0)  # let the background load settle in
             results: list[float] = []
+            hops: dict[str, list[float]] = {"write": [], "relay": [], "analytics": [], "gateway": []}
             deadline = time.monotonic() + max_seconds
             try:
                 for i in tqdm(range(samples), desc="latency samples", leave=False):
                     if time.monotonic() > deadline:
                         break  # an overloaded pipeline must not stretch the run past its budget
-                    started = time.perf_counter()
+                    started, wall = time.perf_counter(), time.time() * 1000
                     body = trade("lat", i, 1, 10)
                     (await api.post("/trades", json=body)).raise_for_status()
+                    answered = time.time() * 1000
                     while True:
                         message = json.loads(await asyncio.wait_for(ws.recv(), 30))
                         if message.get("type") == "market_update" and message["market"]["trade_count"] >= i + 1:
                             break
+                    received = time.time() * 1000
                     results.append((time.perf_counter() - started) * 1000)
+                    await asyncio.sleep(0.02)  # the side consumer's fetch may trail the WebSocket a little
+                    on_trades, on_analytics = clock.trade_ms.get(body["trade_id"]), clock.snapshot_ms(i + 1)
+                    if on_trades is not None and on_analytics is not None:
+                        hops["write"].append(answered - wall)
+                        hops["relay"].append(on_trades - answered)
+                        hops["analytics"].append(on_analytics - on_trades)
+                        hops["gateway"].append(received - on_analytics)
             finally:
                 background.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await background
+                watcher.cancel()
+                for task in (background, watcher):
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+                await clock.consumer.stop()
     return {
         "samples": len(results),
         "background_trades_per_s": background_rate,
@@ -270,6 +328,7 @@ async def latency_under_load(
         "p95_ms": percentile(results, 0.95),
         "p99_ms": percentile(results, 0.99),
         "mean_ms": statistics.fmean(results) if results else float("nan"),
+        "hops": hop_summary(hops),
     }
 
 
@@ -385,7 +444,14 @@ def main(argv: list[str] | None = None) -> None:
         "--rates", help="comma-separated step rates in trades/s (default 500,1000,2500,5000,10000; quick 250,500,1000)"
     )
     parser.add_argument("--step-seconds", type=float, default=None, help="seconds per step (default 60; 10 quick)")
+    parser.add_argument(
+        "--latency-only", action="store_true", help="only the trade -> WebSocket latency (with its hops); prints JSON"
+    )
     args = parser.parse_args(argv)
+    if args.latency_only:
+        markets, users = (50, 500) if args.quick else (500, 5000)
+        print(json.dumps(asyncio.run(latency_under_load(50 if args.quick else 300, 1000.0, markets, users)), indent=2))
+        return
     result = asyncio.run(run(args))
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     table = markdown(result)

@@ -177,7 +177,7 @@ async def inject(fault: str, stack: Stack, outcome: Outcome) -> None:
         await asyncio.sleep(1.0)
         await asyncio.to_thread(server.start)
         if fault == "restart-broker":
-            outcome.notes.append("the embedded broker keeps its log in memory: a restart loses it")
+            outcome.notes.append("the embedded broker keeps its log in memory: ingest publishes its window again")
     elif fault == "poison":
         market = f"{fault}-m0".encode()
         good = trade(fault, 0)
@@ -284,16 +284,7 @@ async def run_fault(fault: str, stack: Stack) -> Outcome:
     return outcome
 
 
-LOG_LOSS = pytest.mark.xfail(
-    reason="the embedded broker loses its log on restart: events not yet consumed are gone unless ingest re-publishes "
-    "them from its records (issue 9 item 6, ingest's side); consumers detect the regression and go on",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize(
-    "fault", [pytest.param(f, marks=LOG_LOSS) if f == "restart-broker" else f for f in (ALL if FULL else SMALL)]
-)
+@pytest.mark.parametrize("fault", ALL if FULL else SMALL)
 async def test_nothing_lost_nothing_doubled(fault: str, stack: Stack, report: list[Outcome]) -> None:
     outcome = await run_fault(fault, stack)
     report.append(outcome)
