@@ -414,8 +414,12 @@ class GroupConsumer:
 
     def _applied(self, deliveries: list[Delivery]) -> None:
         self.backoff.reset()
+        per_topic: dict[str, int] = {}  # one counter update per topic and batch, not per event
         for d in deliveries:
-            self.metrics.events.labels(self.group, d.topic.name).inc()
+            name = d.topic.name
+            per_topic[name] = per_topic.get(name, 0) + 1
+        for name, count in per_topic.items():
+            self.metrics.events.labels(self.group, name).inc(count)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types: the base is Any
