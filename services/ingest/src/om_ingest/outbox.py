@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any
@@ -104,8 +105,20 @@ class PublishedOffsets:
 class LogWatch:
     """Notices that the broker lost its log and has the events of the retention window published again."""
 
-    def __init__(self, db: Database, bootstrap_servers: str, retention: timedelta, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        bootstrap_servers: str,
+        retention: timedelta,
+        *,
+        timeout_s: float = 10.0,
+        settle_s: float = 3.0,
+    ) -> None:
         self.db = db
+        self.settle_s = settle_s
+        #: Publishing waits until then after a loss, so that consumers see the emptied log (their position beyond
+        #: its end) before it fills again, and start over from its beginning rather than from their old position.
+        self.paused_until = 0.0
         self.bootstrap_servers = bootstrap_servers
         self.retention = retention
         self.timeout_s = timeout_s
@@ -141,6 +154,7 @@ class LogWatch:
             self.confirmed.highest.clear()
             self.confirmed.generation += 1
             self.republished += count
+            self.paused_until = time.monotonic() + self.settle_s
         log.error(
             "the broker lost its log (%s); publishing the %d event(s) of the last %s again "
             "(consumers skip those they applied, by event id)",
@@ -298,6 +312,8 @@ async def relay(
                     await after_failure()
                 if failing and watch is not None and await watch.check():
                     wake_all()
+                if watch is not None and (settle := watch.paused_until - time.monotonic()) > 0:
+                    await asyncio.sleep(settle)
                 published = await publish_pending(
                     db, publisher, batch_size, slots, confirm_timeout_s=confirm_timeout_s, confirmed=confirmed
                 )
