@@ -1,8 +1,8 @@
 """The end-to-end benchmark: the ceiling (a raw aiokafka consume -> produce relay on the same broker), sustained
 trades/s through every consumer at stepped rates (fresh servers per step: the embedded broker keeps everything in
-memory), trade -> WebSocket latency under 1,000 trades/s of background load, ingest through batch HTTP, and per
-service events/s, RSS and CPU-seconds per 1,000 trades. Prints a markdown table and writes JSON + markdown to
-`.om/bench/`.
+memory; steps stop at the first that fails), trade -> WebSocket latency (and its hops) under 1,000 trades/s of
+background load, ingest through batch HTTP and through the raw topic, and per service events/s, RSS and
+CPU-seconds per 1,000 trades. Prints a markdown table and writes JSON + markdown to `.om/bench/`.
 
 A step passes when, at its end, the backlog (trades sent that analytics has not counted yet, and the feature and
 prediction consumers' lag) is at most one second of input.
@@ -30,6 +30,7 @@ import websockets
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tqdm import tqdm
 
+from bench.ingest import raw_topic_only
 from om_cli.api_client import api_client
 from om_cli.credentials import auth_headers
 from om_cli.embedded import Ports, free_port, start_infrastructure
@@ -352,6 +353,7 @@ async def ceiling_alone(messages: int) -> float:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    raw = result["ingest_raw_topic"]
     lines = [
         f"# Opinion Market end-to-end benchmark ({result['started_at']}, {result['mode']})",
         "",
@@ -359,7 +361,9 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|",
         f"| ceiling: raw aiokafka consume -> produce relay | {result['ceiling_msgs_per_s']:,.0f} msg/s |",
         f"| ingest, batch HTTP (500 per batch, 4 senders) | {result['ingest_batch_http_trades_per_s']:,.0f} trades/s |",
-        f"| ingest, raw topic | {result['ingest_raw_topic']} |",
+        f"| ingest, raw topic ({raw['trades']:,} trades produced at {raw['produce_per_s']:,}/s) | "
+        f"{raw['recorded_per_s']:,} trades/s recorded, {raw['published_per_s']:,} published; "
+        f"ingest {raw['ingest_cpu_s_per_1000']:.2f} CPU-s per 1,000 |",
         f"| sustained end to end (highest passing step) | {result['sustained_trades_per_s']:,.0f} trades/s |",
         f"| ratio pipeline / ceiling | {result['ratio_pipeline_to_ceiling']:.3f} |",
     ]
@@ -369,26 +373,34 @@ def markdown(result: dict[str, Any]) -> str:
         f"p50 {lat['p50_ms']:.0f} ms, p95 {lat['p95_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms "
         f"({lat['samples']} samples) |"
     )
+    hops = lat.get("hops", {})
+    if hops:
+        lines += ["", "Trade -> WebSocket by hop (from the Kafka records' timestamps of the same trades):", ""]
+        lines += ["| hop | p50 ms | p99 ms |", "|---|---|---|"]
+        for name, h in hops.items():
+            lines.append(f"| {name} | {h['p50_ms']:.0f} | {h['p99_ms']:.0f} |")
     lines += ["", "| step (offered trades/s) | achieved | backlog at end (trades) | passed |", "|---|---|---|---|"]
     for s in result["steps"]:
         lines.append(f"| {s['rate']:,.0f} | {s['achieved_rate']:,.0f} | {s['backlog_trades']:,.0f} | {s['passed']} |")
     if result["steps"]:
-        last = result["steps"][-1]
+        services = list(result["steps"][0]["per_service"])
         lines += [
             "",
-            f"Per service during the {last['rate']:,.0f} trades/s step:",
+            "CPU-seconds per 1,000 trades, per service and step (events/s; RSS MiB at the end of the step):",
             "",
-            "| service | events/s | CPU-s per 1,000 trades | RSS MiB |",
-            "|---|---|---|---|",
+            "| step | " + " | ".join(services) + " |",
+            "|---|" + "---|" * len(services),
         ]
-        for name, s in last["per_service"].items():
-            lines.append(
-                f"| {name} | {s['events_per_s']:,.0f} | {s['cpu_s_per_1000_trades']:.2f} | {s['rss_mib']:.0f} |"
-            )
+        for step in result["steps"]:
+            cells = [
+                f"{c['cpu_s_per_1000_trades']:.2f} ({c['events_per_s']:,.0f}/s; {c['rss_mib']:.0f} MiB)"
+                for c in (step["per_service"][name] for name in services)
+            ]
+            lines.append(f"| {step['rate']:,.0f} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "ingest produces through its outbox (it consumes nothing) and the gateway's live fan-out is not counted in",
-        "om_consumer_events: their events/s read 0; their CPU still counts.",
+        "ingest's om_consumer_events count its raw-topic intake only (HTTP writes are not consumed events) and the",
+        "gateway's live fan-out is not counted there: their events/s read 0 in the steps; their CPU still counts.",
     ]
     lines += ["", f"Machine: {os.cpu_count()} cores, shared with other work; figures move from run to run."]
     return "\n".join(lines)
@@ -401,7 +413,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for r in (
             args.rates.split(",")
             if args.rates
-            else (["250", "500", "1000"] if quick else ["500", "1000", "2500", "5000", "10000"])
+            else (["250", "500", "1000"] if quick else ["1000", "2000", "4000", "8000", "10000"])
         )
     ]
     seconds = args.step_seconds or (10.0 if quick else 60.0)
@@ -415,7 +427,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result["ceiling_msgs_per_s"] = await ceiling_alone(20_000 if quick else 100_000)
     print("ingest through batch HTTP ...", flush=True)
     result["ingest_batch_http_trades_per_s"] = await ingest_batch_http(5_000 if quick else 30_000, markets, users)
-    result["ingest_raw_topic"] = "not measured: the raw-topic intake (ingest helper) is not on this branch"
+    print("ingest through the raw topic ...", flush=True)
+    result["ingest_raw_topic"] = await raw_topic_only(20_000 if quick else 100_000)
     steps: list[Step] = []
     for rate in rates:
         print(f"sustained step at {rate:,.0f} trades/s for {seconds:.0f} s ...", flush=True)
@@ -441,7 +454,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="short steps and fewer samples (about 3 minutes)")
     parser.add_argument(
-        "--rates", help="comma-separated step rates in trades/s (default 500,1000,2500,5000,10000; quick 250,500,1000)"
+        "--rates",
+        help="comma-separated step rates in trades/s, run until one fails (default 1000,2000,4000,8000,10000; quick "
+        "250,500,1000)",
     )
     parser.add_argument("--step-seconds", type=float, default=None, help="seconds per step (default 60; 10 quick)")
     parser.add_argument(

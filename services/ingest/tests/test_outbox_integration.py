@@ -82,7 +82,9 @@ async def write_trades(db: Database, per_market: int) -> None:
 
 async def pending(db: Database) -> int:
     async with db.transaction() as conn:
-        return (await (await conn.execute("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")).fetchone())["n"]
+        return (await (await conn.execute("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")).fetchone())[
+            "n"
+        ]
 
 
 async def read_all(bootstrap: str, topic: str) -> list[dict[str, Any]]:

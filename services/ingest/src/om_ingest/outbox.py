@@ -26,7 +26,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -135,7 +135,9 @@ class LogWatch:
             async with asyncio.timeout(self.timeout_s):
                 if self._consumer is None:
                     # Kept before start(): a start that fails must still be stopped (close() below).
-                    self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, client_id="ingest-outbox")
+                    self._consumer = AIOKafkaConsumer(
+                        bootstrap_servers=self.bootstrap_servers, client_id="ingest-outbox"
+                    )
                     await self._consumer.start()
                 lost = await self.confirmed.lost(self._consumer)
         except BaseException:
@@ -215,9 +217,7 @@ async def publish_pending(
         return len(rows)
 
 
-async def _send(
-    publisher: EventPublisher, rows: list[dict[str, Any]], headers: dict[str, dict[str, str]]
-) -> list[Any]:
+async def _send(publisher: EventPublisher, rows: list[dict[str, Any]], headers: dict[str, dict[str, str]]) -> list[Any]:
     """Send the rows in order and wait until Kafka confirmed all of them; return the confirmations (aiokafka's
     RecordMetadata: topic, partition, offset) when sent through aiokafka. Each message carries `content-type`,
     `event_type` and the trace context of the request that wrote it.
@@ -237,7 +237,9 @@ async def _send(
     sent = []
     for row in rows:
         message = bytes(row["payload"])
-        sent.append(await producer.send(row["topic"], message, key=row["key"].encode(), headers=encoded[row["headers"]]))
+        sent.append(
+            await producer.send(row["topic"], message, key=row["key"].encode(), headers=encoded[row["headers"]])
+        )
     return list(await asyncio.gather(*sent))
 
 
