@@ -25,10 +25,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # ships no type hints; no stubs in the lock
 import websockets
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]  # ships no type hints; no stubs in the lock
 
 from bench.ingest import raw_topic_only
 from om_cli.api_client import api_client

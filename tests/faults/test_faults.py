@@ -268,11 +268,11 @@ async def run_fault(fault: str, stack: Stack) -> Outcome:
                 break
             await asyncio.sleep(0.5)
         outcome.seconds_to_converge = time.monotonic() - sent_at
-    for m, (n, _) in expected.items():
-        outcome.analytics_lost += max(0, n - analytics[m][0])
-        outcome.analytics_doubled += max(0, analytics[m][0] - n)
-        outcome.feature_lost += max(0, n - features[m][0])
-        outcome.feature_doubled += max(0, features[m][0] - n)
+    for market, (n, _) in expected.items():
+        outcome.analytics_lost += max(0, n - analytics[market][0])
+        outcome.analytics_doubled += max(0, analytics[market][0] - n)
+        outcome.feature_lost += max(0, n - features[market][0])
+        outcome.feature_doubled += max(0, features[market][0] - n)
     volume_off = [m for m, (_, v) in expected.items() if abs(analytics[m][1] - v) > 1e-6 * max(1.0, v)]
     if volume_off:
         outcome.notes.append(f"analytics volume differs for {len(volume_off)} market(s)")

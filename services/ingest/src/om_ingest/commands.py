@@ -10,8 +10,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from psycopg import AsyncConnection
-
 from om_contracts import (
     MarketCancelled,
     MarketClosed,
@@ -25,6 +23,7 @@ from om_contracts.api import DEFAULT_MAX_FUTURE_SKEW_S, CancelIn, CloseIn, Marke
 from om_contracts.topics import MARKET_LIFECYCLE, MARKET_SIGNALS, MARKET_TRADES
 from om_ingest import domain, store
 from om_ingest.domain import Conflict, Market
+from om_ingest.store import Conn
 from om_runtime.db import Database
 
 PRODUCER = "ingest"
@@ -77,7 +76,7 @@ class Ingest:
         self.idempotency_ttl = idempotency_ttl
 
     async def write(
-        self, key: IdempotencyKey | None, apply: Callable[[AsyncConnection, datetime], Awaitable[Reply]]
+        self, key: IdempotencyKey | None, apply: Callable[[Conn, datetime], Awaitable[Reply]]
     ) -> tuple[Reply, bool]:
         """Run one write in one transaction; return its reply and whether it is a replay of an earlier one.
 
@@ -111,7 +110,7 @@ class Ingest:
         return at
 
     async def create_market(
-        self, conn: AsyncConnection, body: MarketIn, now: datetime, *, replay_same: bool = False
+        self, conn: Conn, body: MarketIn, now: datetime, *, replay_same: bool = False
     ) -> tuple[dict[str, Any], bool]:
         """Open a market; return its row and whether it is new. An existing id is a conflict, or, with
         `replay_same` (raw intake, where producers redeliver), a replay when it describes the same market."""
@@ -134,11 +133,11 @@ class Ingest:
             initial_price=body.initial_price,
         )
         await store.enqueue(conn, MARKET_LIFECYCLE, event)
-        return await store.market_row(conn, market_id), True
+        return await store.written_market(conn, market_id), True
 
     async def record_trades(
         self,
-        conn: AsyncConnection,
+        conn: Conn,
         trades: list[TradeIn],
         now: datetime,
         *,
@@ -192,7 +191,7 @@ class Ingest:
         result.recorded = len(new)
         return result
 
-    async def record_signal(self, conn: AsyncConnection, s: SignalIn, now: datetime) -> tuple[dict[str, Any], bool]:
+    async def record_signal(self, conn: Conn, s: SignalIn, now: datetime) -> tuple[dict[str, Any], bool]:
         """Record a signal; a `signal_id` seen before is a replay (returned, not recorded again).
 
         The market row is locked before the id is looked up, so a concurrent retry waits and then replays."""
@@ -215,7 +214,7 @@ class Ingest:
         await store.enqueue(conn, MARKET_SIGNALS, event)
         return signal, True
 
-    async def close_market(self, conn: AsyncConnection, market_id: str, body: CloseIn, now: datetime) -> dict[str, Any]:
+    async def close_market(self, conn: Conn, market_id: str, body: CloseIn, now: datetime) -> dict[str, Any]:
         at = self._check_time(body.event_time, now, "occurred_at")
         market = domain.require(await store.lock_market(conn, market_id), market_id, location="path")
         domain.check_close(market)
@@ -224,11 +223,9 @@ class Ingest:
         await store.enqueue(
             conn, MARKET_LIFECYCLE, MarketClosed(occurred_at=at, producer=PRODUCER, market_id=market_id)
         )
-        return await store.market_row(conn, market_id)
+        return await store.written_market(conn, market_id)
 
-    async def resolve_market(
-        self, conn: AsyncConnection, market_id: str, body: ResolveIn, now: datetime
-    ) -> dict[str, Any]:
+    async def resolve_market(self, conn: Conn, market_id: str, body: ResolveIn, now: datetime) -> dict[str, Any]:
         at = self._check_time(body.event_time, now, "occurred_at")
         market = domain.require(await store.lock_market(conn, market_id), market_id, location="path")
         price = domain.resolution_price(market, body.resolution, body.resolution_price)
@@ -242,11 +239,9 @@ class Ingest:
             resolution_price=price,
         )
         await store.enqueue(conn, MARKET_LIFECYCLE, event)
-        return await store.market_row(conn, market_id)
+        return await store.written_market(conn, market_id)
 
-    async def cancel_market(
-        self, conn: AsyncConnection, market_id: str, body: CancelIn, now: datetime
-    ) -> dict[str, Any]:
+    async def cancel_market(self, conn: Conn, market_id: str, body: CancelIn, now: datetime) -> dict[str, Any]:
         at = self._check_time(body.event_time, now, "occurred_at")
         market = domain.require(await store.lock_market(conn, market_id), market_id, location="path")
         domain.check_cancel(market)
@@ -254,7 +249,7 @@ class Ingest:
         await store.set_status(conn, market_id, "cancelled")
         event = MarketCancelled(occurred_at=at, producer=PRODUCER, market_id=market_id, reason=body.reason)
         await store.enqueue(conn, MARKET_LIFECYCLE, event)
-        return await store.market_row(conn, market_id)
+        return await store.written_market(conn, market_id)
 
 
 def _time_field(body: Any, legacy: str) -> str:

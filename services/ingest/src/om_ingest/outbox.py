@@ -262,8 +262,9 @@ async def prune_published(db: Database, retention: timedelta) -> int:
 def _aiokafka_producer(publisher: EventPublisher) -> Any:
     """The started aiokafka producer behind the publisher's FastStream broker, or None (not started, FastStream's
     in-memory test broker, or internals that moved in another FastStream version: then the regular path is used)."""
+    broker: Any = publisher.broker  # FastStream's internals are not part of its typed API
     try:
-        producer = publisher.broker._producer._producer.producer  # noqa: SLF001
+        producer = broker._producer._producer.producer  # noqa: SLF001
     except AttributeError:
         return None
     return producer if hasattr(producer, "send") else None
