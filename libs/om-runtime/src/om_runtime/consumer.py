@@ -7,8 +7,9 @@ move away the listener may flush. Offsets are also committed to Kafka after each
 Failures are classified (see `om_runtime.failures`): undecodable bytes are dead-lettered at once; an infrastructure
 error, or most of a batch failing alone the same way, stops the batch, backs off (metric + log line) and retries it,
 however long that takes; only an event that fails alone, repeatedly, among neighbours that succeed is dead-lettered.
-A stored offset beyond the partition's log end means the broker lost its log: that is logged, counted, told to the
-listener, and the partition is read again from its beginning (event-id dedupe keeps that harmless).
+A position beyond the partition's log end (as the fetches' high watermark tells) means the broker lost its log: that
+is logged, counted, told to the listener, and the partition is read again from its beginning (event-id dedupe keeps
+that harmless).
 """
 
 from __future__ import annotations
@@ -209,7 +210,6 @@ class GroupConsumer:
         while True:  # a partition must never start from a guessed position: wait for the store to answer
             try:
                 stored = dict(await self.listener.on_assigned(parts)) if parts else {}
-                ends = await consumer.end_offsets(tps) if tps else {}
                 starts = await consumer.beginning_offsets(tps) if tps else {}
                 break
             except Exception as exc:
@@ -223,9 +223,10 @@ class GroupConsumer:
             if next_offset is None and self.fallback_to_committed:
                 # First start after consumers committed to Kafka (before offsets moved into the database).
                 next_offset = await consumer.committed(tp)
-            if next_offset is not None and next_offset > ends[tp]:
-                await self._regressed(tp, next_offset, ends[tp])
-                next_offset = None
+            # A stored offset beyond the log end (the broker lost its log) shows in the first fetch's high
+            # watermark (`_check_log_ends`), not here: the embedded broker answers ListOffsets with its last
+            # batch's first offset + 1, which made every restart after a multi-record batch look like a lost log
+            # and read whole partitions again.
             # Explicit offsets only: awaiting seek_to_beginning() here can wait on the fetcher, which waits on us.
             position = next_offset if next_offset is not None else starts[tp]
             consumer.seek(tp, position)
