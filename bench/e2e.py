@@ -1,8 +1,8 @@
 """The end-to-end benchmark: the ceiling (a raw aiokafka consume -> produce relay on the same broker), sustained
 trades/s through every consumer at stepped rates (fresh servers per step: the embedded broker keeps everything in
-memory), trade -> WebSocket latency under 1,000 trades/s of background load, ingest through batch HTTP, and per
-service events/s, RSS and CPU-seconds per 1,000 trades. Prints a markdown table and writes JSON + markdown to
-`.om/bench/`.
+memory; steps stop at the first that fails), trade -> WebSocket latency (and its hops) under 1,000 trades/s of
+background load, ingest through batch HTTP and through the raw topic, and per service events/s, RSS and
+CPU-seconds per 1,000 trades. Prints a markdown table and writes JSON + markdown to `.om/bench/`.
 
 A step passes when, at its end, the backlog (trades sent that analytics has not counted yet, and the feature and
 prediction consumers' lag) is at most one second of input.
@@ -25,11 +25,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # ships no type hints; no stubs in the lock
 import websockets
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]  # ships no type hints; no stubs in the lock
 
+from bench.ingest import raw_topic_only
 from om_cli.api_client import api_client
 from om_cli.credentials import auth_headers
 from om_cli.embedded import Ports, free_port, start_infrastructure
@@ -227,10 +228,66 @@ async def sustained_step(rate: float, seconds: float, markets: int, users: int) 
     return step
 
 
+class HopClock:
+    """Records when the latency market's events reach Kafka (the records' producer timestamps): each trade on
+    market.trades.v1 and each analytics snapshot on analytics.market.v1, to split trade -> WebSocket into hops."""
+
+    def __init__(self, bootstrap: str, market: str) -> None:
+        self.market = market
+        self.trade_ms: dict[str, int] = {}  # trade_id -> record timestamp
+        self.snapshots: list[tuple[int, int]] = []  # (trade_count, record timestamp), in arrival order
+        self.consumer = AIOKafkaConsumer(
+            "market.trades.v1",
+            "analytics.market.v1",
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=5,
+        )
+
+    async def run(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for r in records:
+                    if r.key != self.market.encode():
+                        continue
+                    body = json.loads(r.value)
+                    if r.topic == "market.trades.v1":
+                        self.trade_ms[body["trade_id"]] = r.timestamp
+                    else:
+                        self.snapshots.append((body["trade_count"], r.timestamp))
+
+    def snapshot_ms(self, trade_count: int) -> int | None:
+        return next((ts for count, ts in self.snapshots if count >= trade_count), None)
+
+
+def hop_summary(hops: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    return {
+        name: {"samples": len(v), "p50_ms": percentile(v, 0.5), "p99_ms": percentile(v, 0.99)}
+        for name, v in hops.items()
+    }
+
+
+async def update_arrives(ws: Any, trade_count: int, deadline: float) -> bool:
+    """Wait for the market_update that counts `trade_count` trades; False once `deadline` (monotonic) passed.
+    Pings while it waits: the gateway closes a client silent for two minutes."""
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            message = json.loads(await asyncio.wait_for(ws.recv(), min(20.0, left)))
+        except TimeoutError:
+            await ws.send(json.dumps({"type": "ping"}))
+            continue
+        if message.get("type") == "market_update" and message["market"]["trade_count"] >= trade_count:
+            return True
+    return False
+
+
 async def latency_under_load(
     samples: int, background_rate: float, markets: int, users: int, max_seconds: float = 90.0
-) -> dict[str, float]:
-    """Seconds from POST /trades (gateway) to the market_update it causes, while background trades flow."""
+) -> dict[str, Any]:
+    """Seconds from POST /trades (gateway) to the market_update it causes, while background trades flow; split
+    into hops by the Kafka records' timestamps: the write (POST answered), the outbox relay (answered -> on
+    market.trades.v1), analytics (-> its snapshot on analytics.market.v1) and the gateway (-> on the WebSocket)."""
     with platform_up() as platform:
         gateway = platform.url("gateway")
         api = api_client(gateway + "/api/v1", timeout=30, headers=auth_headers(platform.admin_api_key))
@@ -238,31 +295,47 @@ async def latency_under_load(
         ws_url = (
             gateway.replace("http", "ws", 1) + f"/api/v1/ai-analytics/ws/analytics/bench?token={platform.admin_api_key}"
         )
+        market = "lat-m0"
+        clock = HopClock(platform.infra_env["KAFKA_BOOTSTRAP_SERVERS"], market)
+        await clock.consumer.start()
+        watcher = asyncio.create_task(clock.run())
         async with api, ingest, websockets.connect(ws_url, max_size=None) as ws:
             await create_markets(ingest, "bg", markets)
-            market = "lat-m0"
             await create_markets(ingest, "lat", 1)
             await ws.send(json.dumps({"type": "subscribe", "market_ids": [market]}))
             background = asyncio.create_task(offer(ingest, "bg", background_rate, 3600, markets=markets, users=users))
             await asyncio.sleep(3.0)  # let the background load settle in
             results: list[float] = []
+            timed_out = 0
+            hops: dict[str, list[float]] = {"write": [], "relay": [], "analytics": [], "gateway": []}
             deadline = time.monotonic() + max_seconds
             try:
                 for i in tqdm(range(samples), desc="latency samples", leave=False):
                     if time.monotonic() > deadline:
                         break  # an overloaded pipeline must not stretch the run past its budget
-                    started = time.perf_counter()
+                    started, wall = time.perf_counter(), time.time() * 1000
                     body = trade("lat", i, 1, 10)
                     (await api.post("/trades", json=body)).raise_for_status()
-                    while True:
-                        message = json.loads(await asyncio.wait_for(ws.recv(), 30))
-                        if message.get("type") == "market_update" and message["market"]["trade_count"] >= i + 1:
-                            break
+                    answered = time.time() * 1000
+                    if not await update_arrives(ws, i + 1, deadline):
+                        timed_out += 1
+                        break  # the pipeline is that far behind: stop sampling rather than stretch the run
+                    received = time.time() * 1000
                     results.append((time.perf_counter() - started) * 1000)
+                    await asyncio.sleep(0.02)  # the side consumer's fetch may trail the WebSocket a little
+                    on_trades, on_analytics = clock.trade_ms.get(body["trade_id"]), clock.snapshot_ms(i + 1)
+                    if on_trades is not None and on_analytics is not None:
+                        hops["write"].append(answered - wall)
+                        hops["relay"].append(on_trades - answered)
+                        hops["analytics"].append(on_analytics - on_trades)
+                        hops["gateway"].append(received - on_analytics)
             finally:
                 background.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await background
+                watcher.cancel()
+                for task in (background, watcher):
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+                await clock.consumer.stop()
     return {
         "samples": len(results),
         "background_trades_per_s": background_rate,
@@ -270,6 +343,8 @@ async def latency_under_load(
         "p95_ms": percentile(results, 0.95),
         "p99_ms": percentile(results, 0.99),
         "mean_ms": statistics.fmean(results) if results else float("nan"),
+        "timed_out": timed_out,
+        "hops": hop_summary(hops),
     }
 
 
@@ -293,6 +368,7 @@ async def ceiling_alone(messages: int) -> float:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    raw = result["ingest_raw_topic"]
     lines = [
         f"# Opinion Market end-to-end benchmark ({result['started_at']}, {result['mode']})",
         "",
@@ -300,7 +376,9 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|",
         f"| ceiling: raw aiokafka consume -> produce relay | {result['ceiling_msgs_per_s']:,.0f} msg/s |",
         f"| ingest, batch HTTP (500 per batch, 4 senders) | {result['ingest_batch_http_trades_per_s']:,.0f} trades/s |",
-        f"| ingest, raw topic | {result['ingest_raw_topic']} |",
+        f"| ingest, raw topic ({raw['trades']:,} trades produced at {raw['produce_per_s']:,}/s) | "
+        f"{raw['recorded_per_s']:,} trades/s recorded, {raw['published_per_s']:,} published; "
+        f"ingest {raw['ingest_cpu_s_per_1000']:.2f} CPU-s per 1,000 |",
         f"| sustained end to end (highest passing step) | {result['sustained_trades_per_s']:,.0f} trades/s |",
         f"| ratio pipeline / ceiling | {result['ratio_pipeline_to_ceiling']:.3f} |",
     ]
@@ -308,28 +386,36 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append(
         f"| trade -> WebSocket at {lat['background_trades_per_s']:,.0f} trades/s background | "
         f"p50 {lat['p50_ms']:.0f} ms, p95 {lat['p95_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms "
-        f"({lat['samples']} samples) |"
+        f"({lat['samples']} samples{', gave up waiting for one' if lat.get('timed_out') else ''}) |"
     )
+    hops = lat.get("hops", {})
+    if hops:
+        lines += ["", "Trade -> WebSocket by hop (from the Kafka records' timestamps of the same trades):", ""]
+        lines += ["| hop | p50 ms | p99 ms |", "|---|---|---|"]
+        for name, h in hops.items():
+            lines.append(f"| {name} | {h['p50_ms']:.0f} | {h['p99_ms']:.0f} |")
     lines += ["", "| step (offered trades/s) | achieved | backlog at end (trades) | passed |", "|---|---|---|---|"]
     for s in result["steps"]:
         lines.append(f"| {s['rate']:,.0f} | {s['achieved_rate']:,.0f} | {s['backlog_trades']:,.0f} | {s['passed']} |")
     if result["steps"]:
-        last = result["steps"][-1]
+        services = list(result["steps"][0]["per_service"])
         lines += [
             "",
-            f"Per service during the {last['rate']:,.0f} trades/s step:",
+            "CPU-seconds per 1,000 trades, per service and step (events/s; RSS MiB at the end of the step):",
             "",
-            "| service | events/s | CPU-s per 1,000 trades | RSS MiB |",
-            "|---|---|---|---|",
+            "| step | " + " | ".join(services) + " |",
+            "|---|" + "---|" * len(services),
         ]
-        for name, s in last["per_service"].items():
-            lines.append(
-                f"| {name} | {s['events_per_s']:,.0f} | {s['cpu_s_per_1000_trades']:.2f} | {s['rss_mib']:.0f} |"
-            )
+        for step in result["steps"]:
+            cells = [
+                f"{c['cpu_s_per_1000_trades']:.2f} ({c['events_per_s']:,.0f}/s; {c['rss_mib']:.0f} MiB)"
+                for c in (step["per_service"][name] for name in services)
+            ]
+            lines.append(f"| {step['rate']:,.0f} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "ingest produces through its outbox (it consumes nothing) and the gateway's live fan-out is not counted in",
-        "om_consumer_events: their events/s read 0; their CPU still counts.",
+        "ingest's om_consumer_events count its raw-topic intake only (HTTP writes are not consumed events) and the",
+        "gateway's live fan-out is not counted there: their events/s read 0 in the steps; their CPU still counts.",
     ]
     lines += ["", f"Machine: {os.cpu_count()} cores, shared with other work; figures move from run to run."]
     return "\n".join(lines)
@@ -342,7 +428,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for r in (
             args.rates.split(",")
             if args.rates
-            else (["250", "500", "1000"] if quick else ["500", "1000", "2500", "5000", "10000"])
+            else (["250", "500", "1000"] if quick else ["1000", "2000", "4000", "8000", "10000"])
         )
     ]
     seconds = args.step_seconds or (10.0 if quick else 60.0)
@@ -356,7 +442,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result["ceiling_msgs_per_s"] = await ceiling_alone(20_000 if quick else 100_000)
     print("ingest through batch HTTP ...", flush=True)
     result["ingest_batch_http_trades_per_s"] = await ingest_batch_http(5_000 if quick else 30_000, markets, users)
-    result["ingest_raw_topic"] = "not measured: the raw-topic intake (ingest helper) is not on this branch"
+    print("ingest through the raw topic ...", flush=True)
+    result["ingest_raw_topic"] = await raw_topic_only(20_000 if quick else 100_000)
     steps: list[Step] = []
     for rate in rates:
         print(f"sustained step at {rate:,.0f} trades/s for {seconds:.0f} s ...", flush=True)
@@ -382,10 +469,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="short steps and fewer samples (about 3 minutes)")
     parser.add_argument(
-        "--rates", help="comma-separated step rates in trades/s (default 500,1000,2500,5000,10000; quick 250,500,1000)"
+        "--rates",
+        help="comma-separated step rates in trades/s, run until one fails (default 1000,2000,4000,8000,10000; quick "
+        "250,500,1000)",
     )
     parser.add_argument("--step-seconds", type=float, default=None, help="seconds per step (default 60; 10 quick)")
+    parser.add_argument(
+        "--latency-only", action="store_true", help="only the trade -> WebSocket latency (with its hops); prints JSON"
+    )
     args = parser.parse_args(argv)
+    if args.latency_only:
+        markets, users = (50, 500) if args.quick else (500, 5000)
+        print(json.dumps(asyncio.run(latency_under_load(50 if args.quick else 300, 1000.0, markets, users)), indent=2))
+        return
     result = asyncio.run(run(args))
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     table = markdown(result)

@@ -177,7 +177,7 @@ async def inject(fault: str, stack: Stack, outcome: Outcome) -> None:
         await asyncio.sleep(1.0)
         await asyncio.to_thread(server.start)
         if fault == "restart-broker":
-            outcome.notes.append("the embedded broker keeps its log in memory: a restart loses it")
+            outcome.notes.append("the embedded broker keeps its log in memory: ingest publishes its window again")
     elif fault == "poison":
         market = f"{fault}-m0".encode()
         good = trade(fault, 0)
@@ -268,11 +268,11 @@ async def run_fault(fault: str, stack: Stack) -> Outcome:
                 break
             await asyncio.sleep(0.5)
         outcome.seconds_to_converge = time.monotonic() - sent_at
-    for m, (n, _) in expected.items():
-        outcome.analytics_lost += max(0, n - analytics[m][0])
-        outcome.analytics_doubled += max(0, analytics[m][0] - n)
-        outcome.feature_lost += max(0, n - features[m][0])
-        outcome.feature_doubled += max(0, features[m][0] - n)
+    for market, (n, _) in expected.items():
+        outcome.analytics_lost += max(0, n - analytics[market][0])
+        outcome.analytics_doubled += max(0, analytics[market][0] - n)
+        outcome.feature_lost += max(0, n - features[market][0])
+        outcome.feature_doubled += max(0, features[market][0] - n)
     volume_off = [m for m, (_, v) in expected.items() if abs(analytics[m][1] - v) > 1e-6 * max(1.0, v)]
     if volume_off:
         outcome.notes.append(f"analytics volume differs for {len(volume_off)} market(s)")
@@ -284,16 +284,7 @@ async def run_fault(fault: str, stack: Stack) -> Outcome:
     return outcome
 
 
-LOG_LOSS = pytest.mark.xfail(
-    reason="the embedded broker loses its log on restart: events not yet consumed are gone unless ingest re-publishes "
-    "them from its records (issue 9 item 6, ingest's side); consumers detect the regression and go on",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize(
-    "fault", [pytest.param(f, marks=LOG_LOSS) if f == "restart-broker" else f for f in (ALL if FULL else SMALL)]
-)
+@pytest.mark.parametrize("fault", ALL if FULL else SMALL)
 async def test_nothing_lost_nothing_doubled(fault: str, stack: Stack, report: list[Outcome]) -> None:
     outcome = await run_fault(fault, stack)
     report.append(outcome)

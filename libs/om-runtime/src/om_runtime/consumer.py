@@ -7,8 +7,9 @@ move away the listener may flush. Offsets are also committed to Kafka after each
 Failures are classified (see `om_runtime.failures`): undecodable bytes are dead-lettered at once; an infrastructure
 error, or most of a batch failing alone the same way, stops the batch, backs off (metric + log line) and retries it,
 however long that takes; only an event that fails alone, repeatedly, among neighbours that succeed is dead-lettered.
-A stored offset beyond the partition's log end means the broker lost its log: that is logged, counted, told to the
-listener, and the partition is read again from its beginning (event-id dedupe keeps that harmless).
+A position beyond the partition's log end (as the fetches' high watermark tells) means the broker lost its log: that
+is logged, counted, told to the listener, and the partition is read again from its beginning (event-id dedupe keeps
+that harmless).
 """
 
 from __future__ import annotations
@@ -125,6 +126,9 @@ class GroupConsumer:
         self._lock = asyncio.Lock()  # held while a batch is applied; revocation waits for it
         self._epoch = 0  # bumped by every assignment: deliveries fetched before it are stale
         self._consumer: AIOKafkaConsumer | None = None
+        #: The next offset each assigned partition should deliver (set on seek, advanced per batch).
+        self._expected: dict[TopicPartition, int] = {}
+        self._committing: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -149,11 +153,16 @@ class GroupConsumer:
                     continue  # fetched before the assignment callback positioned the partition; it has been since
                 if batch:
                     await self._handle_fetched(batch, epoch)
+                await self._check_log_ends(consumer)
             graceful = True
         finally:
             if graceful:  # between batches: let a stateful consumer checkpoint what it holds before leaving
                 await self.revoked(list(consumer.assignment()))
             self._consumer = None
+            if self._committing is not None:
+                self._committing.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._committing
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), timeout=10)
 
@@ -201,7 +210,6 @@ class GroupConsumer:
         while True:  # a partition must never start from a guessed position: wait for the store to answer
             try:
                 stored = dict(await self.listener.on_assigned(parts)) if parts else {}
-                ends = await consumer.end_offsets(tps) if tps else {}
                 starts = await consumer.beginning_offsets(tps) if tps else {}
                 break
             except Exception as exc:
@@ -209,20 +217,26 @@ class GroupConsumer:
                 log.error("%s cannot load positions of %s (%r); retrying in %.1f s", self.group, parts, exc, delay)
                 self.metrics.systemic.labels(self.group, type(exc).__name__).inc()
                 await asyncio.sleep(delay)
+        self._expected = {}
         for tp in tps:
             next_offset = stored.get((tp.topic, tp.partition))
             if next_offset is None and self.fallback_to_committed:
                 # First start after consumers committed to Kafka (before offsets moved into the database).
                 next_offset = await consumer.committed(tp)
-            if next_offset is not None and next_offset > ends[tp]:
-                await self._regressed(tp, next_offset, ends[tp])
-                next_offset = None
+            # A stored offset beyond the log end (the broker lost its log) shows in the first fetch's high
+            # watermark (`_check_log_ends`), not here: the embedded broker answers ListOffsets with its last
+            # batch's first offset + 1, which made every restart after a multi-record batch look like a lost log
+            # and read whole partitions again.
             # Explicit offsets only: awaiting seek_to_beginning() here can wait on the fetcher, which waits on us.
-            consumer.seek(tp, next_offset if next_offset is not None else starts[tp])
+            position = next_offset if next_offset is not None else starts[tp]
+            consumer.seek(tp, position)
+            self._expected[tp] = position
         log.info("%s assigned %s", self.group, sorted(parts))
 
     async def revoked(self, tps: list[TopicPartition]) -> None:
         async with self._lock:  # let the batch in flight commit first
+            for tp in tps:
+                self._expected.pop(tp, None)
             parts = [(tp.topic, tp.partition) for tp in tps]
             if parts:
                 try:
@@ -247,6 +261,20 @@ class GroupConsumer:
             except Exception:
                 log.exception("%s: on_offset_regression failed", self.group)
 
+    async def _check_log_ends(self, consumer: AIOKafkaConsumer) -> None:
+        """A position beyond the log end the last fetch reported means the broker lost its log: the embedded one
+        then answers fetches with nothing (no out-of-range error), and would skip the new log's first events.
+        (The fetch's high watermark, not ListOffsets: the embedded broker answers that with its last batch's first
+        offset + 1.)"""
+        for tp, expected in list(self._expected.items()):
+            high = consumer.highwater(tp)
+            if high is not None and expected > high:
+                await self._regressed(tp, expected, high)
+                start = (await consumer.beginning_offsets([tp]))[tp]
+                consumer.seek(tp, start)
+                self._expected[tp] = start
+                self._epoch += 1  # batches fetched before are stale
+
     async def _out_of_range(self, positions: Mapping[TopicPartition, int]) -> None:
         consumer = self._consumer_or_raise()
         tps = list(positions)
@@ -263,6 +291,7 @@ class GroupConsumer:
                     tp.partition,
                 )
             await consumer.seek_to_beginning(tp)
+            self._expected.pop(tp, None)  # known again after the next batch
 
     def _consumer_or_raise(self) -> AIOKafkaConsumer:
         if self._consumer is None:
@@ -292,14 +321,18 @@ class GroupConsumer:
                 if not await self._apply(deliveries, batch_end, epoch):
                     return
         for tp, records_of_tp in batch.items():
+            if records_of_tp and tp in self._expected:
+                self._expected[tp] = records_of_tp[-1].offset + 1
             if records_of_tp and (hw := consumer.highwater(tp)) is not None:
                 lag = max(0, hw - records_of_tp[-1].offset - 1)
                 self.metrics.lag.labels(self.group, tp.topic, str(tp.partition)).set(lag)
-        # Kafka's copy of the offsets serves lag reports (om status, tools) only.
+        # Kafka's copy of the offsets serves lag reports (om status, tools) only: committed in the background,
+        # one commit at a time, never holding up the next batch (aiokafka retries some commit errors for as long
+        # as they last, e.g. the embedded broker's "unknown topic" for a topic re-created after it restarted).
         assigned = consumer.assignment()
         committed = {tp: o for (t, p), o in batch_end.items() if (tp := TopicPartition(t, p)) in assigned}
-        with contextlib.suppress(Exception):
-            await consumer.commit(committed)
+        if committed and (self._committing is None or self._committing.done()):
+            self._committing = asyncio.create_task(_commit(consumer, committed))
 
     async def _decode(self, records: list[Any]) -> list[Delivery]:
         """Decode each record once; dead-letter those that are not valid events (poison by definition)."""
@@ -414,8 +447,12 @@ class GroupConsumer:
 
     def _applied(self, deliveries: list[Delivery]) -> None:
         self.backoff.reset()
+        per_topic: dict[str, int] = {}  # one counter update per topic and batch, not per event
         for d in deliveries:
-            self.metrics.events.labels(self.group, d.topic.name).inc()
+            name = d.topic.name
+            per_topic[name] = per_topic.get(name, 0) + 1
+        for name, count in per_topic.items():
+            self.metrics.events.labels(self.group, name).inc(count)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types: the base is Any
@@ -427,6 +464,12 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka s
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         await self.owner.assigned(list(assigned))
+
+
+async def _commit(consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int]) -> None:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5.0):
+            await consumer.commit(dict(offsets))
 
 
 def _delivery(topic: Topic, record: Any) -> Delivery:

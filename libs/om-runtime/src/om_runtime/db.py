@@ -110,12 +110,12 @@ class Database:
             ensure_runtime_tables(conn)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection]:
+    async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         async with self.pool.connection() as conn, conn.transaction():
             yield conn
 
     @asynccontextmanager
-    async def reading(self) -> AsyncIterator[psycopg.AsyncConnection]:
+    async def reading(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A connection for queries: the read replica's when DATABASE_READ_URL is set (it may lag the primary by
         replication delay), else the primary's."""
         async with self.read_pool.connection() as conn:

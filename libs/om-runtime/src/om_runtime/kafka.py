@@ -170,8 +170,9 @@ class EventPublisher:
 
     def _raw_producer(self) -> AIOKafkaProducer | None:
         """The started aiokafka producer under the broker, or None (not connected yet, or a test broker)."""
+        broker: Any = self.broker  # FastStream's internals are not part of its typed API
         try:
-            state = self.broker.config.broker_config.producer._producer
+            state = broker.config.broker_config.producer._producer
         except AttributeError:
             return None
         producer = getattr(state, "producer", None)

@@ -14,7 +14,6 @@ from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from psycopg import AsyncConnection
 from pydantic import BaseModel
 
 from om_contracts.api import (
@@ -33,6 +32,7 @@ from om_contracts.api import (
 from om_ingest import store
 from om_ingest.commands import IdempotencyKey, Ingest, Reply
 from om_ingest.domain import DomainError, NotFound
+from om_ingest.store import Conn
 
 IDEMPOTENCY_TTL_DOC = "INGEST_IDEMPOTENCY_TTL_S (default 86,400 s = 24 h)"
 IdempotencyKeyHeader = Annotated[
@@ -77,7 +77,8 @@ def domain_error_response(_: Request, exc: Exception) -> JSONResponse:
 def validation_error_response(_: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422, but safe for inputs JSON cannot carry back (a body's `NaN` would otherwise fail the
     response itself with a 500): non-finite numbers in the echoed input are given as strings."""
-    assert isinstance(exc, RequestValidationError)
+    if not isinstance(exc, RequestValidationError):  # registered for that type only
+        raise exc
     return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
 
 
@@ -104,7 +105,7 @@ def router(ingest: Ingest) -> APIRouter:
         request: Request,
         key: str | None,
         body: BaseModel | None,
-        apply: Callable[[AsyncConnection, datetime], Awaitable[Reply]],
+        apply: Callable[[Conn, datetime], Awaitable[Reply]],
     ) -> JSONResponse:
         idem = None
         if key is not None:
@@ -118,7 +119,7 @@ def router(ingest: Ingest) -> APIRouter:
     async def create_market(body: MarketIn, request: Request, key: IdempotencyKeyHeader = None) -> JSONResponse:
         """Open a market (409 if its `market_id` exists)."""
 
-        async def apply(conn: AsyncConnection, now: datetime) -> Reply:
+        async def apply(conn: Conn, now: datetime) -> Reply:
             row, _ = await ingest.create_market(conn, body, now)
             return Reply(201, _json(MarketOut, row))
 
@@ -129,12 +130,12 @@ def router(ingest: Ingest) -> APIRouter:
         status_: Annotated[Literal["open", "closed", "resolved", "cancelled"] | None, Query(alias="status")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         async with reads.reading() as conn:
             return await store.list_markets(conn, status_, limit, offset)
 
     @api.get("/markets/{market_id}", response_model=MarketOut, responses=READ_ERRORS)
-    async def get_market(market_id: str) -> dict:
+    async def get_market(market_id: str) -> dict[str, Any]:
         async with reads.reading() as conn:
             row = await store.market_row(conn, market_id)
         if row is None:
@@ -142,7 +143,7 @@ def router(ingest: Ingest) -> APIRouter:
         return row
 
     @api.get("/markets/{market_id}/trades", response_model=list[TradeOut])
-    async def market_trades(market_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
+    async def market_trades(market_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
         async with reads.reading() as conn:
             return await store.recent_trades(conn, market_id, limit)
 
@@ -152,7 +153,7 @@ def router(ingest: Ingest) -> APIRouter:
     ) -> JSONResponse:
         """Stop trading (only an open market). The body is optional: `{"occurred_at": ...}`."""
 
-        async def apply(conn: AsyncConnection, now: datetime) -> Reply:
+        async def apply(conn: Conn, now: datetime) -> Reply:
             return Reply(200, _json(MarketOut, await ingest.close_market(conn, market_id, body or CloseIn(), now)))
 
         return await run(request, key, body, apply)
@@ -163,7 +164,7 @@ def router(ingest: Ingest) -> APIRouter:
     ) -> JSONResponse:
         """Settle a market that is not yet resolved or cancelled."""
 
-        async def apply(conn: AsyncConnection, now: datetime) -> Reply:
+        async def apply(conn: Conn, now: datetime) -> Reply:
             return Reply(200, _json(MarketOut, await ingest.resolve_market(conn, market_id, body, now)))
 
         return await run(request, key, body, apply)
@@ -174,7 +175,7 @@ def router(ingest: Ingest) -> APIRouter:
     ) -> JSONResponse:
         """Void a market that is not yet resolved or cancelled. The body is optional."""
 
-        async def apply(conn: AsyncConnection, now: datetime) -> Reply:
+        async def apply(conn: Conn, now: datetime) -> Reply:
             return Reply(200, _json(MarketOut, await ingest.cancel_market(conn, market_id, body or CancelIn(), now)))
 
         return await run(request, key, body, apply)
@@ -188,7 +189,7 @@ def router(ingest: Ingest) -> APIRouter:
     async def record_trade(body: TradeIn, request: Request, key: IdempotencyKeyHeader = None) -> JSONResponse:
         """Record one trade; a known `trade_id` with the same fields is a replay (200)."""
 
-        async def apply(conn: AsyncConnection, now: datetime) -> Reply:
+        async def apply(conn: Conn, now: datetime) -> Reply:
             result = await ingest.record_trades(conn, [body], now)
             return Reply(201 if result.recorded else 200, _json(TradeOut, result.trades[0]))
 
@@ -200,7 +201,7 @@ def router(ingest: Ingest) -> APIRouter:
     async def record_trades(body: TradeBatchIn, request: Request, key: IdempotencyKeyHeader = None) -> JSONResponse:
         """Record up to 1,000 trades atomically (all or none); `loc` of an error points at `trades.<index>`."""
 
-        async def apply(conn: AsyncConnection, now: datetime) -> Reply:
+        async def apply(conn: Conn, now: datetime) -> Reply:
             result = await ingest.record_trades(conn, body.trades, now, default_time=body.occurred_at)
             return Reply(201, _json(TradeBatchOut, {"recorded": result.recorded, "trades": result.trades}))
 
@@ -215,7 +216,7 @@ def router(ingest: Ingest) -> APIRouter:
     async def record_signal(body: SignalIn, request: Request, key: IdempotencyKeyHeader = None) -> JSONResponse:
         """Record a social post or news item; a known `signal_id` with the same fields is a replay (200)."""
 
-        async def apply(conn: AsyncConnection, now: datetime) -> Reply:
+        async def apply(conn: Conn, now: datetime) -> Reply:
             signal, new = await ingest.record_signal(conn, body, now)
             return Reply(201 if new else 200, _json(SignalOut, signal))
 

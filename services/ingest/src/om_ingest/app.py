@@ -15,7 +15,7 @@ from om_ingest import api, store
 from om_ingest.commands import Ingest
 from om_ingest.domain import DomainError
 from om_ingest.intake import RAW_TOPICS, RawIntake
-from om_ingest.outbox import relay
+from om_ingest.outbox import LogWatch, relay
 from om_ingest.settings import IngestSettings
 from om_runtime.db import Database, StoredOffsets
 from om_runtime.kafka import ensure_topics
@@ -51,6 +51,13 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
             after_failure=lambda: ensure_topics(
                 settings.kafka_bootstrap_servers, PRODUCED, replication_factor=settings.kafka_replication_factor
             ),
+            watch=LogWatch(
+                db,
+                settings.kafka_bootstrap_servers,
+                timedelta(seconds=settings.outbox_retention_s),
+                timeout_s=settings.outbox_confirm_timeout_s,
+            ),
+            log_check_s=settings.outbox_log_check_s,
         ),
     )
     runtime.add_loop("idempotency-expiry", lambda: forget_expired_keys(db))

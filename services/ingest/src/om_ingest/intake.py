@@ -58,8 +58,8 @@ class RawIntake:
                     await self.ingest.record_signal(conn, d.event, now)
                 except DomainError as exc:
                     rejected.append((d, exc))
-            for d, exc in rejected:
-                await self.publisher.dead_letter(self.consumer, d.record, d.record.value or b"", _reason(d, exc))
+            for d, refusal in rejected:
+                await self.publisher.dead_letter(self.consumer, d.record, d.record.value or b"", _reason(d, refusal))
             await save_offsets(conn, self.consumer, _next_offsets(deliveries))
 
 

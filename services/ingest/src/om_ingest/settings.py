@@ -19,6 +19,11 @@ class IngestSettings(ServiceSettings, PostgresSettings):
     outbox_relays: int = Field(default=4, ge=1, le=64)
     #: A batch whose Kafka confirmations take longer fails and is published again (the broker is down).
     outbox_confirm_timeout_s: float = Field(default=10.0, gt=0)
+    #: Published events stay this long, to be published again if the broker loses its log (the embedded one keeps
+    #: it in memory): longer than consumers ever lag behind. Costs rows: about this many seconds of events.
+    outbox_retention_s: float = Field(default=120.0, gt=0)
+    #: How often the relay checks that the broker still has the events it confirmed.
+    outbox_log_check_s: float = Field(default=2.0, gt=0)
     #: How far an event time may run ahead of ingest's clock before a write is refused (422).
     max_future_skew_s: float = Field(default=DEFAULT_MAX_FUTURE_SKEW_S, ge=0)
     #: Consume the raw upstream topics (ingest.raw-*.v1) and record their records.

@@ -8,11 +8,15 @@ from typing import Any
 
 from opentelemetry import propagate
 from psycopg import AsyncConnection
+from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
-from pydantic import BaseModel
 
 from om_contracts import Topic, encode, key_of
+from om_contracts.envelope import Envelope
 from om_ingest.domain import Market
+
+#: A connection of ingest's pool (om_runtime's Database), whose rows are dicts.
+Conn = AsyncConnection[DictRow]
 
 MARKET_COLUMNS = (
     "market_id, question, category, status, created_at, close_at, current_price, last_trade_at, "
@@ -24,7 +28,7 @@ def _market(row: dict[str, Any]) -> Market:
     return Market(**{k: row[k] for k in Market.__dataclass_fields__})
 
 
-async def market_row(conn: AsyncConnection, market_id: str, *, for_update: bool = False) -> dict[str, Any] | None:
+async def market_row(conn: Conn, market_id: str, *, for_update: bool = False) -> dict[str, Any] | None:
     lock = " FOR UPDATE" if for_update else ""
     # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
     # nosemgrep: sql-built-from-request-values
@@ -32,13 +36,21 @@ async def market_row(conn: AsyncConnection, market_id: str, *, for_update: bool 
     return await cur.fetchone()
 
 
-async def lock_market(conn: AsyncConnection, market_id: str) -> Market | None:
+async def written_market(conn: Conn, market_id: str) -> dict[str, Any]:
+    """A market this transaction has just written or locked (so it exists)."""
+    row = await market_row(conn, market_id)
+    if row is None:
+        raise LookupError(f"market {market_id!r} vanished inside its own transaction")
+    return row
+
+
+async def lock_market(conn: Conn, market_id: str) -> Market | None:
     """Load a market and hold its row lock, so concurrent writes to one market apply one at a time."""
     row = await market_row(conn, market_id, for_update=True)
     return _market(row) if row else None
 
 
-async def lock_markets(conn: AsyncConnection, market_ids: list[str]) -> dict[str, Market]:
+async def lock_markets(conn: Conn, market_ids: list[str]) -> dict[str, Market]:
     """Lock several markets, always in id order so two concurrent batches cannot deadlock."""
     cur = await conn.execute(
         # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
@@ -48,7 +60,7 @@ async def lock_markets(conn: AsyncConnection, market_ids: list[str]) -> dict[str
     return {row["market_id"]: _market(row) for row in await cur.fetchall()}
 
 
-async def list_markets(conn: AsyncConnection, status: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
+async def list_markets(conn: Conn, status: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
     cur = await conn.execute(
         # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
         f"SELECT {MARKET_COLUMNS} FROM markets WHERE %(status)s::text IS NULL OR status = %(status)s "  # nosec B608
@@ -58,7 +70,7 @@ async def list_markets(conn: AsyncConnection, status: str | None, limit: int, of
     return await cur.fetchall()
 
 
-async def insert_market(conn: AsyncConnection, m: dict[str, Any]) -> bool:
+async def insert_market(conn: Conn, m: dict[str, Any]) -> bool:
     cur = await conn.execute(
         "INSERT INTO markets (market_id, question, category, status, created_at, close_at, current_price) "
         "VALUES (%(market_id)s, %(question)s, %(category)s, 'open', %(created_at)s, %(close_at)s, %(initial_price)s) "
@@ -68,7 +80,7 @@ async def insert_market(conn: AsyncConnection, m: dict[str, Any]) -> bool:
     return cur.rowcount == 1
 
 
-async def set_status(conn: AsyncConnection, market_id: str, status: str, **fields: Any) -> None:
+async def set_status(conn: Conn, market_id: str, status: str, **fields: Any) -> None:
     sets = ", ".join(["status = %(status)s", "updated_at = now()", *(f"{k} = %({k})s" for k in fields)])
     # Column names come from the callers' keyword arguments (code, never input); values are bound.
     await conn.execute(  # nosemgrep: sql-built-from-request-values
@@ -77,7 +89,7 @@ async def set_status(conn: AsyncConnection, market_id: str, status: str, **field
     )
 
 
-async def set_prices(conn: AsyncConnection, markets: list[Market]) -> None:
+async def set_prices(conn: Conn, markets: list[Market]) -> None:
     """Move several markets' prices in one statement (a batch spread over many markets would otherwise cost one
     UPDATE per market)."""
     await conn.execute(
@@ -88,7 +100,7 @@ async def set_prices(conn: AsyncConnection, markets: list[Market]) -> None:
     )
 
 
-async def ensure_users(conn: AsyncConnection, first_seen: dict[str, Any]) -> None:
+async def ensure_users(conn: Conn, first_seen: dict[str, Any]) -> None:
     # In id order: two batches inserting overlapping new users then take the unique-index locks in the same
     # order, so one waits for the other instead of deadlocking (which PostgreSQL would end with an error).
     users = sorted(first_seen.items())
@@ -105,14 +117,16 @@ TRADE_COLUMNS = (
 )
 
 
-async def trades_by_id(conn: AsyncConnection, trade_ids: list[str]) -> dict[str, dict[str, Any]]:
+async def trades_by_id(conn: Conn, trade_ids: list[str]) -> dict[str, dict[str, Any]]:
     if not trade_ids:
         return {}
-    cur = await conn.execute(f"SELECT {TRADE_COLUMNS} FROM trades WHERE trade_id = ANY(%b)", (trade_ids,))
+    # bandit: only the module's column list is interpolated; the ids are bound
+    query = f"SELECT {TRADE_COLUMNS} FROM trades WHERE trade_id = ANY(%b)"  # nosec B608
+    cur = await conn.execute(query, (trade_ids,))
     return {row["trade_id"]: row for row in await cur.fetchall()}
 
 
-async def insert_trades(conn: AsyncConnection, trades: list[dict[str, Any]]) -> int:
+async def insert_trades(conn: Conn, trades: list[dict[str, Any]]) -> int:
     """Insert trades in one statement (one array per column); return how many were new. An id that a
     concurrent transaction just recorded is skipped (that transaction is waited for, not failed against)."""
     columns = [c.strip() for c in TRADE_COLUMNS.split(",")]
@@ -125,14 +139,13 @@ async def insert_trades(conn: AsyncConnection, trades: list[dict[str, Any]]) -> 
         "amount_estimated": "bool",
     }
     arrays = ", ".join(f"%b::{types.get(c, 'text')}[]" for c in columns)  # %b: binary, no per-element quoting
-    cur = await conn.execute(
-        f"INSERT INTO trades ({TRADE_COLUMNS}) SELECT * FROM unnest({arrays}) ON CONFLICT (trade_id) DO NOTHING",
-        [[t[c] for t in trades] for c in columns],
-    )
+    # bandit: only the module's column list and fixed type casts are interpolated; the values are bound
+    query = f"INSERT INTO trades ({TRADE_COLUMNS}) SELECT * FROM unnest({arrays}) ON CONFLICT (trade_id) DO NOTHING"  # nosec B608
+    cur = await conn.execute(query, [[t[c] for t in trades] for c in columns])
     return cur.rowcount
 
 
-async def recent_trades(conn: AsyncConnection, market_id: str, limit: int) -> list[dict[str, Any]]:
+async def recent_trades(conn: Conn, market_id: str, limit: int) -> list[dict[str, Any]]:
     cur = await conn.execute(
         # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
         f"SELECT {TRADE_COLUMNS} FROM trades WHERE market_id = %s ORDER BY executed_at DESC LIMIT %s",  # nosec B608
@@ -141,7 +154,7 @@ async def recent_trades(conn: AsyncConnection, market_id: str, limit: int) -> li
     return await cur.fetchall()
 
 
-async def signal_row(conn: AsyncConnection, signal_id: str) -> dict[str, Any] | None:
+async def signal_row(conn: Conn, signal_id: str) -> dict[str, Any] | None:
     cur = await conn.execute(
         "SELECT signal_id, market_id, kind, source, text, sentiment, observed_at FROM signals WHERE signal_id = %s",
         (signal_id,),
@@ -149,7 +162,7 @@ async def signal_row(conn: AsyncConnection, signal_id: str) -> dict[str, Any] | 
     return await cur.fetchone()
 
 
-async def insert_signal(conn: AsyncConnection, s: dict[str, Any]) -> bool:
+async def insert_signal(conn: Conn, s: dict[str, Any]) -> bool:
     cur = await conn.execute(
         "INSERT INTO signals (signal_id, market_id, kind, source, text, sentiment, observed_at) "
         "VALUES (%(signal_id)s, %(market_id)s, %(kind)s, %(source)s, %(text)s, %(sentiment)s, %(observed_at)s) "
@@ -160,7 +173,7 @@ async def insert_signal(conn: AsyncConnection, s: dict[str, Any]) -> bool:
 
 
 async def claim_idempotency_key(
-    conn: AsyncConnection, key: str, fingerprint: str, now: datetime, ttl: timedelta
+    conn: Conn, key: str, fingerprint: str, now: datetime, ttl: timedelta
 ) -> dict[str, Any] | None:
     """Claim `key` for this transaction, or return the reply stored under it (with its request fingerprint).
 
@@ -178,16 +191,16 @@ async def claim_idempotency_key(
     return await cur.fetchone()
 
 
-async def save_idempotent_reply(conn: AsyncConnection, key: str, status: int, body: Any) -> None:
+async def save_idempotent_reply(conn: Conn, key: str, status: int, body: Any) -> None:
     await conn.execute("UPDATE idempotency_keys SET status = %s, body = %s WHERE key = %s", (status, Jsonb(body), key))
 
 
-async def forget_expired_idempotency_keys(conn: AsyncConnection, now: datetime) -> int:
+async def forget_expired_idempotency_keys(conn: Conn, now: datetime) -> int:
     cur = await conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= %s", (now,))
     return cur.rowcount
 
 
-async def enqueue(conn: AsyncConnection, topic: Topic, *events: BaseModel) -> None:
+async def enqueue(conn: Conn, topic: Topic, *events: Envelope) -> None:
     """Write events to the outbox in the caller's transaction (one statement), with the current trace context,
     and wake the relay (PostgreSQL delivers the notification only if the transaction commits).
 
