@@ -10,6 +10,7 @@ from psycopg import AsyncConnection
 from redis.asyncio import Redis
 
 from om_contracts import (
+    FeatureContribution,
     FeatureVectorComputed,
     MarketCancelled,
     MarketFeatures,
@@ -38,7 +39,7 @@ def prediction_for(vector: FeatureVectorComputed, score: scoring.Score | None = 
         confidence=score.confidence,
         risk_level=score.risk_level,
         model_version=score.model_version,
-        contributions=score.contributions,
+        contributions=[FeatureContribution(**c._asdict()) for c in score.contributions],
         features_as_of=vector.occurred_at,
         risk_reasons=list(score.risk_reasons),
         market_price=vector.features.current_price,
