@@ -156,6 +156,11 @@ class Ensemble:
         width = t.table.shape[0] if booster else t.rf_columns
         return csr_matrix((np.ones(leaves.size), leaves.T.ravel(), indptr), shape=(x.shape[0], width))
 
+    def prepare(self) -> Ensemble:
+        """Build the derived leaf tables now (at load, off the scoring path) rather than on the first batch."""
+        self._leaf_tables()
+        return self
+
     def _leaf_tables(self) -> _LeafTables:
         if self._tables is None:
             self._tables = _leaf_tables(self)

@@ -209,4 +209,4 @@ def load(root: Path, entry: dict[str, Any]) -> Ensemble:
     missing = [f for f in ensemble.features if f not in FEATURES]
     if missing:
         raise ArtifactError(f"model {entry['version']}: needs features this service does not have: {missing}")
-    return ensemble
+    return ensemble.prepare()
