@@ -137,7 +137,7 @@ class Ensemble:
         w0, w_rf, w_gbm = self.weights
         t = self._leaf_tables()
         k = len(self.features)
-        gbm = self.booster.predict(x, pred_contrib=True, num_threads=1)  # features..., bias
+        gbm = np.asarray(self.booster.predict(x, pred_contrib=True, num_threads=1))  # features..., bias
         rf_part = self._leaf_matrix(x, t, booster=False) @ t.table[: t.rf_columns, :k]
         return w_gbm * gbm[:, :-1] + rf_part, w0 + w_gbm * gbm[:, -1] + w_rf * t.rf_root
 
@@ -150,7 +150,7 @@ class Ensemble:
         for i, est in enumerate(forest):  # the trees directly: no joblib dispatch per tree as forest.apply has
             leaves[i] = est.tree_.apply(x32)
         if booster:
-            leaves[len(forest) :] = self.booster.predict(x, pred_leaf=True, num_threads=1).T
+            leaves[len(forest) :] = np.asarray(self.booster.predict(x, pred_leaf=True, num_threads=1)).T
         leaves += t.offsets[:n_trees, None]
         indptr = np.arange(0, leaves.size + 1, n_trees, dtype=np.int64)
         width = t.table.shape[0] if booster else t.rf_columns
@@ -281,7 +281,8 @@ def impute(x: np.ndarray, medians: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-z))
+    return out
 
 
 def fit_ensemble(
@@ -322,7 +323,7 @@ def fit_ensemble(
         num_boost_round=params.gbm_rounds,
     )
     p_rf = forest.predict_proba(xv)[:, 1]
-    f_gbm = booster.predict(xv, raw_score=True)
+    f_gbm = np.asarray(booster.predict(xv, raw_score=True))
     stack = LogisticRegression(C=10.0).fit(np.column_stack([p_rf, f_gbm]), y_val)
     weights = (float(stack.intercept_[0]), float(stack.coef_[0][0]), float(stack.coef_[0][1]))
     z = weights[0] + weights[1] * p_rf + weights[2] * f_gbm

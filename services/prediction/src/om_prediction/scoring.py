@@ -116,12 +116,13 @@ def score_batch(model: Ensemble | None, version: str, batch: list[MarketFeatures
     x_raw = feature_matrix(model.features, batch)
     missing = np.isnan(x_raw)
     out = model.predict(impute(x_raw, model.medians), explain=True)
-    assert out.contributions is not None
+    if out.contributions is None:  # explain=True always fills them
+        raise RuntimeError("the model returned no contributions")
     k = min(TOP_CONTRIBUTIONS, out.contributions.shape[1])
     size = np.abs(out.contributions)
     top = np.argpartition(-size, k - 1, axis=1)[:, :k]
     top = np.take_along_axis(top, np.argsort(-np.take_along_axis(size, top, axis=1), axis=1, kind="stable"), axis=1)
-    values = np.where(missing, None, x_raw).tolist()  # the vector's own values; None where it had none
+    values = np.where(missing, np.array(None), x_raw).tolist()  # the vector's own values; None where it had none
     contributions, tops, imputed = out.contributions.tolist(), top.tolist(), missing.sum(axis=1).tolist()
     names = model.features
     scores = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from om_prediction.registry import ArtifactError, Registry, RegistryError
 from om_prediction.scoring import BASELINE_VERSION
@@ -62,7 +62,7 @@ class ModelHolder:
         log.info("serving model %s", version)
         return True
 
-    def _load(self, entry: dict) -> Ensemble:
+    def _load(self, entry: dict[str, Any]) -> Ensemble:
         from om_prediction.registry import load
 
         return load(self.registry.root, entry)
