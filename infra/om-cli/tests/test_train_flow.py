@@ -147,6 +147,17 @@ def test_simulate_import_train_promote_up_serves_the_model(tmp_path: Path) -> No
         trained = om("train", "--feature-url", up.feature, env=env)
         version = re.search(r"candidate (\S+):", trained)
         assert version, trained
+        # the CronJob's command on the same export: a candidate, promoted only by the rule (a registry of its own)
+        cron = tmp_path / "cron-models"
+        # bandit: the argument list is built from constants and paths this test controls; no shell
+        once = subprocess.run(  # nosec B603
+            [sys.executable, "-m", "om_prediction", "retrain-loop", "--once", "--feature-url", up.feature,
+             "--models-dir", str(cron), "--kafka", up.kafka],
+            capture_output=True, text=True, timeout=600, env=env,
+        )  # fmt: skip
+        assert once.returncode == 0 and "candidate m" in once.stdout, once.stdout + once.stderr
+        assert len(list(cron.glob("m*/model.pkl"))) == 1
+        assert (up.data_dir / "logs" / "retrain.log").exists()  # om up runs the loop beside the services
         # 200 markets are too few for the 95 % bound against the price: the rule's documented flag relaxes it here
         promoted = om("models", "promote", version[1], "--max-upper-vs-market", "1", "--kafka", up.kafka, env=env)
         assert f"{version[1]} is now production" in promoted and "announced on model.lifecycle.v1" in promoted
