@@ -1,8 +1,11 @@
 """`make bench-prediction`: batched prediction throughput of a trained ensemble per core, and the latency of a
 cached prediction read through the gateway.
 
-1. Trains a model on simulated history (about a minute), then scores batches of feature rows on one thread
-   (OMP_NUM_THREADS=1), with and without contributions.
+1. Trains a model on simulated history (seconds), then scores batches on one thread (OMP_NUM_THREADS=1). The
+   headline is what the service does with every vector: `score_batch` of 1,000 feature vectors (matrix,
+   imputation, the ensemble with contributions, top 5 per row, risk), in predictions per CPU-second. The
+   detail lines are `Ensemble.predict` alone with and without contributions, per batch size, and the
+   booster's tree SHAP (kept for on-demand explanations).
 2. Starts embedded Kafka/PostgreSQL/Redis and the five services, makes one market trade so a prediction is
    cached, then reads `GET /api/v1/ai-analytics/predictions/{id}` sequentially and prints p50/p99.
 """
@@ -10,10 +13,12 @@ cached prediction read through the gateway.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -79,7 +84,20 @@ def gateway_latency(samples: int = 2000) -> None:
     print(f"cached prediction through the gateway ({samples} sequential GETs): p50 {p50:.2f} ms, p99 {p99:.2f} ms")
 
 
+def _rate(fn: Callable[[int], object], batch: int, seconds: float = 3.0) -> float:
+    """Predictions per CPU-second of this process (robust to other load on the machine)."""
+    fn(0)
+    n, i, wall, cpu = 0, 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - wall < seconds:
+        fn(i)
+        n, i = n + batch, i + 1
+    return n / (time.process_time() - cpu)
+
+
 def main(markets: int = 600) -> int:
+    from om_contracts import MarketFeatures
+    from om_prediction.scoring import score_batch
+
     rows = list(snapshot_rows(list(simulate_history(markets, seed=1))))
     with tempfile.TemporaryDirectory() as root:
         registry = Registry(Path(root))
@@ -87,17 +105,25 @@ def main(markets: int = 600) -> int:
         model = load(registry.root, entry)
     x = ds.build(rows).x
     x = np.resize(x, (max(len(x), 20_000), x.shape[1]))
-    for explain in (False, True):
+    vectors = [MarketFeatures.model_validate(r["features"]) for r in rows]
+    vectors = (vectors * (1 + 20_000 // len(vectors)))[:20_000]
+    gc.freeze()  # as the service does once a model is loaded (om_prediction.serving)
+
+    def chunk(i: int, batch: int) -> slice:
+        start = (i * batch) % (len(x) - batch + 1)
+        return slice(start, start + batch)
+
+    served = _rate(lambda i: score_batch(model, entry["version"], vectors[chunk(i, 1000)]), 1000)
+    explained = _rate(lambda i: model.predict(x[chunk(i, 1000)], explain=True), 1000)
+    print(f"explained predictions (with contributions), batch 1000: {explained:,.0f} /s/core (goal >= 50,000)")
+    print(f"  served: score_batch of 1000 vectors (+ top 5, risk, result objects): {served:,.0f} /s/core")
+    for explain in (True, False):
         for batch in (100, 1000, 5000):
-            n, started = 0, time.perf_counter()
-            while time.perf_counter() - started < 3.0:
-                for i in range(0, len(x) - batch + 1, batch):
-                    model.predict(x[i : i + batch], explain=explain)
-                    n += batch
-                    if time.perf_counter() - started >= 3.0:
-                        break
-            rate = n / (time.perf_counter() - started)
-            print(f"batch {batch:>5} {'with' if explain else 'without'} contributions: {rate:,.0f} predictions/s/core")
+            rate = _rate(lambda i, b=batch, e=explain: model.predict(x[chunk(i, b)], explain=e), batch)
+            label = "with" if explain else "without"
+            print(f"  Ensemble.predict batch {batch:>5} {label} contributions: {rate:,.0f} predictions/s/core")
+    shap = _rate(lambda i: model.explain_shap(x[chunk(i, 1000)]), 1000, seconds=1.0)
+    print(f"  on-demand tree SHAP (explain_shap, batch 1000): {shap:,.0f} predictions/s/core")
     gateway_latency()
     return 0
 

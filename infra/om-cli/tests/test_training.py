@@ -56,6 +56,22 @@ def test_contributions_sum_to_the_ensembles_log_odds(no_edge: tuple[Registry, di
     out = model.predict(x, explain=True)
     assert out.contributions is not None and out.bias is not None
     np.testing.assert_allclose(out.contributions.sum(axis=1) + out.bias, out.log_odds, atol=1e-6)
+    # the one-pass leaf tables give what the members themselves say, with or without contributions
+    w0, w_rf, w_gbm = model.weights
+    p_rf = model.forest.predict_proba(x)[:, 1]
+    trees = np.array([t.predict_proba(x.astype(np.float32))[:, 1] for t in model.forest.estimators_])
+    np.testing.assert_allclose(
+        out.log_odds, w0 + w_rf * p_rf + w_gbm * model.booster.predict(x, raw_score=True), atol=1e-9
+    )
+    np.testing.assert_allclose(out.member_spread, trees.std(axis=0), atol=1e-9)
+    plain = model.predict(x)
+    np.testing.assert_array_equal(plain.probability, out.probability)
+    one = model.predict(x[3:4], explain=True)
+    assert one.contributions is not None
+    np.testing.assert_allclose(one.contributions[0], out.contributions[3], atol=1e-12)
+    # the booster's tree SHAP, on demand, sums to the same log-odds
+    shap, bias = model.explain_shap(x)
+    np.testing.assert_allclose(shap.sum(axis=1) + bias, out.log_odds, atol=1e-6)
 
 
 def test_confident_fifth_beats_the_least_confident_fifth(no_edge: tuple[Registry, dict]) -> None:

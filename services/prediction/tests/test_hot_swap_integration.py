@@ -61,6 +61,7 @@ async def test_swap_under_load_corrupt_refusal_and_final_prediction(
         REDIS_URL=redis_url,
         models_dir=registry.root,
         registry_poll_s=3600,  # only the lifecycle event may trigger the swap here
+        live_accuracy_every_s=0.5,
     )
     markets = [f"m-{uuid.uuid4().hex[:8]}" for _ in range(20)]
     start = datetime.now(UTC) - timedelta(hours=1)
@@ -139,6 +140,29 @@ async def test_swap_under_load_corrupt_refusal_and_final_prediction(
         await eventually(final_made, timeout_s=30)
         batch = (await client.post("/v1/predictions/batch", json={"market_ids": [markets[2], "nope"]})).json()
         assert markets[2] in batch["predictions"] and batch["errors"]["nope"]["status"] == 404
+
+        # metrics by model version, and live accuracy recorded in the registry (which `om models` reads)
+        async def live_recorded() -> str:
+            assert (registry.get(first["version"]).get("live") or {}).get("markets") == 1
+            return (await client.get("/metrics")).text
+
+        metrics = await eventually(live_recorded, timeout_s=30)
+        by_version = _samples(metrics, "prediction_predictions_total")
+        assert by_version[(first["version"], "false")] >= len(rescored)
+        assert by_version[(first["version"], "true")] == 1  # the final prediction of the resolved market
+        assert sum(by_version.values()) == len(stored) + 2  # each prediction once; + the late one and the final
+        assert f'prediction_live_markets{{model_version="{first["version"]}"}} 1.0' in metrics
+        assert f'prediction_live_brier{{model_version="{first["version"]}"}}' in metrics
+
+
+def _samples(metrics: str, name: str) -> dict[tuple[str, str], float]:
+    """(model_version, final) -> value of a Prometheus counter in the text format."""
+    out = {}
+    for line in metrics.splitlines():
+        if line.startswith(name + "{"):
+            labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1 : line.index("}")].split(","))
+            out[(labels["model_version"].strip('"'), labels["final"].strip('"'))] = float(line.rsplit(" ", 1)[1])
+    return out
 
 
 async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> None:

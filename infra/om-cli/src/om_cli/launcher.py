@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess  # nosec B404  # runs a fixed program from an argument list, never a shell
+import sys
 import time
 from pathlib import Path
 
@@ -42,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="first of four consecutive ports for ingest, feature, prediction, analytics",
     )
     parser.add_argument("--no-simulator", action="store_true", help="start the platform without simulated traffic")
+    parser.add_argument("--no-retrain", action="store_true", help="do not run the model retraining loop")
     parser.add_argument("--rate", type=float, default=10.0, help="simulated trades per second")
     parser.add_argument("--markets", type=int, default=8, help="simulated open markets")
     parser.add_argument("--seed", type=int, default=None, help="simulator seed (default: a new one each run)")
@@ -101,7 +104,7 @@ def up(args: argparse.Namespace) -> int:
             shutil.rmtree(data_dir / sub, ignore_errors=True)
     # SIGTERM (from `om down`) stops as gracefully as Ctrl-C.
     signal.signal(signal.SIGTERM, interrupt)
-    infra = platform = None
+    infra = platform = retrain = None
     try:
         ports = Ports(args.kafka_port, args.postgres_port, args.redis_port)
         infra = start_infrastructure(data_dir, ports, on_start=_announce)
@@ -112,6 +115,8 @@ def up(args: argparse.Namespace) -> int:
         platform = Platform(infra.env(), data_dir / "logs", service_ports, extra_env=extra, admin_api_key=admin_key)
         say(f"starting {', '.join(SERVICES)} (logs in {data_dir / 'logs'})")
         platform.start()
+        if not args.no_retrain:
+            retrain = _start_retrain_loop(platform, infra.env(), data_dir / "logs")
         status_file = _status_file(data_dir)
         platform.on_round = lambda: _write_status(status_file, platform, infra.env())
         platform.supervise_in_background(report=say)
@@ -132,6 +137,9 @@ def up(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the cleanup
+        if retrain:
+            retrain.terminate()
+            retrain.wait(15)
         if platform:
             platform.stop()
         if infra:
@@ -211,6 +219,22 @@ def interrupt(signum: int, frame: object) -> None:
 
 def _announce(server: EmbeddedServer) -> None:
     say(f"{server.name:<8} embedded, {server.url}")
+
+
+def _start_retrain_loop(platform: Platform, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
+    """`prediction retrain-loop` beside the services: retrains daily or after 200 new resolutions from feature's
+    export; a candidate is promoted only by the registry's rule (docs/prediction.md). Log: logs/retrain.log."""
+    command = [sys.executable, "-m", "om_prediction", "retrain-loop", "--feature-url", platform.url("feature")]
+    with open(log_dir / "retrain.log", "ab") as log:
+        # bandit: the argument list is built from constants and URLs this code controls; no shell
+        return subprocess.Popen(  # nosec B603
+            [*command, "--kafka", env["KAFKA_BOOTSTRAP_SERVERS"]],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops the loop
+        )
 
 
 def _print_urls(platform: Platform, env: dict[str, str], key_file: Path) -> None:

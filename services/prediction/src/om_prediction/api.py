@@ -39,7 +39,7 @@ class PredictionPage(BaseModel):
     next_cursor: str | None
 
 
-def _cursor(row: dict) -> str:
+def _cursor(row: dict[str, Any]) -> str:
     raw = json.dumps([row["features_as_of"].isoformat(), row["event_id"]])
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
@@ -56,7 +56,7 @@ def router(db: Database, redis: Redis, handlers: Any, models: ModelHolder) -> AP
     api = APIRouter(prefix="/v1", tags=["predictions"])
 
     @api.get("/markets/{market_id}/prediction", response_model=PredictionMade, summary="Latest prediction")
-    async def latest(market_id: str) -> PredictionMade | dict:
+    async def latest(market_id: str) -> PredictionMade | dict[str, Any]:
         if cached := await store.cached_latest(redis, market_id):
             return cached
         async with db.transaction() as conn:
@@ -72,7 +72,7 @@ def router(db: Database, redis: Redis, handlers: Any, models: ModelHolder) -> AP
         to: datetime | None = None,
         cursor: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> dict:
+    ) -> dict[str, Any]:
         before = _parse_cursor(cursor) if cursor else None
         async with db.transaction() as conn:
             rows = await store.history(conn, market_id, limit + 1, start=start, end=to, before=before)
@@ -80,7 +80,7 @@ def router(db: Database, redis: Redis, handlers: Any, models: ModelHolder) -> AP
         return {"items": [_event(r) for r in page], "next_cursor": _cursor(page[-1]) if len(rows) > limit else None}
 
     @api.post("/predictions/batch", response_model=BatchResponse, summary="Latest predictions of many markets")
-    async def batch(body: BatchRequest) -> dict:
+    async def batch(body: BatchRequest) -> dict[str, Any]:
         ids = list(dict.fromkeys(body.market_ids))
         found: dict[str, Any] = {}
         for market_id in ids:
@@ -96,7 +96,7 @@ def router(db: Database, redis: Redis, handlers: Any, models: ModelHolder) -> AP
         return {"predictions": found, "errors": errors}
 
     @api.get("/models", summary="Model versions in the registry, with live accuracy")
-    async def list_models() -> dict:
+    async def list_models() -> dict[str, Any]:
         async with db.transaction() as conn:
             live = await store.live_accuracy(conn)
         return {
@@ -106,7 +106,7 @@ def router(db: Database, redis: Redis, handlers: Any, models: ModelHolder) -> AP
         }
 
     @api.get("/models/{version}", summary="One model version's manifest")
-    async def show_model(version: str) -> dict:
+    async def show_model(version: str) -> dict[str, Any]:
         try:
             entry = models.registry.get(version)
         except RegistryError as exc:
@@ -118,12 +118,12 @@ def router(db: Database, redis: Redis, handlers: Any, models: ModelHolder) -> AP
     return api
 
 
-def _summary(v: dict) -> dict:
+def _summary(v: dict[str, Any]) -> dict[str, Any]:
     keys = ("version", "state", "created_at", "promoted_at", "checksum", "data")
     return {k: v.get(k) for k in keys} | {"metrics": v.get("metrics")}
 
 
-def _event(row: dict) -> dict:
+def _event(row: dict[str, Any]) -> dict[str, Any]:
     """A stored row in the shape of the PredictionMade event."""
     return {
         "event_id": row["event_id"],

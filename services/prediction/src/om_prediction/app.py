@@ -11,8 +11,9 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from om_contracts.topics import FEATURE_VECTORS, MARKET_LIFECYCLE, MODEL_LIFECYCLE
-from om_prediction import api
+from om_prediction import api, store
 from om_prediction.handlers import PredictionHandlers
+from om_prediction.metrics import PredictionMetrics
 from om_prediction.serving import ModelHolder
 from om_prediction.settings import PredictionSettings
 from om_runtime.cache import create_redis
@@ -36,7 +37,8 @@ def create_app(settings: PredictionSettings | None = None) -> FastAPI:
     models = ModelHolder(settings.models_dir)
     runtime.add_resource(db, name="postgres", check=db.ping)
     runtime.add_resource(contextlib.aclosing(redis), name="redis", check=redis.ping)
-    handlers = PredictionHandlers(redis, runtime.publisher, settings.cache_ttl_s, models)
+    metrics = PredictionMetrics(runtime.registry)
+    handlers = PredictionHandlers(redis, runtime.publisher, settings.cache_ttl_s, models, metrics)
     swap_lock = asyncio.Lock()
 
     async def swap_if_changed() -> None:
@@ -56,11 +58,21 @@ def create_app(settings: PredictionSettings | None = None) -> FastAPI:
             await asyncio.sleep(settings.registry_poll_s)
             await swap_if_changed()
 
+    async def publish_live_accuracy() -> None:
+        """Each version's live Brier (and the price's) to /metrics and to the registry, which `om models` shows."""
+        while True:
+            await asyncio.sleep(settings.live_accuracy_every_s)
+            async with db.transaction() as conn:
+                live = await store.live_accuracy(conn)
+            metrics.live(live)
+            await asyncio.to_thread(models.registry.record_live_all, live)
+
     async def on_lifecycle(_event: object) -> None:
         await swap_if_changed()
 
     runtime.add_resource(loaded(), name="model", check=_always_ready)
     runtime.add_loop("registry-watch", watch_registry)
+    runtime.add_loop("live-accuracy", publish_live_accuracy)
     runtime.consume_in_transaction(db, handlers.apply_batch, topics=(FEATURE_VECTORS, MARKET_LIFECYCLE))
     runtime.consume({MODEL_LIFECYCLE: on_lifecycle}, fanout=True)
     return runtime.create_app(

@@ -151,18 +151,15 @@ def run_train(args: argparse.Namespace, rows: Any = None, source: str | None = N
 
 
 def run_retrain_loop(args: argparse.Namespace) -> int:
-    """Retrain every `--every-hours`, or sooner once `--after-resolutions` new markets resolved; promote by rule."""
+    """Retrain every `--every-hours`, or sooner once `--after-resolutions` new markets resolved; promote by rule.
+    With `--once` (a CronJob run), train at once and stop."""
     registry = Registry(args.models_dir)
     last = datetime.now(UTC)
     while True:
-        due = time.monotonic() + args.every_hours * 3600
-        while time.monotonic() < due:
-            new = sum(1 for _ in export_rows(args.feature_url, resolved_after=last.isoformat(), page=1000))
-            if new >= args.after_resolutions * 8:  # rows, about 8 snapshots per market
-                break
-            time.sleep(args.check_every_s)
+        if not args.once:
+            _wait_for_new_data(args, last)
         started = datetime.now(UTC)
-        if run_train(args) == 0:
+        if _train_quietly(args) == 0:
             candidate = registry.versions()[-1]
             try:
                 registry.promote(candidate["version"])
@@ -172,6 +169,32 @@ def run_retrain_loop(args: argparse.Namespace) -> int:
         last = started
         if args.once:
             return 0
+
+
+def _wait_for_new_data(args: argparse.Namespace, since: datetime) -> None:
+    """Until `--every-hours` passed or `--after-resolutions` markets resolved after `since` (by event time)."""
+    import httpx
+
+    due = time.monotonic() + args.every_hours * 3600
+    while time.monotonic() < due:
+        try:
+            rows = export_rows(args.feature_url, resolved_after=since.isoformat(), page=5000)
+            if len({r["market_id"] for r in rows}) >= args.after_resolutions:
+                return
+        except httpx.HTTPError as exc:  # feature restarting: ask again at the next check
+            log.warning("feature export at %s unavailable (%s)", args.feature_url, exc)
+        time.sleep(min(args.check_every_s, max(0.0, due - time.monotonic())))
+
+
+def _train_quietly(args: argparse.Namespace) -> int:
+    """One retraining; a feature service that is away is a failed round, not the end of the loop."""
+    import httpx
+
+    try:
+        return run_train(args)
+    except httpx.HTTPError as exc:
+        log.warning("retraining skipped: feature export at %s unavailable (%s)", args.feature_url, exc)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

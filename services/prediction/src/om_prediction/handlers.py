@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg.rows import DictRow
 from redis.asyncio import Redis
 
 from om_contracts import (
+    FeatureContribution,
     FeatureVectorComputed,
     MarketCancelled,
     MarketFeatures,
@@ -20,6 +21,7 @@ from om_contracts import (
 )
 from om_contracts.topics import PREDICTIONS
 from om_prediction import scoring, store
+from om_prediction.metrics import PredictionMetrics
 from om_prediction.serving import ModelHolder
 from om_runtime.kafka import EventPublisher
 
@@ -38,7 +40,7 @@ def prediction_for(vector: FeatureVectorComputed, score: scoring.Score | None = 
         confidence=score.confidence,
         risk_level=score.risk_level,
         model_version=score.model_version,
-        contributions=score.contributions,
+        contributions=[FeatureContribution(**c._asdict()) for c in score.contributions],
         features_as_of=vector.occurred_at,
         risk_reasons=list(score.risk_reasons),
         market_price=vector.features.current_price,
@@ -47,7 +49,15 @@ def prediction_for(vector: FeatureVectorComputed, score: scoring.Score | None = 
 
 
 class PredictionHandlers:
-    def __init__(self, redis: Redis, publisher: EventPublisher, cache_ttl_s: int, models: ModelHolder) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        publisher: EventPublisher,
+        cache_ttl_s: int,
+        models: ModelHolder,
+        metrics: PredictionMetrics | None = None,
+    ) -> None:
+        self.metrics = metrics
         self.redis = redis
         self.publisher = publisher
         self.cache_ttl_s = cache_ttl_s
@@ -58,7 +68,7 @@ class PredictionHandlers:
         scores = scoring.score_batch(model, version, [v.features for v in vectors])
         return [prediction_for(v, s, **extra) for v, s in zip(vectors, scores, strict=True)]
 
-    async def apply_batch(self, events: list[tuple[Topic, Any]], conn: AsyncConnection) -> None:
+    async def apply_batch(self, events: list[tuple[Topic, Any]], conn: store.Conn) -> None:
         """Predict each new vector and settle resolved/cancelled markets, in the caller's transaction."""
         vectors = [e for _, e in events if isinstance(e, FeatureVectorComputed)]
         settled = [e for _, e in events if isinstance(e, MarketResolved | MarketCancelled)]
@@ -69,7 +79,7 @@ class PredictionHandlers:
             predictions += await self._finals(conn, settled)
         await self._emit(conn, predictions)
 
-    async def _finals(self, conn: AsyncConnection, settled: list[Any]) -> list[PredictionMade]:
+    async def _finals(self, conn: store.Conn, settled: list[Any]) -> list[PredictionMade]:
         rows = {r["market_id"]: r for r in await store.latest_vectors(conn, [e.market_id for e in settled])}
         finals, outcomes = [], []
         for event in settled:
@@ -93,7 +103,7 @@ class PredictionHandlers:
         await store.forget_vectors(conn, [e.market_id for e in settled])
         return finals
 
-    async def rescore_open(self, conn: AsyncConnection) -> int:
+    async def rescore_open(self, conn: store.Conn) -> int:
         """After a swap: a prediction by the new model for every open market, from its latest vector."""
         _, version = self.models.current
         vectors = [_vector(r) for r in await store.latest_vectors(conn)]
@@ -104,16 +114,18 @@ class PredictionHandlers:
         await self._emit(conn, predictions)
         return len(predictions)
 
-    async def _emit(self, conn: AsyncConnection, predictions: list[PredictionMade]) -> None:
+    async def _emit(self, conn: store.Conn, predictions: list[PredictionMade]) -> None:
         if not predictions:
             return
         await store.save(conn, predictions)
         await store.cache_latest(self.redis, predictions, self.cache_ttl_s)
         for prediction in predictions:
             await self.publisher.publish(PREDICTIONS, prediction)
+        if self.metrics is not None:
+            self.metrics.published(predictions)
 
 
-def _vector(row: dict) -> FeatureVectorComputed:
+def _vector(row: DictRow) -> FeatureVectorComputed:
     """A stored latest vector as the event it came from (same id, so predictions from it keep their ids)."""
     return FeatureVectorComputed(
         event_id=row["source_event_id"],

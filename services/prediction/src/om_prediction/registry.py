@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import pickle
+import pickle  # nosec B403  # only for the registry's own artifacts, each verified by sha256 before loading
 import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +24,8 @@ if TYPE_CHECKING:  # imported lazily: the service starts without loading LightGB
 
 DEFAULT_ROOT = Path.home() / ".local" / "share" / "opinion-market" / "models"
 FORMAT = 1
+LIVE_FILE = "live.json"
+log = logging.getLogger("om_prediction.registry")
 
 
 def default_root() -> Path:
@@ -90,7 +93,8 @@ class Registry:
     def _read(self) -> dict[str, Any]:
         if not self.index.exists():
             return {"format": FORMAT, "versions": {}}
-        return json.loads(self.index.read_text())
+        data: dict[str, Any] = json.loads(self.index.read_text())
+        return data
 
     def _write(self, data: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -99,13 +103,23 @@ class Registry:
         tmp.replace(self.index)  # atomic: a reader sees the old or the new registry, never half
 
     def versions(self) -> list[dict[str, Any]]:
-        return sorted(self._read()["versions"].values(), key=lambda v: v["created_at"])
+        entries = self._read()["versions"].values()
+        return sorted((self._with_live(v) for v in entries), key=lambda v: v["created_at"])
 
     def get(self, version: str) -> dict[str, Any]:
         try:
-            return self._read()["versions"][version]
+            entry: dict[str, Any] = self._read()["versions"][version]
         except KeyError:
             raise RegistryError(f"no model version {version!r} in {self.root}") from None
+        return self._with_live(entry)
+
+    def _with_live(self, entry: dict[str, Any]) -> dict[str, Any]:
+        path = self.root / entry["version"] / LIVE_FILE
+        try:
+            live = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return entry
+        return entry | {"live": live}
 
     def production(self) -> dict[str, Any] | None:
         return next((v for v in self.versions() if v["state"] == "production"), None)
@@ -146,7 +160,7 @@ class Registry:
     def promote(self, version: str, rule: PromotionRule | None = None, *, force: bool = False) -> dict[str, Any]:
         rule = rule or PromotionRule()
         data = self._read()
-        entry = data["versions"].get(version)
+        entry: dict[str, Any] | None = data["versions"].get(version)
         if entry is None:
             raise RegistryError(f"no model version {version!r} in {self.root}")
         if entry["state"] == "production":
@@ -169,7 +183,7 @@ class Registry:
         current = next((v for v in data["versions"].values() if v["state"] == "production"), None)
         if current is None or not current.get("previous"):
             raise RegistryError("nothing to roll back to: no production model with a previous version")
-        previous = data["versions"][current["previous"]]
+        previous: dict[str, Any] = data["versions"][current["previous"]]
         load(self.root, previous)
         current["state"] = "archived"
         previous["state"] = "production"
@@ -178,10 +192,23 @@ class Registry:
         return previous
 
     def record_live(self, version: str, live: dict[str, Any]) -> None:
-        data = self._read()
-        if version in data["versions"]:
-            data["versions"][version]["live"] = live
-            self._write(data)
+        """A version's live accuracy, in its own file: serving replicas write it while `om models` may promote,
+        and a read-modify-write of registry.json from a replica could undo a promotion made meanwhile."""
+        folder = self.root / version
+        if not folder.is_dir():
+            return
+        tmp = folder / f"{LIVE_FILE}.tmp"
+        tmp.write_text(json.dumps(live, sort_keys=True, default=float))
+        tmp.replace(folder / LIVE_FILE)
+
+    def record_live_all(self, live: dict[str, dict[str, Any]]) -> None:
+        """Every registered version's live accuracy; the baseline's is not a registry version."""
+        for version, stats in live.items():
+            try:
+                if self._with_live({"version": version}).get("live") != json.loads(json.dumps(stats, default=float)):
+                    self.record_live(version, stats)
+            except OSError as exc:  # a read-only registry volume: the metrics still carry the numbers
+                log.warning("cannot record live accuracy of %s in %s: %s", version, self.root, exc)
 
 
 def load(root: Path, entry: dict[str, Any]) -> Ensemble:
@@ -194,7 +221,8 @@ def load(root: Path, entry: dict[str, Any]) -> Ensemble:
         raise ArtifactError(f"model {entry['version']}: checksum mismatch ({actual[:12]} != {entry['checksum'][:12]})")
     try:
         with path.open("rb") as f:
-            blob = pickle.load(f)  # noqa: S301 - our own artifact, verified by checksum above
+            # our own artifact: its sha256 matched the registry's record above, so it is the file we wrote
+            blob = pickle.load(f)  # noqa: S301  # nosec B301
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the artifact is unusable
         raise ArtifactError(f"model {entry['version']}: artifact does not load ({exc})") from exc
     libs, ours = blob.get("libraries", {}), library_versions()
@@ -203,10 +231,12 @@ def load(root: Path, entry: dict[str, Any]) -> Ensemble:
             raise ArtifactError(
                 f"model {entry['version']}: built with {lib} {libs.get(lib)}, this service has {ours[lib]}"
             )
-    from om_prediction.model import FEATURES
+    from om_prediction.model import FEATURES, Ensemble
 
-    ensemble = blob["ensemble"]
+    ensemble = blob.get("ensemble") if isinstance(blob, dict) else None
+    if not isinstance(ensemble, Ensemble):
+        raise ArtifactError(f"model {entry['version']}: artifact holds no ensemble ({type(ensemble).__name__})")
     missing = [f for f in ensemble.features if f not in FEATURES]
     if missing:
         raise ArtifactError(f"model {entry['version']}: needs features this service does not have: {missing}")
-    return ensemble
+    return ensemble.prepare()

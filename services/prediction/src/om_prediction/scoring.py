@@ -13,16 +13,16 @@ near_coin_flip with another reason, or 3+ reasons; medium: any reason; low: none
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 
-from om_contracts import FeatureContribution, MarketFeatures
+from om_contracts import MarketFeatures
 
 if TYPE_CHECKING:  # the model stack (LightGBM, scikit-learn) loads only when a model does: fast service start
     from om_prediction.model import Ensemble
+
 
 BASELINE_VERSION = "baseline-market-price"
 TOP_CONTRIBUTIONS = 5
@@ -30,13 +30,21 @@ RiskLevel = Literal["low", "medium", "high"]
 SERIOUS = frozenset({"few_participants", "model_uncertain"})
 
 
-@dataclass(frozen=True)
+class Contribution(NamedTuple):
+    """One feature's effect on the log-odds: plain values, validated once as part of the prediction event."""
+
+    feature: str
+    value: float | None
+    contribution: float
+
+
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a microsecond per field
 class Score:
     probability: float
     confidence: float
     risk_level: RiskLevel
     model_version: str
-    contributions: list[FeatureContribution]
+    contributions: list[Contribution]
     risk_reasons: tuple[str, ...] = ()
 
 
@@ -90,48 +98,54 @@ def baseline(features: MarketFeatures) -> Score:
         confidence=confidence,
         risk_level=risk_level(confidence, features.participant_count),
         model_version=BASELINE_VERSION,
-        contributions=[FeatureContribution(feature="current_price", value=p, contribution=p - 0.5)],
+        contributions=[Contribution("current_price", p, p - 0.5)],
         risk_reasons=risk_reasons(p, confidence, features, baseline=True),
     )
 
 
 def score_batch(model: Ensemble | None, version: str, batch: list[MarketFeatures]) -> list[Score]:
-    """Score many vectors in one call (micro-batching): the baseline without a model."""
+    """Score many vectors in one call (micro-batching): the baseline without a model.
+
+    Everything per batch is numpy (matrix, imputation, the model, the top contributions); per row only the
+    result objects are built (plain tuples: the prediction event validates them once).
+    """
     if model is None or not batch:
         return [baseline(f) for f in batch]
-    rows = [f.model_dump() for f in batch]
-    x_raw = np.array([[_num(r.get(name)) for name in model.features] for r in rows], dtype=np.float64)
-    imputed = np.isnan(x_raw).sum(axis=1)
-    out = model.predict(model.matrix(rows), explain=True)
-    assert out.contributions is not None
+    from om_prediction.model import impute  # loaded already with the model
+
+    x_raw = feature_matrix(model.features, batch)
+    missing = np.isnan(x_raw)
+    out = model.predict(impute(x_raw, model.medians), explain=True)
+    if out.contributions is None:  # explain=True always fills them
+        raise RuntimeError("the model returned no contributions")
+    k = min(TOP_CONTRIBUTIONS, out.contributions.shape[1])
+    size = np.abs(out.contributions)
+    top = np.argpartition(-size, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(size, top, axis=1), axis=1, kind="stable"), axis=1)
+    values = np.where(missing, np.array(None), x_raw).tolist()  # the vector's own values; None where it had none
+    contributions, tops, imputed = out.contributions.tolist(), top.tolist(), missing.sum(axis=1).tolist()
+    names = model.features
     scores = []
-    for i, features in enumerate(batch):
-        p, c = float(out.probability[i]), float(out.confidence[i])
-        top = np.argsort(-np.abs(out.contributions[i]))[:TOP_CONTRIBUTIONS]
-        reasons = risk_reasons(p, c, features, baseline=False, imputed=int(imputed[i]))
+    for features, p, c, row, value, best, n_imputed in zip(
+        batch, out.probability.tolist(), out.confidence.tolist(), contributions, values, tops, imputed, strict=True
+    ):
+        reasons = risk_reasons(p, c, features, baseline=False, imputed=n_imputed)
         scores.append(
             Score(
                 probability=p,
                 confidence=c,
                 risk_level=risk_level_of(reasons),
                 model_version=version,
-                contributions=[
-                    FeatureContribution(
-                        feature=model.features[j],
-                        value=None if math.isnan(x_raw[i, j]) else float(x_raw[i, j]),
-                        contribution=float(out.contributions[i, j]),
-                    )
-                    for j in top
-                ],
+                contributions=[Contribution(names[j], value[j], row[j]) for j in best],
                 risk_reasons=reasons,
             )
         )
     return scores
 
 
-def _num(v: object) -> float:
-    try:
-        f = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return math.nan
-    return f if math.isfinite(f) else math.nan
+def feature_matrix(names: tuple[str, ...], batch: list[MarketFeatures]) -> np.ndarray:
+    """Validated feature vectors to a float matrix in the model's order; None and non-finite values are NaN."""
+    x = np.array([[getattr(f, name, None) for name in names] for f in batch], dtype=np.float64)
+    x = x.reshape(len(batch), len(names))
+    x[~np.isfinite(x)] = np.nan
+    return x

@@ -15,3 +15,5 @@ class PredictionSettings(ServiceSettings, PostgresSettings, RedisSettings):
     models_dir: Path | None = None
     # Besides model.lifecycle.v1 events, look at the registry this often (a promotion made without a broker).
     registry_poll_s: float = 10.0
+    # Live accuracy per model version (resolved markets) to the metrics and the registry, this often.
+    live_accuracy_every_s: float = 60.0

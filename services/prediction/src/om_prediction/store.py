@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 from redis.asyncio import Redis
 
@@ -17,11 +19,15 @@ COLUMNS = (
     " risk_reasons, final, market_price"
 )
 
+#: The runtime's connections return dict rows (psycopg's row_factory=dict_row); its annotations say tuples.
+Conn = AsyncConnection[Any]
 
-async def save(conn: AsyncConnection, predictions: list[PredictionMade]) -> None:
+
+async def save(conn: Conn, predictions: list[PredictionMade]) -> None:
     async with conn.cursor() as cur:
         await cur.executemany(
-            f"INSERT INTO predictions ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            # bandit: only the module constant COLUMNS is interpolated; every value is bound
+            f"INSERT INTO predictions ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"  # nosec B608
             " ON CONFLICT DO NOTHING",
             [
                 (
@@ -43,27 +49,29 @@ async def save(conn: AsyncConnection, predictions: list[PredictionMade]) -> None
         )
 
 
-async def latest(conn: AsyncConnection, market_id: str) -> dict | None:
+async def latest(conn: Conn, market_id: str) -> DictRow | None:
     cur = await conn.execute(
-        # bandit: only module constants (column lists, a fixed lock clause) are interpolated; values are bound
+        # bandit: only the module constant COLUMNS is interpolated; the value is bound
         f"SELECT {COLUMNS} FROM predictions WHERE market_id = %s ORDER BY features_as_of DESC LIMIT 1",  # nosec B608
         (market_id,),
     )
-    return await cur.fetchone()
+    row: DictRow | None = await cur.fetchone()
+    return row
 
 
 async def history(
-    conn: AsyncConnection,
+    conn: Conn,
     market_id: str,
     limit: int,
     *,
     start: datetime | None = None,
     end: datetime | None = None,
     before: tuple[datetime, str] | None = None,
-) -> list[dict]:
+) -> list[DictRow]:
     """Newest first within [start, end); `before` = (features_as_of, event_id) of the last row already seen."""
     cur = await conn.execute(
-        f"SELECT {COLUMNS} FROM predictions WHERE market_id = %(m)s"
+        # bandit: only the module constant COLUMNS is interpolated; every value is bound
+        f"SELECT {COLUMNS} FROM predictions WHERE market_id = %(m)s"  # nosec B608
         " AND (%(start)s::timestamptz IS NULL OR features_as_of >= %(start)s)"
         " AND (%(end)s::timestamptz IS NULL OR features_as_of < %(end)s)"
         " AND (%(bt)s::timestamptz IS NULL OR (features_as_of, event_id) < (%(bt)s, %(bid)s))"
@@ -77,10 +85,11 @@ async def history(
             "limit": limit,
         },
     )
-    return await cur.fetchall()
+    rows: list[DictRow] = await cur.fetchall()
+    return rows
 
 
-async def remember_vectors(conn: AsyncConnection, vectors: list[FeatureVectorComputed]) -> None:
+async def remember_vectors(conn: Conn, vectors: list[FeatureVectorComputed]) -> None:
     """Keep each market's newest vector (by event time) for re-scoring and final predictions."""
     async with conn.cursor() as cur:
         await cur.executemany(
@@ -91,7 +100,7 @@ async def remember_vectors(conn: AsyncConnection, vectors: list[FeatureVectorCom
         )
 
 
-async def latest_vectors(conn: AsyncConnection, market_ids: list[str] | None = None) -> list[dict]:
+async def latest_vectors(conn: Conn, market_ids: list[str] | None = None) -> list[DictRow]:
     if market_ids is None:
         cur = await conn.execute("SELECT market_id, features, as_of, source_event_id FROM latest_vectors")
     else:
@@ -99,14 +108,15 @@ async def latest_vectors(conn: AsyncConnection, market_ids: list[str] | None = N
             "SELECT market_id, features, as_of, source_event_id FROM latest_vectors WHERE market_id = ANY(%s)",
             (market_ids,),
         )
-    return await cur.fetchall()
+    rows: list[DictRow] = await cur.fetchall()
+    return rows
 
 
-async def forget_vectors(conn: AsyncConnection, market_ids: list[str]) -> None:
+async def forget_vectors(conn: Conn, market_ids: list[str]) -> None:
     await conn.execute("DELETE FROM latest_vectors WHERE market_id = ANY(%s)", (market_ids,))
 
 
-async def record_outcomes(conn: AsyncConnection, outcomes: list[tuple[str, str, float, float, float]]) -> None:
+async def record_outcomes(conn: Conn, outcomes: list[tuple[str, str, float, float, float]]) -> None:
     async with conn.cursor() as cur:
         await cur.executemany(
             "INSERT INTO live_outcomes (market_id, model_version, probability, market_price, outcome)"
@@ -115,7 +125,7 @@ async def record_outcomes(conn: AsyncConnection, outcomes: list[tuple[str, str, 
         )
 
 
-async def live_accuracy(conn: AsyncConnection) -> dict[str, dict]:
+async def live_accuracy(conn: Conn) -> dict[str, dict[str, Any]]:
     """Per model version: settled markets, Brier of its last predictions and of the price at the same time."""
     cur = await conn.execute(
         "SELECT model_version, count(*) AS markets, avg((probability - outcome) ^ 2) AS brier,"

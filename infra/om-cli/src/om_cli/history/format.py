@@ -234,7 +234,9 @@ def read_history(directory: Path) -> dict[Kind, list[Record]]:
     return out
 
 
-def write_history(directory: Path, records: Iterable[Record], fmt: Literal["jsonl", "csv"] = "jsonl") -> dict:
+def write_history(
+    directory: Path, records: Iterable[Record], fmt: Literal["jsonl", "csv"] = "jsonl"
+) -> dict[Kind, int]:
     with HistoryWriter(directory, fmt) as writer:
         for record in records:
             writer.write(record)

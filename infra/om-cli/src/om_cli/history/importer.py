@@ -218,7 +218,8 @@ async def import_records(
             settled[r.market_id] = r
     for kind, table in (("trades", trades), ("signals", signals), ("resolutions", settled)):
         for mid in [m for m in table if m not in markets]:
-            n = len(table[mid]) if isinstance(table[mid], list) else 1
+            rows = table[mid]
+            n = len(rows) if isinstance(rows, list) else 1
             for _ in range(n):
                 report.rejected.add(kind, "no such market in the markets file", mid)
     done = _finished(checkpoint)

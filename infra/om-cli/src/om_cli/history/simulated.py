@@ -50,7 +50,7 @@ def simulate_history(
     history = history or HistoryConfig()
     config = world_config(history, world)
     sim = World(seed, config)
-    clock = random.Random(f"{seed}:clock")
+    clock = random.Random(f"{seed}:clock")  # nosec B311  # a seeded simulation, reproducible; no secret
     lifetime_s = config.market_lifetime_s
     per_market_rate = history.trades_per_market / lifetime_s  # trades per second of one open market
     open_now = 0

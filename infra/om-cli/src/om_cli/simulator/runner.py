@@ -587,6 +587,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     offline.add_argument("--out", type=Path, default=Path("history"), help="folder for --history (default history)")
     offline.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="file format for --history")
+    offline.add_argument(
+        "--trades-per-market",
+        type=_positive_float,
+        default=None,
+        help="average trades over a market's life for --history (default 120; fewer import faster)",
+    )
 
 
 def write_history_from_args(args: argparse.Namespace) -> int:
@@ -594,14 +600,17 @@ def write_history_from_args(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from om_cli.history.format import HistoryWriter, ResolutionRecord
-    from om_cli.history.simulated import simulate_history
+    from om_cli.history.simulated import HistoryConfig, simulate_history
     from om_cli.history.stats import history_stats
 
     started = time.monotonic()
     kept: list[Any] = []
     world = WorldConfig(users=args.users, informed_fraction=args.informed_fraction)
+    history = HistoryConfig()
+    if args.trades_per_market is not None:
+        history = replace(history, trades_per_market=args.trades_per_market)
     with HistoryWriter(args.out, args.format) as writer, tqdm(total=args.history, unit="market") as bar:
-        for record in simulate_history(args.history, args.seed, world=world):
+        for record in simulate_history(args.history, args.seed, history=history, world=world):
             writer.write(record)
             kept.append(record)
             if isinstance(record, ResolutionRecord):

@@ -70,10 +70,10 @@ def _plots(folder: Path, ensemble: Ensemble, p: np.ndarray, market: np.ndarray, 
     rf = ensemble.forest.feature_importances_
     order = np.argsort(rf + gain / max(gain.sum(), 1e-12))
     fig, ax = plt.subplots(figsize=(7, 5))
-    ys = np.arange(len(order))
-    ax.barh(ys - 0.2, rf[order], height=0.4, label="random forest (impurity)")
-    ax.barh(ys + 0.2, (gain / max(gain.sum(), 1e-12))[order], height=0.4, label="LightGBM (gain share)")
-    ax.set_yticks(ys, [ensemble.features[i] for i in order])
+    bars = np.arange(len(order))
+    ax.barh(bars - 0.2, rf[order], height=0.4, label="random forest (impurity)")
+    ax.barh(bars + 0.2, (gain / max(gain.sum(), 1e-12))[order], height=0.4, label="LightGBM (gain share)")
+    ax.set_yticks(bars, [ensemble.features[i] for i in order])
     ax.set(title="Feature importance")
     ax.legend()
     fig.tight_layout()
@@ -89,7 +89,9 @@ def _row(label: str, s: Scores) -> str:
     )
 
 
-def _report(entry: dict[str, Any], overall: Scores, buckets: list, confident: tuple[float, float]) -> str:
+def _report(
+    entry: dict[str, Any], overall: Scores, buckets: list[tuple[str, str, Scores]], confident: tuple[float, float]
+) -> str:
     head = (
         "| slice | rows | markets | Brier | market Brier | Brier diff [95% CI] | log loss | market log loss | "
         "ECE | market ECE | AUC | market AUC |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
