@@ -118,11 +118,6 @@ async def test_sigkill_mid_stream_then_restart_equals_one_replay(infra_env: dict
     assert saved_states(db) == replay(messages)
 
 
-@pytest.mark.xfail(
-    run=False,
-    reason="known failure (issue 6): after the feature helper's last commits (compact dedupe ids, binary state "
-    "writes, checkpoint before leaving) the surviving process never finishes the stream; not yet diagnosed",
-)
 async def test_two_processes_one_stopped_mid_stream_equal_one_replay(infra_env: dict[str, str], tmp_path: Path) -> None:
     messages = list(synthetic.stream(spec(3000)))
     creations = [m for m in messages if m[0] == "market.lifecycle.v1"][: spec(3000).markets]
