@@ -2,8 +2,11 @@
 
 It holds the state of the markets of the partitions this process owns, the category histories, and what changed
 since the last checkpoint. Outputs are plain data the edges turn into Kafka messages, Redis writes and rows.
-Coalescing: at most one vector per market per `coalesce_ms` bucket of event time while a batch streams through;
-the latest unpublished state of every touched market is published at the end of each batch, so nothing stays stale.
+Coalescing: at most one vector per market per `coalesce_ms` bucket of event time, whatever the batching. A market's
+unpublished state goes out once its bucket is closed by event time — by a later event of the market, or by the
+partition's newest event time passing the bucket's end (checked at the end of each batch) — or when the stream goes
+idle (`flush`), so the last vector of a burst is always published. A bucket is published once: an event arriving
+after its bucket went out at an idle flush is included in the market's next vector.
 """
 
 from __future__ import annotations
@@ -93,6 +96,9 @@ class Engine:
         self.categories: dict[str, CategoryHistory] = {}
         self.dirty: set[str] = set()
         self.held_total = 0
+        #: markets with changes not yet in a published vector (insertion order: deterministic output order)
+        self.unpublished: dict[str, MarketState] = {}
+        self.clocks: dict[int, float] = {}  # newest event time seen per partition: closes coalescing buckets
         #: partitions whose offsets regressed: events older than the grace period are taken as already applied
         self.suspect_partitions: set[int] = set()
 
@@ -102,11 +108,16 @@ class Engine:
         for s in states:
             self.markets[s.market_id] = s
             self.held_total += len(s.held)
+            if s.pending:
+                self.unpublished[s.market_id] = s
 
     def drop_partitions(self, partitions: set[int]) -> None:
         for market_id in [m for m, s in self.markets.items() if s.partition in partitions]:
             self.held_total -= len(self.markets.pop(market_id).held)
             self.dirty.discard(market_id)
+            self.unpublished.pop(market_id, None)
+        for p in partitions:
+            self.clocks.pop(p, None)
 
     def add_resolution(self, outcome: Outcome) -> None:
         """A resolution, from this process or (via the outcomes table) from another one."""
@@ -127,14 +138,31 @@ class Engine:
         """Apply (event, partition, reference) items in order; return what to publish and store."""
         out = Output()
         touched: dict[str, MarketState] = {}
+        clocks = self.clocks
         for event, partition, ref in items:
             try:
                 self._apply(event, partition, ref, out, touched)
             except BadEvent as exc:
                 out.rejected.append((ref, f"{type(event).__name__} {event.event_id}: {exc}"))
+            at = event.occurred_at.timestamp()
+            if at > clocks.get(partition, -math.inf) and math.isfinite(at):
+                clocks[partition] = at
+        unpublished = self.unpublished
         for s in touched.values():
             if s.pending:
-                self._emit(s, out)
+                unpublished[s.market_id] = s
+        ms = self.config.coalesce_ms
+        for s in list(unpublished.values()):
+            clock = clocks.get(s.partition)
+            if clock is not None and round(clock * 1000) // ms != round(s.watermark * 1000) // ms:
+                self._emit(s, out)  # the partition's event time has passed the end of the market's bucket
+        return out
+
+    def flush(self) -> Output:
+        """Publish every market's unpublished state (the stream went idle: no bucket will be closed by events)."""
+        out = Output()
+        for s in list(self.unpublished.values()):
+            self._emit(s, out)
         return out
 
     def _state(self, market_id: str, partition: int) -> MarketState:
@@ -257,8 +285,13 @@ class Engine:
 
     def _emit(self, s: MarketState, out: Output) -> None:
         s.pending = False
+        self.unpublished.pop(s.market_id, None)
         if s.status != "open" or not s.created or not math.isfinite(s.watermark):
             return
+        bucket = round(s.watermark * 1000) // self.config.coalesce_ms
+        if bucket == s.published_bucket:
+            return  # this bucket went out already (at an idle flush): the change rides with the next vector
+        s.published_bucket = bucket
         vector = self._vector(s)
         out.vectors.append(vector)
         every = self.config.snapshot_every_s

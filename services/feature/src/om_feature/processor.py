@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 from om_feature import store
-from om_feature.engine import Engine, Outcome, Vector
+from om_feature.engine import Engine, Outcome, Output, Vector
 from om_runtime.db import Database
 
 log = logging.getLogger(__name__)
@@ -114,23 +114,33 @@ class FeatureProcessor:
             out = self.engine.process((d.event, d.partition, d) for d in deliveries)
             for d in deliveries:
                 self.offsets[(d.topic.name, d.partition)] = d.offset + 1
-            if out.vectors:
-                produced_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-                messages = []
-                latest: dict[str, str] = {}
-                for v in out.vectors:
-                    body = encode_vector(v, produced_at)
-                    messages.append((v.market_id.encode(), body))
-                    latest[v.market_id] = body.decode()
-                await self.sink.send(messages)
-                await store.write_online(self.redis, latest)
-                self.vectors_published += len(messages)
-            markets = self.engine.markets
-            self.snapshots.extend((markets[v.market_id].partition, v) for v in out.snapshots)
-            self.outcomes.extend((markets[o.market_id].partition, o) for o in out.outcomes)
+            await self._publish(out)
             if time.monotonic() - self._last_checkpoint >= self.checkpoint_interval_s:
                 await self._checkpoint()
             return out.rejected
+
+    async def on_idle(self) -> None:
+        """Nothing arrived for a while: publish what coalescing still holds (the last vector of each burst)."""
+        if self.engine.unpublished:
+            async with self._lock:
+                await self._publish(self.engine.flush())
+
+    async def _publish(self, out: Output) -> None:
+        """Vectors to Kafka and the latest per market to Redis; snapshots and outcomes wait for the checkpoint."""
+        if out.vectors:
+            produced_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            messages = []
+            latest: dict[str, str] = {}
+            for v in out.vectors:
+                body = encode_vector(v, produced_at)
+                messages.append((v.market_id.encode(), body))
+                latest[v.market_id] = body.decode()
+            await self.sink.send(messages)
+            await store.write_online(self.redis, latest)
+            self.vectors_published += len(messages)
+        markets = self.engine.markets
+        self.snapshots.extend((markets[v.market_id].partition, v) for v in out.snapshots)
+        self.outcomes.extend((markets[o.market_id].partition, o) for o in out.outcomes)
 
     async def checkpoint(self) -> None:
         async with self._lock:

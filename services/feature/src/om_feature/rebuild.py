@@ -80,6 +80,7 @@ async def rebuild(settings: FeatureSettings, *, publish: bool = False) -> int:
                         await processor.process(deliveries)
                     if not batch and await _caught_up(consumer, partitions):
                         break
+            await processor.on_idle()  # what coalescing still holds: the last vector (and snapshot) of each market
             await processor.checkpoint()
         finally:
             await consumer.stop()

@@ -65,6 +65,7 @@ class StatefulListener(Protocol):
     async def on_assigned(self, partitions: list[tuple[str, int]]) -> Mapping[tuple[str, int], int]: ...
     async def on_revoked(self, partitions: list[tuple[str, int]]) -> None: ...
     def on_offset_regression(self, partitions: list[tuple[str, int]]) -> None: ...
+    async def on_idle(self) -> None: ...
 
 
 _HEADERS = [("content-type", b"application/json"), ("event_type", b"feature.vector_computed")]
@@ -274,6 +275,9 @@ class StatefulLoop:
                 # Records come from the positions current when getmany returns; if an assignment re-positions the
                 # partitions before this batch gets the lock, it is stale (and will be fetched again from there).
                 epoch = self._epoch
+                if not batch:
+                    await self.listener.on_idle()  # a fetch came back empty: the stream is quiet
+                    continue
                 if batch:
                     async with self._lock:
                         if epoch == self._epoch:
