@@ -4,7 +4,7 @@ grace, order independence, identical replays), bounded state, coalescing, holds 
 from __future__ import annotations
 
 import math
-import pickle
+import pickle  # nosec B403
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -397,5 +397,5 @@ def test_after_an_offset_regression_old_replayed_events_are_skipped() -> None:
 def test_market_state_survives_pickling() -> None:
     engine, _ = run([created(), trade(1), signal(2)])
     s = engine.markets["m"]
-    assert pickle.loads(pickle.dumps(s)).semantic() == s.semantic()
+    assert pickle.loads(pickle.dumps(s)).semantic() == s.semantic()  # nosec B301
     assert isinstance(MarketState("x").semantic(), tuple)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pickle
+
+# bandit: pickle reads the checkpoints the processes under test wrote; subprocess starts the service under test
+import pickle  # nosec B403
 import signal
-import subprocess
+import subprocess  # nosec B404
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,7 +52,7 @@ def feature_process(infra_env: dict[str, str], log: Path | None = None) -> Itera
         "FEATURE_LOG_LEVEL": "INFO" if log else "WARNING",
     }
     with open(log or os.devnull, "wb") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "om_feature"], env=env, stderr=stderr)
+        process = subprocess.Popen([sys.executable, "-m", "om_feature"], env=env, stderr=stderr)  # nosec B603
         try:
             yield process
         finally:
@@ -84,7 +86,7 @@ def saved_states(database_url: str) -> dict[str, tuple]:
         conn.execute(sql.SQL("SET search_path = feature"))
         rows = conn.execute("SELECT market_id, state FROM market_checkpoint").fetchall()
         outcomes = conn.execute("SELECT count(*) FROM market_outcomes").fetchone()
-    states = {market: pickle.loads(state) for market, state in rows}
+    states = {market: pickle.loads(state) for market, state in rows}  # nosec B301
     assert outcomes is not None
     return {m: s.semantic() for m, s in states.items()} | {"#outcomes": (outcomes[0],)}
 

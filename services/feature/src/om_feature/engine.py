@@ -40,7 +40,9 @@ _NAMESPACE_BYTES = VECTOR_NAMESPACE.bytes
 def vector_id(market_id: str, last_event_id: str) -> str:
     """A vector's id derives from its market and the last event it includes: a replay republishes the same id.
     Exactly `str(uuid.uuid5(VECTOR_NAMESPACE, f"{market_id}:{last_event_id}"))`, without the UUID objects."""
-    h = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{market_id}:{last_event_id}".encode()).digest()[:16])
+    h = bytearray(
+        hashlib.sha1(_NAMESPACE_BYTES + f"{market_id}:{last_event_id}".encode(), usedforsecurity=False).digest()[:16]
+    )
     h[6] = (h[6] & 0x0F) | 0x50
     h[8] = (h[8] & 0x3F) | 0x80
     x = h.hex()
@@ -260,8 +262,9 @@ class Engine:
             self.add_resolution(outcome)
             out.outcomes.append(outcome)
         else:
+            if not isinstance(event, MarketClosed | MarketCancelled):
+                raise BadEvent(f"{event.event_type} is not an event feature applies")
             status = "closed" if isinstance(event, MarketClosed) else "cancelled"
-            assert isinstance(event, MarketClosed | MarketCancelled)
             apply_status(s, event_id=str(event.event_id), at=at, status=status)
         s.pending = False
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no types; types-tqdm is not a dependency
 
-from om_contracts import DecodeError, decode
+from om_contracts import DecodeError, Topic, decode
 from om_contracts.topics import FEATURE_VECTORS
 from om_feature import store
 from om_feature.app import MIGRATIONS, TOPICS, engine_config
@@ -101,7 +102,7 @@ async def _caught_up(consumer: AIOKafkaConsumer, partitions: list[TopicPartition
     return True
 
 
-def _decoded(topic, raw: bytes):  # noqa: ANN001, ANN202 - a tiny adapter: invalid bytes are skipped, not fatal
+def _decoded(topic: Topic, raw: bytes) -> Any:
     try:
         return decode(topic, raw)
     except DecodeError:
