@@ -315,8 +315,9 @@ def test_at_most_one_vector_per_100_ms_of_event_time_across_batch_boundaries() -
     outs = [engine.process([(e, 0, e)]) for e in [created(), *burst]]  # one event per batch
     vectors = [v for out in outs for v in out.vectors]
     assert [v.as_of for v in vectors] == [at(0).timestamp()]  # the creation, closed by the burst's start
-    other = engine.process([(trade(10.15, market="n"), 0, None)])  # another market's later event closes the bucket
-    [closed] = other.vectors
+    # another market's later event in the partition closes the bucket
+    other = engine.process([(created("n"), 0, None), (trade(10.15, market="n"), 0, None)])
+    [closed] = [v for v in other.vectors if v.market_id == "m"]
     assert closed.market_id == "m" and closed.features["trade_count"] == 4
     assert closed.source_event_id == str(burst[-1].event_id)
     # A burst at the very end of the stream goes out when the stream goes idle, once.

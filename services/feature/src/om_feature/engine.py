@@ -140,17 +140,15 @@ class Engine:
         """Apply (event, partition, reference) items in order; return what to publish and store."""
         out = Output()
         touched: dict[str, MarketState] = {}
-        clocks = self.clocks
         for event, partition, ref in items:
             try:
                 self._apply(event, partition, ref, out, touched)
             except BadEvent as exc:
                 out.rejected.append((ref, f"{type(event).__name__} {event.event_id}: {exc}"))
-            at = event.occurred_at.timestamp()
-            if at > clocks.get(partition, -math.inf) and math.isfinite(at):
-                clocks[partition] = at
-        unpublished = self.unpublished
-        for s in touched.values():
+        clocks, unpublished = self.clocks, self.unpublished
+        for s in touched.values():  # a partition's clock: the newest watermark of its markets (finite times only)
+            if s.watermark > clocks.get(s.partition, -math.inf) and math.isfinite(s.watermark):
+                clocks[s.partition] = s.watermark
             if s.pending:
                 unpublished[s.market_id] = s
         ms = self.config.coalesce_ms

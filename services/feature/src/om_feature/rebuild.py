@@ -4,9 +4,10 @@ Run it while no feature process is up (they would keep their partitions' old sta
 partition of the three market topics from the beginning in this process, applies the same engine, checkpoints
 state + offsets + snapshots + outcomes as the service does, and stops when it has caught up with the log; a service
 started afterwards resumes from those offsets. Vectors are not re-published unless `--publish` (their ids are the
-same as before, so consumers would dedupe them anyway). Rebuilding from ingest's history (its database) instead of
-the topics is not implemented: the topics must still hold the events (market.lifecycle.v1 keeps them forever,
-trades and signals for their retention).
+same as before, so consumers would dedupe them anyway). The topics are the source, not ingest's history: ingest
+exposes no paginated export of it, and only the topics carry the very events (ids, order) the service applied; they
+must still hold them (market.lifecycle.v1 keeps them forever, trades and signals for their retention). See
+docs/features.md, "State, checkpoints, recovery".
 """
 
 from __future__ import annotations
