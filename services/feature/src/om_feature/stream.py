@@ -74,7 +74,7 @@ _propagator = TraceContextTextMapPropagator()
 
 def _headers() -> list[tuple[str, bytes]]:
     """The vector headers plus the current span's trace context (W3C traceparent), as the runtime's publish path
-    adds it: sent inside the batch's span, every vector of the batch points back to it."""
+    adds it."""
     carrier: dict[str, str] = {}
     _propagator.inject(carrier)
     return _HEADERS + [(k, v.encode()) for k, v in carrier.items()]
@@ -109,10 +109,25 @@ class KafkaSink:
     async def send(self, messages: list[tuple[bytes, bytes]]) -> None:
         """Queue messages in per-partition batches (far cheaper than one `send` per message), keyed as a plain
         producer would (murmur2 of the key), so each market's vectors stay in order on one partition."""
+        # One publish span per batch of vectors (a child of the consumed batch's span); its context goes in every
+        # vector's headers, so the consumers' batch spans link back to it.
+        with tracer.start_as_current_span(
+            f"{self.topic} publish",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": self.topic,
+                "messaging.batch.message_count": len(messages),
+            },
+        ):
+            await self._send(messages, _headers())
+        if len(self._pending) > 1_000:
+            await self.flush()
+
+    async def _send(self, messages: list[tuple[bytes, bytes]], headers: list[tuple[str, bytes]]) -> None:
         if self.producer is None:
             raise RuntimeError("start() the sink first")
         partitions = sorted(await self.producer.partitions_for(self.topic))
-        headers = _headers()
         batches: dict[int, Any] = {}
         for key, value in messages:
             partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
@@ -125,8 +140,6 @@ class KafkaSink:
                 batch.append(key=key, value=value, timestamp=None, headers=headers)
         for partition, batch in batches.items():
             self._pending.append(await self.producer.send_batch(batch, self.topic, partition=partition))
-        if len(self._pending) > 1_000:
-            await self.flush()
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, []
