@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no types; types-tqdm is not a dependency
 
 from om_cli.embedded import Ports, free_port, start_infrastructure
 from om_contracts import decode
@@ -46,7 +46,7 @@ def peak_rss_mib(pid: int) -> float:
 
 
 async def watch_vectors(
-    bootstrap: str, expected: dict[str, int], timeout_s: float, service: subprocess.Popen
+    bootstrap: str, expected: dict[str, int], timeout_s: float, service: subprocess.Popen[bytes]
 ) -> tuple[int, float, float]:
     """Read feature.vectors.v1 until every market's vector shows all its trades; return (vectors, first and last
     vector's broker timestamps in seconds) — the producer's timestamps, so this reader's own lag does not count."""

@@ -8,6 +8,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from om_cli.testing import app_client, consume_until, produce
 from om_contracts import MarketCreated, TradeExecuted, encode
@@ -112,3 +117,69 @@ async def test_event_that_cannot_be_applied_is_dead_lettered_and_the_rest_applie
     assert "amount" in letter["reason"] and "finite" in letter["reason"]
     latest = vectors[-1]["features"]
     assert (latest["trade_count"], latest["total_volume"], latest["participant_count"]) == (2, 15.0, 2)
+
+
+async def test_batch_span_links_the_events_traces_vectors_carry_it_and_events_are_counted(
+    kafka_bootstrap: str, database_url: str, redis_url: str
+) -> None:
+    """The single-trace walk's hops through feature: a "feature process" batch span linked to the trade's trace
+    (W3C traceparent in its Kafka headers), a "feature.vectors.v1 publish" child whose context the vectors carry,
+    and the consumed events counted in the runtime's om_consumer_events_total."""
+    memory = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    settings = FeatureSettings(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, DATABASE_URL=database_url, REDIS_URL=redis_url)
+    market = f"m-{uuid.uuid4().hex[:8]}"
+    trace_id, parent = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    traceparent = f"00-{trace_id}-{parent}-01".encode()
+    try:
+        async with app_client(create_app(settings)) as client:
+            producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
+            await producer.start()
+            try:
+                await producer.send_and_wait("market.lifecycle.v1", encode(created(market)), key=market.encode())
+                await producer.send_and_wait(
+                    "market.trades.v1",
+                    encode(trade(market, "alice", 0.6, 10.0)),
+                    key=market.encode(),
+                    headers=[("traceparent", traceparent)],
+                )
+            finally:
+                await producer.stop()
+            await consume_until(
+                kafka_bootstrap, "feature.vectors.v1", lambda m: any(v["features"]["trade_count"] for v in m)
+            )
+            metrics = (await client.get("/metrics")).text
+        headers = await _vector_headers(kafka_bootstrap)
+    finally:
+        memory.shutdown()
+    batch = next(s for s in memory.get_finished_spans() if s.name == "feature process" and s.links)
+    assert any(f"{link.context.trace_id:032x}" == trace_id for link in batch.links)
+    publishes = [s for s in memory.get_finished_spans() if s.name == "feature.vectors.v1 publish"]
+    # Inside the batch span, or inside an idle flush's span that links to the batches it publishes for.
+    by_id = {s.context.span_id: s for s in memory.get_finished_spans()}
+    parents = [by_id[s.parent.span_id] for s in publishes if s.parent is not None]
+    assert len(parents) == len(publishes)
+    assert all(p.name == "feature process" or (p.name == "feature flush" and p.links) for p in parents)
+    publish_ids = {f"{s.context.span_id:016x}" for s in publishes}
+    assert headers and all(h.get("traceparent", b"").decode().split("-")[2] in publish_ids for h in headers)
+    assert 'om_consumer_events_total{consumer="feature",topic="market.trades.v1"} 1.0' in metrics
+
+
+async def _vector_headers(bootstrap: str) -> list[dict[str, bytes]]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=10)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [
+            TopicPartition("feature.vectors.v1", p) for p in consumer.partitions_for_topic("feature.vectors.v1") or ()
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning()
+        batch = await consumer.getmany(timeout_ms=2000)
+        return [dict(r.headers) for records in batch.values() for r in records]
+    finally:
+        await consumer.stop()

@@ -4,7 +4,7 @@ grace, order independence, identical replays), bounded state, coalescing, holds 
 from __future__ import annotations
 
 import math
-import pickle
+import pickle  # nosec B403
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -85,8 +85,13 @@ def signal(s: float, *, kind: str = "news", score: float | None = 0.5, text: str
 
 
 def run(events: list[Any], engine: Engine | None = None) -> tuple[Engine, Any]:
+    """One batch, then the idle flush (the stream goes quiet), as the service does."""
     engine = engine or Engine()
-    return engine, engine.process((e, 0, e) for e in events)
+    out = engine.process((e, 0, e) for e in events)
+    idle = engine.flush()
+    out.vectors += idle.vectors
+    out.snapshots += idle.snapshots
+    return engine, out
 
 
 def features_of(engine: Engine, market: str = "m") -> dict[str, Any]:
@@ -302,6 +307,33 @@ def test_a_burst_within_100_ms_of_event_time_is_one_vector_and_the_last_is_alway
     assert out.vectors[1].source_event_id == str(burst[-1].event_id)
 
 
+def test_at_most_one_vector_per_100_ms_of_event_time_across_batch_boundaries() -> None:
+    """Batches split a burst anywhere (fetch sizes, arrival timing): the vectors must not depend on it. Before, each
+    batch's end published its markets, so a burst split in two gave two vectors within 100 ms."""
+    engine = Engine()
+    burst = [trade(10 + i * 0.02, user=f"u{i}") for i in range(4)]  # 60 ms of event time
+    outs = [engine.process([(e, 0, e)]) for e in [created(), *burst]]  # one event per batch
+    vectors = [v for out in outs for v in out.vectors]
+    assert [v.as_of for v in vectors] == [at(0).timestamp()]  # the creation, closed by the burst's start
+    # another market's later event in the partition closes the bucket
+    other = engine.process([(created("n"), 0, None), (trade(10.15, market="n"), 0, None)])
+    [closed] = [v for v in other.vectors if v.market_id == "m"]
+    assert closed.market_id == "m" and closed.features["trade_count"] == 4
+    assert closed.source_event_id == str(burst[-1].event_id)
+    # A burst at the very end of the stream goes out when the stream goes idle, once.
+    engine.process([(trade(20.0), 0, None)])
+    [last] = engine.flush().vectors
+    assert last.features["trade_count"] == 5 and engine.flush().vectors == []
+    # One event per batch and one batch for everything give the same vectors.
+    events = [created(), *burst, trade(20.0)]
+    _, whole = run(events)
+    split = Engine()
+    pieces = [split.process([(e, 0, e)]).vectors for e in events]
+    assert [v.event_id for p in pieces for v in p] + [v.event_id for v in split.flush().vectors] == [
+        v.event_id for v in whole.vectors
+    ]
+
+
 def test_snapshots_follow_an_event_time_cadence_and_the_close() -> None:
     engine = Engine(EngineConfig(snapshot_every_s=3600))
     events = [created(), *(trade(h * 1800) for h in range(1, 6))]  # every 30 min for 2.5 h
@@ -366,5 +398,5 @@ def test_after_an_offset_regression_old_replayed_events_are_skipped() -> None:
 def test_market_state_survives_pickling() -> None:
     engine, _ = run([created(), trade(1), signal(2)])
     s = engine.markets["m"]
-    assert pickle.loads(pickle.dumps(s)).semantic() == s.semantic()
+    assert pickle.loads(pickle.dumps(s)).semantic() == s.semantic()  # nosec B301
     assert isinstance(MarketState("x").semantic(), tuple)

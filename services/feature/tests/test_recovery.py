@@ -8,10 +8,13 @@ equals one replay of the whole stream — nothing lost, nothing counted twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import pickle
+
+# bandit: pickle reads the checkpoints the processes under test wrote; subprocess starts the service under test
+import pickle  # nosec B403
 import signal
-import subprocess
+import subprocess  # nosec B404
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,7 +53,7 @@ def feature_process(infra_env: dict[str, str], log: Path | None = None) -> Itera
         "FEATURE_LOG_LEVEL": "INFO" if log else "WARNING",
     }
     with open(log or os.devnull, "wb") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "om_feature"], env=env, stderr=stderr)
+        process = subprocess.Popen([sys.executable, "-m", "om_feature"], env=env, stderr=stderr)  # nosec B603
         try:
             yield process
         finally:
@@ -84,7 +87,7 @@ def saved_states(database_url: str) -> dict[str, tuple]:
         conn.execute(sql.SQL("SET search_path = feature"))
         rows = conn.execute("SELECT market_id, state FROM market_checkpoint").fetchall()
         outcomes = conn.execute("SELECT count(*) FROM market_outcomes").fetchone()
-    states = {market: pickle.loads(state) for market, state in rows}
+    states = {market: pickle.loads(state) for market, state in rows}  # nosec B301
     assert outcomes is not None
     return {m: s.semantic() for m, s in states.items()} | {"#outcomes": (outcomes[0],)}
 
@@ -118,11 +121,6 @@ async def test_sigkill_mid_stream_then_restart_equals_one_replay(infra_env: dict
     assert saved_states(db) == replay(messages)
 
 
-@pytest.mark.xfail(
-    run=False,
-    reason="known failure (issue 6): after the feature helper's last commits (compact dedupe ids, binary state "
-    "writes, checkpoint before leaving) the surviving process never finishes the stream; not yet diagnosed",
-)
 async def test_two_processes_one_stopped_mid_stream_equal_one_replay(infra_env: dict[str, str], tmp_path: Path) -> None:
     messages = list(synthetic.stream(spec(3000)))
     creations = [m for m in messages if m[0] == "market.lifecycle.v1"][: spec(3000).markets]
@@ -131,7 +129,12 @@ async def test_two_processes_one_stopped_mid_stream_equal_one_replay(infra_env: 
     bootstrap, db = infra_env["KAFKA_BOOTSTRAP_SERVERS"], infra_env["DATABASE_URL"]
     await synthetic.produce(bootstrap, first_half)
     log_one, log_two = tmp_path / "one.log", tmp_path / "two.log"
-    with feature_process(infra_env, log_one) as one, feature_process(infra_env, log_two) as two:
+    with contextlib.ExitStack() as stack:
+        one = stack.enter_context(feature_process(infra_env, log_one))
+        # The second starts once the first has migrated: two concurrent CREATE SCHEMA IF NOT EXISTS can collide
+        # in PostgreSQL (the runtime's migrate takes no lock), and that failure is not what this test is about.
+        await wait_for(lambda: "feature started" in log_one.read_text(errors="replace"), 120, "the first start", [one])
+        two = stack.enter_context(feature_process(infra_env, log_two))
         await wait_for(lambda: consumed(db) >= len(first_half), 300, "the first half", [one, two])
         await wait_for(lambda: _owns_partitions(log_two), 60, "the second process to own partitions", [one, two])
         two.send_signal(signal.SIGTERM)  # its partitions move to `one` after its last checkpoint

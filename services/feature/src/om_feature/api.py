@@ -19,7 +19,7 @@ def router(redis: Redis, db: Database) -> APIRouter:
     api = APIRouter(prefix="/v1", tags=["features"])
 
     @api.get("/markets/{market_id}/features", summary="The market's latest feature vector")
-    async def market_features(market_id: str) -> dict:
+    async def market_features(market_id: str) -> dict[str, Any]:
         vector = await store.read_online(redis, market_id)
         if vector is None:
             raise HTTPException(404, f"no features for market {market_id!r} yet")

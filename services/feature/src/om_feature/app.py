@@ -49,6 +49,7 @@ def create_app(settings: FeatureSettings | None = None) -> FastAPI:
         processor,
         sink,
         group=settings.service_name,
+        metrics=runtime.consumer_metrics,  # om_consumer_events_total and the rest, on the service's /metrics
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         max_records=settings.max_batch,
     )

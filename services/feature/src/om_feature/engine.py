@@ -2,8 +2,11 @@
 
 It holds the state of the markets of the partitions this process owns, the category histories, and what changed
 since the last checkpoint. Outputs are plain data the edges turn into Kafka messages, Redis writes and rows.
-Coalescing: at most one vector per market per `coalesce_ms` bucket of event time while a batch streams through;
-the latest unpublished state of every touched market is published at the end of each batch, so nothing stays stale.
+Coalescing: at most one vector per market per `coalesce_ms` bucket of event time, whatever the batching. A market's
+unpublished state goes out once its bucket is closed by event time — by a later event of the market, or by the
+partition's newest event time passing the bucket's end (checked at the end of each batch) — or when the stream goes
+idle (`flush`), so the last vector of a burst is always published. A bucket is published once: an event arriving
+after its bucket went out at an idle flush is included in the market's next vector.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ _NAMESPACE_BYTES = VECTOR_NAMESPACE.bytes
 def vector_id(market_id: str, last_event_id: str) -> str:
     """A vector's id derives from its market and the last event it includes: a replay republishes the same id.
     Exactly `str(uuid.uuid5(VECTOR_NAMESPACE, f"{market_id}:{last_event_id}"))`, without the UUID objects."""
-    h = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{market_id}:{last_event_id}".encode()).digest()[:16])
+    h = bytearray(
+        hashlib.sha1(_NAMESPACE_BYTES + f"{market_id}:{last_event_id}".encode(), usedforsecurity=False).digest()[:16]
+    )
     h[6] = (h[6] & 0x0F) | 0x50
     h[8] = (h[8] & 0x3F) | 0x80
     x = h.hex()
@@ -93,6 +98,9 @@ class Engine:
         self.categories: dict[str, CategoryHistory] = {}
         self.dirty: set[str] = set()
         self.held_total = 0
+        #: markets with changes not yet in a published vector (insertion order: deterministic output order)
+        self.unpublished: dict[str, MarketState] = {}
+        self.clocks: dict[int, float] = {}  # newest event time seen per partition: closes coalescing buckets
         #: partitions whose offsets regressed: events older than the grace period are taken as already applied
         self.suspect_partitions: set[int] = set()
 
@@ -102,11 +110,16 @@ class Engine:
         for s in states:
             self.markets[s.market_id] = s
             self.held_total += len(s.held)
+            if s.pending:
+                self.unpublished[s.market_id] = s
 
     def drop_partitions(self, partitions: set[int]) -> None:
         for market_id in [m for m, s in self.markets.items() if s.partition in partitions]:
             self.held_total -= len(self.markets.pop(market_id).held)
             self.dirty.discard(market_id)
+            self.unpublished.pop(market_id, None)
+        for p in partitions:
+            self.clocks.pop(p, None)
 
     def add_resolution(self, outcome: Outcome) -> None:
         """A resolution, from this process or (via the outcomes table) from another one."""
@@ -132,9 +145,24 @@ class Engine:
                 self._apply(event, partition, ref, out, touched)
             except BadEvent as exc:
                 out.rejected.append((ref, f"{type(event).__name__} {event.event_id}: {exc}"))
-        for s in touched.values():
+        clocks, unpublished = self.clocks, self.unpublished
+        for s in touched.values():  # a partition's clock: the newest watermark of its markets (finite times only)
+            if s.watermark > clocks.get(s.partition, -math.inf) and math.isfinite(s.watermark):
+                clocks[s.partition] = s.watermark
             if s.pending:
-                self._emit(s, out)
+                unpublished[s.market_id] = s
+        ms = self.config.coalesce_ms
+        for s in list(unpublished.values()):
+            clock = clocks.get(s.partition)
+            if clock is not None and round(clock * 1000) // ms != round(s.watermark * 1000) // ms:
+                self._emit(s, out)  # the partition's event time has passed the end of the market's bucket
+        return out
+
+    def flush(self) -> Output:
+        """Publish every market's unpublished state (the stream went idle: no bucket will be closed by events)."""
+        out = Output()
+        for s in list(self.unpublished.values()):
+            self._emit(s, out)
         return out
 
     def _state(self, market_id: str, partition: int) -> MarketState:
@@ -232,8 +260,9 @@ class Engine:
             self.add_resolution(outcome)
             out.outcomes.append(outcome)
         else:
+            if not isinstance(event, MarketClosed | MarketCancelled):
+                raise BadEvent(f"{event.event_type} is not an event feature applies")
             status = "closed" if isinstance(event, MarketClosed) else "cancelled"
-            assert isinstance(event, MarketClosed | MarketCancelled)
             apply_status(s, event_id=str(event.event_id), at=at, status=status)
         s.pending = False
 
@@ -257,8 +286,13 @@ class Engine:
 
     def _emit(self, s: MarketState, out: Output) -> None:
         s.pending = False
+        self.unpublished.pop(s.market_id, None)
         if s.status != "open" or not s.created or not math.isfinite(s.watermark):
             return
+        bucket = round(s.watermark * 1000) // self.config.coalesce_ms
+        if bucket == s.published_bucket:
+            return  # this bucket went out already (at an idle flush): the change rides with the next vector
+        s.published_bucket = bucket
         vector = self._vector(s)
         out.vectors.append(vector)
         every = self.config.snapshot_every_s

@@ -16,13 +16,17 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanContext
 from redis.asyncio import Redis
 
 from om_feature import store
-from om_feature.engine import Engine, Outcome, Vector
+from om_feature.engine import Engine, Outcome, Output, Vector
+from om_runtime.consumer import MAX_LINKS
 from om_runtime.db import Database
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 PRODUCER = "feature"
 
 
@@ -68,6 +72,7 @@ class FeatureProcessor:
         self._saved_offsets: dict[tuple[str, int], int] = {}
         self._lock = asyncio.Lock()
         self.vectors_published = 0
+        self._held_batches: list[SpanContext] = []  # spans of batches whose changes the next idle flush publishes
 
     # --- the consume API's listener ----------------------------------------------------------------------
 
@@ -114,23 +119,41 @@ class FeatureProcessor:
             out = self.engine.process((d.event, d.partition, d) for d in deliveries)
             for d in deliveries:
                 self.offsets[(d.topic.name, d.partition)] = d.offset + 1
-            if out.vectors:
-                produced_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-                messages = []
-                latest: dict[str, str] = {}
-                for v in out.vectors:
-                    body = encode_vector(v, produced_at)
-                    messages.append((v.market_id.encode(), body))
-                    latest[v.market_id] = body.decode()
-                await self.sink.send(messages)
-                await store.write_online(self.redis, latest)
-                self.vectors_published += len(messages)
-            markets = self.engine.markets
-            self.snapshots.extend((markets[v.market_id].partition, v) for v in out.snapshots)
-            self.outcomes.extend((markets[o.market_id].partition, o) for o in out.outcomes)
+            await self._publish(out)
+            if self.engine.unpublished:  # some of this batch's changes wait for a later vector: remember its span
+                context = trace.get_current_span().get_span_context()
+                if context.is_valid:
+                    self._held_batches = [*self._held_batches[-(MAX_LINKS - 1) :], context]
             if time.monotonic() - self._last_checkpoint >= self.checkpoint_interval_s:
                 await self._checkpoint()
             return out.rejected
+
+    async def on_idle(self) -> None:
+        """Nothing arrived for a while: publish what coalescing still holds (the last vector of each burst), in a
+        span linked to the batches those changes came in, so a trace walk continues from them to the vectors."""
+        if self.engine.unpublished:
+            async with self._lock:
+                links = [Link(c) for c in self._held_batches]
+                self._held_batches = []
+                with tracer.start_as_current_span("feature flush", links=links):
+                    await self._publish(self.engine.flush())
+
+    async def _publish(self, out: Output) -> None:
+        """Vectors to Kafka and the latest per market to Redis; snapshots and outcomes wait for the checkpoint."""
+        if out.vectors:
+            produced_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            messages = []
+            latest: dict[str, str] = {}
+            for v in out.vectors:
+                body = encode_vector(v, produced_at)
+                messages.append((v.market_id.encode(), body))
+                latest[v.market_id] = body.decode()
+            await self.sink.send(messages)
+            await store.write_online(self.redis, latest)
+            self.vectors_published += len(messages)
+        markets = self.engine.markets
+        self.snapshots.extend((markets[v.market_id].partition, v) for v in out.snapshots)
+        self.outcomes.extend((markets[o.market_id].partition, o) for o in out.outcomes)
 
     async def checkpoint(self) -> None:
         async with self._lock:

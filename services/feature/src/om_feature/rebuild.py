@@ -4,9 +4,10 @@ Run it while no feature process is up (they would keep their partitions' old sta
 partition of the three market topics from the beginning in this process, applies the same engine, checkpoints
 state + offsets + snapshots + outcomes as the service does, and stops when it has caught up with the log; a service
 started afterwards resumes from those offsets. Vectors are not re-published unless `--publish` (their ids are the
-same as before, so consumers would dedupe them anyway). Rebuilding from ingest's history (its database) instead of
-the topics is not implemented: the topics must still hold the events (market.lifecycle.v1 keeps them forever,
-trades and signals for their retention).
+same as before, so consumers would dedupe them anyway). The topics are the source, not ingest's history: ingest
+exposes no paginated export of it, and only the topics carry the very events (ids, order) the service applied; they
+must still hold them (market.lifecycle.v1 keeps them forever, trades and signals for their retention). See
+docs/features.md, "State, checkpoints, recovery".
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no types; types-tqdm is not a dependency
 
-from om_contracts import DecodeError, decode
+from om_contracts import DecodeError, Topic, decode
 from om_contracts.topics import FEATURE_VECTORS
 from om_feature import store
 from om_feature.app import MIGRATIONS, TOPICS, engine_config
@@ -80,6 +82,7 @@ async def rebuild(settings: FeatureSettings, *, publish: bool = False) -> int:
                         await processor.process(deliveries)
                     if not batch and await _caught_up(consumer, partitions):
                         break
+            await processor.on_idle()  # what coalescing still holds: the last vector (and snapshot) of each market
             await processor.checkpoint()
         finally:
             await consumer.stop()
@@ -100,7 +103,7 @@ async def _caught_up(consumer: AIOKafkaConsumer, partitions: list[TopicPartition
     return True
 
 
-def _decoded(topic, raw: bytes):  # noqa: ANN001, ANN202 - a tiny adapter: invalid bytes are skipped, not fatal
+def _decoded(topic: Topic, raw: bytes) -> Any:
     try:
         return decode(topic, raw)
     except DecodeError:

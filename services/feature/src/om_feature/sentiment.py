@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from functools import cache
 
-from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+# vaderSentiment ships no type information (no py.typed, no stubs package)
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer  # type: ignore[import-untyped]
 
 
 @cache
@@ -18,4 +19,4 @@ def _analyzer() -> SentimentIntensityAnalyzer:
 
 def score(text: str) -> float:
     """-1 (most negative) to 1 (most positive); 0 for neutral or unknown words."""
-    return _analyzer().polarity_scores(text)["compound"]
+    return float(_analyzer().polarity_scores(text)["compound"])

@@ -1,5 +1,5 @@
-"""A stateful Kafka consume loop: the smallest hook feature needs until om_runtime's `consume_stateful` lands
-(same shapes: `Delivery`, `process(list[Delivery])`, a listener with `on_assigned` / `on_revoked`).
+"""feature's stateful Kafka consume loop (the runtime's `consume_stateful` has the same shape, but detects a lost
+log from ListOffsets, which the embedded broker answers too low after batched produce; see `_out_of_range`).
 
 The group's partitions are assigned by range, so partition p of every market topic lands in the same process (the
 topics are all keyed by market_id with the same partition count). Offsets live with the state in PostgreSQL, not
@@ -15,17 +15,22 @@ import asyncio
 import base64
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 from aiokafka.partitioner import murmur2
 from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from om_contracts import DeadLetter, DecodeError, Topic, decode, utcnow
 from om_contracts.topics import DEAD_LETTERS
+from om_runtime.consumer import ConsumerMetrics, _links
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -60,9 +65,19 @@ class StatefulListener(Protocol):
     async def on_assigned(self, partitions: list[tuple[str, int]]) -> Mapping[tuple[str, int], int]: ...
     async def on_revoked(self, partitions: list[tuple[str, int]]) -> None: ...
     def on_offset_regression(self, partitions: list[tuple[str, int]]) -> None: ...
+    async def on_idle(self) -> None: ...
 
 
 _HEADERS = [("content-type", b"application/json"), ("event_type", b"feature.vector_computed")]
+_propagator = TraceContextTextMapPropagator()
+
+
+def _headers() -> list[tuple[str, bytes]]:
+    """The vector headers plus the current span's trace context (W3C traceparent), as the runtime's publish path
+    adds it."""
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier)
+    return _HEADERS + [(k, v.encode()) for k, v in carrier.items()]
 
 
 class KafkaSink:
@@ -94,7 +109,24 @@ class KafkaSink:
     async def send(self, messages: list[tuple[bytes, bytes]]) -> None:
         """Queue messages in per-partition batches (far cheaper than one `send` per message), keyed as a plain
         producer would (murmur2 of the key), so each market's vectors stay in order on one partition."""
-        assert self.producer is not None, "start() first"
+        # One publish span per batch of vectors (a child of the consumed batch's span); its context goes in every
+        # vector's headers, so the consumers' batch spans link back to it.
+        with tracer.start_as_current_span(
+            f"{self.topic} publish",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": self.topic,
+                "messaging.batch.message_count": len(messages),
+            },
+        ):
+            await self._send(messages, _headers())
+        if len(self._pending) > 1_000:
+            await self.flush()
+
+    async def _send(self, messages: list[tuple[bytes, bytes]], headers: list[tuple[str, bytes]]) -> None:
+        if self.producer is None:
+            raise RuntimeError("start() the sink first")
         partitions = sorted(await self.producer.partitions_for(self.topic))
         batches: dict[int, Any] = {}
         for key, value in messages:
@@ -102,14 +134,12 @@ class KafkaSink:
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = self.producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None, headers=_HEADERS) is None:  # full: send it
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full: send it
                 self._pending.append(await self.producer.send_batch(batch, self.topic, partition=partition))
                 batch = batches[partition] = self.producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None, headers=_HEADERS)
+                batch.append(key=key, value=value, timestamp=None, headers=headers)
         for partition, batch in batches.items():
             self._pending.append(await self.producer.send_batch(batch, self.topic, partition=partition))
-        if len(self._pending) > 1_000:
-            await self.flush()
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, []
@@ -131,23 +161,31 @@ class KafkaSink:
             reason=reason,
             payload_base64=base64.b64encode(body).decode(),
         )
+        if self.producer is None:
+            raise RuntimeError("start() the sink first")
         await self.producer.send_and_wait(DEAD_LETTERS.name, letter.model_dump_json().encode(), key=topic.encode())
 
 
-class _Rebalance(ConsumerRebalanceListener):
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types: the base is Any
     def __init__(self, loop: StatefulLoop) -> None:
         self.loop = loop
 
     async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
-        if revoked:
-            await self.loop.listener.on_revoked([(tp.topic, tp.partition) for tp in revoked])
+        await self.loop.revoked(list(revoked))
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
-        if assigned:
-            await self.loop.resume(list(assigned))
+        await self.loop.assigned(list(assigned))
 
 
 class StatefulLoop:
+    """One consumer-group member feeding each fetched batch to `process` inside one span per batch.
+
+    Positions come only from the listener: the consumer never resets a partition by itself (auto_offset_reset
+    "none"), since a reset racing the assignment callback's seek used to hand over records from offset 0 whose
+    offsets then overwrote the checkpointed ones. A batch fetched before the latest assignment is dropped (its
+    partitions were re-positioned), and revocation waits for the batch in flight, so state, offsets and
+    ownership always move together."""
+
     def __init__(
         self,
         bootstrap_servers: str,
@@ -157,6 +195,7 @@ class StatefulLoop:
         sink: KafkaSink,
         *,
         group: str,
+        metrics: ConsumerMetrics | None = None,
         fetch_max_wait_ms: int = 10,
         max_records: int = 5_000,
     ) -> None:
@@ -165,97 +204,146 @@ class StatefulLoop:
         self.listener = listener
         self.sink = sink
         self.group = group
+        self.metrics = metrics if metrics is not None else ConsumerMetrics(None)
         self.max_records = max_records
         self.bootstrap_servers = bootstrap_servers
         self.fetch_max_wait_ms = fetch_max_wait_ms
-        self.expected: dict[TopicPartition, int] = {}  # next offset each partition should deliver
+        self._lock = asyncio.Lock()  # held while a batch is applied; a revocation waits for it
+        self._epoch = 0  # bumped by every assignment: a batch fetched before it is stale
+        self._owned: set[TopicPartition] = set()  # positioned from the checkpoint and not revoked since
+        self._consumer: AIOKafkaConsumer | None = None
 
-    def _consumer(self) -> AIOKafkaConsumer:
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("the consume loop is not running")
+        return self._consumer
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             group_id=self.group,
             client_id=self.group,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            auto_offset_reset="none",  # positions come from the checkpoint; a lost log must not pass silently
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             partition_assignment_strategy=(RangePartitionAssignor,),
         )
 
-    async def resume(self, assigned: list[TopicPartition]) -> None:
-        """Seek each assigned partition to the checkpointed next offset (or the start)."""
+    # --- rebalancing -----------------------------------------------------------------------------------
+
+    async def assigned(self, assigned: list[TopicPartition]) -> None:
+        """Load the partitions' checkpoint and seek each to its saved next offset (or the log's start)."""
+        self._epoch += 1
+        if not assigned:
+            return
         stored = await self.listener.on_assigned([(tp.topic, tp.partition) for tp in assigned])
+        # Explicit offsets only: awaiting seek_to_beginning() here can wait on the fetcher, which waits on us.
+        starts = await self.consumer.beginning_offsets(assigned)
         for tp in assigned:
             offset = stored.get((tp.topic, tp.partition))
-            self.expected[tp] = offset or 0
-            if offset is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, offset)
+            self.consumer.seek(tp, starts[tp] if offset is None else offset)
+        self._owned.update(assigned)
 
-    def _regressions(self, batch: Mapping[TopicPartition, list[Any]]) -> list[tuple[str, int]]:
-        """Partitions whose records start before the checkpointed next offset. A stored offset beyond the log's
-        end makes the consumer reset to the earliest offset, so this is how a lost log shows. (Not ListOffsets:
-        the embedded broker answers it with the last batch's base offset + 1, too low after batched produce.)"""
-        regressed = []
-        for tp, records in batch.items():
-            if records and records[0].offset < self.expected.get(tp, 0):
-                regressed.append((tp.topic, tp.partition))
-            if records:
-                self.expected[tp] = records[-1].offset + 1
-        return regressed
+    async def revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self._lock:  # let the batch in flight finish (and its offsets be counted) first
+            self._owned.difference_update(revoked)  # records of them fetched until the assignment are not ours
+            if revoked:
+                await self.listener.on_revoked([(tp.topic, tp.partition) for tp in revoked])
+
+    async def _out_of_range(self, positions: Mapping[TopicPartition, int]) -> None:
+        """A checkpointed offset the broker does not have: beyond the log's end, the broker lost its log (events
+        come again with new offsets: the listener is told); before its start, retention removed them. (Not
+        ListOffsets' end: the embedded broker answers it with the last batch's base offset + 1, too low.)"""
+        tps = list(positions)
+        starts = await self.consumer.beginning_offsets(tps)
+        regressed = [(tp.topic, tp.partition) for tp in tps if positions[tp] >= starts[tp]]
+        if regressed:
+            log.warning("offsets beyond the log's end on %s: the broker lost its log, events come again", regressed)
+            for tp in tps:
+                if positions[tp] >= starts[tp]:
+                    self.metrics.regressions.labels(self.group, tp.topic).inc()
+            self.listener.on_offset_regression(regressed)
+        for tp in tps:
+            if positions[tp] < starts[tp]:
+                log.error("offset %d of %s-%d is gone (retention); resuming at %d", positions[tp], *tp, starts[tp])
+            self.consumer.seek(tp, starts[tp])
+
+    # --- the loop --------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.consumer = self._consumer()
+        self._consumer = self._new_consumer()
         self.consumer.subscribe(list(self.by_name), listener=_Rebalance(self))
         await self.consumer.start()
         try:
             while True:
-                batch = await self.consumer.getmany(timeout_ms=100, max_records=self.max_records)
+                try:
+                    batch = await self.consumer.getmany(timeout_ms=100, max_records=self.max_records)
+                except OffsetOutOfRangeError as exc:
+                    await self._out_of_range(exc.args[0] if exc.args else {})
+                    continue
+                except NoOffsetForPartitionError:
+                    continue  # fetched before the assignment callback positioned the partition; it has been since
+                # Records come from the positions current when getmany returns; if an assignment re-positions the
+                # partitions before this batch gets the lock, it is stale (and will be fetched again from there).
+                epoch = self._epoch
+                if not batch:
+                    await self.listener.on_idle()  # a fetch came back empty: the stream is quiet
+                    continue
                 if batch:
-                    await self._handle(batch)
+                    async with self._lock:
+                        if epoch == self._epoch:
+                            await self._handle(batch)
         finally:
             # Checkpoint and let go of the partitions *before* leaving the group: once this member leaves, another
             # one may load them, and a later save from here would overwrite its newer checkpoint.
-            owned = [(tp.topic, tp.partition) for tp in self.consumer.assignment()]
+            owned = list(self._owned)
             try:
-                if owned:
-                    await self.listener.on_revoked(owned)
+                await self.revoked(owned)
             except Exception:
                 log.exception("could not checkpoint %s before leaving; they resume from the previous checkpoint", owned)
             await self.consumer.stop()
+            self._consumer = None
 
     async def _handle(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
-        if regressed := self._regressions(batch):
-            log.warning("offsets went back on %s: the broker lost its log, events come again", regressed)
-            self.listener.on_offset_regression(regressed)
-        deliveries: list[Delivery] = []
-        for tp, records in batch.items():
-            topic = self.by_name[tp.topic]
+        records = [r for tp, rs in batch.items() if tp in self._owned for r in rs]
+        if not records:
+            return
+        # One span per batch, linked to the trace of each event (up to the runtime's limit), as the runtime's
+        # consumer does; vectors published inside it carry its context.
+        with tracer.start_as_current_span(
+            f"{self.group} process",
+            kind=SpanKind.CONSUMER,
+            links=_links(records),
+            attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(records)},
+        ):
+            deliveries: list[Delivery] = []
             for r in records:
+                topic = self.by_name[r.topic]
                 try:
                     event = decode(topic, r.value)
                 except DecodeError as exc:
-                    log.warning("dead-lettered a message from %s: %s", tp.topic, exc.reason)
-                    reason = exc.reason
-                    await self.sink.dead_letter(self.group, tp.topic, tp.partition, r.offset, r.key, r.value, reason)
+                    log.warning("dead-lettered a message from %s: %s", r.topic, exc.reason)
+                    await self.sink.dead_letter(self.group, r.topic, r.partition, r.offset, r.key, r.value, exc.reason)
+                    self.metrics.dead_letters.labels(self.group, r.topic, "decode").inc()
                     continue
-                deliveries.append(Delivery(topic, event, tp.partition, r.offset, r.timestamp, r.key, r.value))
-        if not deliveries:
-            return
-        try:
-            with tracer.start_as_current_span("feature.process_batch") as span:
-                span.set_attribute("messaging.batch.message_count", len(deliveries))
+                deliveries.append(Delivery(topic, event, r.partition, r.offset, r.timestamp, r.key, r.value))
+            if not deliveries:
+                return
+            try:
                 # Shielded: a stop in the middle of a batch must not leave state applied without its offsets.
                 rejected = await asyncio.shield(self.process(deliveries))
-        except Exception:
-            log.exception("a batch of %d failed; reloading the last checkpoint and consuming again", len(deliveries))
-            await asyncio.sleep(RETRY_DELAY_S)
-            assigned = list(self.consumer.assignment())
-            if assigned:
-                await self.resume(assigned)
-            return
-        for d, reason in rejected:
-            body = d.value if d.value is not None else d.event.model_dump_json().encode()
-            log.warning("dead-lettered: %s", reason)
-            await self.sink.dead_letter(self.group, d.topic.name, d.partition, d.offset, d.key, body, reason)
+            except Exception:
+                log.exception("a batch of %d failed; reloading the last checkpoint, consuming again", len(deliveries))
+                await asyncio.sleep(RETRY_DELAY_S)
+                await self.assigned(list(self.consumer.assignment()))
+                return
+            for d, reason in rejected:
+                body = d.value if d.value is not None else d.event.model_dump_json().encode()
+                log.warning("dead-lettered: %s", reason)
+                await self.sink.dead_letter(self.group, d.topic.name, d.partition, d.offset, d.key, body, reason)
+                self.metrics.dead_letters.labels(self.group, d.topic.name, "apply").inc()
+        counts = Counter(d.topic.name for d in deliveries)
+        for name, n in counts.items():
+            self.metrics.events.labels(self.group, name).inc(n)

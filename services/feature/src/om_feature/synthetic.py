@@ -41,7 +41,8 @@ def market_id(i: int) -> str:
 
 def stream(spec: StreamSpec) -> Iterator[tuple[str, bytes, bytes]]:
     """(topic, key, value) in production order: every creation, then the trades, then any resolutions."""
-    rng = random.Random(spec.seed)
+    # bandit: synthetic test data, reproducible from its seed; nothing secret
+    rng = random.Random(spec.seed)  # nosec B311
     produced = _iso(T0)
     for m in range(spec.markets):
         mid = market_id(m)
@@ -115,7 +116,7 @@ def trades_per_market(spec: StreamSpec) -> dict[str, int]:
     return counts
 
 
-async def produce(bootstrap: str, messages: Iterator[tuple[str, bytes, bytes]] | list) -> int:
+async def produce(bootstrap: str, messages: Iterator[tuple[str, bytes, bytes]] | list[tuple[str, bytes, bytes]]) -> int:
     """Publish (topic, key, value) triples fast (batched, acknowledged in chunks); return how many. Creates the
     registry's topics first, so none is auto-created with the broker's default partition count."""
     from om_runtime.kafka import ensure_topics
