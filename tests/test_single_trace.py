@@ -1,11 +1,11 @@
 """One trade, one trace: the five services run in this process (real HTTP servers on loopback, the embedded
 broker, PostgreSQL and Redis) with an in-memory span exporter, and the test walks the spans from the gateway's
-HTTP request through ingest, its outbox relay and every Kafka hop — following span links where a consumer's batch
-span joins several events — to the gateway's fan-out consumer of analytics.market.v1.
+HTTP request through ingest, its outbox relay, every consumer's batch span and the gateway's fan-out consumer to the
+WebSocket send.
 
-Not covered yet: the last hop, from that consumer to the WebSocket send. The gateway pushes through per-client
-queues and its sends carry no link back to the consumed event (see the deploy report), so the walk stops at the
-fan-out consumer; the test's last check pins that gap, so closing it turns into a reminder to extend the walk.
+Publishing has no span per message (its cost showed in profiles): a publish carries the current span's context —
+the relay's, or the consuming batch's — in the record's `traceparent` header, and each consumer's batch span links
+to the contexts of the records it read. So the walk follows parent -> child edges and links.
 """
 
 from __future__ import annotations
@@ -42,14 +42,11 @@ HOPS = (
     "POST /api/v1/trades",  # the gateway's HTTP request
     "POST /v1/trades",  # ingest's HTTP request (W3C traceparent from the gateway)
     "outbox relay",  # ingest's relay, continuing the request's trace stored with the outbox row
-    "market.trades.v1 publish",
-    "feature process",  # feature's batch span, linked to the trade's publish
-    "feature.vectors.v1 publish",
-    "prediction process",
-    "prediction.predictions.v1 publish",
+    "feature process",  # feature's batch span, linked to the relay that published the trade
+    "prediction process",  # linked to feature's batch span that published the vector
     "analytics process",
-    "analytics.market.v1 publish",
     "analytics.market.v1 process",  # the gateway's fan-out consumer
+    "websocket send",  # the fan-out to the subscribed clients
 )
 
 
@@ -157,33 +154,25 @@ async def trade_and_wait_for_push(gateway_url: str, memory: InMemorySpanExporter
     return request
 
 
-@pytest.mark.xfail(
-    run=False,
-    reason="known gap (issues 9, 6, 10): publishing now goes straight to aiokafka and propagates the batch span "
-    "without a publish span, and feature's own consume loop neither links its batch span to the events' traces "
-    "nor puts trace context on its vectors, so the walk stops at ingest's outbox relay",
-)
-async def test_one_trace_from_the_http_trade_to_the_gateway_fan_out(
+async def test_one_trace_from_the_http_trade_to_the_websocket_send(
     gateway_url: str, spans: InMemorySpanExporter
 ) -> None:
     request = await trade_and_wait_for_push(gateway_url, spans)
 
+    def reaches(names: list[str], hop: str) -> bool:
+        return any(name == hop or name.endswith(" " + hop) for name in names)
+
     async def every_hop_reached() -> list[str]:
         names = [s.name for s in reachable(spans.get_finished_spans(), request)]
-        missing = [hop for hop in HOPS if hop not in names]
+        missing = [hop for hop in HOPS if not reaches(names, hop)]
         assert not missing, f"the walk from the HTTP request does not reach {missing}; it reached {names}"
         return names
 
     names = await eventually(every_hop_reached, timeout_s=15)
-    # The HTTP part is one trace; each consumer's batch span starts a trace of its own and links to the events'.
+    # The HTTP part is one trace; the relay and each consumer's batch span start traces of their own and link to
+    # the work they continue (the relay to the requests whose rows it publishes).
     same_trace = {s.name for s in spans.get_finished_spans() if s.context.trace_id == request.context.trace_id}
-    assert {"POST /v1/trades", "outbox relay", "market.trades.v1 publish"} <= same_trace
-    consumer_batch = next(s for s in spans.get_finished_spans() if s.name == "feature process" and s.links)
-    assert any(link.context.trace_id == request.context.trace_id for link in consumer_batch.links)
+    assert "POST /v1/trades" in same_trace
+    relays = [s for s in spans.get_finished_spans() if s.name == "outbox relay"]
+    assert any(link.context.trace_id == request.context.trace_id for s in relays for link in s.links)
     assert names.index("analytics.market.v1 process") > names.index("POST /v1/trades")
-
-    # The gap named above: the WebSocket sends are spans, but no walk from the trade reaches them yet.
-    sends = {s.context.span_id for s in spans.get_finished_spans() if s.name.endswith("websocket send")}
-    assert sends, "the gateway's WebSocket sends are traced"
-    walked = {s.context.span_id for s in reachable(spans.get_finished_spans(), request)}
-    assert not walked & sends, "the push is now linked to the trade: add the WebSocket send to HOPS, drop this check"
