@@ -150,7 +150,9 @@ async def test_swap_under_load_corrupt_refusal_and_final_prediction(
         by_version = _samples(metrics, "prediction_predictions_total")
         assert by_version[(first["version"], "false")] >= len(rescored)
         assert by_version[(first["version"], "true")] == 1  # the final prediction of the resolved market
-        assert sum(by_version.values()) == len(stored) + 2  # each prediction once; + the late one and the final
+        # Every stored prediction is counted (+ the late one and the final). A counter counts work done, so a batch
+        # the broker redelivers (a rebalance under load) is counted again though its rows dedupe: at least, not equal.
+        assert sum(by_version.values()) >= len(stored) + 2
         assert f'prediction_live_markets{{model_version="{first["version"]}"}} 1.0' in metrics
         assert f'prediction_live_brier{{model_version="{first["version"]}"}}' in metrics
 

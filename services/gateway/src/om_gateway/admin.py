@@ -18,7 +18,7 @@ def router(keys: KeyStore, auth: Authenticator, gate: Gate) -> APIRouter:
     manage = gate("api-keys:manage")
     admin_only = Depends(manage)
 
-    @api.post("/api-keys", status_code=201, response_model=ApiKeyCreated, responses=documented(401, 403, 422, 429))
+    @api.post("/api-keys", status_code=201, response_model=ApiKeyCreated, responses=documented(400, 401, 403, 422, 429))
     async def create_key(body: ApiKeyIn, admin: Principal = admin_only) -> ApiKeyCreated:
         """Create an API key with a role. The key is shown in this answer only; store it now."""
         return await keys.create(body, created_by=admin.subject)
