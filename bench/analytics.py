@@ -22,10 +22,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, Literal, cast
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # ships no type hints; no stubs in the lock
 import psycopg
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
@@ -62,7 +64,7 @@ def _created(market: str, at: datetime, i: int) -> MarketCreated:
     )  # fmt: skip
 
 
-def history(trades: int, seed: int = 1):
+def history(trades: int, seed: int = 1) -> Iterator[list[Any]]:
     """Batches of prior events over the 30 days before the live phase: 2,000 markets (all but the 200 still
     open resolve on day 29), 5,000 users, `trades` trades in event-time order."""
     rng = random.Random(seed)
@@ -71,7 +73,7 @@ def history(trades: int, seed: int = 1):
     price: dict[str, float] = {}
     yield [_created(m, start, i) for i, m in enumerate(markets)]
     step = (timedelta(days=29) / trades) if trades else timedelta(0)
-    batch: list = []
+    batch: list[Any] = []
     for i in range(trades):
         batch.append(_trade(rng, i, rng.choice(markets), start + step * i, price))
         if len(batch) == 5_000:
@@ -82,7 +84,7 @@ def history(trades: int, seed: int = 1):
     end = start + timedelta(days=29)
     resolved = markets[OPEN_MARKETS:]
     for i in range(0, len(resolved), 100):
-        outcomes = [rng.choice(("YES", "NO")) for _ in resolved[i : i + 100]]
+        outcomes: list[Literal["YES", "NO"]] = [rng.choice(("YES", "NO")) for _ in resolved[i : i + 100]]
         yield [
             MarketResolved(
                 occurred_at=end,
@@ -136,9 +138,10 @@ def live(n: int, seed: int = 2) -> dict[str, list[bytes]]:
 
 async def replay_history(database_url: str, trades: int) -> float:
     """Prior history through the code a replay runs (`AnalyticsHandlers.record`), in batches of 5,000."""
-    settings = AnalyticsSettings(DATABASE_URL=database_url, service_urls={})
+    settings = AnalyticsSettings.model_validate({"DATABASE_URL": database_url, "service_urls": {}})
     db = Database(database_url, schema="analytics", migrations=MIGRATIONS, pool_size=2)
-    handlers = AnalyticsHandlers(db, publisher=None, hot=None, settings=settings)  # writes only: no publishing
+    # writes only (`record`): nothing is published or cached, so no publisher and no hot models
+    handlers = AnalyticsHandlers(db, publisher=cast(Any, None), hot=cast(Any, None), settings=settings)
     started = time.perf_counter()
     async with db:
         with tqdm(total=trades, desc=f"prior history ({trades:,} trades)", unit="trade", file=sys.stderr) as bar:

@@ -28,7 +28,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]  # ships no type hints; no stubs in the lock
 import websockets
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from tqdm import tqdm  # type: ignore[import-untyped]  # ships no type hints; no stubs in the lock
+from tqdm import tqdm
 
 from bench.ingest import raw_topic_only
 from om_cli.api_client import api_client

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no types; types-tqdm is not a dependency
+from tqdm import tqdm
 
 from om_cli.embedded import Ports, free_port, start_infrastructure
 from om_contracts import decode
@@ -128,7 +128,7 @@ async def main(args: argparse.Namespace) -> None:
             service = subprocess.Popen([sys.executable, "-m", "om_feature"], env=env)  # noqa: ASYNC220
             profiler = None
             if args.profile:  # py-spy (PyPI; `uv tool run --from py-spy`) for folded stacks of the service
-                profiler = subprocess.Popen(  # noqa: ASYNC220
+                profiler = subprocess.Popen(  # noqa: ASYNC220  # nosec B607  # opt-in profile with the developer's uv on PATH
                     [
                         "uv",
                         "tool",

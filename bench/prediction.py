@@ -75,7 +75,8 @@ def gateway_latency(samples: int = 2000) -> None:
         try:
             platform.start(timeout_s=120)
             lat = sorted(
-                x * 1000 for x in asyncio.run(_cached_latency(platform.url("gateway"), platform.admin_api_key, samples))
+                x * 1000
+                for x in asyncio.run(_cached_latency(platform.url("gateway"), platform.admin_api_key or "", samples))
             )
         finally:
             platform.stop()
@@ -119,7 +120,11 @@ def main(markets: int = 600) -> int:
     print(f"  served: score_batch of 1000 vectors (+ top 5, risk, result objects): {served:,.0f} /s/core")
     for explain in (True, False):
         for batch in (100, 1000, 5000):
-            rate = _rate(lambda i, b=batch, e=explain: model.predict(x[chunk(i, b)], explain=e), batch)
+
+            def score(i: int, b: int = batch, e: bool = explain) -> object:
+                return model.predict(x[chunk(i, b)], explain=e)
+
+            rate = _rate(score, batch)
             label = "with" if explain else "without"
             print(f"  Ensemble.predict batch {batch:>5} {label} contributions: {rate:,.0f} predictions/s/core")
     shap = _rate(lambda i: model.explain_shap(x[chunk(i, 1000)]), 1000, seconds=1.0)

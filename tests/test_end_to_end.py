@@ -9,9 +9,10 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -140,11 +141,12 @@ async def check_trade_reaches_websocket(platform: Platform) -> None:
             "price_change_24h": 40.0,
         }
 
-        async def prediction_of_latest_trade() -> dict:
+        async def prediction_of_latest_trade() -> dict[str, Any]:
             reply = await http.get(f"/ai-analytics/predictions/{market}")
             assert reply.status_code == 200, reply.text
-            assert reply.json()["probability"] == 0.7
-            return reply.json()
+            body: dict[str, Any] = reply.json()
+            assert body["probability"] == 0.7
+            return body
 
         prediction = await eventually(prediction_of_latest_trade)
         assert prediction["model_version"] == "baseline-market-price"
@@ -167,10 +169,12 @@ async def check_trade_reaches_websocket(platform: Platform) -> None:
         assert anonymous.status_code == 401
 
 
-async def _wait_for_update(ws: websockets.ClientConnection, ready, timeout_s: float = 30.0) -> dict:
-    async def next_matching() -> dict:
+async def _wait_for_update(
+    ws: websockets.ClientConnection, ready: Callable[[dict[str, Any]], bool], timeout_s: float = 30.0
+) -> dict[str, Any]:
+    async def next_matching() -> dict[str, Any]:
         while True:
-            message = json.loads(await ws.recv())
+            message: dict[str, Any] = json.loads(await ws.recv())
             if message["type"] == "analytics_update" and ready(message):
                 return message
 

@@ -18,7 +18,7 @@ import contextlib
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no types; types-tqdm is not a dependency
+from tqdm import tqdm
 
 from om_contracts import DecodeError, Topic, decode
 from om_contracts.topics import FEATURE_VECTORS

@@ -153,7 +153,8 @@ class NoiseStrategy:
 
     def decide(self, rng: random.Random, trader: Trader, market_id: str, lmsr: LMSR, truth: float) -> Order | None:
         del truth  # noise traders know nothing
-        held = [(o, trader.position(market_id, o)) for o in ("YES", "NO")]
+        outcomes: tuple[Outcome, ...] = ("YES", "NO")
+        held = [(o, trader.position(market_id, o)) for o in outcomes]
         held = [(o, s) for o, s in held if s > 0]
         if held and rng.random() < self.sell_probability:
             sold, shares = rng.choice(held)

@@ -331,11 +331,11 @@ class SimMarket:
     belief: float = 0.5  # the informed probability of YES now (late information); starts at the truth
     _tau: float = 0.0  # information time revealed so far, in [0, 1]
     _brownian: float = 0.0
-    _info_rng: random.Random | None = None
+    _info_rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.belief = self.truth
-        self._info_rng = random.Random(f"{self.market_id}:information")
+        self._info_rng = random.Random(f"{self.market_id}:information")  # nosec B311  # seeded simulation; no secret
 
     def reveal(self, now: datetime, information: float, exponent: float) -> float:
         """Advance late information to `now`; returns the informed probability of YES."""
@@ -346,7 +346,6 @@ class SimMarket:
         tau = f**exponent
         if tau <= self._tau:
             return self.belief
-        assert self._info_rng is not None
         self._brownian += self._info_rng.gauss(0.0, math.sqrt(tau - self._tau))
         self._tau = tau
         y = {"YES": 1.0, "NO": 0.0}.get(self.fate, self.truth)
