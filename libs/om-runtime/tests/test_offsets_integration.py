@@ -4,12 +4,15 @@ forgotten after the window, and an old `processed_events` table seeds the window
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from om_runtime.db import migrate
 from om_runtime.offsets import claim_events, ensure_runtime_tables, load_offsets, prune_events, save_offsets
 
 pytestmark = pytest.mark.integration
@@ -50,3 +53,14 @@ def test_the_old_processed_events_table_seeds_the_window_once(database_url: str)
         ensure_runtime_tables(conn)  # idempotent
         rows = conn.execute("SELECT event_id FROM consumed_events").fetchall()
     assert rows == [{"event_id": old}]
+
+
+def test_replicas_migrating_the_same_new_schema_at_once_all_succeed(database_url: str, tmp_path: Path) -> None:
+    """Replicas start together: each creates the schema if missing and applies the migrations once between them."""
+    (tmp_path / "0001_init.sql").write_text("CREATE TABLE things (id int PRIMARY KEY);\n")
+    schema = f"race_{uuid.uuid4().hex[:8]}"
+    with ThreadPoolExecutor(4) as pool:
+        applied = list(pool.map(lambda _: migrate(database_url, schema, tmp_path), range(4)))
+    assert sorted(applied) == [0, 0, 0, 1]
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {schema}.things").fetchone() == (0,)  # noqa: S608  # nosec B608  # a generated identifier

@@ -38,7 +38,10 @@ def migrate(database_url: str, schema: str, migrations: Path) -> int:
     from yoyo import get_backend, read_migrations
 
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        try:
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateSchema):
+            pass  # another replica starting at the same moment created it (IF NOT EXISTS does not lock the name)
     parts = urlsplit(database_url)
     query = "&".join(q for q in (parts.query, urlencode({"schema": schema})) if q)
     yoyo_url = urlunsplit(("postgresql+psycopg", parts.netloc, parts.path, query, ""))
