@@ -85,9 +85,11 @@ class AnalyticsHandlers:
         self._scrapes: dict[str, Scrape] = {}
         self._calibration_changed = False
         self._background: set[asyncio.Task[None]] = set()
-        # The batch spans whose effects the next snapshot round publishes: that round's span links to them, so a
-        # trace walks from a trade to the market update it caused (bounded: a backlog links its latest batches).
-        self._batch_spans: collections.deque[trace.SpanContext] = collections.deque(maxlen=64)
+        # The batch spans whose effects the next snapshot rounds publish: a round's span links to them, so a trace
+        # walks from a trade to the market update it caused. A batch may commit while a round is running (its
+        # markets then go out in the next round), so each is linked by two rounds. Bounded: a backlog links its
+        # latest batches.
+        self._batch_spans: collections.deque[tuple[trace.SpanContext, int]] = collections.deque(maxlen=64)
 
     def after_commit(self) -> None:
         self.last_event_monotonic = time.monotonic()
@@ -106,7 +108,7 @@ class AnalyticsHandlers:
         recomputes and publishes those snapshots once per tick however many batches touched them, so a
         backlog costs one snapshot per market and user per tick, not per batch."""
         if (context := trace.get_current_span().get_span_context()).is_valid:
-            self._batch_spans.append(context)
+            self._batch_spans.append((context, 0))
         # Pipeline mode: statements whose results are not needed are sent without waiting for each reply, so
         # PostgreSQL applies one while this process prepares the next.
         async with conn.pipeline():
@@ -251,9 +253,12 @@ class AnalyticsHandlers:
     async def publish_dirty(self) -> int:
         """Leader: recompute, store and publish the snapshots of flagged markets and users. Returns how many."""
         done = 0
-        links = [trace.Link(context) for context in self._batch_spans]
+        links = [trace.Link(context) for context, _ in self._batch_spans]
+        kept = [(context, rounds + 1) for context, rounds in self._batch_spans if rounds == 0]
         self._batch_spans.clear()
-        with _tracer.start_as_current_span("analytics snapshot", links=links):
+        self._batch_spans.extend(kept)
+        span = _tracer.start_as_current_span("analytics snapshot", links=links) if links else contextlib.nullcontext()
+        with span:
             async with self.db.transaction() as conn, self.publisher.confirmed_together():
                 as_of = await store.clock(conn)
                 if as_of is None:
