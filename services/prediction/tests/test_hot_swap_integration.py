@@ -91,11 +91,17 @@ async def test_swap_under_load_corrupt_refusal_and_final_prediction(
 
         # every vector predicted exactly once (by whichever model served its batch), none lost
         ids = [str(derived_event_id(v.event_id, "prediction")) for v in vectors]
-        stored: list[dict] = []
-        for m in markets:
-            stored += (await client.get(f"/v1/markets/{m}/predictions", params={"limit": 1000})).json()["items"]
+
+        async def every_vector_stored() -> list[dict]:
+            # a market's latest may already be a re-scoring by the new model while its last vectors are in flight
+            stored: list[dict] = []
+            for m in markets:
+                stored += (await client.get(f"/v1/markets/{m}/predictions", params={"limit": 1000})).json()["items"]
+            assert set(ids) <= {p["event_id"] for p in stored}
+            return stored
+
+        stored = await eventually(every_vector_stored, timeout_s=60)
         by_id = {p["event_id"] for p in stored}
-        assert set(ids) <= by_id
         assert len(stored) == len(by_id)  # no duplicate rows
         rescored = [p for p in stored if p["event_id"] not in set(ids)]
         assert {p["model_version"] for p in rescored} == {first["version"]}
