@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import random
 import socket
 import subprocess  # nosec B404  # runs fixed programs from argument lists, never a shell
 import sys
@@ -16,6 +14,7 @@ import pytest
 
 from om_cli.credentials import auth_headers
 from om_cli.launcher import process_alive
+from om_cli.testing import free_ports, read_until
 
 pytestmark = pytest.mark.e2e
 
@@ -38,22 +37,6 @@ def descendants(pid: int) -> set[int]:
         frontier = {child for child, parent in parents.items() if parent in frontier} - found
         found |= frontier
     return found
-
-
-def free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports, below Linux's ephemeral range (32768 and up): a port taken from
-    that range can meanwhile become the local end of some client connection, and `--service-ports-from` uses four
-    in a row."""
-    for _ in range(500):
-        first = random.randrange(20_000, 32_000 - count)  # nosec B311  # a port number, not a secret
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in range(first, first + count):
-                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-    raise RuntimeError(f"no {count} consecutive free ports between 20000 and 32000")
 
 
 def port_args() -> list[str]:
@@ -91,7 +74,7 @@ def test_up_serves_and_down_stops_every_process(tmp_path: Path) -> None:
         env=_external_free(),
     )
     try:
-        output = _read_until(launcher, "Dashboard", timeout_s=120)
+        output = read_until(launcher, "Dashboard", timeout_s=120)
         assert f"{gateway}/" in output
         children = descendants(launcher.pid)
         assert len(children) >= 8  # three servers and five services (PostgreSQL adds its own workers)
@@ -121,17 +104,3 @@ def _external_free() -> dict[str, str]:
     for key in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL"):
         env.pop(key, None)
     return env
-
-
-def _read_until(process: subprocess.Popen[str], marker: str, timeout_s: float) -> str:
-    assert process.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line and process.poll() is not None:
-            break
-        lines.append(line)
-        if marker in line:
-            return "".join(lines)
-    raise AssertionError(f"no {marker!r} from om up:\n{''.join(lines)}")

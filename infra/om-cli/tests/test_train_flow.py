@@ -4,11 +4,8 @@ the running platform swaps to the model, and a fresh `om up` serves it too (the 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import random
 import re
-import socket
 import subprocess  # nosec B404  # runs fixed programs from argument lists, never a shell
 import sys
 import time
@@ -20,6 +17,7 @@ import httpx
 import pytest
 
 from om_cli.credentials import auth_headers
+from om_cli.testing import free_ports, read_until
 
 pytestmark = pytest.mark.e2e
 MARKETS = 200
@@ -35,37 +33,9 @@ def om(*args: str, env: dict[str, str], timeout: float = 600) -> str:
     return result.stdout
 
 
-def free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports below the ephemeral range (as test_om_up picks them)."""
-    for _ in range(500):
-        first = random.randrange(20_000, 32_000 - count)  # nosec B311  # a port number, not a secret
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in range(first, first + count):
-                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-    raise RuntimeError(f"no {count} consecutive free ports between 20000 and 32000")
-
-
 def port_args() -> list[str]:
     ports = [("--kafka-port", 1), ("--postgres-port", 1), ("--redis-port", 1), ("--gateway-port", 1)]
     return [a for flag, n in [*ports, ("--service-ports-from", 4)] for a in (flag, str(free_ports(n)))]
-
-
-def read_until(process: subprocess.Popen[str], marker: str, timeout_s: float) -> str:
-    assert process.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line and process.poll() is not None:
-            break
-        lines.append(line)
-        if marker in line:
-            return "".join(lines)
-    raise AssertionError(f"no {marker!r} from om up:\n{''.join(lines)}")
 
 
 class Up:

@@ -12,6 +12,10 @@ import asyncio
 import contextlib
 import json
 import os
+import random
+import socket
+import subprocess  # nosec B404  # only reads a child's output here
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -132,3 +136,35 @@ async def eventually(check: Callable[[], Awaitable[Any]], *, timeout_s: float = 
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(interval_s)
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports, below Linux's ephemeral range (32768 and up): a port taken from
+    that range can meanwhile become the local end of some client connection, and `--service-ports-from` uses four
+    in a row."""
+    for _ in range(500):
+        first = random.randrange(20_000, 32_000 - count)  # nosec B311  # a port number, not a secret
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(first, first + count):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} consecutive free ports between 20000 and 32000")
+
+
+def read_until(process: subprocess.Popen[str], marker: str, timeout_s: float) -> str:
+    """Lines of a child's text output up to the first containing `marker`; fails with what it printed."""
+    if process.stdout is None:
+        raise ValueError("start the process with stdout=subprocess.PIPE, text=True")
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        lines.append(line)
+        if marker in line:
+            return "".join(lines)
+    raise AssertionError(f"no {marker!r} from om up:\n{''.join(lines)}")

@@ -313,7 +313,7 @@ class GroupConsumer:
             with _tracer.start_as_current_span(
                 f"{self.group} process",
                 kind=SpanKind.CONSUMER,
-                links=_links(records),
+                links=trace_links(records),
                 attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(records)},
             ):
                 batch_end = _next_offsets(records)
@@ -485,9 +485,11 @@ def _delivery(topic: Topic, record: Any) -> Delivery:
     )
 
 
-def _links(records: list[Any]) -> list[Link]:
+def trace_links(records: list[Any], limit: int = MAX_LINKS) -> list[Link]:
+    """Span links to the trace contexts in the records' `traceparent` headers (the first `limit` records): a batch
+    span links to the work of the events it reads, rather than one span per event."""
     links = []
-    for record in records[:MAX_LINKS]:
+    for record in records[:limit]:
         carrier = {k: v.decode(errors="replace") for k, v in record.headers or () if k == "traceparent"}
         if carrier:
             context = trace.get_current_span(_propagator.extract(carrier)).get_span_context()

@@ -30,7 +30,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from om_contracts import DeadLetter, DecodeError, Topic, decode, utcnow
 from om_contracts.topics import DEAD_LETTERS
-from om_runtime.consumer import ConsumerMetrics, _links
+from om_runtime.consumer import ConsumerMetrics, trace_links
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -315,7 +315,7 @@ class StatefulLoop:
         with tracer.start_as_current_span(
             f"{self.group} process",
             kind=SpanKind.CONSUMER,
-            links=_links(records),
+            links=trace_links(records),
             attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(records)},
         ):
             deliveries: list[Delivery] = []

@@ -17,16 +17,15 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import Histogram
 
 from om_contracts import DecodeError, decode
 from om_contracts.topics import TOPICS
 from om_gateway.live import SOURCES, LiveHub, Source
+from om_runtime.consumer import trace_links
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("om_gateway.feed")
-_propagator = TraceContextTextMapPropagator()
 #: Links from a batch span to its records' traces, at most (as om_runtime.consumer).
 MAX_LINKS = 128
 
@@ -105,7 +104,7 @@ def read_batch(
     with _tracer.start_as_current_span(
         f"{topic.name} process",
         kind=SpanKind.CONSUMER,
-        links=_links(records),
+        links=trace_links(records, MAX_LINKS),
         attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(records)},
     ) as span:
         reached: list[tuple[float, int]] = []
@@ -119,14 +118,3 @@ def read_batch(
                 continue
             reached.append((event.occurred_at.timestamp(), hub.publish(source, event, partition, record.offset)))
         return span.get_span_context(), reached
-
-
-def _links(records: list[Any]) -> list[Link]:
-    links = []
-    for record in records[:MAX_LINKS]:
-        carrier = {k: v.decode(errors="replace") for k, v in record.headers or () if k == "traceparent"}
-        if carrier:
-            context = trace.get_current_span(_propagator.extract(carrier)).get_span_context()
-            if context.is_valid:
-                links.append(Link(context))
-    return links
