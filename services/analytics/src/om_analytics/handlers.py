@@ -153,8 +153,10 @@ class AnalyticsHandlers:
             done = await store.settled_markets(conn, sorted({t.market_id for t in fresh}))
             pairs += [(t.user_id, t.market_id) for t in fresh if t.market_id in done]
         settled_users = await store.settle_pairs(conn, pairs)
-        if ended:
-            self._calibration_changed = True  # forgotten once this commits (so no reader caches the old state)
+        if ended or any(p.final for p in predictions):
+            # A market that ends, or its final prediction (emitted at resolution, so usually after it), changes
+            # calibration: forgotten once this commits, so no reader keeps the old figures for the cache's TTL.
+            self._calibration_changed = True
         return fresh, settled_users
 
     # --- snapshots ----------------------------------------------------------------------------------
