@@ -26,8 +26,7 @@ async def test_prune_keeps_each_resolution_for_its_retention(database_url: str) 
                 )
             for age in (31, 29):
                 await conn.execute(
-                    "INSERT INTO trades (trade_id, market_id, user_id, amount, price_after, executed_at) "
-                    "VALUES (%s, 'm', 'u', 1, 0.5, %s)",
+                    "INSERT INTO trades (trade_id, executed_at) VALUES (%s, %s)",
                     (f"t{age}", AS_OF - timedelta(days=age)),
                 )
             deleted = await store.prune(

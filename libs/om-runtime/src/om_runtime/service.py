@@ -96,15 +96,19 @@ class ServiceRuntime:
         *,
         topics: Collection[Topic] = (),
         after_commit: Callable[[], None] | None = None,
+        max_records: int = 500,
     ) -> None:
         """Apply each batch of events in one transaction, each event exactly once (see db.transactional):
-        per event with a mapping of topic handlers, or as a whole with a batch handler and its `topics`."""
+        per event with a mapping of topic handlers, or as a whole with a batch handler and its `topics`; a batch
+        holds at most `max_records` events (under a backlog; less when fewer are waiting)."""
         from om_runtime.db import StoredOffsets, prune_dedupe_window, transactional
 
         topics = handlers.keys() if isinstance(handlers, Mapping) else topics
         name = self.settings.service_name
         process = transactional(db, self.publisher, handlers, consumer=name, after_commit=after_commit)
-        self._group_consumer(topics, process, StoredOffsets(db, name), fallback_to_committed=True)
+        self._group_consumer(
+            topics, process, StoredOffsets(db, name), fallback_to_committed=True, max_records=max_records
+        )
         window = timedelta(hours=self.settings.dedupe_window_hours)
         self.add_loop("dedupe-window-prune", lambda: prune_dedupe_window(db, window))
 

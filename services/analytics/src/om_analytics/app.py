@@ -37,9 +37,11 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         handlers.apply_batch,
         topics=(MARKET_LIFECYCLE, MARKET_TRADES, MARKET_SIGNALS, PREDICTIONS),
         after_commit=handlers.after_commit,
+        max_records=settings.max_batch,
     )
     runtime.add_loop("leader", handlers.lead)
     runtime.add_loop("snapshots", handlers.snapshot_changes)
+    runtime.add_loop("user-snapshots", handlers.snapshot_users)
     runtime.add_loop("health", handlers.report_health)
     app = runtime.create_app(
         title="Opinion Market analytics",

@@ -253,8 +253,9 @@ class AnalyticsHandlers:
             await self.publisher.publish(ANALYTICS_USER, update)
 
     async def publish_dirty(self) -> int:
-        """Leader: recompute, store and publish the snapshots of flagged markets and users. Returns how many."""
-        done = 0
+        """Leader: recompute, store and publish the snapshots of flagged markets (up to `refresh_batch`).
+        Returns how many. Users have their own, slower rounds (`publish_dirty_users`): a market's snapshot is
+        what a trade's WebSocket update waits for, and a user's costs several times more to compute."""
         links = [trace.Link(context) for context, _ in self._batch_spans]
         kept = [(context, rounds + 1) for context, rounds in self._batch_spans if rounds == 0]
         self._batch_spans.clear()
@@ -268,11 +269,18 @@ class AnalyticsHandlers:
                 markets = await store.take_dirty(conn, "markets", self.settings.refresh_batch)
                 if markets:
                     await self.publish_markets(*await self.market_snapshots(conn, markets, as_of))
-                users = await store.take_dirty(conn, "users", self.settings.refresh_batch)
-                if users:
-                    await self.publish_users(*await self.user_snapshots(conn, users, as_of))
-                done = len(markets) + len(users)
-        return done
+        return len(markets)
+
+    async def publish_dirty_users(self) -> int:
+        """Leader: recompute, store and publish the snapshots of up to `refresh_batch` flagged users."""
+        async with self.db.transaction() as conn, self.publisher.confirmed_together():
+            as_of = await store.clock(conn)
+            if as_of is None:
+                return 0
+            users = await store.take_dirty(conn, "users", self.settings.refresh_batch)
+            if users:
+                await self.publish_users(*await self.user_snapshots(conn, users, as_of))
+        return len(users)
 
     # --- the leader ---------------------------------------------------------------------------------
 
@@ -362,20 +370,35 @@ class AnalyticsHandlers:
             await self.leadership.release()
 
     async def snapshot_changes(self) -> None:
-        """Loop: while this replica leads, publish the snapshots of what batches touched (on any replica: the
-        flags are in PostgreSQL, so it also polls every `snapshot_interval_s`)."""
+        """Loop: while this replica leads, publish the snapshots of the markets batches touched (on any replica:
+        the flags are in PostgreSQL, so it also polls every `snapshot_interval_s`)."""
         s = self.settings
         while True:
             started = time.monotonic()
+            self.touched.clear()  # a batch that commits from here on wakes the next round at once
             if self.leadership.is_leader:
                 await self.publish_dirty()
             # Snapshots take at most `snapshot_share` of the time: under a backlog each round then covers more
             # events, so their cost per event falls instead of taking the CPU the consumer needs.
             busy = time.monotonic() - started
             await asyncio.sleep(busy * (1.0 / s.snapshot_share - 1.0))
-            self.touched.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.touched.wait(), timeout=s.snapshot_interval_s)
+
+    async def snapshot_users(self) -> None:
+        """Loop: while this replica leads, every `user_snapshot_interval_s` publish the snapshots of every user
+        flagged since the last round (in chunks of `refresh_batch`), spending at most `user_snapshot_share` of
+        the time on them: a user who trades many times in between gets one snapshot, not one per batch."""
+        s = self.settings
+        while True:
+            started = time.monotonic()
+            if self.leadership.is_leader:
+                # Chunk after chunk until none is full (each awaits PostgreSQL, so batches and market rounds
+                # run in between).
+                while await self.publish_dirty_users() >= s.refresh_batch:
+                    continue
+            busy = time.monotonic() - started
+            await asyncio.sleep(max(s.user_snapshot_interval_s, busy * (1.0 / s.user_snapshot_share - 1.0)))
 
     async def report_health(self) -> None:
         """Loop: every health interval, the leader reads every service's /metrics and publishes the result

@@ -36,7 +36,14 @@ class AnalyticsSettings(ServiceSettings, PostgresSettings, RedisSettings):
     #: ...spending at most this share of the time on them (under a backlog, snapshots wait instead). A half keeps
     #: trade -> WebSocket p50 near 190 ms at 1,000 trades/s (a fifth: about 600 ms; the bench's latency step).
     snapshot_share: float = Field(default=0.5, gt=0, le=1)
-    #: Markets (and users) snapshotted per leader round.
+    #: Events applied per transaction at most (under a backlog): a batch's fixed cost (statements, the rows of
+    #: each market, user and position it touched) is then shared by more events.
+    max_batch: int = Field(default=2000, ge=1)
+    #: Users' snapshots: every flagged user once per interval, at most this share of the time (under a backlog,
+    #: rounds come less often and cover more trades each). A user's snapshot costs several times a market's.
+    user_snapshot_interval_s: float = Field(default=1.0, gt=0)
+    user_snapshot_share: float = Field(default=0.2, gt=0, le=1)
+    #: Markets (and users) snapshotted per leader round (users: per chunk of a round).
     refresh_batch: int = Field(default=500, ge=1)
     #: Retention, in days (relative to the clock): minute buckets, hour buckets, stored trades; day buckets stay.
     retention_minutes_days: float = Field(default=8.0, ge=2.0)

@@ -125,17 +125,14 @@ def _columns(rows: list[Any], *names: str) -> tuple[list[Any], ...]:
 
 
 async def insert_trades(conn: Conn, trades: list[TradeExecuted]) -> list[TradeExecuted]:
-    """Store new trades; return those whose trade id was not seen before (a trade counts once)."""
+    """Store new trades' ids; return the trades whose id was not seen before (a trade counts once)."""
     if not trades:
         return []
     cur = await conn.execute(
-        "INSERT INTO trades (trade_id, market_id, user_id, amount, price_after, executed_at, side, outcome, "
-        "shares, price_before) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], "
-        "%s::float8[], %s::timestamptz[], %s::text[], %s::text[], %s::float8[], %s::float8[]) "
+        "INSERT INTO trades (trade_id, executed_at) SELECT * FROM unnest(%s::text[], %s::timestamptz[]) "
         "ON CONFLICT DO NOTHING RETURNING trade_id",
-        _arrays(*_columns(trades, "trade_id", "market_id", "user_id", "amount", "price_after", "occurred_at", "side",
-                 "outcome", "shares", "price_before")),
-    )  # fmt: skip
+        _arrays(*_columns(trades, "trade_id", "occurred_at")),
+    )
     inserted = {row["trade_id"] for row in await cur.fetchall()}
     fresh, seen = [], set()
     for t in trades:
