@@ -160,9 +160,12 @@ async def test_internal_api_serves_every_view(kafka_bootstrap: str, database_url
         assert [(p["market_id"], p["outcome"], p["shares"]) for p in portfolio["positions"]] == [(a, "NO", 10.0)]
         assert (await client.get("/v1/users/nobody/portfolio")).status_code == 404
 
-        board = (await client.get("/v1/leaderboard", params={"by": "volume", "limit": 100})).json()["items"]
-        mine = [(i["user_id"], i["value"]) for i in board if i["user_id"] in (alice, bob)]
-        assert mine == [(bob, 26.0), (alice, 6.0)]
+        async def leaderboard_current() -> None:  # from user snapshots, recomputed every second
+            board = (await client.get("/v1/leaderboard", params={"by": "volume", "limit": 100})).json()["items"]
+            mine = [(i["user_id"], i["value"]) for i in board if i["user_id"] in (alice, bob)]
+            assert mine == [(bob, 26.0), (alice, 6.0)]
+
+        await eventually(leaderboard_current)
         assert (await client.get("/v1/leaderboard", params={"by": "luck"})).status_code == 422
 
         cal = (await client.get("/v1/calibration", params={"category": f"cat{tag}"})).json()

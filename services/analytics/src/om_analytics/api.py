@@ -69,7 +69,9 @@ def router(handlers: AnalyticsHandlers) -> APIRouter:
     async def platform_calibration() -> dict[str, Any]:
         """Calibration and per-model accuracy over resolved markets, cached briefly (it reads every resolved
         market's row, not trades)."""
-        cached: dict[str, Any] | None = await hot.get("calibration")
+        # Versioned: each commit that changes calibration bumps its generation, so a copy computed from rows read
+        # before that commit is not served even if it was stored after.
+        generation, cached = await hot.get_current("calibration")
         if cached is None:
             async with db.transaction() as conn:
                 rows = await store.resolved_markets(conn)
@@ -78,8 +80,9 @@ def router(handlers: AnalyticsHandlers) -> APIRouter:
                 "models": calibration.accuracy_by_model(rows),
                 "rows": [[r.category, r.price, r.predicted, r.model_version, r.outcome, r.market_id] for r in rows],
             }
-            await hot.put("calibration", cached, ttl_s=CALIBRATION_TTL_S)
-        return cached
+            await hot.put_current("calibration", generation, cached, ttl_s=CALIBRATION_TTL_S)
+        result: dict[str, Any] = cached
+        return result
 
     @api.get("/markets/{market_id}/metrics", summary="A market's current metrics")
     async def market_metrics(market_id: str) -> dict[str, Any]:

@@ -85,6 +85,8 @@ class AnalyticsHandlers:
         self._scrapes: dict[str, Scrape] = {}
         self._calibration_changed = False
         self._background: set[asyncio.Task[None]] = set()
+        self._market_round = asyncio.Lock()  # market snapshot rounds take turns (see snapshot_markets)
+        self._after = {"markets": "", "users": ""}  # where the next round's reading of flagged rows starts
         # The batch spans whose effects the next snapshot rounds publish: a round's span links to them, so a trace
         # walks from a trade to the market update it caused. A batch may commit while a round is running (its
         # markets then go out in the next round), so each is linked by two rounds. Bounded: a backlog links its
@@ -97,7 +99,7 @@ class AnalyticsHandlers:
         self.touched.set()
         if self._calibration_changed:
             self._calibration_changed = False
-            task = asyncio.get_running_loop().create_task(self.hot.forget("calibration"))
+            task = asyncio.get_running_loop().create_task(self.hot.bump("calibration"))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
@@ -155,22 +157,22 @@ class AnalyticsHandlers:
         settled_users = await store.settle_pairs(conn, pairs)
         if ended or any(p.final for p in predictions):
             # A market that ends, or its final prediction (emitted at resolution, so usually after it), changes
-            # calibration: forgotten once this commits, so no reader keeps the old figures for the cache's TTL.
+            # calibration: its cache's generation moves once this commits, so no reader keeps the old figures.
             self._calibration_changed = True
         return fresh, settled_users
 
     # --- snapshots ----------------------------------------------------------------------------------
 
     async def market_snapshots(
-        self, conn: store.Conn, market_ids: list[str], as_of: datetime | None, *, lock: bool = False
-    ) -> tuple[dict[str, dict[str, Any]], dict[str, uuid.UUID]]:
-        """Each market's metrics at `as_of`, stored with the market (markets whose price is unknown are left
-        out), and each update's content-derived id; with `lock`, the rows stay locked until commit so a newer
-        snapshot is never overwritten."""
-        rows = await store.market_rows(conn, market_ids, lock=lock)
+        self, conn: store.Conn, market_ids: list[str], as_of: datetime | None
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """Each market's metrics at `as_of` (markets whose price is unknown are left out), and the version of
+        each market's row they were computed from (every market read, with or without a snapshot)."""
+        rows = await store.market_rows(conn, market_ids)
+        versions = {m: r["row_version"] for m, r in rows.items()}
         ids = [m for m, r in rows.items() if r["current_price"] is not None]
         if not ids or as_of is None:
-            return {}, {}
+            return {}, versions
         totals = await store.window_totals(conn, ids, as_of)
         references = await store.reference_prices(conn, ids, as_of)
         active = await store.active_traders(conn, ids, as_of)
@@ -200,10 +202,31 @@ class AnalyticsHandlers:
                     active.get(market_id, 0),
                 ),
             }
-        texts = {m: dumps(s) for m, s in snapshots.items()}
-        await store.save_market_snapshots(conn, snapshots, texts, as_of)
-        await self.hot.put_markets(texts)
-        return snapshots, {m: _content_id("market", m, text) for m, text in texts.items()}
+        return snapshots, versions
+
+    async def snapshot_markets(self, market_ids: list[str]) -> int:
+        """Recompute, publish, cache and store the snapshots of `market_ids`, in three steps, none holding a lock
+        a batch waits for: read one consistent snapshot of the tables; publish (confirmed by Kafka) and cache; then
+        store each snapshot and clear its market's flag where the row is still the version read (a batch that
+        changed it meanwhile left it flagged, for the next round). Rounds of one replica take turns, so an older
+        snapshot never follows a newer one. Returns how many snapshots were published."""
+        async with self._market_round:
+            async with self.db.transaction() as conn:
+                await store.read_consistently(conn)
+                as_of = await store.clock(conn)
+                snapshots, versions = await self.market_snapshots(conn, market_ids, as_of)
+            if as_of is None or not versions:
+                return 0
+            texts = {m: dumps(s) for m, s in snapshots.items()}
+            async with self.publisher.confirmed_together():
+                await self.publish_markets(snapshots, {m: _content_id("market", m, t) for m, t in texts.items()})
+            await self.hot.put_markets(texts)
+            async with self.db.transaction() as conn:
+                await store.save_market_snapshots(conn, snapshots, texts, as_of, versions)
+                unpriced = {m: v for m, v in versions.items() if m not in snapshots}
+                if unpriced:  # nothing to publish before the market's price is known: just unflag
+                    await store.unflag(conn, "markets", unpriced)
+            return len(snapshots)
 
     async def publish_markets(self, snapshots: dict[str, dict[str, Any]], ids: dict[str, uuid.UUID]) -> None:
         for market_id, snapshot in snapshots.items():
@@ -216,34 +239,27 @@ class AnalyticsHandlers:
             await self.publisher.publish(ANALYTICS_MARKET, update)
 
     @staticmethod
-    async def compute_users(conn: store.Conn, user_ids: list[str], as_of: datetime) -> dict[str, dict[str, Any]]:
-        """Users' metrics from their totals and open positions, marked at the markets' current prices."""
-        totals, held, categories = await store.user_inputs(conn, user_ids)
+    async def compute_users(
+        conn: store.Conn, user_ids: list[str], as_of: datetime
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """Users' metrics from their totals and open positions, marked at the markets' current prices, and the
+        version of each user's row they were computed from."""
+        totals, held, categories, versions = await store.user_inputs(conn, user_ids)
         return {
             user_id: {"user_id": user_id, **user_metrics(totals[user_id], held.get(user_id, []),
                                                           categories.get(user_id, {}), as_of)}
             for user_id in user_ids
             if user_id in totals
-        }  # fmt: skip
+        }, versions  # fmt: skip
 
     async def user_now(self, user_id: str) -> dict[str, Any] | None:
         """A user's metrics now (for the API: prices may have moved since the user's last snapshot)."""
         async with self.db.transaction() as conn:
+            await store.read_consistently(conn)
             as_of = await store.clock(conn)
             if as_of is None:
                 return None
-            return (await self.compute_users(conn, [user_id], as_of)).get(user_id)
-
-    async def user_snapshots(
-        self, conn: store.Conn, user_ids: list[str], as_of: datetime
-    ) -> tuple[dict[str, dict[str, Any]], dict[str, uuid.UUID]]:
-        """Users' metrics, stored and cached, and each update's content-derived id."""
-        snapshots = await self.compute_users(conn, user_ids, as_of)
-        texts = {u: dumps(s) for u, s in snapshots.items()}
-        if snapshots:
-            await store.save_user_snapshots(conn, texts)
-            await self.hot.put_users(snapshots, texts)
-        return snapshots, {u: _content_id("user", u, text) for u, text in texts.items()}
+            return (await self.compute_users(conn, [user_id], as_of))[0].get(user_id)
 
     async def publish_users(self, snapshots: dict[str, dict[str, Any]], ids: dict[str, uuid.UUID]) -> None:
         for user_id, snapshot in snapshots.items():
@@ -262,24 +278,34 @@ class AnalyticsHandlers:
         self._batch_spans.extend(kept)
         span = _tracer.start_as_current_span("analytics snapshot", links=links) if links else contextlib.nullcontext()
         with span:
-            async with self.db.transaction() as conn, self.publisher.confirmed_together():
-                as_of = await store.clock(conn)
-                if as_of is None:
-                    return 0
-                markets = await store.take_dirty(conn, "markets", self.settings.refresh_batch)
-                if markets:
-                    await self.publish_markets(*await self.market_snapshots(conn, markets, as_of))
-        return len(markets)
+            async with self.db.transaction() as conn:
+                markets = await self._flagged(conn, "markets")
+            return await self.snapshot_markets(markets) if markets else 0
+
+    async def _flagged(self, conn: store.Conn, table: str) -> list[str]:
+        """Up to `refresh_batch` flagged markets or users, going round them: after the last one read before; after
+        a short read (the end), from the start again."""
+        limit = self.settings.refresh_batch
+        ids = await store.dirty(conn, table, limit, self._after[table])
+        self._after[table] = ids[-1] if len(ids) == limit else ""
+        return ids
 
     async def publish_dirty_users(self) -> int:
-        """Leader: recompute, store and publish the snapshots of up to `refresh_batch` flagged users."""
-        async with self.db.transaction() as conn, self.publisher.confirmed_together():
+        """Leader: recompute, publish, cache and store the snapshots of up to `refresh_batch` flagged users (in
+        the same three lock-free steps as markets). Returns how many flagged users it read."""
+        async with self.db.transaction() as conn:
+            await store.read_consistently(conn)
             as_of = await store.clock(conn)
-            if as_of is None:
+            users = await self._flagged(conn, "users")
+            if as_of is None or not users:
                 return 0
-            users = await store.take_dirty(conn, "users", self.settings.refresh_batch)
-            if users:
-                await self.publish_users(*await self.user_snapshots(conn, users, as_of))
+            snapshots, versions = await self.compute_users(conn, users, as_of)
+        texts = {u: dumps(s) for u, s in snapshots.items()}
+        async with self.publisher.confirmed_together():
+            await self.publish_users(snapshots, {u: _content_id("user", u, t) for u, t in texts.items()})
+        await self.hot.put_users(snapshots, texts)
+        async with self.db.transaction() as conn:
+            await store.save_user_snapshots(conn, texts, versions)
         return len(users)
 
     # --- the leader ---------------------------------------------------------------------------------
@@ -303,7 +329,6 @@ class AnalyticsHandlers:
     async def refresh_windows(self) -> int:
         """Leader: move the clock to the wall clock when idle, and re-snapshot markets whose windows moved."""
         idle_for = time.monotonic() - self.last_event_monotonic
-        refreshed = 0
         async with self.db.transaction() as conn:
             if self.settings.idle_advance_s and idle_for >= self.settings.idle_advance_s:
                 as_of = await store.advance_clock(conn, utcnow())
@@ -312,12 +337,7 @@ class AnalyticsHandlers:
             if as_of is None:
                 return 0
             stale = await store.stale_markets(conn, as_of, self.settings.refresh_batch)
-            if stale:
-                async with self.publisher.confirmed_together():
-                    snapshots, ids = await self.market_snapshots(conn, stale, as_of, lock=True)
-                    await self.publish_markets(snapshots, ids)
-                refreshed = len(snapshots)
-        return refreshed
+        return await self.snapshot_markets(stale) if stale else 0
 
     async def health_snapshot(self) -> PlatformHealthUpdated:
         """Read every service's /metrics and the consumer groups' lag."""

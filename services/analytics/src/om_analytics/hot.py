@@ -52,6 +52,27 @@ class HotModels:
     async def forget(self, name: str) -> None:
         await self.redis.delete(self.keys.key(name))
 
+    async def bump(self, name: str) -> None:
+        """Say that what `name` caches changed (after the change committed): a cached copy from before is no
+        longer served, even one a reader that began before the change stores after this."""
+        await self.redis.incr(self.keys.key(name, "generation"))
+
+    async def get_current(self, name: str) -> tuple[int, Any]:
+        """The generation of `name` now, and its cached value if that was computed in this generation."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self.keys.key(name, "generation"))
+            pipe.get(self.keys.key(name))
+            generation, raw = await pipe.execute()
+        cached = _loads(raw)
+        now = int(generation or 0)
+        if isinstance(cached, dict) and cached.get("generation") == now:
+            return now, cached["value"]
+        return now, None
+
+    async def put_current(self, name: str, generation: int, value: Any, ttl_s: float) -> None:
+        """Cache `value` as computed in `generation` (read with `get_current` before computing it)."""
+        await self.put(name, {"generation": generation, "value": value}, ttl_s=ttl_s)
+
     async def get(self, name: str) -> Any:
         return _loads(await self.redis.get(self.keys.key(name)))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, LiteralString
+from typing import Any, LiteralString, NamedTuple
 
 from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.rows import tuple_row
@@ -442,24 +442,43 @@ async def mark_dirty(conn: Conn, market_ids: list[str], user_ids: list[str]) -> 
         )
 
 
-async def take_dirty(conn: Conn, table: str, limit: int) -> list[str]:
-    """Claim up to `limit` dirty markets or users (rows a running batch holds are skipped, not waited for) and
-    clear their flag; the caller's transaction recomputes their snapshots."""
+async def dirty(conn: Conn, table: str, limit: int, after: str = "") -> list[str]:
+    """Up to `limit` markets or users flagged for a snapshot, without locking them: the round reads them in a
+    snapshot of its own and clears each flag only if the row is still the version it read (`save_*`), so a batch
+    never waits for a round (which waits for Kafka's confirmations) and a change made meanwhile is not lost.
+    In key order from after `after`: rounds go round the flagged rows, so none waits behind rows that a busy
+    stream flags again and again."""
+    key = {"markets": "market_id", "users": "user_id"}[table]  # a fixed set: never user text in SQL
+    query = sql.SQL("SELECT {key} FROM {table} WHERE dirty AND {key} > %s ORDER BY {key} LIMIT %s").format(
+        table=sql.Identifier(table), key=sql.Identifier(key)
+    )
+    cur = await conn.execute(query, (after, limit))
+    return [row[key] for row in await cur.fetchall()]
+
+
+async def unflag(conn: Conn, table: str, versions: dict[str, str]) -> None:
+    """Clear the flag of markets or users whose row is still the version given."""
     key = {"markets": "market_id", "users": "user_id"}[table]  # a fixed set: never user text in SQL
     query = sql.SQL(
-        "UPDATE {table} SET dirty = false WHERE {key} IN (SELECT {key} FROM {table} WHERE dirty ORDER BY {key} "
-        "LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {key}"
+        "UPDATE {table} t SET dirty = false FROM unnest(%s::text[], %s::text[]) AS k(id, version) "
+        "WHERE t.{key} = k.id AND t.xmin::text = k.version"
     ).format(table=sql.Identifier(table), key=sql.Identifier(key))
-    cur = await conn.execute(query, (limit,))
-    return sorted(row[key] for row in await cur.fetchall())
+    await conn.execute(query, _arrays(list(versions), list(versions.values())))
+
+
+async def read_consistently(conn: Conn) -> None:
+    """Make the caller's (new) transaction read one snapshot of every table: a round's rows and buckets agree."""
+    await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
 
 # --- reads for metrics ----------------------------------------------------------------------------
 
 
-async def market_rows(conn: Conn, market_ids: list[str], *, lock: bool = False) -> dict[str, dict[str, Any]]:
-    query: LiteralString = "SELECT * FROM markets WHERE market_id = ANY(%s) ORDER BY market_id"
-    cur = await conn.execute(query + " FOR UPDATE" if lock else query, (market_ids,))
+async def market_rows(conn: Conn, market_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Markets' rows, each with `row_version` (its `xmin`: which transaction wrote it last)."""
+    cur = await conn.execute(
+        "SELECT *, xmin::text AS row_version FROM markets WHERE market_id = ANY(%s) ORDER BY market_id", (market_ids,)
+    )
     return {row["market_id"]: row for row in await cur.fetchall()}
 
 
@@ -522,14 +541,17 @@ async def active_traders(conn: Conn, market_ids: list[str], as_of: datetime) -> 
 
 
 async def save_market_snapshots(
-    conn: Conn, snapshots: dict[str, dict[str, Any]], texts: dict[str, str], as_of: datetime
+    conn: Conn, snapshots: dict[str, dict[str, Any]], texts: dict[str, str], as_of: datetime, versions: dict[str, str]
 ) -> None:
-    """Store market snapshots (as their JSON texts) with the columns listings sort by."""
+    """Store market snapshots (as their JSON texts) with the columns listings sort by, and clear their flag —
+    only where the row is still the version the snapshot was computed from (else a batch changed it since: it
+    stays flagged, for the next round). Rounds take turns, so what is stored is never older than what was."""
     ids = list(snapshots)
     await conn.execute(
         "UPDATE markets m SET snapshot = s.snapshot, snapshot_as_of = %s, volume_24h = s.volume, "
-        "liquidity = s.liquidity FROM unnest(%s::text[], %s::jsonb[], %s::float8[], %s::float8[]) "
-        "AS s(market_id, snapshot, volume, liquidity) WHERE m.market_id = s.market_id",
+        "liquidity = s.liquidity, dirty = m.dirty AND m.xmin::text <> s.version FROM unnest(%s::text[], "
+        "%s::jsonb[], %s::float8[], %s::float8[], %s::text[]) AS s(market_id, snapshot, volume, liquidity, version) "
+        "WHERE m.market_id = s.market_id",
         (
             as_of,
             *_arrays(
@@ -537,6 +559,7 @@ async def save_market_snapshots(
                 [texts[m] for m in ids],
                 [snapshots[m]["volume_24h"] for m in ids],
                 [snapshots[m]["liquidity"] for m in ids],
+                [versions[m] for m in ids],
             ),
         ),
     )
@@ -553,11 +576,18 @@ async def stale_markets(conn: Conn, as_of: datetime, limit: int) -> list[str]:
     return [row["market_id"] for row in await cur.fetchall()]
 
 
-async def user_inputs(
-    conn: Conn, user_ids: list[str]
-) -> tuple[dict[str, UserTotals], dict[str, list[tuple[Position, float]]], dict[str, dict[str, float]]]:
-    """Per user: totals, open positions with their market's YES price, and volume per category."""
-    cur = await conn.execute("SELECT * FROM users WHERE user_id = ANY(%s)", (user_ids,))
+class UserInputs(NamedTuple):
+    totals: dict[str, UserTotals]
+    held: dict[str, list[tuple[Position, float]]]  # open positions with their market's YES price
+    categories: dict[str, dict[str, float]]  # volume per category
+    versions: dict[str, str]  # each user row's `xmin`
+
+
+async def user_inputs(conn: Conn, user_ids: list[str]) -> UserInputs:
+    """Per user: totals, open positions with their market's YES price, volume per category, row version."""
+    cur = await conn.execute("SELECT *, xmin::text AS row_version FROM users WHERE user_id = ANY(%s)", (user_ids,))
+    users = await cur.fetchall()
+    versions = {r["user_id"]: r["row_version"] for r in users}
     totals = {
         r["user_id"]: UserTotals(
             total_trades=r["total_trades"],
@@ -568,7 +598,7 @@ async def user_inputs(
             resolved_positions=r["resolved_positions"],
             winning_positions=r["winning_positions"],
         )  # fmt: skip
-        for r in await cur.fetchall()
+        for r in users
     }
     # Plain tuples: a user's open positions are the most rows a snapshot reads.
     rows = await conn.cursor(row_factory=tuple_row).execute(
@@ -584,16 +614,17 @@ async def user_inputs(
     categories: dict[str, dict[str, float]] = {}
     for r in await cur.fetchall():
         categories.setdefault(r["user_id"], {})[r["category"]] = r["volume"]
-    return totals, held, categories
+    return UserInputs(totals, held, categories, versions)
 
 
-async def save_user_snapshots(conn: Conn, texts: dict[str, str]) -> None:
-    """Store user snapshots, as their JSON texts."""
+async def save_user_snapshots(conn: Conn, texts: dict[str, str], versions: dict[str, str]) -> None:
+    """Store user snapshots, as their JSON texts, and clear their flag where the row is still the version read."""
     ids = list(texts)
     await conn.execute(
-        "UPDATE users u SET snapshot = s.snapshot FROM unnest(%s::text[], %s::jsonb[]) AS s(user_id, snapshot) "
+        "UPDATE users u SET snapshot = s.snapshot, dirty = u.dirty AND u.xmin::text <> s.version "
+        "FROM unnest(%s::text[], %s::jsonb[], %s::text[]) AS s(user_id, snapshot, version) "
         "WHERE u.user_id = s.user_id",
-        _arrays(ids, [texts[u] for u in ids]),
+        _arrays(ids, [texts[u] for u in ids], [versions[u] for u in ids]),
     )
 
 
