@@ -100,6 +100,14 @@ async def test_metrics_follow_events_and_redeliveries_change_nothing(
             {"market_id": market, "current_price": 0.6, "volume_24h": 10.0, "price_change_24h": 50.0}
         ]
 
+        # Where the analytics hop of trade -> WebSocket goes: the market rounds that published these updates
+        # (and the user rounds) are on /metrics.
+        exposed = (await client.get("/metrics")).text
+        assert 'analytics_snapshot_round_seconds_count{kind="markets"}' in exposed
+        published = [line for line in exposed.splitlines() if line.startswith(
+            "analytics_commit_to_market_published_seconds_count")]  # fmt: skip
+        assert published and float(published[0].split()[-1]) >= 1
+
         resolved = MarketResolved(
             occurred_at=now, producer="t", market_id=market, resolution="YES", resolution_price=1.0
         )

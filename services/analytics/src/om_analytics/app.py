@@ -31,7 +31,9 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     redis = create_redis(settings.redis_url)
     runtime.add_resource(db, name="postgres", check=db.ping)
     runtime.add_resource(contextlib.aclosing(redis), name="redis", check=redis.ping)
-    handlers = AnalyticsHandlers(db, runtime.publisher, HotModels(redis, settings.redis_prefix), settings)
+    handlers = AnalyticsHandlers(
+        db, runtime.publisher, HotModels(redis, settings.redis_prefix), settings, registry=runtime.registry
+    )
     runtime.consume_in_transaction(
         db,
         handlers.apply_batch,

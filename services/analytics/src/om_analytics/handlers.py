@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -21,6 +22,7 @@ from typing import Any
 
 import httpx
 from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Histogram
 
 from om_analytics import metrics, store
 from om_analytics.health import UNMEASURED, Scrape, service_health
@@ -73,7 +75,14 @@ def event_time(event: Any) -> datetime:
 
 
 class AnalyticsHandlers:
-    def __init__(self, db: Database, publisher: EventPublisher, hot: HotModels, settings: AnalyticsSettings) -> None:
+    def __init__(
+        self,
+        db: Database,
+        publisher: EventPublisher,
+        hot: HotModels,
+        settings: AnalyticsSettings,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.db = db
         self.publisher = publisher
         self.hot = hot
@@ -87,6 +96,22 @@ class AnalyticsHandlers:
         self._background: set[asyncio.Task[None]] = set()
         self._market_round = asyncio.Lock()  # market snapshot rounds take turns (see snapshot_markets)
         self._after = {"markets": "", "users": ""}  # where the next round's reading of flagged rows starts
+        self._committed_since: float | None = None  # the first batch commit no market round has started after
+        # Where a trade's market update waits (the trade -> WebSocket path's analytics hop): a round's length, and
+        # from a batch's commit to the end of the first market round that started after it.
+        registry = CollectorRegistry() if registry is None else registry  # none given: series of its own
+        buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+        self.round_seconds = Histogram(
+            "analytics_snapshot_round_seconds", "Snapshot rounds' duration", ["kind"], registry=registry,
+            buckets=buckets,
+        )  # fmt: skip
+        self.commit_to_published = Histogram(
+            "analytics_commit_to_market_published_seconds",
+            "From a batch's commit to the end of the market round that published its markets (the oldest batch of "
+            "each round)",
+            registry=registry,
+            buckets=buckets,
+        )
         # The batch spans whose effects the next snapshot rounds publish: a round's span links to them, so a trace
         # walks from a trade to the market update it caused. A batch may commit while a round is running (its
         # markets then go out in the next round), so each is linked by two rounds. Bounded: a backlog links its
@@ -95,6 +120,8 @@ class AnalyticsHandlers:
 
     def after_commit(self) -> None:
         self.last_event_monotonic = time.monotonic()
+        if self._committed_since is None:
+            self._committed_since = self.last_event_monotonic
         self.changed.set()
         self.touched.set()
         if self._calibration_changed:
@@ -277,10 +304,16 @@ class AnalyticsHandlers:
         self._batch_spans.clear()
         self._batch_spans.extend(kept)
         span = _tracer.start_as_current_span("analytics snapshot", links=links) if links else contextlib.nullcontext()
+        started, committed, self._committed_since = time.monotonic(), self._committed_since, None
         with span:
             async with self.db.transaction() as conn:
                 markets = await self._flagged(conn, "markets")
-            return await self.snapshot_markets(markets) if markets else 0
+            done = await self.snapshot_markets(markets) if markets else 0
+        ended = time.monotonic()
+        self.round_seconds.labels("markets").observe(ended - started)
+        if committed is not None:
+            self.commit_to_published.observe(ended - committed)
+        return done
 
     async def _flagged(self, conn: store.Conn, table: str) -> list[str]:
         """Up to `refresh_batch` flagged markets or users, going round them: after the last one read before; after
@@ -293,6 +326,10 @@ class AnalyticsHandlers:
     async def publish_dirty_users(self) -> int:
         """Leader: recompute, publish, cache and store the snapshots of up to `refresh_batch` flagged users (in
         the same three lock-free steps as markets). Returns how many flagged users it read."""
+        with self.round_seconds.labels("users").time():
+            return await self._publish_dirty_users()
+
+    async def _publish_dirty_users(self) -> int:
         async with self.db.transaction() as conn:
             await store.read_consistently(conn)
             as_of = await store.clock(conn)
@@ -418,7 +455,15 @@ class AnalyticsHandlers:
                 while await self.publish_dirty_users() >= s.refresh_batch:
                     continue
             busy = time.monotonic() - started
-            await asyncio.sleep(max(s.user_snapshot_interval_s, busy * (1.0 / s.user_snapshot_share - 1.0)))
+            # The share holds while batches keep coming (a backlog); once the consumer is idle for an interval,
+            # the next round comes at once, so every snapshot is current soon after the stream goes quiet.
+            interval = s.user_snapshot_interval_s
+            await asyncio.sleep(interval)
+            stretch = started + busy / s.user_snapshot_share - time.monotonic()
+            for _ in range(max(0, math.ceil(stretch / interval))):
+                if time.monotonic() - self.last_event_monotonic >= interval:
+                    break
+                await asyncio.sleep(interval)
 
     async def report_health(self) -> None:
         """Loop: every health interval, the leader reads every service's /metrics and publishes the result
