@@ -141,10 +141,14 @@ class AnalyticsHandlers:
         # Pipeline mode: statements whose results are not needed are sent without waiting for each reply, so
         # PostgreSQL applies one while this process prepares the next.
         async with conn.pipeline():
-            fresh, settled_users = await self.record(conn, [e for _, e in events])
+            _, settled_users = await self.record(conn, [e for _, e in events])
             await store.advance_clock(conn, max(event_time(e) for _, e in events), returning=False)
+            # New trades' markets and users were flagged by their upserts (a repeated trade changes nothing): the
+            # other events' markets and the users whose settlements changed are flagged here.
             await store.mark_dirty(
-                conn, list({e.market_id for _, e in events}), list({t.user_id for t in fresh} | settled_users)
+                conn,
+                list({e.market_id for _, e in events if not isinstance(e, TradeExecuted)}),
+                list(settled_users),
             )
 
     async def record(self, conn: store.Conn, events: list[Any]) -> tuple[list[TradeExecuted], set[str]]:
