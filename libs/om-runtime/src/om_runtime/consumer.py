@@ -141,11 +141,17 @@ class GroupConsumer:
         try:
             self.started.set()
             while not self._stopping.is_set():
-                epoch = self._epoch
                 try:
                     batch = await consumer.getmany(
                         timeout_ms=max(self.fetch_max_wait_ms, 100), max_records=self.max_records
                     )
+                    # Read the epoch only now, with no await since getmany returned. aiokafka hands out only records
+                    # that start at each partition's current position, so a rebalance that re-positioned partitions
+                    # while getmany waited (a member joining, the broker restarting) is already reflected in the
+                    # batch, and its records are the new positions' own. Reading the epoch before getmany judged
+                    # those records stale and dropped them after aiokafka had moved past them: they were never
+                    # applied, and nothing fetched them again (issue 9: a broker restart under a running consumer).
+                    epoch = self._epoch
                 except OffsetOutOfRangeError as exc:
                     await self._out_of_range(exc.args[0] if exc.args else {})
                     continue
