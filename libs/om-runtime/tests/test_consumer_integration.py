@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis.exceptions
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from om_cli.embedded import EmbeddedKafka, free_port
 from om_cli.testing import app_client, consume_until, eventually, produce
@@ -297,11 +297,53 @@ async def test_a_service_that_does_not_require_kafka_starts_ready_and_connects_l
         kafka.stop()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known intermittent failure (2 of the last 4 fresh-clone runs; passes alone): after the restart the "
-    "consumer sometimes receives nothing within 60 s; not yet diagnosed (see issue 9's note)",
-)
+async def test_partitions_handed_over_when_a_member_joins_are_read_from_where_the_listener_says(kafka: str) -> None:
+    """A rebalance while the consumer waits in getmany re-positions its partitions, and the same getmany returns the
+    new positions' records: they must be applied, not judged stale (they used to be dropped, and aiokafka had already
+    moved past them, so the partitions the first member kept were never read again)."""
+    trades = [trade(f"t{i}", market=f"m{i}") for i in range(12)]
+    for t in trades:
+        await produce(kafka, TRADES, [encode(t)], key=t.market_id.encode())
+    assert sum(1 for end in (await end_offsets(kafka, TRADES)).values() if end) >= 2  # spread over partitions
+    first: list[Delivery] = []
+    second: list[Delivery] = []
+
+    async def first_process(deliveries: list[Delivery]) -> None:
+        first.extend(deliveries)
+
+    async def second_process(deliveries: list[Delivery]) -> None:
+        second.extend(deliveries)
+
+    # Both listeners resume every partition from its beginning, so each member must read again all it is handed.
+    one, two = Checkpoints({}), Checkpoints({})
+    runtime_one, runtime_two = ServiceRuntime(settings(kafka)), ServiceRuntime(settings(kafka))
+    runtime_one.consume_stateful(first_process, topics=(MARKET_TRADES,), listener=one)
+    runtime_two.consume_stateful(second_process, topics=(MARKET_TRADES,), listener=two)
+    everything = sorted(t.trade_id for t in trades)
+    async with runtime_one.running():
+
+        async def all_read_once() -> None:
+            assert sorted(d.event.trade_id for d in first) == everything
+
+        await eventually(all_read_once)
+        before = len(first)
+        partition_of = {d.event.trade_id: d.partition for d in first}
+        async with runtime_two.running():
+
+            async def handed_over() -> None:
+                assert len(one.assigned) >= 2 and two.assigned
+                kept, taken = set(one.assigned[-1]), set(two.assigned[-1])
+                assert kept and taken and kept | taken == {(TRADES, p) for p in range(MARKET_TRADES.partitions)}
+                assert {d.event.trade_id for d in first[before:]} >= {
+                    t for t, p in partition_of.items() if (TRADES, p) in kept
+                }
+                assert {d.event.trade_id for d in second} == {
+                    t for t, p in partition_of.items() if (TRADES, p) in taken
+                }
+
+            await eventually(handed_over, timeout_s=60)
+
+
 async def test_a_broker_that_restarts_empty_under_a_running_consumer_is_read_again_from_its_start(
     tmp_path: Path,
 ) -> None:
@@ -338,6 +380,79 @@ async def test_a_broker_that_restarts_empty_under_a_running_consumer_is_read_aga
                 assert received[6:] == ["new0", "new1", "new2"]
 
             await eventually(new_received, timeout_s=60)
-        assert [(stored, end) for _, stored, end in listener.regressions] == [(6, 0)]
+        # The consumer may notice before or after the new events land (and the group may rejoin at the old
+        # checkpoint after noticing, which is noticed again): each time, the old position is beyond the new end.
+        assert listener.regressions
+        assert all(stored == 6 and end < 6 for _, stored, end in listener.regressions)
     finally:
         kafka.stop()
+
+
+async def test_a_broker_that_restarts_empty_and_refills_past_a_running_consumers_position_is_read_from_its_start(
+    tmp_path: Path,
+) -> None:
+    """A log that refills beyond the consumer's position before its next fetch shows nothing odd in the high
+    watermark: the consumer would resume mid-log and skip the new log's first events. The broker forgetting the
+    offsets this process had it commit is what tells. The consumer is held inside a batch (its `process` waits)
+    while the broker restarts and refills, so it cannot fetch the empty log in between."""
+    kafka = EmbeddedKafka("kafka", free_port(), tmp_path / "kafka")
+    kafka.start()
+    try:
+        await ensure_topics(kafka.url, [MARKET_TRADES])
+        await produce(kafka.url, TRADES, [encode(trade(f"old{i}")) for i in range(3)], key=b"m1")
+        [partition] = [p for p, end in (await end_offsets(kafka.url, TRADES)).items() if end == 3]
+        listener = Checkpoints({})
+        received: list[str] = []
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def process(deliveries: list[Delivery]) -> None:
+            if any(d.event.trade_id == "gate" for d in deliveries):
+                held.set()
+                await release.wait()
+            received.extend(d.event.trade_id for d in deliveries)
+            for d in deliveries:
+                listener.resume[(d.topic.name, d.partition)] = d.offset + 1
+
+        runtime = ServiceRuntime(settings(kafka.url))
+        runtime.consume_stateful(process, topics=(MARKET_TRADES,), listener=listener)
+        async with runtime.running():
+
+            async def old_received_and_committed() -> None:
+                assert received == ["old0", "old1", "old2"]
+                # Kafka's copy of the offsets (committed in the background, for lag reports) is in place.
+                probe = AIOKafkaConsumer(bootstrap_servers=kafka.url, group_id="svc", enable_auto_commit=False)
+                await probe.start()
+                try:
+                    assert await probe.committed(TopicPartition(TRADES, partition)) == 3
+                finally:
+                    await probe.stop()
+
+            await eventually(old_received_and_committed)
+            await produce_to(kafka.url, partition, [encode(trade("gate"))])
+            await asyncio.wait_for(held.wait(), timeout=30)
+            kafka.stop()
+            kafka.start()  # empty, and refilled at once beyond the consumer's position (4, after the gate)
+            await ensure_topics(kafka.url, [MARKET_TRADES])
+            new = [f"new{i}" for i in range(8)]
+            await produce_to(kafka.url, partition, [encode(trade(t)) for t in new])
+            release.set()
+
+            async def all_new_received() -> None:
+                assert set(received[4:]) == set(new)  # (some twice: the service's event-id dedupe handles that)
+
+            await eventually(all_new_received, timeout_s=60)
+        assert listener.regressions and all(stored == 4 for _, stored, _ in listener.regressions)
+    finally:
+        kafka.stop()
+
+
+async def produce_to(bootstrap: str, partition: int, values: list[bytes]) -> None:
+    """Publish to one partition of the trades topic, whatever its partition count (a broker restarted empty may
+    have re-created it with its own default count)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(TRADES, value, key=b"m1", partition=partition)
+    finally:
+        await producer.stop()

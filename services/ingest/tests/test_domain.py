@@ -287,9 +287,9 @@ def test_lifecycle_change_cannot_predate_the_market() -> None:
     assert info.value.field == "occurred_at" and "before it was created" in info.value.message
 
 
-def test_a_trade_event_built_without_validation_equals_a_validated_one() -> None:
-    from om_contracts import TradeExecuted
-    from om_ingest.commands import _trade_event
+def test_a_trade_event_encoded_without_the_model_is_the_contracts_own_encoding() -> None:
+    from om_contracts import TradeExecuted, encode
+    from om_ingest.commands import _trade_event_json
 
     trade = {
         "trade_id": "t-1",
@@ -297,14 +297,19 @@ def test_a_trade_event_built_without_validation_equals_a_validated_one() -> None
         "user_id": "u",
         "outcome": "YES",
         "side": "BUY",
-        "amount": 5.0,
+        "amount": 5.1 / 3,
         "shares": 10.0,
         "price_before": 0.4,
         "price_after": 0.5,
         "executed_at": T0.astimezone(timezone(timedelta(hours=2))),
         "amount_estimated": True,
     }
-    built = _trade_event(trade)
-    validated = TradeExecuted.model_validate_json(built.model_dump_json())
-    assert validated == built
-    assert built.model_dump_json().count("Z") >= 2  # occurred_at and produced_at in UTC, as the contract writes them
+    produced_at = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    built = _trade_event_json(trade, produced_at)
+    validated = TradeExecuted.model_validate_json(built)  # a valid contract event ...
+    assert encode(validated) == built  # ... byte for byte as the contract encodes it
+    fields = {k: v for k, v in trade.items() if k != "executed_at"}
+    assert validated.model_dump(include=set(fields)) == fields
+    assert validated.occurred_at == T0 and validated.occurred_at.tzinfo == UTC
+    assert (validated.produced_at, validated.producer) == (produced_at, "ingest")
+    assert built.count(b"Z") >= 2  # occurred_at and produced_at in UTC, as the contract writes them

@@ -129,6 +129,8 @@ class GroupConsumer:
         #: The next offset each assigned partition should deliver (set on seek, advanced per batch).
         self._expected: dict[TopicPartition, int] = {}
         self._committing: asyncio.Task[None] | None = None
+        #: Partitions whose offsets Kafka confirmed committing for this group, in this process's lifetime.
+        self._kafka_committed: set[TopicPartition] = set()
         self.started = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -141,11 +143,17 @@ class GroupConsumer:
         try:
             self.started.set()
             while not self._stopping.is_set():
-                epoch = self._epoch
                 try:
                     batch = await consumer.getmany(
                         timeout_ms=max(self.fetch_max_wait_ms, 100), max_records=self.max_records
                     )
+                    # Read the epoch only now, with no await since getmany returned. aiokafka hands out only records
+                    # that start at each partition's current position, so a rebalance that re-positioned partitions
+                    # while getmany waited (a member joining, the broker restarting) is already reflected in the
+                    # batch, and its records are the new positions' own. Reading the epoch before getmany judged
+                    # those records stale and dropped them after aiokafka had moved past them: they were never
+                    # applied, and nothing fetched them again (issue 9: a broker restart under a running consumer).
+                    epoch = self._epoch
                 except OffsetOutOfRangeError as exc:
                     await self._out_of_range(exc.args[0] if exc.args else {})
                     continue
@@ -211,6 +219,7 @@ class GroupConsumer:
             try:
                 stored = dict(await self.listener.on_assigned(parts)) if parts else {}
                 starts = await consumer.beginning_offsets(tps) if tps else {}
+                forgot = await self._broker_forgot(consumer, tps)
                 break
             except Exception as exc:
                 delay = backoff.next_delay()
@@ -229,6 +238,20 @@ class GroupConsumer:
             # and read whole partitions again.
             # Explicit offsets only: awaiting seek_to_beginning() here can wait on the fetcher, which waits on us.
             position = next_offset if next_offset is not None else starts[tp]
+            if tp in forgot and next_offset is not None and next_offset > starts[tp]:
+                log.error(
+                    "%s: the broker no longer has the offsets this process committed on %s-%d (it restarted "
+                    "empty); its log may have refilled past the stored position %d, so it is read again from "
+                    "the beginning (already-applied events are skipped by event id)",
+                    self.group,
+                    tp.topic,
+                    tp.partition,
+                    next_offset,
+                )
+                # (The log's true end is unknown here; its beginning is what the listener is told.)
+                await self._regressed(tp, next_offset, starts[tp], explained=True)
+                position = starts[tp]
+                self._kafka_committed.discard(tp)  # noticed once per loss; the next commit re-arms it
             consumer.seek(tp, position)
             self._expected[tp] = position
         log.info("%s assigned %s", self.group, sorted(parts))
@@ -244,16 +267,17 @@ class GroupConsumer:
                 except Exception:
                     log.exception("%s: on_revoked failed for %s", self.group, parts)
 
-    async def _regressed(self, tp: TopicPartition, stored: int, log_end: int) -> None:
-        log.error(
-            "%s: offset regression on %s-%d: stored next offset %d is beyond the log end %d (the broker lost its "
-            "log); reading it again from the beginning, already-applied events are skipped by event id",
-            self.group,
-            tp.topic,
-            tp.partition,
-            stored,
-            log_end,
-        )
+    async def _regressed(self, tp: TopicPartition, stored: int, log_end: int, *, explained: bool = False) -> None:
+        if not explained:
+            log.error(
+                "%s: offset regression on %s-%d: stored next offset %d is beyond the log end %d (the broker lost "
+                "its log); reading it again from the beginning, already-applied events are skipped by event id",
+                self.group,
+                tp.topic,
+                tp.partition,
+                stored,
+                log_end,
+            )
         self.metrics.regressions.labels(self.group, tp.topic).inc()
         if hook := getattr(self.listener, "on_offset_regression", None):
             try:
@@ -292,6 +316,22 @@ class GroupConsumer:
                 )
             await consumer.seek_to_beginning(tp)
             self._expected.pop(tp, None)  # known again after the next batch
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int]) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5.0):
+                await consumer.commit(dict(offsets))
+                self._kafka_committed.update(offsets)
+
+    async def _broker_forgot(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> set[TopicPartition]:
+        """The partitions this process had Kafka commit offsets for and that Kafka now has none for: the broker
+        lost its state (the embedded one keeps everything in memory; a restart empties it). Its log may have
+        refilled past our position before we fetch again, which the high watermark cannot show."""
+        forgot = set()
+        for tp in tps:
+            if tp in self._kafka_committed and await consumer.committed(tp) is None:
+                forgot.add(tp)
+        return forgot
 
     def _consumer_or_raise(self) -> AIOKafkaConsumer:
         if self._consumer is None:
@@ -332,7 +372,7 @@ class GroupConsumer:
         assigned = consumer.assignment()
         committed = {tp: o for (t, p), o in batch_end.items() if (tp := TopicPartition(t, p)) in assigned}
         if committed and (self._committing is None or self._committing.done()):
-            self._committing = asyncio.create_task(_commit(consumer, committed))
+            self._committing = asyncio.create_task(self._commit(consumer, committed))
 
     async def _decode(self, records: list[Any]) -> list[Delivery]:
         """Decode each record once; dead-letter those that are not valid events (poison by definition)."""
@@ -464,12 +504,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka s
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         await self.owner.assigned(list(assigned))
-
-
-async def _commit(consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int]) -> None:
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(5.0):
-            await consumer.commit(dict(offsets))
 
 
 def _delivery(topic: Topic, record: Any) -> Delivery:

@@ -28,10 +28,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry import propagate, trace
 
 from om_runtime.db import Database
@@ -218,9 +219,9 @@ async def publish_pending(
 
 
 async def _send(publisher: EventPublisher, rows: list[dict[str, Any]], headers: dict[str, dict[str, str]]) -> list[Any]:
-    """Send the rows in order and wait until Kafka confirmed all of them; return the confirmations (aiokafka's
-    RecordMetadata: topic, partition, offset) when sent through aiokafka. Each message carries `content-type`,
-    `event_type` and the trace context of the request that wrote it.
+    """Send the rows in order and wait until Kafka confirmed all of them; return the confirmations (topic,
+    partition and offset of each batch's first and last event) when sent through aiokafka. Each message carries
+    `content-type`, `event_type` and the trace context of the request that wrote it.
 
     The hot path hands the messages straight to aiokafka's producer under FastStream: FastStream's publish path
     (a middleware chain and a span per message) cost about 1 ms per event here, aiokafka's `send` a few µs."""
@@ -234,13 +235,54 @@ async def _send(publisher: EventPublisher, rows: list[dict[str, Any]], headers: 
         text: [("content-type", b"application/json"), *((k, v.encode()) for k, v in h.items())]
         for text, h in headers.items()
     }
-    sent = []
+    # Batches built here, one open per partition, handed to aiokafka whole: `send` per message (its checks, a
+    # partitioner call, a future per message) cost about 2.5x the CPU per event. Messages keep their order: rows
+    # are appended in id order, a partition's batches are sent in the order they filled, and aiokafka keeps one
+    # request in flight per broker. Keys go through Kafka's default partitioner, as `send` does with no partition.
+    partitions: dict[str, list[int]] = {}
+    open_batches: dict[tuple[str, int], tuple[Any, int]] = {}  # (topic, partition) -> (batch, rows in it)
+    sent: list[tuple[str, int, int, asyncio.Future[Any]]] = []  # (topic, partition, rows, confirmation)
+
+    async def flush(topic: str, partition: int) -> None:
+        batch, count = open_batches.pop((topic, partition))
+        batch.close()
+        sent.append((topic, partition, count, await producer.send_batch(batch, topic, partition=partition)))
+
     for row in rows:
-        message = bytes(row["payload"])
-        sent.append(
-            await producer.send(row["topic"], message, key=row["key"].encode(), headers=encoded[row["headers"]])
-        )
-    return list(await asyncio.gather(*sent))
+        topic, key, value, meta = row["topic"], row["key"].encode(), bytes(row["payload"]), encoded[row["headers"]]
+        if (known := partitions.get(topic)) is None:
+            known = partitions[topic] = sorted(await producer.partitions_for(topic))
+        partition = _PARTITIONER(key, known, known)
+        if (current := open_batches.get((topic, partition))) is not None:
+            batch, count = current
+            if batch.append(key=key, value=value, timestamp=None, headers=meta) is not None:
+                open_batches[(topic, partition)] = (batch, count + 1)
+                continue
+            await flush(topic, partition)  # full: send it, start the next one
+        batch = producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None, headers=meta) is None:
+            # Larger than a batch: aiokafka's `send` sizes a batch to fit it (queued behind this partition's).
+            confirmation = await producer.send(topic, value, key=key, partition=partition, headers=meta)
+            sent.append((topic, partition, 1, confirmation))
+            continue
+        open_batches[(topic, partition)] = (batch, 1)
+    for topic, partition in list(open_batches):
+        await flush(topic, partition)
+    confirmations: list[Any] = []
+    for (topic, partition, count, _), meta in zip(sent, await asyncio.gather(*(f for *_, f in sent)), strict=True):
+        # The batch's first and last offsets: all PublishedOffsets needs to tell whether the log went back.
+        confirmations.append(_Confirmed(topic, partition, meta.offset))
+        confirmations.append(_Confirmed(topic, partition, meta.offset + count - 1))
+    return confirmations
+
+
+class _Confirmed(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+
+
+_PARTITIONER = DefaultPartitioner()
 
 
 async def republish_window(db: Database, retention: timedelta) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
+from itertools import groupby
 from typing import Any
 
 from opentelemetry import propagate
@@ -206,20 +207,24 @@ async def enqueue(conn: Conn, topic: Topic, *events: Envelope) -> None:
 
     Each row's `slot` (0..63) is a hash of its Kafka key: a market's events share a slot, which one relay
     publishes at a time, in id order (see outbox.py)."""
+    for event_type, run in groupby(events, key=lambda e: e.event_type):  # consecutive runs: the order is kept
+        rows = [(key_of(topic, e).decode(), encode(e)) for e in run]
+        await enqueue_encoded(conn, topic, event_type, rows, notify=False)
+    await conn.execute("SELECT pg_notify('ingest_outbox', '')")
+
+
+async def enqueue_encoded(
+    conn: Conn, topic: Topic, event_type: str, rows: list[tuple[str, bytes]], *, notify: bool = True
+) -> None:
+    """`enqueue` for events already encoded, all of one type: (Kafka key, payload) per event, in order."""
     trace: dict[str, str] = {}
     propagate.inject(trace)
-    headers: dict[str, str] = {}  # per event type; the trace context is the same for all
-    keys, payloads, row_headers = [], [], []
-    for e in events:
-        keys.append(key_of(topic, e).decode())
-        payloads.append(encode(e))
-        if e.event_type not in headers:
-            headers[e.event_type] = json.dumps({**trace, "event_type": e.event_type})
-        row_headers.append(headers[e.event_type])
+    headers = json.dumps({**trace, "event_type": event_type})  # the same for every row: sent once, not per row
     await conn.execute(
         "INSERT INTO outbox (topic, key, slot, payload, headers) "
-        "SELECT %s, key, hashtext(key) & 63, payload, headers "
-        "FROM unnest(%b::text[], %b::bytea[], %b::jsonb[]) AS e(key, payload, headers)",
-        (topic.name, keys, payloads, row_headers),
+        "SELECT %s, key, hashtext(key) & 63, payload, %s::jsonb "
+        "FROM unnest(%b::text[], %b::bytea[]) AS e(key, payload)",
+        (topic.name, headers, [key for key, _ in rows], [payload for _, payload in rows]),
     )
-    await conn.execute("SELECT pg_notify('ingest_outbox', '')")
+    if notify:
+        await conn.execute("SELECT pg_notify('ingest_outbox', '')")
