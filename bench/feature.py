@@ -89,8 +89,9 @@ async def _ready(port: str) -> bool:
         return False
 
 
-def state_bytes_per_market(markets: int, trades_per_market: int = 10) -> float:
-    """Heap bytes the engine holds per market after `trades_per_market` trades each (tracemalloc)."""
+def state_bytes_per_market(markets: int, trades_per_market: int = 10) -> tuple[float, float]:
+    """Heap bytes the engine holds per market after `trades_per_market` trades each, and per applied event id
+    (the partitions' dedupe window, bounded by time, not by markets), by tracemalloc."""
     spec = StreamSpec(markets=markets, trades=markets * trades_per_market, users=20_000, spacing_ms=10_000 / markets)
     messages = [(decode(topic(t), v), 0, None) for t, _, v in synthetic.stream(spec)]
     gc.collect()
@@ -102,9 +103,13 @@ def state_bytes_per_market(markets: int, trades_per_market: int = 10) -> float:
     del messages
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - before
+    ids = sum(len(a.seen) for a in engine.applied.values())
+    engine.applied.clear()
+    gc.collect()
+    markets_only = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert len(engine.markets) == markets
-    return held / markets
+    return markets_only / markets, (held - markets_only) / max(ids, 1)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -180,11 +185,13 @@ async def main(args: argparse.Namespace) -> None:
     )
     print(f"vectors published:                     {count:,}")
     print(f"feature peak RSS:                      {rss:,.0f} MiB")
+    per_id = 0.0
     for markets in args.state_markets:
-        print(
-            f"state bytes per market at {markets:>7,} markets (10 trades each): {state_bytes_per_market(markets):,.0f}"
-        )
-    print(f"state bytes per market at   1,000 markets (200 trades each): {state_bytes_per_market(1_000, 200):,.0f}")
+        per_market, per_id = state_bytes_per_market(markets)
+        print(f"state bytes per market at {markets:>7,} markets (10 trades each): {per_market:,.0f}")
+    per_market, _ = state_bytes_per_market(1_000, 200)
+    print(f"state bytes per market at   1,000 markets (200 trades each): {per_market:,.0f}")
+    print(f"dedupe window: {per_id:,.0f} bytes per applied event id (kept FEATURE_DEDUPE_WINDOW_S after a checkpoint)")
     print("(a shared 2-core machine: compare runs made back to back)")
 
 

@@ -388,11 +388,47 @@ def test_a_repeated_event_changes_nothing() -> None:
     assert engine.markets["m"].trade_count == 1 and out.duplicates == 1
 
 
-def test_after_an_offset_regression_old_replayed_events_are_skipped() -> None:
+def test_events_got_again_are_deduped_by_id_only_however_old() -> None:
+    """After the broker lost its log, events come again: one applied before changes nothing, even far older than
+    the grace period; one never applied is applied, even far too late (totals only, as any late event)."""
     engine, _ = run([created(), trade(0), trade(1000)])
-    engine.suspect_partitions.add(0)
-    _, out = run([trade(0, user="again"), trade(1001, user="new")], engine)
-    assert engine.markets["m"].trade_count == 3 and out.duplicates == 1
+    old, never_applied = trade(0, user="again"), trade(10, user="new")
+    _, _ = run([old], engine)
+    before = engine.markets["m"].semantic()
+    _, out = run([old, trade(1000, event_id=old.event_id)], engine)  # the same ids again
+    assert out.duplicates == 2 and engine.markets["m"].semantic() == before
+    _, out = run([never_applied], engine)  # 990 s late, grace 300 s: applied to totals
+    s = engine.markets["m"]
+    assert out.duplicates == 0 and s.trade_count == 4 and s.participants.count() == 3
+
+
+def test_an_event_again_on_another_partition_is_still_a_duplicate() -> None:
+    """A topic re-created with another partition count (a broker that lost it) moves a market's events to another
+    partition number: the ids follow the market's state, not the partition an event arrives on."""
+    t = trade(1)
+    engine, _ = run([created(), t])
+    out = engine.process([(t, 3, t)])
+    assert out.duplicates == 1 and engine.markets["m"].trade_count == 1
+
+
+def test_applied_ids_are_forgotten_after_the_dedupe_window_from_their_checkpoint() -> None:
+    engine = Engine(EngineConfig(dedupe_window_s=60))
+    t1, t2 = trade(1), trade(2)
+    run([created(), t1], engine)
+    assert engine.fresh_applied() == {0: [t1.event_id.int >> 64]}
+    engine.seal_applied(now=1_000.0)  # t1 saved by a checkpoint at 1,000 s
+    assert engine.fresh_applied() == {}
+    run([t2], engine)
+    engine.seal_applied(now=1_050.0)
+    _, out = run([t1, t2], engine)
+    assert out.duplicates == 2
+    engine.seal_applied(now=1_061.0)  # t1's checkpoint left the window; t2's did not
+    _, out = run([t1, t2], engine)
+    assert out.duplicates == 1 and engine.markets["m"].trade_count == 3
+    restored = Engine(EngineConfig(dedupe_window_s=60))  # another process loads the saved chunks
+    restored.adopt_applied(0, [(1_050.0, [t2.event_id.int >> 64])])
+    run([created(), t2], restored)
+    assert restored.markets["m"].trade_count == 0
 
 
 def test_market_state_survives_pickling() -> None:

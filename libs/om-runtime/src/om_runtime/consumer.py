@@ -290,14 +290,12 @@ class GroupConsumer:
         then answers fetches with nothing (no out-of-range error), and would skip the new log's first events.
         (The fetch's high watermark, not ListOffsets: the embedded broker answers that with its last batch's first
         offset + 1.)"""
-        for tp, expected in list(self._expected.items()):
-            high = consumer.highwater(tp)
-            if high is not None and expected > high:
-                await self._regressed(tp, expected, high)
-                start = (await consumer.beginning_offsets([tp]))[tp]
-                consumer.seek(tp, start)
-                self._expected[tp] = start
-                self._epoch += 1  # batches fetched before are stale
+        for tp, expected, high in log_end_regressions(consumer, self._expected):
+            await self._regressed(tp, expected, high)
+            start = (await consumer.beginning_offsets([tp]))[tp]
+            consumer.seek(tp, start)
+            self._expected[tp] = start
+            self._epoch += 1  # batches fetched before are stale
 
     async def _out_of_range(self, positions: Mapping[TopicPartition, int]) -> None:
         consumer = self._consumer_or_raise()
@@ -517,6 +515,21 @@ def _delivery(topic: Topic, record: Any) -> Delivery:
         else datetime.now(UTC),
         record=record,
     )
+
+
+def log_end_regressions(
+    consumer: AIOKafkaConsumer, expected: Mapping[TopicPartition, int]
+) -> list[tuple[TopicPartition, int, int]]:
+    """The partitions whose expected next offset is beyond the log end the last fetch reported (its high
+    watermark), as (partition, expected, log end): the broker lost its log. The embedded broker answers a fetch
+    beyond its new, shorter log with nothing rather than an out-of-range error, and ListOffsets cannot tell (it
+    answers with the last batch's first offset + 1). Public for consumers with their own loop (feature's)."""
+    found = []
+    for tp, position in list(expected.items()):
+        high = consumer.highwater(tp)
+        if high is not None and position > high:
+            found.append((tp, position, high))
+    return found
 
 
 def trace_links(records: list[Any], limit: int = MAX_LINKS) -> list[Link]:

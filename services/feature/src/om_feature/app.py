@@ -30,6 +30,7 @@ def engine_config(settings: FeatureSettings) -> EngineConfig:
         snapshot_every_s=settings.snapshot_every_s,
         max_held_per_market=settings.max_held_per_market,
         max_held_total=settings.max_held_total,
+        dedupe_window_s=settings.dedupe_window_s,
     )
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ from om_feature.features import (
     apply_status,
     apply_trade,
     compute,
+    id_key,
 )
 
 VECTOR_NAMESPACE = uuid.UUID("9a3c1f7e-5b2d-4e8a-b1c4-7d6e2f0a8c35")
@@ -56,6 +58,9 @@ class EngineConfig:
     snapshot_every_s: float = 900.0  # a point-in-time snapshot per market per this much event time, and at close
     max_held_per_market: int = 1_000  # events for a market whose creation has not arrived yet
     max_held_total: int = 100_000
+    #: how long (wall-clock, from when a checkpoint saved them) a partition remembers the ids of events it applied:
+    #: at least ingest's outbox retention (events a broker that lost its log gets again are at most that old)
+    dedupe_window_s: float = 600.0
 
 
 @dataclass(slots=True)  # not frozen: built once per published vector, and frozen __init__ costs
@@ -81,6 +86,33 @@ class Outcome:
     final_price: float
 
 
+class AppliedIds:
+    """The ids (64-bit keys, `features.id_key`) of the events one partition applied within the dedupe window.
+
+    `fresh` holds those applied since the last checkpoint; a checkpoint saves them and seals them as one chunk
+    stamped with its time (`sealed`, oldest first), and chunks older than the window are forgotten. Bounded by the
+    window's events, not by the markets' histories; an id is in at most one chunk."""
+
+    __slots__ = ("seen", "fresh", "sealed")
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.fresh: list[int] = []
+        self.sealed: deque[tuple[float, list[int]]] = deque()
+
+    def add_sealed(self, saved_at: float, keys: list[int]) -> None:
+        self.seen.update(keys)
+        self.sealed.append((saved_at, keys))
+
+    def seal(self, now: float, window_s: float) -> None:
+        if self.fresh:
+            self.sealed.append((now, self.fresh))
+            self.fresh = []
+        sealed, seen = self.sealed, self.seen
+        while sealed and sealed[0][0] < now - window_s:
+            seen.difference_update(sealed.popleft()[1])
+
+
 @dataclass
 class Output:
     vectors: list[Vector] = field(default_factory=list)
@@ -101,8 +133,8 @@ class Engine:
         #: markets with changes not yet in a published vector (insertion order: deterministic output order)
         self.unpublished: dict[str, MarketState] = {}
         self.clocks: dict[int, float] = {}  # newest event time seen per partition: closes coalescing buckets
-        #: partitions whose offsets regressed: events older than the grace period are taken as already applied
-        self.suspect_partitions: set[int] = set()
+        #: per partition, the ids of the trades and signals it applied within the dedupe window
+        self.applied: dict[int, AppliedIds] = {}
 
     # --- state handover -------------------------------------------------------------------------------
 
@@ -120,6 +152,28 @@ class Engine:
             self.unpublished.pop(market_id, None)
         for p in partitions:
             self.clocks.pop(p, None)
+            self.applied.pop(p, None)
+
+    def adopt_applied(self, partition: int, chunks: Iterable[tuple[float, list[int]]]) -> None:
+        """Event ids a checkpoint saved for `partition`: (when saved, keys), oldest first."""
+        ids = self._applied(partition)
+        for saved_at, keys in chunks:
+            ids.add_sealed(saved_at, keys)
+
+    def fresh_applied(self) -> Mapping[int, list[int]]:
+        """Per partition, the ids applied since the last `seal_applied` (what a checkpoint saves)."""
+        return {p: ids.fresh for p, ids in self.applied.items() if ids.fresh}
+
+    def seal_applied(self, now: float) -> None:
+        """The fresh ids were saved at `now`; forget those saved before the dedupe window."""
+        for ids in self.applied.values():
+            ids.seal(now, self.config.dedupe_window_s)
+
+    def _applied(self, partition: int) -> AppliedIds:
+        ids = self.applied.get(partition)
+        if ids is None:
+            ids = self.applied[partition] = AppliedIds()
+        return ids
 
     def add_resolution(self, outcome: Outcome) -> None:
         """A resolution, from this process or (via the outcomes table) from another one."""
@@ -202,16 +256,24 @@ class Engine:
                     out.rejected.append((held_ref, f"{type(held_event).__name__} {held_event.event_id}: {exc}"))
             return
         if isinstance(event, TradeExecuted | SignalObserved):
-            at = event.occurred_at.timestamp()
-            if partition in self.suspect_partitions and at < s.watermark - self.config.features.grace_s:
-                out.duplicates += 1  # replayed after the broker lost its log: older than grace = applied before
+            # Dedupe by event id only, however old the event: one applied before (a redelivery, or a replay after
+            # the broker lost its log) changes nothing; one never applied is applied, late or not.
+            event_id = event.event_id
+            key = event_id.int >> 64 if isinstance(event_id, uuid.UUID) else id_key(str(event_id))
+            # The ids live with the partition the market's state lives in (where it was first seen), so whichever
+            # process owns the state owns them; a topic re-created with other partitions (a broker that lost it
+            # too) does not split them.
+            ids = self.applied.get(s.partition) or self._applied(s.partition)
+            if key in ids.seen:
+                out.duplicates += 1
                 return
+            at = event.occurred_at.timestamp()
             self._coalesce(s, at, out)
             if isinstance(event, TradeExecuted):
-                applied = apply_trade(
+                apply_trade(
                     s,
                     self.config.features,
-                    event_id=str(event.event_id),
+                    event_id=str(event_id),
                     at=at,
                     user_id=event.user_id,
                     amount=event.amount,
@@ -220,12 +282,9 @@ class Engine:
                 )
             else:
                 score = event.sentiment if event.sentiment is not None else sentiment.score(event.text)
-                applied = apply_signal(
-                    s, self.config.features, event_id=str(event.event_id), at=at, kind=event.kind, sentiment=score
-                )
-            if not applied:
-                out.duplicates += 1
-                return
+                apply_signal(s, self.config.features, event_id=str(event_id), at=at, kind=event.kind, sentiment=score)
+            ids.seen.add(key)
+            ids.fresh.append(key)
             if s.status == "open":
                 s.pending = True
             return

@@ -145,8 +145,6 @@ class MarketState:
         "volume_buckets",
         "social",
         "news",
-        "recent_ids",
-        "ids_limit",
         "trend_key",
         "trend_recent",
         "trend_baseline",
@@ -182,10 +180,6 @@ class MarketState:
         self.volume_buckets: dict[int, int] = {}  # bucket index -> volume in millionths
         self.social: dict[int, list[int]] = {}  # bucket index -> [sum in billionths, count]
         self.news: dict[int, list[int]] = {}
-        #: 64 bits of the ids of events within the grace period -> event time, for dedupe (compact: it is
-        #: pickled into every checkpoint)
-        self.recent_ids: dict[int, float] = {}
-        self.ids_limit = 64  # prune recent_ids when it grows past this (amortised O(1) per event)
         # volume_trend's sums for one "now" bucket, kept up to date as trades arrive (None: recompute)
         self.trend_key: int | None = None
         self.trend_recent = 0
@@ -229,43 +223,26 @@ class MarketState:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
-            setattr(self, name, value)
+            if name in _SLOTS:  # (checkpoints from before the dedupe ids moved to the engine carry them too)
+                setattr(self, name, value)
 
     @property
     def price(self) -> float:
         return self.current_price if self.current_price is not None else self.initial_price
 
 
-MAX_RECENT_IDS = 1_024  # per market; a market busier than this within the grace period dedupes the newest ids
+_SLOTS = frozenset(MarketState.__slots__)
 
 
-def _id_key(event_id: str) -> int:
-    """A compact int for an event id: 60 random bits of a uuid4 (48+ of other uuids); ids that are not uuids (as
-    offline history's record ids are) hash to 64 bits instead."""
+def id_key(event_id: str) -> int:
+    """A compact int for an event id: the first 64 bits of a UUID (60 random bits of a uuid4; the same as
+    `uuid.UUID(event_id).int >> 64`); ids that are not UUIDs (as offline history's record ids are) hash to 64 bits."""
     if len(event_id) == 36 and event_id[8] == "-" and event_id[13] == "-":
         try:
             return int(event_id[:8] + event_id[9:13] + event_id[14:18], 16)
         except ValueError:
             pass
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
-
-
-def _seen(s: MarketState, event_id: str, at: float, config: FeatureConfig) -> bool:
-    """True if this event was already applied (a redelivery within the grace period); else remember it."""
-    ids = s.recent_ids
-    key = _id_key(event_id)
-    if key in ids:
-        return True
-    ids[key] = at
-    if len(ids) > s.ids_limit:  # forget ids that fell out of the grace period, then the oldest beyond the cap
-        horizon = max(s.watermark, at) - config.grace_s
-        for old in [k for k, t in ids.items() if t < horizon]:
-            del ids[old]
-        if len(ids) > MAX_RECENT_IDS:
-            for old in list(ids)[: len(ids) - MAX_RECENT_IDS // 2]:
-                del ids[old]
-        s.ids_limit = max(64, 2 * len(ids))
-    return False
 
 
 def apply_trade(
@@ -278,16 +255,15 @@ def apply_trade(
     amount: float,
     price_before: float,
     price_after: float,
-) -> bool:
-    """Fold a trade into the state; False if it was a duplicate. Raises BadEvent for numbers that cannot be."""
+) -> None:
+    """Fold a trade into the state (deduping is the caller's: the engine's event ids). Raises BadEvent for numbers
+    that cannot be."""
     if not (0.0 < amount <= MAX_AMOUNT) or not math.isfinite(amount):
         raise BadEvent(f"amount {amount!r} is not a finite positive number up to {MAX_AMOUNT:g}")
     if not (0.0 <= price_before <= 1.0 and 0.0 <= price_after <= 1.0):
         raise BadEvent("prices must be finite probabilities in [0, 1]")
     if not math.isfinite(at):
         raise BadEvent("occurred_at is not a finite time")
-    if _seen(s, event_id, at, config):
-        return False
     in_grace = at >= s.watermark - config.grace_s
     if at < s.first_at:
         s.first_at = at
@@ -299,7 +275,7 @@ def apply_trade(
     s.participants.add(user_hash(user_id), config.exact_participants)
     s.last_event_id = event_id
     if not in_grace:
-        return True  # far too late for any window: totals only (docs/features.md)
+        return  # far too late for any window: totals only (docs/features.md)
     key = (at, event_id)
     if s.last_key is None or key > s.last_key:
         s.last_key = key
@@ -329,18 +305,15 @@ def apply_trade(
     if len(buckets) > 1 and min(buckets) < horizon:
         for old in [b for b in buckets if b < horizon]:
             del buckets[old]
-    return True
 
 
 def apply_signal(
     s: MarketState, config: FeatureConfig, *, event_id: str, at: float, kind: str, sentiment: float
-) -> bool:
+) -> None:
     if not (-1.0 <= sentiment <= 1.0):
         raise BadEvent(f"sentiment {sentiment!r} is not a finite number in [-1, 1]")
     if not math.isfinite(at):
         raise BadEvent("occurred_at is not a finite time")
-    if _seen(s, event_id, at, config):
-        return False
     in_grace = at >= s.watermark - config.grace_s
     if at < s.first_at:
         s.first_at = at
@@ -348,7 +321,7 @@ def apply_signal(
         s.watermark = at
     s.last_event_id = event_id
     if not in_grace:
-        return True  # sentiment is windowed only: a far-too-late signal changes nothing but the bookkeeping
+        return  # sentiment is windowed only: a far-too-late signal changes nothing but the bookkeeping
     buckets = s.social if kind == "social" else s.news
     bucket = int(at // config.sentiment_bucket_s)
     slot = buckets.get(bucket)
@@ -361,7 +334,6 @@ def apply_signal(
         if table and min(table) < horizon:
             for old in [b for b in table if b < horizon]:
                 del table[old]
-    return True
 
 
 def apply_created(

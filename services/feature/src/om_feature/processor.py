@@ -1,9 +1,11 @@
 """The stateful edge of feature: feeds consumed batches to the engine, publishes the vectors, writes the latest per
 market to Redis, and checkpoints state + consumed offsets (+ snapshots and outcomes) in one PostgreSQL transaction.
 
-Recovery: on assignment, the partitions' market states and offsets are loaded and consumption resumes right after
-the last checkpoint, so nothing is applied twice. Vectors published after the last checkpoint are published again
-with the same ids (they derive from market and last included event), which downstream dedupes.
+Recovery: on assignment, the partitions' market states, offsets and applied event ids are loaded and consumption
+resumes right after the last checkpoint, so nothing is applied twice. Vectors published after the last checkpoint
+are published again with the same ids (they derive from market and last included event), which downstream dedupes.
+After the broker lost its log, a partition is read again from the new log's start: events applied before are known
+by id (the dedupe window) and change nothing, the others are applied, however old.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from opentelemetry import trace
@@ -82,6 +84,8 @@ class FeatureProcessor:
             states = await store.load_states(conn, numbers)
             offsets = await store.load_offsets(conn, partitions)
             outcomes = await store.load_outcomes(conn)
+            since = datetime.now(UTC) - timedelta(seconds=self.engine.config.dedupe_window_s)
+            applied = await store.load_applied(conn, numbers, since)
         # Whatever this process held of them is replaced by the checkpoint (a retry after a failed batch, or a
         # partition coming back): state, unsaved offsets, snapshots and outcomes alike.
         self.engine.drop_partitions(numbers)
@@ -90,6 +94,8 @@ class FeatureProcessor:
         for tp in partitions:
             self.offsets.pop(tp, None)
         self.engine.adopt(states)
+        for partition, chunks in applied.items():
+            self.engine.adopt_applied(partition, chunks)
         for outcome in outcomes:
             self.engine.add_resolution(outcome)
         self.offsets.update(offsets)
@@ -105,11 +111,19 @@ class FeatureProcessor:
                 self.offsets.pop(tp, None)
         log.info("revoked %s after a checkpoint", sorted(partitions))
 
-    def on_offset_regression(self, partitions: list[tuple[str, int]]) -> None:
-        """The broker lost its log: events may come again with new offsets. Events of these partitions older than
-        the grace period are taken as already applied; newer ones are deduped by event id."""
-        self.engine.suspect_partitions.update(p for _, p in partitions)
-        log.warning("offset regression on %s: deduping replayed events by event id and event time", partitions)
+    async def on_offset_regression(self, partition: tuple[str, int], stored: int, log_end: int, start: int) -> None:
+        """The broker lost its log and the partition is read again from `start`, the new log's beginning: the next
+        checkpoint must save that position, not the lost log's. Events come again with new offsets; those applied
+        before are known by event id (the dedupe window) and change nothing."""
+        self.offsets[partition] = start
+        log.warning(
+            "%s-%d: the broker lost its log (next offset %d, log end %d); reading it again from %d, deduping by "
+            "event id",
+            *partition,
+            stored,
+            log_end,
+            start,
+        )
 
     # --- processing ------------------------------------------------------------------------------------
 
@@ -167,20 +181,35 @@ class FeatureProcessor:
                 await self.checkpoint()
 
     def _unsaved(self) -> bool:
-        return bool(self.engine.dirty or self.snapshots or self.outcomes or self.offsets != self._saved_offsets)
+        return bool(
+            self.engine.dirty
+            or self.snapshots
+            or self.outcomes
+            or self.offsets != self._saved_offsets
+            or self.engine.fresh_applied()
+        )
 
     async def _checkpoint(self) -> None:
         """Vectors first (acknowledged), then state + offsets + snapshots + outcomes in one transaction."""
         await self.sink.flush()
         states = self.engine.take_dirty()
+        now = time.time()
         try:
             async with self.db.transaction() as conn:
                 await store.save_checkpoint(
-                    conn, states, self.offsets, [v for _, v in self.snapshots], [o for _, o in self.outcomes]
+                    conn,
+                    states,
+                    self.offsets,
+                    [v for _, v in self.snapshots],
+                    [o for _, o in self.outcomes],
+                    applied=self.engine.fresh_applied(),
+                    saved_at=datetime.fromtimestamp(now, UTC),
+                    forget_before=datetime.fromtimestamp(now - self.engine.config.dedupe_window_s, UTC),
                 )
         except BaseException:
-            self.engine.dirty.update(s.market_id for s in states)  # still to save next time
+            self.engine.dirty.update(s.market_id for s in states)  # still to save next time (the ids stay fresh)
             raise
+        self.engine.seal_applied(now)
         self.snapshots, self.outcomes = [], []
         self._saved_offsets = dict(self.offsets)
         self._last_checkpoint = time.monotonic()

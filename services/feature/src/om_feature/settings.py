@@ -22,4 +22,7 @@ class FeatureSettings(ServiceSettings, PostgresSettings, RedisSettings):
     #: Events held per market (and in all) while its market.created has not arrived; beyond, dead-lettered.
     max_held_per_market: int = Field(default=1_000, ge=0)
     max_held_total: int = Field(default=100_000, ge=0)
+    #: How long the ids of applied events are remembered (from their checkpoint): at least ingest's outbox
+    #: retention (120 s), the age of the oldest event a broker that lost its log is given again.
+    dedupe_window_s: float = Field(default=600.0, gt=0)
     max_batch: int = Field(default=5_000, ge=1, description="records per consumed batch")

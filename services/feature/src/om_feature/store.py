@@ -8,6 +8,7 @@ import json
 
 # bandit: only checkpoints this service wrote to its own schema are ever unpickled (no outside input)
 import pickle  # nosec B403
+from array import array
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -35,9 +36,13 @@ async def save_checkpoint(
     offsets: Mapping[tuple[str, int], int],
     snapshots: Iterable[Vector] = (),
     outcomes: Iterable[Outcome] = (),
+    applied: Mapping[int, list[int]] | None = None,
+    saved_at: datetime | None = None,
+    forget_before: datetime | None = None,
 ) -> None:
-    """Save changed market states, the offsets they reflect, and the snapshots and outcomes produced since the
-    last checkpoint — in the caller's transaction, so a crash leaves all of them or none."""
+    """Save changed market states, the offsets they reflect, the snapshots and outcomes produced since the last
+    checkpoint, and the ids of the events applied since (`applied`, per partition, stamped `saved_at`; rows saved
+    before `forget_before` are deleted) — in the caller's transaction, so a crash leaves all of them or none."""
     rows = [(s.market_id, s.partition, pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL)) for s in states]
     async with conn.cursor() as cur:
         if rows:
@@ -58,6 +63,31 @@ async def save_checkpoint(
             )
         await save_snapshots(conn, snapshots)
         await save_outcomes(conn, outcomes)
+        if applied:
+            stamp = saved_at or datetime.now(UTC)
+            await cur.executemany(
+                "INSERT INTO applied_ids (partition, saved_at, ids) VALUES (%s, %s, %b)",
+                [(p, stamp, array("Q", keys).tobytes()) for p, keys in sorted(applied.items())],
+            )
+        if forget_before is not None:
+            await cur.execute("DELETE FROM applied_ids WHERE saved_at < %s", (forget_before,))
+
+
+async def load_applied(
+    conn: AsyncConnection[Any], partitions: Iterable[int], since: datetime
+) -> dict[int, list[tuple[float, list[int]]]]:
+    """Per partition, the event ids saved since `since`: (when saved, in epoch seconds; keys), oldest first."""
+    cur = await conn.execute(
+        "SELECT partition, saved_at, ids FROM applied_ids WHERE partition = ANY(%s) AND saved_at >= %s "
+        "ORDER BY saved_at",
+        (sorted(set(partitions)), since),
+    )
+    chunks: dict[int, list[tuple[float, list[int]]]] = {}
+    for row in await cur.fetchall():
+        keys = array("Q")
+        keys.frombytes(row["ids"])
+        chunks.setdefault(row["partition"], []).append((row["saved_at"].timestamp(), keys.tolist()))
+    return chunks
 
 
 async def load_states(conn: AsyncConnection[Any], partitions: Iterable[int]) -> list[MarketState]:
@@ -80,7 +110,9 @@ async def load_offsets(conn: AsyncConnection[Any], partitions: Iterable[tuple[st
 
 async def reset(conn: AsyncConnection[Any]) -> None:
     """Forget all state, offsets, snapshots and outcomes (the `feature rebuild` command starts from here)."""
-    await conn.execute("TRUNCATE market_checkpoint, checkpoint_offsets, feature_snapshots, market_outcomes")
+    await conn.execute(
+        "TRUNCATE market_checkpoint, checkpoint_offsets, feature_snapshots, market_outcomes, applied_ids"
+    )
 
 
 # --- snapshots, outcomes --------------------------------------------------------------------------------

@@ -1,12 +1,16 @@
-"""feature's stateful Kafka consume loop (the runtime's `consume_stateful` has the same shape, but detects a lost
-log from ListOffsets, which the embedded broker answers too low after batched produce; see `_out_of_range`).
+"""feature's stateful Kafka consume loop: the runtime's group consumer (`om_runtime.consumer`) has the same shape,
+but feature applies a batch to in-memory state and returns what it rejected, and a failing batch reloads the
+partitions' checkpoint instead of isolating events (in-memory state cannot be rolled back event by event).
 
 The group's partitions are assigned by range, so partition p of every market topic lands in the same process (the
 topics are all keyed by market_id with the same partition count). Offsets live with the state in PostgreSQL, not
-in Kafka: on assignment the listener returns where to resume. A stored offset beyond the log's end means the broker
-lost its log; the listener is told and the partition is read from the start. Undecodable messages and events the
-engine rejects go to the dead-letter topic with the reason; a failing batch (PostgreSQL, Redis or Kafka down) is
-not skipped: the owned partitions are reloaded from their last checkpoint and consumed again from there.
+in Kafka: on assignment the listener returns where to resume. A broker that lost its log is detected as the
+runtime detects it (`log_end_regressions`: a position beyond the high watermark a fetch reported; the embedded
+broker sends no out-of-range error and answers ListOffsets too low), or by an out-of-range error from a broker
+that sends one: the listener is told and the partition is read again from the new log's start. Undecodable
+messages and events the engine rejects go to the dead-letter topic with the reason; a failing batch (PostgreSQL,
+Redis or Kafka down) is not skipped: the owned partitions are reloaded from their last checkpoint and consumed
+again from there.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from om_contracts import DeadLetter, DecodeError, Topic, decode, utcnow
 from om_contracts.topics import DEAD_LETTERS
-from om_runtime.consumer import ConsumerMetrics, trace_links
+from om_runtime.consumer import ConsumerMetrics, log_end_regressions, trace_links
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -64,7 +68,7 @@ def _delivery(
 class StatefulListener(Protocol):
     async def on_assigned(self, partitions: list[tuple[str, int]]) -> Mapping[tuple[str, int], int]: ...
     async def on_revoked(self, partitions: list[tuple[str, int]]) -> None: ...
-    def on_offset_regression(self, partitions: list[tuple[str, int]]) -> None: ...
+    async def on_offset_regression(self, partition: tuple[str, int], stored: int, log_end: int, start: int) -> None: ...
     async def on_idle(self) -> None: ...
 
 
@@ -211,6 +215,8 @@ class StatefulLoop:
         self._lock = asyncio.Lock()  # held while a batch is applied; a revocation waits for it
         self._epoch = 0  # bumped by every assignment: a batch fetched before it is stale
         self._owned: set[TopicPartition] = set()  # positioned from the checkpoint and not revoked since
+        #: the next offset each owned partition should deliver (set on seek, advanced per applied batch)
+        self._expected: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
 
     @property
@@ -243,32 +249,48 @@ class StatefulLoop:
         starts = await self.consumer.beginning_offsets(assigned)
         for tp in assigned:
             offset = stored.get((tp.topic, tp.partition))
-            self.consumer.seek(tp, starts[tp] if offset is None else offset)
+            position = starts[tp] if offset is None else offset
+            self.consumer.seek(tp, position)
+            self._expected[tp] = position
         self._owned.update(assigned)
 
     async def revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._lock:  # let the batch in flight finish (and its offsets be counted) first
             self._owned.difference_update(revoked)  # records of them fetched until the assignment are not ours
+            for tp in revoked:
+                self._expected.pop(tp, None)
             if revoked:
                 await self.listener.on_revoked([(tp.topic, tp.partition) for tp in revoked])
 
     async def _out_of_range(self, positions: Mapping[TopicPartition, int]) -> None:
-        """A checkpointed offset the broker does not have: beyond the log's end, the broker lost its log (events
-        come again with new offsets: the listener is told); before its start, retention removed them. (Not
-        ListOffsets' end: the embedded broker answers it with the last batch's base offset + 1, too low.)"""
+        """A checkpointed offset the broker does not have (a broker that answers out-of-range): beyond the log's
+        start, the broker lost its log; before its start, retention removed the events."""
         tps = list(positions)
         starts = await self.consumer.beginning_offsets(tps)
-        regressed = [(tp.topic, tp.partition) for tp in tps if positions[tp] >= starts[tp]]
-        if regressed:
-            log.warning("offsets beyond the log's end on %s: the broker lost its log, events come again", regressed)
-            for tp in tps:
-                if positions[tp] >= starts[tp]:
-                    self.metrics.regressions.labels(self.group, tp.topic).inc()
-            self.listener.on_offset_regression(regressed)
         for tp in tps:
-            if positions[tp] < starts[tp]:
+            if positions[tp] >= starts[tp]:
+                await self._regressed(tp, positions[tp], starts[tp], starts[tp])
+            else:
                 log.error("offset %d of %s-%d is gone (retention); resuming at %d", positions[tp], *tp, starts[tp])
-            self.consumer.seek(tp, starts[tp])
+                self.consumer.seek(tp, starts[tp])
+                self._expected[tp] = starts[tp]
+
+    async def _check_log_ends(self) -> None:
+        """The runtime's detection of a lost log: a position beyond the high watermark the last fetch reported."""
+        found = log_end_regressions(self.consumer, {tp: o for tp, o in self._expected.items() if tp in self._owned})
+        if not found:
+            return
+        starts = await self.consumer.beginning_offsets([tp for tp, _, _ in found])
+        for tp, expected, high in found:
+            await self._regressed(tp, expected, high, starts[tp])
+
+    async def _regressed(self, tp: TopicPartition, stored: int, log_end: int, start: int) -> None:
+        """Read the partition again from `start`; batches fetched before are stale; the listener dedupes."""
+        self.metrics.regressions.labels(self.group, tp.topic).inc()
+        self.consumer.seek(tp, start)
+        self._expected[tp] = start
+        self._epoch += 1
+        await self.listener.on_offset_regression((tp.topic, tp.partition), stored, log_end, start)
 
     # --- the loop --------------------------------------------------------------------------------------
 
@@ -288,13 +310,16 @@ class StatefulLoop:
                 # Records come from the positions current when getmany returns; if an assignment re-positions the
                 # partitions before this batch gets the lock, it is stale (and will be fetched again from there).
                 epoch = self._epoch
+                async with self._lock:
+                    if batch and epoch == self._epoch:
+                        await self._handle(batch)
+                        if epoch == self._epoch:  # (a failed batch reloaded the checkpoint and re-positioned)
+                            for tp, records in batch.items():
+                                if records and tp in self._expected:
+                                    self._expected[tp] = records[-1].offset + 1
+                    await self._check_log_ends()
                 if not batch:
                     await self.listener.on_idle()  # a fetch came back empty: the stream is quiet
-                    continue
-                if batch:
-                    async with self._lock:
-                        if epoch == self._epoch:
-                            await self._handle(batch)
         finally:
             # Checkpoint and let go of the partitions *before* leaving the group: once this member leaves, another
             # one may load them, and a later save from here would overwrite its newer checkpoint.
