@@ -136,3 +136,40 @@ def test_split_keeps_each_market_on_one_side() -> None:
 
 def test_history_config_is_replaceable() -> None:
     assert replace(FAST, concurrent_markets=5).concurrent_markets == 5
+
+
+def test_score_batch_gives_each_row_what_the_per_row_rules_give(no_edge: tuple[Registry, dict]) -> None:
+    """score_batch computes risk and the top 5 for the whole batch in numpy: row by row, its reasons, level and
+    contributions are those of `risk_reasons`, `risk_level_of` and the 5 largest |contribution| in order."""
+    from om_prediction.model import impute
+    from om_prediction.registry import load
+    from om_prediction.scoring import feature_matrix, risk_level_of, risk_reasons
+
+    registry, entry = no_edge
+    model = load(registry.root, entry)
+    rng = np.random.default_rng(3)
+    batch = []
+    for _ in range(400):  # thresholds hit exactly too (3 traders, volume 100, price 0.4 / 0.6), and gaps
+        extra = {f: None if rng.random() < 0.3 else float(rng.random()) for f in ("price_volatility", "news_sentiment")}
+        batch.append(
+            MarketFeatures(
+                current_price=float(rng.choice([0.4, 0.6, rng.random()])),
+                total_volume=float(rng.choice([99.0, 100.0, 5000 * rng.random()])),
+                participant_count=int(rng.choice([2, 3, 50])),
+                trade_count=int(rng.integers(0, 100)),
+                days_remaining=None if rng.random() < 0.5 else float(rng.random() * 7),
+                **extra,
+            )
+        )
+    scores = score_batch(model, "v", batch)
+    x = feature_matrix(model.features, batch)
+    contributions = model.predict(impute(x, model.medians), explain=True).contributions
+    assert contributions is not None
+    for f, s, row, raw in zip(batch, scores, contributions, x, strict=True):
+        reasons = risk_reasons(s.probability, s.confidence, f, baseline=False, imputed=int(np.isnan(raw).sum()))
+        assert s.risk_reasons == reasons and s.risk_level == risk_level_of(reasons)
+        best = sorted(range(len(row)), key=lambda j: -abs(row[j]))[:5]
+        assert [c.feature for c in s.contributions] == [model.features[j] for j in best]
+        assert [c.contribution for c in s.contributions] == [row[j] for j in best]
+        assert [c.value for c in s.contributions] == [None if np.isnan(raw[j]) else raw[j] for j in best]
+    assert {s.risk_level for s in scores} == {"low", "medium", "high"} or len({s.risk_reasons for s in scores}) > 5
