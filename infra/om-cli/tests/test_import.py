@@ -86,10 +86,12 @@ async def test_import_twice_gives_one_copy_and_resumes(kafka_bootstrap: str, dat
         n_signals = sum(isinstance(r, SignalRecord) for r in records)
         assert first.imported["markets"] == 4 and first.imported["trades"] == n_trades, first.lines()
         assert n_signals and first.imported["signals"] == n_signals, first.lines()
+        settled = [r for r in records if isinstance(r, ResolutionRecord)]
+        assert first.imported["closes"] == len(settled) and not sum(first.skipped.values()), first.lines()
         assert first.rejected.total == 0, first.lines()
         again = await import_records(client, records, source="t", api="/v1", progress=False, concurrency=1)
         assert sum(again.imported.values()) == 0 and again.skipped["trades"] == n_trades, again.lines()
-        assert again.skipped["signals"] == n_signals, again.lines()
+        assert again.skipped["signals"] == n_signals and again.skipped["closes"] == len(settled), again.lines()
         resumed = await import_records(
             client, records, source="t", checkpoint=checkpoint, api="/v1", progress=False, concurrency=1
         )

@@ -106,9 +106,11 @@ class _Loader:
             return response
         raise AssertionError("unreachable")
 
-    def _count(self, kind: str, response: httpx.Response, ident: str) -> bool:
-        """Tally one write's outcome; True if the record is in the platform now."""
-        if response.status_code == 201 and response.headers.get("Idempotency-Replayed") != "true":
+    def _count(self, kind: str, response: httpx.Response, ident: str, *, written: int = 201) -> bool:
+        """Tally one write's outcome; True if the record is in the platform now. `written` is the status of a
+        write that changed something (201 for a record; 200 for a close, resolution or cancellation, whose
+        repeat is a 409 or a replay)."""
+        if response.status_code == written and response.headers.get("Idempotency-Replayed") != "true":
             self.report.imported[kind] += 1
             return True
         if response.status_code in (200, 201, 409):
@@ -131,18 +133,19 @@ class _Loader:
 
     async def settle(self, mid: str, settlement: ResolutionRecord) -> None:
         close = {"occurred_at": _iso(settlement.closed_at)}
-        self._count("closes", await self._post(f"/markets/{mid}/close", close, f"close:{mid}"), mid)
+        self._count("closes", await self._post(f"/markets/{mid}/close", close, f"close:{mid}"), mid, written=200)
         when = {"occurred_at": _iso(settlement.resolved_at)}
         if settlement.resolution == "CANCEL":
             response = await self._post(
                 f"/markets/{mid}/cancel", {**when, "reason": settlement.reason}, f"cancel:{mid}"
             )
-            self._count("cancellations", response, mid)
+            self._count("cancellations", response, mid, written=200)
         else:
             body: dict[str, Any] = {**when, "resolution": settlement.resolution}
             if settlement.resolution == "MKT":
                 body["resolution_price"] = settlement.resolution_price
-            self._count("resolutions", await self._post(f"/markets/{mid}/resolve", body, f"resolve:{mid}"), mid)
+            response = await self._post(f"/markets/{mid}/resolve", body, f"resolve:{mid}")
+            self._count("resolutions", response, mid, written=200)
 
     async def batch(self, kind: Literal["trades", "signals"], records: list[TradeRecord] | list[SignalRecord]) -> None:
         """One batch write of up to BATCH records (of any markets). A batch is all or nothing, so if it is refused
