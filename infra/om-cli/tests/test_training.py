@@ -173,3 +173,33 @@ def test_score_batch_gives_each_row_what_the_per_row_rules_give(no_edge: tuple[R
         assert [c.contribution for c in s.contributions] == [row[j] for j in best]
         assert [c.value for c in s.contributions] == [None if np.isnan(raw[j]) else raw[j] for j in best]
     assert {s.risk_level for s in scores} == {"low", "medium", "high"} or len({s.risk_reasons for s in scores}) > 5
+
+
+def test_export_rows_are_sampled_per_market_over_its_life_and_offline_rows_kept() -> None:
+    """A market with many snapshots (feature's export) gives at most ROWS_PER_MARKET, each an input row, spread over
+    its life and the same every time; a market with few (the offline sampler's 8) keeps them all."""
+    from datetime import UTC, datetime
+
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+
+    def row(market: str, minutes: int, life_days: int = 4) -> dict:
+        return {
+            "market_id": market,
+            "as_of": (start + timedelta(minutes=minutes)).isoformat(),
+            "created_at": start.isoformat(),
+            "close_at": (start + timedelta(days=life_days)).isoformat(),
+            "resolved_at": (start + timedelta(days=life_days)).isoformat(),
+            "resolution": "YES",
+            "features": {"current_price": minutes / 10_000, "days_remaining": 1.0},
+        }
+
+    busy = [row("busy", m) for m in range(0, 4 * 1440 - 1, 15)]  # a snapshot every 15 min: 384
+    quiet = [row("quiet", m) for m in (100, 900, 2000, 3000, 4000, 4500, 5000, 5500)]
+    data = ds.build(busy + quiet)
+    picked = data.market_price[data.market_ids == "busy"]
+    assert 20 <= len(picked) <= ds.ROWS_PER_MARKET and len(set(picked)) == len(picked)
+    assert set(picked) <= {r["features"]["current_price"] for r in busy}
+    assert picked.min() < 0.1 and picked.max() > 0.45  # from early and late in the market's 4 days (0 .. 0.576)
+    assert sorted(data.market_price[data.market_ids == "quiet"]) == [r["features"]["current_price"] for r in quiet]
+    assert np.array_equal(ds.build(busy + quiet).market_price, data.market_price)  # seeded
+    assert len(ds.build(busy, per_market=None)) == len(busy)
