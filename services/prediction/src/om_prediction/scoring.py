@@ -121,7 +121,8 @@ _RISK_BY_MASK: list[tuple[tuple[str, ...], RiskLevel]] = [
         tuple(r for bit, r in enumerate(_MODEL_REASONS) if mask >> bit & 1) for mask in range(1 << len(_MODEL_REASONS))
     )
 ]
-_RISK_INPUTS = attrgetter("participant_count", "total_volume", "current_price")
+_RISK_COLUMNS = ("participant_count", "total_volume", "current_price")
+_RISK_INPUTS = attrgetter(*_RISK_COLUMNS)
 _new_contribution = partial(tuple.__new__, Contribution)  # a Contribution from a 3-tuple, without a Python frame
 
 
@@ -160,7 +161,10 @@ def score_batch(model: Ensemble | None, version: str, batch: list[MarketFeatures
         )
     )
     p, c = out.probability, out.confidence
-    traders, volume, price = np.array(list(map(_RISK_INPUTS, batch)), dtype=np.float64).reshape(n, 3).T
+    if all(name in model.features for name in _RISK_COLUMNS):  # the model's inputs hold them (required fields)
+        traders, volume, price = (x_raw[:, model.features.index(name)] for name in _RISK_COLUMNS)
+    else:
+        traders, volume, price = np.array(list(map(_RISK_INPUTS, batch)), dtype=np.float64).reshape(n, 3).T
     masks = (
         (traders < 3)
         | (volume < 100) << 1
