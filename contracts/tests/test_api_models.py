@@ -12,7 +12,17 @@ from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
 from om_contracts import DecodeError, TradeExecuted, decode, topic
-from om_contracts.api import MAX_AMOUNT, MAX_SHARES, CancelIn, CloseIn, ResolveIn, SignalIn, TradeBatchIn, TradeIn
+from om_contracts.api import (
+    MAX_AMOUNT,
+    MAX_SHARES,
+    CancelIn,
+    CloseIn,
+    ResolveIn,
+    SignalBatchIn,
+    SignalIn,
+    TradeBatchIn,
+    TradeIn,
+)
 from om_contracts.topics import MARKET_TRADES
 
 T = datetime(2026, 1, 1, tzinfo=UTC)
@@ -63,6 +73,7 @@ def test_every_write_takes_an_event_time() -> None:
         (ResolveIn, {"resolution": "YES"}),
         (SignalIn, {"market_id": "m", "kind": "news", "source": "s", "text": "t"}),
         (TradeBatchIn, {"trades": [TRADE]}),
+        (SignalBatchIn, {"signals": [{"market_id": "m", "kind": "news", "source": "s", "text": "t"}]}),
     ]:
         assert model(**fields, occurred_at=T).occurred_at == T
         with pytest.raises(ValidationError):

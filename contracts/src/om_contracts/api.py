@@ -135,6 +135,13 @@ class SignalIn(_Write):
     observed_at: IsoDateTime | None = Field(default=None, description="Same as `occurred_at` (older name).")
 
 
+class SignalBatchIn(_Write):
+    signals: list[SignalIn] = Field(min_length=1, max_length=1000)
+    occurred_at: IsoDateTime | None = Field(
+        default=None, description="Event time of the signals that send none of their own. " + OCCURRED_AT
+    )
+
+
 class CloseIn(_Write):
     """Optional body of a close: only its event time."""
 
@@ -187,6 +194,11 @@ class SignalOut(BaseModel):
     source: str
     sentiment: float | None
     observed_at: datetime
+
+
+class SignalBatchOut(BaseModel):
+    recorded: int = Field(description="Signals newly recorded (replayed ids are not counted again).")
+    signals: list[SignalOut]
 
 
 # --- raw upstream intake (ingest.raw-*.v1): records producers write to Kafka directly -------------------

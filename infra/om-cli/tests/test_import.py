@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from om_cli.history.format import MarketRecord, ResolutionRecord, TradeRecord, write_history
-from om_cli.history.importer import ImportReport, import_records, make_client, read_generic
+from om_cli.history.format import MarketRecord, ResolutionRecord, SignalRecord, TradeRecord, write_history
+from om_cli.history.importer import GRACE, ImportReport, import_records, make_client, market_steps, read_generic
 from om_cli.history.manifold import Rejects, read_manifold
 from om_cli.history.simulated import HistoryConfig, simulate_history
 from om_cli.testing import app_client
@@ -83,10 +83,15 @@ async def test_import_twice_gives_one_copy_and_resumes(kafka_bootstrap: str, dat
             client, records, source="t", checkpoint=checkpoint, api="/v1", progress=False, concurrency=1
         )
         n_trades = sum(isinstance(r, TradeRecord) for r in records)
+        n_signals = sum(isinstance(r, SignalRecord) for r in records)
         assert first.imported["markets"] == 4 and first.imported["trades"] == n_trades, first.lines()
+        assert n_signals and first.imported["signals"] == n_signals, first.lines()
+        settled = [r for r in records if isinstance(r, ResolutionRecord)]
+        assert first.imported["closes"] == len(settled) and not sum(first.skipped.values()), first.lines()
         assert first.rejected.total == 0, first.lines()
         again = await import_records(client, records, source="t", api="/v1", progress=False, concurrency=1)
         assert sum(again.imported.values()) == 0 and again.skipped["trades"] == n_trades, again.lines()
+        assert again.skipped["signals"] == n_signals and again.skipped["closes"] == len(settled), again.lines()
         resumed = await import_records(
             client, records, source="t", checkpoint=checkpoint, api="/v1", progress=False, concurrency=1
         )
@@ -106,3 +111,30 @@ def test_report_lists_reasons() -> None:
     report.rejected.add("bet", "no userId", "b1")
     assert "1 x bet: no userId" in "\n".join(report.lines())
     assert isinstance(make_client("http://x", "k"), httpx.AsyncClient)
+
+
+def test_steps_keep_every_market_event_within_the_feature_services_grace() -> None:
+    """The importer sends a market's steps in order, each as trades then signals. The feature service applies an
+    event in full only if it is at most grace_s older than its market's newest event so far: check that holds for
+    every event, and that the steps hold every event once (sending all trades and then all signals fails this)."""
+    from om_feature.features import FeatureConfig
+
+    assert GRACE.total_seconds() == FeatureConfig().grace_s
+    records = list(simulate_history(30, seed=4))
+    for market in (r for r in records if isinstance(r, MarketRecord)):
+        trades = [r for r in records if isinstance(r, TradeRecord) and r.market_id == market.market_id]
+        signals = [r for r in records if isinstance(r, SignalRecord) and r.market_id == market.market_id]
+        steps = market_steps(trades, signals)
+        arrival: list[tuple[datetime, str]] = []
+        for step in steps:
+            arrival += [(t.executed_at, t.trade_id) for t in step.trades]
+            arrival += [(s.observed_at, s.signal_id) for s in step.signals]
+        assert sorted(i for _, i in arrival) == sorted([t.trade_id for t in trades] + [s.signal_id for s in signals])
+        newest = arrival[0][0]
+        for at, ident in arrival:
+            assert at >= newest - GRACE, f"{ident} arrives {newest - at} after a newer event of its market"
+            newest = max(newest, at)
+        assert len(steps) < len(trades) + len(signals)  # batching still gathers events
+    naive = [(t.executed_at, 0) for t in trades] + [(s.observed_at, 1) for s in signals]
+    late = sum(at < max(t.executed_at for t in trades) - GRACE for at, kind in naive if kind == 1)
+    assert late > 0  # all trades, then all signals: signals arrive too late to count

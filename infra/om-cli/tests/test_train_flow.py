@@ -21,7 +21,7 @@ from om_cli.testing import free_ports, read_until
 
 pytestmark = pytest.mark.e2e
 MARKETS = 200
-TRADES_PER_MARKET = 30  # a quarter of the default: the import (signals go one request each) takes a minute
+TRADES_PER_MARKET = 30  # a quarter of the default: a shorter test, enough history to train on
 
 
 def om(*args: str, env: dict[str, str], timeout: float = 600) -> str:

@@ -136,3 +136,70 @@ def test_split_keeps_each_market_on_one_side() -> None:
 
 def test_history_config_is_replaceable() -> None:
     assert replace(FAST, concurrent_markets=5).concurrent_markets == 5
+
+
+def test_score_batch_gives_each_row_what_the_per_row_rules_give(no_edge: tuple[Registry, dict]) -> None:
+    """score_batch computes risk and the top 5 for the whole batch in numpy: row by row, its reasons, level and
+    contributions are those of `risk_reasons`, `risk_level_of` and the 5 largest |contribution| in order."""
+    from om_prediction.model import impute
+    from om_prediction.registry import load
+    from om_prediction.scoring import feature_matrix, risk_level_of, risk_reasons
+
+    registry, entry = no_edge
+    model = load(registry.root, entry)
+    rng = np.random.default_rng(3)
+    batch = []
+    for _ in range(400):  # thresholds hit exactly too (3 traders, volume 100, price 0.4 / 0.6), and gaps
+        extra = {f: None if rng.random() < 0.3 else float(rng.random()) for f in ("price_volatility", "news_sentiment")}
+        batch.append(
+            MarketFeatures(
+                current_price=float(rng.choice([0.4, 0.6, rng.random()])),
+                total_volume=float(rng.choice([99.0, 100.0, 5000 * rng.random()])),
+                participant_count=int(rng.choice([2, 3, 50])),
+                trade_count=int(rng.integers(0, 100)),
+                days_remaining=None if rng.random() < 0.5 else float(rng.random() * 7),
+                **extra,
+            )
+        )
+    scores = score_batch(model, "v", batch)
+    x = feature_matrix(model.features, batch)
+    contributions = model.predict(impute(x, model.medians), explain=True).contributions
+    assert contributions is not None
+    for f, s, row, raw in zip(batch, scores, contributions, x, strict=True):
+        reasons = risk_reasons(s.probability, s.confidence, f, baseline=False, imputed=int(np.isnan(raw).sum()))
+        assert s.risk_reasons == reasons and s.risk_level == risk_level_of(reasons)
+        best = sorted(range(len(row)), key=lambda j: -abs(row[j]))[:5]
+        assert [c.feature for c in s.contributions] == [model.features[j] for j in best]
+        assert [c.contribution for c in s.contributions] == [row[j] for j in best]
+        assert [c.value for c in s.contributions] == [None if np.isnan(raw[j]) else raw[j] for j in best]
+    assert {s.risk_level for s in scores} == {"low", "medium", "high"} or len({s.risk_reasons for s in scores}) > 5
+
+
+def test_export_rows_are_sampled_per_market_over_its_life_and_offline_rows_kept() -> None:
+    """A market with many snapshots (feature's export) gives at most ROWS_PER_MARKET, each an input row, spread over
+    its life and the same every time; a market with few (the offline sampler's 8) keeps them all."""
+    from datetime import UTC, datetime
+
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+
+    def row(market: str, minutes: int, life_days: int = 4) -> dict:
+        return {
+            "market_id": market,
+            "as_of": (start + timedelta(minutes=minutes)).isoformat(),
+            "created_at": start.isoformat(),
+            "close_at": (start + timedelta(days=life_days)).isoformat(),
+            "resolved_at": (start + timedelta(days=life_days)).isoformat(),
+            "resolution": "YES",
+            "features": {"current_price": minutes / 10_000, "days_remaining": 1.0},
+        }
+
+    busy = [row("busy", m) for m in range(0, 4 * 1440 - 1, 15)]  # a snapshot every 15 min: 384
+    quiet = [row("quiet", m) for m in (100, 900, 2000, 3000, 4000, 4500, 5000, 5500)]
+    data = ds.build(busy + quiet)
+    picked = data.market_price[data.market_ids == "busy"]
+    assert 20 <= len(picked) <= ds.ROWS_PER_MARKET and len(set(picked)) == len(picked)
+    assert set(picked) <= {r["features"]["current_price"] for r in busy}
+    assert picked.min() < 0.1 and picked.max() > 0.45  # from early and late in the market's 4 days (0 .. 0.576)
+    assert sorted(data.market_price[data.market_ids == "quiet"]) == [r["features"]["current_price"] for r in quiet]
+    assert np.array_equal(ds.build(busy + quiet).market_price, data.market_price)  # seeded
+    assert len(ds.build(busy, per_market=None)) == len(busy)

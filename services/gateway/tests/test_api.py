@@ -12,7 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from om_cli.embedded import free_port
-from om_gateway.testing import ADMIN_KEY, bearer, gateway_settings, running_gateway
+from om_gateway.access import MATRIX, ROLES
+from om_gateway.testing import ADMIN_KEY, bearer, gateway_settings, running_gateway, token
 from om_gateway.upstream import Upstreams
 
 ADMIN = bearer(ADMIN_KEY)
@@ -112,6 +113,41 @@ async def test_idempotency_key_is_forwarded(infra_env, tmp_path) -> None:
         await client.post("/api/v1/markets/m1/close", headers={**ADMIN, "Idempotency-Key": "k-1"})
         await client.post("/api/v1/markets/m1/close", headers=ADMIN)
     assert keys == ["k-1", None]
+
+
+@pytest.mark.integration
+async def test_signal_batch_takes_the_single_signal_roles_and_is_forwarded_as_sent(infra_env, tmp_path) -> None:
+    forwarded: list[tuple[str | None, dict]] = []
+    ingest = FastAPI()
+
+    @ingest.post("/v1/signals/batch")
+    async def batch(request: Request) -> JSONResponse:
+        forwarded.append((request.headers.get("idempotency-key"), await request.json()))
+        return JSONResponse({"recorded": 0, "signals": []}, status_code=201)
+
+    signal = {
+        "market_id": "m1",
+        "kind": "news",
+        "source": "wire",
+        "text": "rain",
+        "occurred_at": "2026-01-02T03:04:05Z",
+    }
+    body = {"signals": [signal, {**signal, "kind": "social", "signal_id": "s-2"}]}
+    async with running_gateway(gateway_settings(infra_env, tmp_path), ingest=ingest) as (_, client):
+        bad = await client.post(
+            "/api/v1/signals/batch", json={"signals": [signal, {**signal, "kind": "?"}]}, headers=ADMIN
+        )
+        assert bad.status_code == 422 and ["body", "signals", 1, "kind"] in [e["loc"] for e in bad.json()["errors"]]
+        assert forwarded == []
+        for role in ROLES:
+            reply = await client.post("/api/v1/signals/batch", json=body, headers=bearer(token(role)))
+            allowed = MATRIX["signals:write"].get(role, "no") != "no"
+            assert reply.status_code == (201 if allowed else 403), role
+        ok = await client.post("/api/v1/signals/batch", json=body, headers={**ADMIN, "Idempotency-Key": "k-9"})
+    assert ok.status_code == 201
+    assert forwarded[-1] == ("k-9", body) and len(forwarded) == 1 + sum(
+        MATRIX["signals:write"].get(role, "no") != "no" for role in ROLES
+    )
 
 
 async def test_an_unreachable_service_is_a_503_problem_naming_it() -> None:

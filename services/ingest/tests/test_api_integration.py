@@ -121,3 +121,40 @@ async def test_replays_are_idempotent_and_path_errors_point_at_the_path(settings
 
         events = await consume_until(settings.kafka_bootstrap_servers, "market.signals.v1", lambda m: len(m) >= 1)
     assert [e["signal_id"] for e in events] == ["s-1"]
+
+
+async def test_signal_batch_is_all_or_nothing_idempotent_by_id_and_keeps_event_times(settings: IngestSettings) -> None:
+    async with app_client(create_app(settings)) as client:
+        mid = (await client.post("/v1/markets", json=market_body())).json()["market_id"]
+        at = (datetime.now(UTC) - timedelta(minutes=5)).replace(microsecond=0)
+
+        def signal(n: int, **overrides: object) -> dict:
+            body = {"signal_id": f"sb-{n}", "market_id": mid, "kind": "news", "source": "wire", "text": f"item {n}"}
+            return {**body, "occurred_at": (at + timedelta(seconds=n)).isoformat(), **overrides}
+
+        refused = await client.post("/v1/signals/batch", json={"signals": [signal(0), signal(1, market_id="nope")]})
+        assert refused.status_code == 404
+        assert refused.json()["detail"][0]["loc"] == ["body", "signals", "1", "market_id"]
+        in_future = signal(1, occurred_at=(datetime.now(UTC) + timedelta(days=1)).isoformat())
+        too_late = await client.post("/v1/signals/batch", json={"signals": [signal(0), in_future]})
+        assert too_late.status_code == 422
+        assert too_late.json()["detail"][0]["loc"] == ["body", "signals", "1", "occurred_at"]
+
+        ok = await client.post("/v1/signals/batch", json={"signals": [signal(n) for n in range(3)]})
+        assert ok.status_code == 201 and ok.json()["recorded"] == 3
+        assert [datetime.fromisoformat(s["observed_at"]) for s in ok.json()["signals"]] == [
+            at + timedelta(seconds=n) for n in range(3)
+        ]
+        # a known id is a replay (not recorded again), a new one in the same batch is recorded
+        again = await client.post("/v1/signals/batch", json={"signals": [signal(n) for n in range(4)]})
+        assert again.status_code == 201 and again.json()["recorded"] == 1
+        assert (await client.post("/v1/signals", json=signal(2))).status_code == 200  # same as a single write
+        changed = await client.post("/v1/signals/batch", json={"signals": [signal(4), signal(0, text="Sunny")]})
+        assert changed.status_code == 409
+        assert changed.json()["detail"][0]["loc"] == ["body", "signals", "1", "signal_id"]
+
+        events = await consume_until(settings.kafka_bootstrap_servers, "market.signals.v1", lambda m: len(m) >= 4)
+    assert sorted(e["signal_id"] for e in events) == [f"sb-{n}" for n in range(4)]  # the refused batches added none
+    assert {e["signal_id"]: datetime.fromisoformat(e["occurred_at"]) for e in events}["sb-1"] == at + timedelta(
+        seconds=1
+    )

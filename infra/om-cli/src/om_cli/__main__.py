@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     importer.add_argument("what", nargs="+", metavar="[manifold] PATH", help="a history folder, or manifold PATH")
     importer.add_argument("--url", default=None, help="gateway URL (default $OM_API_URL or http://127.0.0.1:8000)")
     importer.add_argument("--api-key", default=None, help="API key (default $OM_API_KEY)")
-    importer.add_argument("--concurrency", type=int, default=8, help="markets loaded at once (default 8)")
+    importer.add_argument(
+        "--concurrency", type=int, default=8, help="market creations and settlements sent at once (default 8)"
+    )
     importer.add_argument("--restart", action="store_true", help="forget the checkpoint and check every record again")
     importer.set_defaults(run=_import)
 

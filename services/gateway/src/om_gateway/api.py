@@ -20,6 +20,8 @@ from om_contracts.api import (
     MarketIn,
     MarketOut,
     ResolveIn,
+    SignalBatchIn,
+    SignalBatchOut,
     SignalIn,
     SignalOut,
     TradeBatchIn,
@@ -78,6 +80,12 @@ TradeBatchBody = Annotated[TradeBatchIn, Body(openapi_examples={"two": {"value":
 SignalBody = Annotated[SignalIn, Body(openapi_examples={"news": {"value": {
     "market_id": "will-it-rain-tomorrow", "kind": "news", "source": "meteo-france",
     "text": "Heavy rain expected over Paris tomorrow", "sentiment": 0.4}}})]  # fmt: skip
+
+SignalBatchBody = Annotated[SignalBatchIn, Body(openapi_examples={"two": {"value": {"signals": [
+    {"market_id": "will-it-rain-tomorrow", "kind": "news", "source": "meteo-france", "signal_id": "s-000123",
+     "text": "Heavy rain expected over Paris tomorrow", "sentiment": 0.4},
+    {"market_id": "will-it-rain-tomorrow", "kind": "social", "source": "social-feed", "signal_id": "s-000124",
+     "text": "Sunny skies all day!", "sentiment": -0.3}]}}})]  # fmt: skip
 
 
 class Page(BaseModel):
@@ -271,6 +279,18 @@ def router(up: Upstreams, gate: Gate) -> APIRouter:
     async def record_signal(request: Request, _: SignalBody, idempotency_key: IdempotencyKey = None) -> Response:
         """Record a social post or news item about a market."""
         return await to_ingest("/signals", request)
+
+    @api.post(
+        "/signals/batch",
+        tags=["signals"],
+        status_code=201,
+        response_model=SignalBatchOut,
+        responses=WRITE,
+        dependencies=[Depends(gate("signals:write"))],
+    )
+    async def record_signals(request: Request, _: SignalBatchBody, idempotency_key: IdempotencyKey = None) -> Response:
+        """Record up to 1000 signals at once: all of them, or none if any breaks a rule."""
+        return await to_ingest("/signals/batch", request)
 
     @api.get("/leaderboards", tags=["analytics"], responses=READ, dependencies=[read_markets])
     async def leaderboard(

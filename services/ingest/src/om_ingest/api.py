@@ -22,6 +22,8 @@ from om_contracts.api import (
     MarketIn,
     MarketOut,
     ResolveIn,
+    SignalBatchIn,
+    SignalBatchOut,
     SignalIn,
     SignalOut,
     TradeBatchIn,
@@ -219,6 +221,18 @@ def router(ingest: Ingest) -> APIRouter:
         async def apply(conn: Conn, now: datetime) -> Reply:
             signal, new = await ingest.record_signal(conn, body, now)
             return Reply(201 if new else 200, _json(SignalOut, signal))
+
+        return await run(request, key, body, apply)
+
+    @api.post(
+        "/signals/batch", status_code=status.HTTP_201_CREATED, response_model=SignalBatchOut, responses=WRITE_ERRORS
+    )
+    async def record_signals(body: SignalBatchIn, request: Request, key: IdempotencyKeyHeader = None) -> JSONResponse:
+        """Record up to 1,000 signals atomically (all or none); `loc` of an error points at `signals.<index>`."""
+
+        async def apply(conn: Conn, now: datetime) -> Reply:
+            result = await ingest.record_signals(conn, body.signals, now, default_time=body.occurred_at)
+            return Reply(201, _json(SignalBatchOut, {"recorded": result.recorded, "signals": result.signals}))
 
         return await run(request, key, body, apply)
 

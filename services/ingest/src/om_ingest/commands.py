@@ -65,6 +65,14 @@ class TradeResults:
     rejected: list[tuple[int, domain.DomainError]] = field(default_factory=list)
 
 
+@dataclass
+class SignalResults:
+    """The outcome of recording signals: `signals[i]` answers input `i`."""
+
+    recorded: int = 0
+    signals: list[dict[str, Any]] = field(default_factory=list)
+
+
 class Ingest:
     def __init__(
         self,
@@ -216,6 +224,58 @@ class Ingest:
         event = SignalObserved(occurred_at=observed_at, producer=PRODUCER, **event_fields)
         await store.enqueue(conn, MARKET_SIGNALS, event)
         return signal, True
+
+    async def record_signals(
+        self, conn: Conn, signals: list[SignalIn], now: datetime, *, default_time: datetime | None = None
+    ) -> SignalResults:
+        """Record signals: all of them, or none if any breaks a rule (raised, its field as `signals.<index>.`).
+
+        As `record_trades`: the markets are locked first (in id order), then known ids are looked up, so a known
+        `signal_id` with the same fields is a replay (returned, not recorded or published again) and with
+        different fields a conflict. The batch costs a fixed number of statements."""
+        if default_time is not None:
+            default_time = self._check_time(default_time, now, "occurred_at")
+        markets = await store.lock_markets(conn, sorted({s.market_id for s in signals}))
+        known = await store.signals_by_id(conn, [s.signal_id for s in signals if s.signal_id])
+        result = SignalResults()
+        new: list[dict[str, Any]] = []
+        for index, s in enumerate(signals):
+            try:
+                sent_time = s.event_time or default_time
+                observed_at = self._check_time(sent_time, now, _time_field(s, "observed_at"))
+                domain.require(markets.get(s.market_id), s.market_id)
+                signal = {
+                    **s.model_dump(exclude={"occurred_at"}),
+                    "signal_id": s.signal_id or _new_id("sig"),
+                    "observed_at": observed_at,
+                }
+                if s.signal_id in known:
+                    skip = {"observed_at"} if sent_time is None else set()
+                    result.signals.append(_same(known[s.signal_id], signal, what="signal", skip=skip))
+                    continue
+            except domain.DomainError as exc:
+                if len(signals) > 1:
+                    exc.field = f"signals.{index}.{exc.field or 'market_id'}"
+                raise
+            known[signal["signal_id"]] = signal  # the same id again in this batch is a replay too
+            new.append(signal)
+            result.signals.append(signal)
+        if new:
+            if await store.insert_signals(conn, new) != len(new):
+                raise Conflict(
+                    "a signal_id in this request was recorded concurrently by another request", field="signal_id"
+                )
+            events = [
+                SignalObserved(
+                    occurred_at=s["observed_at"],
+                    producer=PRODUCER,
+                    **{k: v for k, v in s.items() if k != "observed_at"},
+                )
+                for s in new
+            ]
+            await store.enqueue(conn, MARKET_SIGNALS, *events)
+        result.recorded = len(new)
+        return result
 
     async def close_market(self, conn: Conn, market_id: str, body: CloseIn, now: datetime) -> dict[str, Any]:
         at = self._check_time(body.event_time, now, "occurred_at")

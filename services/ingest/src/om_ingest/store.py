@@ -163,6 +163,29 @@ async def signal_row(conn: Conn, signal_id: str) -> dict[str, Any] | None:
     return await cur.fetchone()
 
 
+SIGNAL_COLUMNS = "signal_id, market_id, kind, source, text, sentiment, observed_at"
+
+
+async def signals_by_id(conn: Conn, signal_ids: list[str]) -> dict[str, dict[str, Any]]:
+    if not signal_ids:
+        return {}
+    # bandit: only the module's column list is interpolated; the ids are bound
+    query = f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE signal_id = ANY(%b)"  # nosec B608
+    cur = await conn.execute(query, (signal_ids,))
+    return {row["signal_id"]: row for row in await cur.fetchall()}
+
+
+async def insert_signals(conn: Conn, signals: list[dict[str, Any]]) -> int:
+    """Insert signals in one statement (one array per column); return how many were new (as `insert_trades`)."""
+    columns = [c.strip() for c in SIGNAL_COLUMNS.split(",")]
+    types = {"sentiment": "float8", "observed_at": "timestamptz"}
+    arrays = ", ".join(f"%b::{types.get(c, 'text')}[]" for c in columns)  # %b: binary, no per-element quoting
+    # bandit: only the module's column list and fixed type casts are interpolated; the values are bound
+    query = f"INSERT INTO signals ({SIGNAL_COLUMNS}) SELECT * FROM unnest({arrays}) ON CONFLICT (signal_id) DO NOTHING"  # nosec B608
+    cur = await conn.execute(query, [[s[c] for s in signals] for c in columns])
+    return cur.rowcount
+
+
 async def insert_signal(conn: Conn, s: dict[str, Any]) -> bool:
     cur = await conn.execute(
         "INSERT INTO signals (signal_id, market_id, kind, source, text, sentiment, observed_at) "

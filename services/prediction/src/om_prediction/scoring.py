@@ -14,7 +14,9 @@ near_coin_flip with another reason, or 3+ reasons; medium: any reason; low: none
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from functools import partial
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -103,10 +105,32 @@ def baseline(features: MarketFeatures) -> Score:
     )
 
 
+#: The model path's risk reasons in their order, as bits of a per-row mask (computed for a whole batch in numpy).
+_MODEL_REASONS = (
+    "few_participants",
+    "thin_volume",
+    "near_coin_flip",
+    "model_uncertain",
+    "disagrees_with_market",
+    "missing_features",
+)
+#: mask -> (reasons, risk level): every combination, so a row's reasons and level are one list lookup.
+_RISK_BY_MASK: list[tuple[tuple[str, ...], RiskLevel]] = [
+    (reasons, risk_level_of(reasons))
+    for reasons in (
+        tuple(r for bit, r in enumerate(_MODEL_REASONS) if mask >> bit & 1) for mask in range(1 << len(_MODEL_REASONS))
+    )
+]
+_RISK_COLUMNS = ("participant_count", "total_volume", "current_price")
+_RISK_INPUTS = attrgetter(*_RISK_COLUMNS)
+_new_contribution = partial(tuple.__new__, Contribution)  # a Contribution from a 3-tuple, without a Python frame
+
+
 def score_batch(model: Ensemble | None, version: str, batch: list[MarketFeatures]) -> list[Score]:
     """Score many vectors in one call (micro-batching): the baseline without a model.
 
-    Everything per batch is numpy (matrix, imputation, the model, the top contributions); per row only the
+    Everything per batch is numpy: the matrix, imputation, the model, the top contributions and the risk reasons
+    (as a bit mask per row, looked up in `_RISK_BY_MASK`; the same rules as `risk_reasons`). Per row only the
     result objects are built (plain tuples: the prediction event validates them once).
     """
     if model is None or not batch:
@@ -118,34 +142,52 @@ def score_batch(model: Ensemble | None, version: str, batch: list[MarketFeatures
     out = model.predict(impute(x_raw, model.medians), explain=True)
     if out.contributions is None:  # explain=True always fills them
         raise RuntimeError("the model returned no contributions")
-    k = min(TOP_CONTRIBUTIONS, out.contributions.shape[1])
+    n, width = out.contributions.shape
+    k = min(TOP_CONTRIBUTIONS, width)
     size = np.abs(out.contributions)
     top = np.argpartition(-size, k - 1, axis=1)[:, :k]
     top = np.take_along_axis(top, np.argsort(-np.take_along_axis(size, top, axis=1), axis=1, kind="stable"), axis=1)
-    values = np.where(missing, np.array(None), x_raw).tolist()  # the vector's own values; None where it had none
-    contributions, tops, imputed = out.contributions.tolist(), top.tolist(), missing.sum(axis=1).tolist()
-    names = model.features
-    scores = []
-    for features, p, c, row, value, best, n_imputed in zip(
-        batch, out.probability.tolist(), out.confidence.tolist(), contributions, values, tops, imputed, strict=True
-    ):
-        reasons = risk_reasons(p, c, features, baseline=False, imputed=n_imputed)
-        scores.append(
-            Score(
-                probability=p,
-                confidence=c,
-                risk_level=risk_level_of(reasons),
-                model_version=version,
-                contributions=[Contribution(names[j], value[j], row[j]) for j in best],
-                risk_reasons=reasons,
-            )
+    # the top k of every row as flat lists: name, the vector's own value (None where it had none), contribution
+    values = np.where(missing, np.array(None), x_raw)
+    flat = list(
+        map(
+            _new_contribution,
+            zip(
+                np.array(model.features, dtype=object)[top].ravel().tolist(),
+                np.take_along_axis(values, top, axis=1).ravel().tolist(),
+                np.take_along_axis(out.contributions, top, axis=1).ravel().tolist(),
+                strict=True,
+            ),
         )
-    return scores
+    )
+    p, c = out.probability, out.confidence
+    if all(name in model.features for name in _RISK_COLUMNS):  # the model's inputs hold them (required fields)
+        traders, volume, price = (x_raw[:, model.features.index(name)] for name in _RISK_COLUMNS)
+    else:
+        traders, volume, price = np.array(list(map(_RISK_INPUTS, batch)), dtype=np.float64).reshape(n, 3).T
+    masks = (
+        (traders < 3)
+        | (volume < 100) << 1
+        | ((p >= 0.4) & (p <= 0.6)) << 2
+        | (c < 0.6) << 3
+        | (np.abs(p - price) > 0.15) << 4
+        | (missing.sum(axis=1) >= 3) << 5
+    )
+    risks = _RISK_BY_MASK
+    return [
+        Score(p_i, c_i, risks[m][1], version, flat[i * k : i * k + k], risks[m][0])
+        for i, (p_i, c_i, m) in enumerate(zip(p.tolist(), c.tolist(), masks.tolist(), strict=True))
+    ]
 
 
 def feature_matrix(names: tuple[str, ...], batch: list[MarketFeatures]) -> np.ndarray:
     """Validated feature vectors to a float matrix in the model's order; None and non-finite values are NaN."""
-    x = np.array([[getattr(f, name, None) for name in names] for f in batch], dtype=np.float64)
+    rows: list[Any]
+    try:
+        rows = list(map(attrgetter(*names), batch))  # one C call per row
+    except AttributeError:  # a name the vectors do not carry: None, like any missing value
+        rows = [[getattr(f, name, None) for name in names] for f in batch]
+    x = np.array(rows, dtype=np.float64)
     x = x.reshape(len(batch), len(names))
     x[~np.isfinite(x)] = np.nan
     return x

@@ -9,7 +9,9 @@ validate (stacking and calibration), the last are held out for the report; no ma
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import bisect
+import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +19,9 @@ from typing import Any
 import numpy as np
 
 from om_prediction.model import FEATURES, _num
+
+#: Rows a market gives the dataset at most (see `sample_per_market`).
+ROWS_PER_MARKET = 32
 
 
 class LeakError(ValueError):
@@ -63,15 +68,56 @@ def check_point_in_time(row: dict[str, Any]) -> None:
             raise LeakError(f"row of {row['market_id']} taken at {as_of.isoformat()}, not before its {bound}")
 
 
-def build(rows: Iterable[dict[str, Any]], features: tuple[str, ...] = FEATURES) -> Dataset:
-    """Binary-labelled arrays from export rows (YES/NO only: a MKT resolution has no binary outcome)."""
+def sample_per_market(
+    rows: Iterable[dict[str, Any]], per_market: int = ROWS_PER_MARKET, seed: int = 0
+) -> Iterator[dict[str, Any]]:
+    """At most `per_market` rows of each market: the market's state at seeded times spread uniformly over its life.
+
+    Feature's export holds a snapshot per market per 15 min of event time with activity (about 90 a market for
+    simulated history), so taken whole it weights a market by its activity, and most rows of a market lie where
+    trading is dense. The offline sampler (`om_cli.history.offline_features`) takes a market's state at 8 seeded
+    times uniform over its life. This gives the export the same weighting: for each of `per_market` times drawn
+    like the offline sampler's, the latest snapshot at or before it (each snapshot once). A market with no more
+    rows than that (offline rows) is kept whole. Rows stay in the input's order."""
+    by_market: dict[str, list[tuple[datetime, int, dict[str, Any]]]] = {}
+    for n, row in enumerate(rows):
+        by_market.setdefault(row["market_id"], []).append((_time(row["as_of"]), n, row))
+    chosen: list[tuple[int, dict[str, Any]]] = []
+    for market_id, snaps in by_market.items():
+        if len(snaps) <= per_market:
+            chosen += [(n, row) for _, n, row in snaps]
+            continue
+        snaps.sort(key=lambda s: (s[0], s[1]))
+        row = snaps[0][2]
+        created = _time(row["created_at"]) if row.get("created_at") else snaps[0][0]
+        end = min(_time(row[k]) for k in ("close_at", "resolved_at") if row.get(k) is not None)
+        rng = random.Random(f"{seed}:{market_id}")  # nosec B311  # seeded, reproducible sampling; no secret
+        times = [snap[0] for snap in snaps]
+        picked = {
+            bisect.bisect_right(times, created + (end - created) * rng.uniform(0.02, 0.999)) - 1
+            for _ in range(per_market)
+        }
+        chosen += [(snaps[i][1], snaps[i][2]) for i in sorted(picked) if i >= 0]
+    chosen.sort(key=lambda c: c[0])
+    return (row for _, row in chosen)
+
+
+def build(
+    rows: Iterable[dict[str, Any]],
+    features: tuple[str, ...] = FEATURES,
+    *,
+    per_market: int | None = ROWS_PER_MARKET,
+    seed: int = 0,
+) -> Dataset:
+    """Binary-labelled arrays from export rows (YES/NO only: a MKT resolution has no binary outcome), at most
+    `per_market` rows a market (`sample_per_market`; None: every row)."""
     ids, resolved, days, liq, xs, ys, prices = [], [], [], [], [], [], []
     first: datetime | None = None
     last: datetime | None = None
-    for row in rows:
-        if row.get("resolution") not in ("YES", "NO"):
-            continue
+    binary = [row for row in rows if row.get("resolution") in ("YES", "NO")]
+    for row in binary:
         check_point_in_time(row)
+    for row in binary if per_market is None else sample_per_market(binary, per_market, seed):
         f = row["features"]
         as_of, resolved_at = _time(row["as_of"]), _time(row["resolved_at"])
         first = as_of if first is None or as_of < first else first
