@@ -56,6 +56,9 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     ws_max_connections_per_ip: int = 200
     #: Updates buffered per WebSocket client; a client further behind is disconnected (close code 4008).
     ws_queue_size: int = 256
+    #: Milliseconds the live feed keeps reading after records arrive before it writes them out, so that updates
+    #: published together reach each client in one write (one system call) instead of one per fetch.
+    ws_linger_ms: float = 5.0
     ws_heartbeat_s: float = 15.0
     #: A client that sends nothing (not even a ping) for this long is disconnected (close code 4000).
     ws_idle_timeout_s: float = 120.0

@@ -35,7 +35,7 @@ from om_gateway.live import (
     CLOSE_UNAUTHENTICATED,
     Client,
     LiveHub,
-    text_of,
+    texts_of,
 )
 
 log = logging.getLogger(__name__)
@@ -273,9 +273,10 @@ class LiveEndpoint:
                 client.ready.clear()
                 await client.ready.wait()
             elif socket is None:
-                await send({"type": "websocket.send", "text": text_of(queue.popleft())})
+                for text in texts_of(client.take()):
+                    await send({"type": "websocket.send", "text": text})
             elif socket.can_write():
-                socket.write(queue.popleft())
+                socket.write(client.take())
             elif socket.closing():
                 return  # the reader ends the connection
             else:  # wait for the socket to drain, or for the hub to close this client
