@@ -131,8 +131,12 @@ class Clients:
         waiting = [(0.0, i, 0) for i in range(self.count)]  # (not before, index, attempt)
         opening: dict[int, tuple[Conn, int]] = {}
         opened = 0
+        next_ping = time.monotonic() + PING_EVERY_S
         while waiting or opening:
             now = time.monotonic()
+            if now >= next_ping:  # a slow ramp must not leave the first clients idle for the gateway's timeout
+                next_ping = now + PING_EVERY_S
+                self._ping()
             while waiting and len(opening) < CONNECT_AT_ONCE and waiting[0][0] <= now:
                 _, i, attempt = waiting.pop(0)
                 conn = self._start(i)
@@ -214,7 +218,6 @@ class Clients:
         cpu0 = cpu1 = None
         end = float("inf")
         next_ping = time.time() + PING_EVERY_S
-        ping = client_frame('{"type":"ping"}')
         while (now := time.time()) < end:
             if cpu0 is None and now >= self.window[0]:
                 cpu0 = _cpu_self()
@@ -222,8 +225,7 @@ class Clients:
                 cpu1 = _cpu_self()
             if now >= next_ping:
                 next_ping = now + PING_EVERY_S
-                for conn in self.conns.values():
-                    conn.sock.send(ping)
+                self._ping()
             for fd, _ in self.epoll.poll(0.1):
                 if fd == stdin:  # "go <t0> <t1> <until>"
                     _, t0, t1, until = os.read(stdin, 256).split()
@@ -242,6 +244,11 @@ class Clients:
             "closes": self.tally.closes,
             "cpu_s": (cpu1 or _cpu_self()) - (cpu0 or 0.0),
         }
+
+    def _ping(self) -> None:
+        ping = client_frame('{"type":"ping"}')
+        for conn in self.conns.values():
+            conn.sock.send(ping)
 
     def _read(self, conn: Conn) -> None:
         try:

@@ -25,6 +25,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from om_gateway.access import allowed
 from om_gateway.auth import Authenticator, Principal, Unauthenticated
+from om_gateway.heap import Freezer
 from om_gateway.live import (
     CHANNEL,
     CLOSE_FORBIDDEN,
@@ -158,6 +159,8 @@ class LiveEndpoint:
         self.settings = settings
         self.per_principal: Tally[str] = Tally()
         self.per_ip: Tally[str] = Tally()
+        self.open = 0
+        self.freezer = Freezer(settings.ws_gc_freeze, settings.ws_gc_full_every_s)
         self.connections = Gauge("gateway_ws_connections", "Open WebSocket connections", registry=registry)
         self.closes = Counter("gateway_ws_closes", "WebSocket closes by code", ["code"], registry=registry)
 
@@ -197,6 +200,8 @@ class LiveEndpoint:
             return
         self.per_principal[key] += 1
         self.connections.inc()
+        self.open += 1
+        self.freezer.opened(self.open)
         client = self.hub.connect(client_id, principal)
         client.last_heard = time.monotonic()
         client.legacy = legacy
@@ -210,6 +215,8 @@ class LiveEndpoint:
             self.hub.disconnect(client)
             _release(self.per_principal, key)
             self.connections.dec()
+            self.open -= 1
+            self.freezer.closed_one(self.open)
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
@@ -298,6 +305,7 @@ class LiveEndpoint:
             for client in self.hub.heartbeat(time.monotonic(), stamp, self.settings.ws_idle_timeout_s):
                 client.principal = None
                 client.ready.set()
+            self.freezer.tick(self.open)
 
 
 async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
