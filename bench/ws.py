@@ -10,9 +10,11 @@ per client, and the client processes' CPU.
     make bench-ws BENCH_WS_ARGS="--clients 2000 --duration 10"
 
 The clients are lean on purpose, so that the benchmark measures the server and not itself: plain non-blocking
-sockets on one epoll per process, no asyncio and no WebSocket library (a minimal RFC 6455 client: handshake,
-masked client frames, pong), and the arrival time of each update is the kernel's receive timestamp of the
-segment that carried it (SO_TIMESTAMPNS), not the moment the client process got round to reading it. On a
+sockets on one epoll per process, polled every 5 ms rather than woken by each of the gateway's writes (a woken
+client on the same cores preempts the gateway mid-round; one on another machine would not), no asyncio and no
+WebSocket library (a minimal RFC 6455 client: handshake, masked client frames, pong), and the arrival time of each
+update is the kernel's receive timestamp of the segment that carried it (SO_TIMESTAMPNS), not the moment the
+client process got round to reading it. On a
 2-core machine the client processes compete with the gateway for the same cores; with the kernel's timestamp a
 client that is scheduled late does not add its own wait to the figure. The time at which the client process read
 each update is printed as well ("read by client"), which includes that wait.
@@ -48,6 +50,10 @@ TIMESPEC = struct.Struct("qq")
 CONNECT_AT_ONCE = 256  # handshakes in flight per client process
 HANDSHAKE_TIMEOUT_S = 60.0
 ATTEMPTS = 5  # a loaded machine refuses or times out a few handshakes: retry them
+#: Between polls of the sockets: clients on another machine do not preempt the gateway on every write it makes;
+#: clients sleeping in epoll_wait on the same cores would (each write wakes one), so they look every 5 ms instead.
+#: The kernel's receive timestamps keep the delivery delay exact; "read by client" includes up to this wait.
+POLL_S = 0.005
 PING_EVERY_S = 30.0  # keeps each client under the gateway's idle timeout (120 s) in long runs
 SKIPPED = (b'{"type":"snapshot"', b'{"type":"ack"', b'{"type":"heartbeat"', b'{"type":"pong"')
 
@@ -226,7 +232,10 @@ class Clients:
             if now >= next_ping:
                 next_ping = now + PING_EVERY_S
                 self._ping()
-            for fd, _ in self.epoll.poll(0.1):
+            events = self.epoll.poll(0)
+            if not events:  # not woken by each write: a sleeping client would be, and would preempt the gateway
+                time.sleep(POLL_S)
+            for fd, _ in events:
                 if fd == stdin:  # "go <t0> <t1> <until>"
                     _, t0, t1, until = os.read(stdin, 256).split()
                     self.window, end = (float(t0), float(t1)), float(until)
