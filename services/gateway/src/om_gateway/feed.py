@@ -31,6 +31,8 @@ _tracer = trace.get_tracer("om_gateway.feed")
 MAX_LINKS = 128
 #: Records in one round, at most.
 MAX_RECORDS = 2000
+#: A round waits for more records at most this many lingers.
+LINGER_MAX = 5
 
 
 def active_sources() -> dict[str, Source]:
@@ -59,9 +61,9 @@ async def follow(
     metrics: FeedMetrics | None = None,
     linger_ms: float = 0.0,
 ) -> None:
-    """Read forever. After a read returns records, more are read for up to `linger_ms` before the round, so that
-    updates published together (a snapshot round's, split over partitions and fetches) reach each client in one
-    write instead of several."""
+    """Read forever. After a read returns records, more are read until none has come for `linger_ms` (at most
+    LINGER_MAX × that in all) before the round, so that updates published together (a snapshot round's, split over
+    partitions and fetches) reach each client in one write instead of several."""
     sources = active_sources()
     topics = {t.name: t for t in TOPICS if t.name in sources}
     consumer = AIOKafkaConsumer(
@@ -124,13 +126,16 @@ async def follow(
 
 
 async def _linger(consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]], linger_ms: float) -> None:
-    """Add to `batches` what arrives within `linger_ms` (at most MAX_RECORDS in all)."""
-    deadline = time.monotonic() + linger_ms / 1000
+    """Add to `batches` what keeps arriving, until nothing has for `linger_ms`, for at most LINGER_MAX × that (and
+    at most MAX_RECORDS in all): a burst that the broker hands out over several fetches makes one round."""
+    deadline = time.monotonic() + LINGER_MAX * linger_ms / 1000
     while (left := deadline - time.monotonic()) > 0:
         room = MAX_RECORDS - sum(len(records) for records in batches.values())
         if room <= 0:
             return
-        more = await consumer.getmany(timeout_ms=max(1, round(left * 1000)), max_records=room)
+        more = await consumer.getmany(timeout_ms=max(1, round(min(left, linger_ms / 1000) * 1000)), max_records=room)
+        if not more:
+            return
         for tp, records in more.items():
             batches.setdefault(tp, []).extend(records)
 
