@@ -166,6 +166,15 @@ def test_heartbeat_reaches_everyone_and_names_idle_clients() -> None:
     assert a.drain() == [{"type": "heartbeat", "timestamp": "2025-06-15T12:00:00Z"}]
 
 
+def test_heartbeats_in_slots_reach_each_client_once_per_cycle() -> None:
+    hub, clients = hub_with(*"abcde")
+    for client in clients:
+        client.last_heard = 100.0
+    for slot in range(3):
+        hub.heartbeat(101.0, "2025-06-15T12:00:00Z", idle_timeout_s=60, slot=slot, slots=3)
+    assert [len(c.drain()) for c in clients] == [1, 1, 1, 1, 1]
+
+
 def test_disconnect_removes_every_subscription() -> None:
     hub, (gone, stays) = hub_with("gone", "stays")
     hub.subscribe(gone, "system")

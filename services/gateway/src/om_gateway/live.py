@@ -14,6 +14,7 @@ disconnected (close code 4008), and resumes from its last sequence number.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import struct
@@ -139,6 +140,8 @@ class Client:
     client_id: str
     max_queue: int
     principal: Any = None
+    #: Its number on this replica (which heartbeat slot it is in).
+    serial: int = 0
     channels: set[str] = field(default_factory=set)
     #: What waits for the socket (or everything, without a direct socket), drained by the connection's sender:
     #: (frames joined, how many), as they were offered.
@@ -224,13 +227,14 @@ class LiveHub:
         #: (topic, partition) → the first offset this replica read; a resume from before it cannot be complete.
         self.read_from: dict[tuple[str, int], int] = {}
         self.partition_of: dict[str, tuple[str, int]] = {}
+        self._serials = itertools.count()
         #: The current round's updates, in order: (channel, frame, frame in the original shape or None).
         self._round: list[tuple[str, bytes, bytes | None]] | None = None
 
     # --- connections -------------------------------------------------------------------------------
 
     def connect(self, client_id: str, principal: Any = None) -> Client:
-        client = Client(client_id, self.queue_size, principal)
+        client = Client(client_id, self.queue_size, principal, serial=next(self._serials))
         self.clients.add(client)
         return client
 
@@ -359,11 +363,15 @@ class LiveHub:
             for client in group.clients:
                 client.offer(data, count)
 
-    def heartbeat(self, now: float, stamp: str, idle_timeout_s: float) -> list[Client]:
-        """Queue a heartbeat for everyone; return the clients silent for longer than the idle timeout."""
+    def heartbeat(self, now: float, stamp: str, idle_timeout_s: float, slot: int = 0, slots: int = 1) -> list[Client]:
+        """Send a heartbeat to the clients of one slot of `slots` (everyone by default); return those of them silent
+        for longer than the idle timeout. In slots, so that 10,000 heartbeats are not one long write round that
+        the updates arriving meanwhile wait behind."""
         data = frame(_json({"type": "heartbeat", "timestamp": stamp}))
         idle = []
         for client in self.clients:
+            if client.serial % slots != slot:
+                continue
             if now - client.last_heard > idle_timeout_s:
                 idle.append(client)
             else:

@@ -45,6 +45,8 @@ LEGACY_PREFIX = "/api/v1/ai-analytics/ws/analytics/"
 PATH = "/api/v1/ws"
 MAX_CHANNELS = 200
 CLOSE_TIMEOUT_S = 10.0
+#: Heartbeats go out to one slot of the clients at a time (see LiveHub.heartbeat).
+HEARTBEAT_SLOTS = 15
 
 
 class BadMessage(ValueError):
@@ -298,14 +300,19 @@ class LiveEndpoint:
                 await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
     async def heartbeats(self) -> None:
-        """Every `ws_heartbeat_s`: a heartbeat to everyone; clients idle too long are closed (code 4000)."""
+        """Every `ws_heartbeat_s`: a heartbeat to everyone, one slot of clients at a time, spread over the interval;
+        clients idle too long are closed (code 4000)."""
+        slot = 0
         while True:
-            await asyncio.sleep(self.settings.ws_heartbeat_s)
+            await asyncio.sleep(self.settings.ws_heartbeat_s / HEARTBEAT_SLOTS)
             stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-            for client in self.hub.heartbeat(time.monotonic(), stamp, self.settings.ws_idle_timeout_s):
+            now = time.monotonic()
+            for client in self.hub.heartbeat(now, stamp, self.settings.ws_idle_timeout_s, slot, HEARTBEAT_SLOTS):
                 client.principal = None
                 client.ready.set()
-            self.freezer.tick(self.open)
+            slot = (slot + 1) % HEARTBEAT_SLOTS
+            if slot == 0:
+                self.freezer.tick(self.open)
 
 
 async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
