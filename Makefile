@@ -100,7 +100,7 @@ bench-ingest: install ## Trades/s into ingest through batch HTTP and through the
 test-faults: install ## Fault suite: every fault, 20,000 trades each (OM_FAULT_TRADES=100000 for the full run)
 	OM_FAULTS=all $(UV) run pytest tests/faults -s $(PYTEST_ARGS)
 
-bench-ws: install ## WebSocket fan-out: one gateway, 10,000 clients in 4 processes (BENCH_WS_ARGS="--clients 2000")
+bench-ws: install ## WebSocket fan-out: one gateway, 10,000 clients in 2 processes (BENCH_WS_ARGS="--clients 2000")
 	$(UV) run python -m bench.ws $(BENCH_WS_ARGS)
 
 clean: ## Remove the virtual environment, local data (.om/) and caches

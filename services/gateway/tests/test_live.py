@@ -166,6 +166,15 @@ def test_heartbeat_reaches_everyone_and_names_idle_clients() -> None:
     assert a.drain() == [{"type": "heartbeat", "timestamp": "2025-06-15T12:00:00Z"}]
 
 
+def test_heartbeats_in_slots_reach_each_client_once_per_cycle() -> None:
+    hub, clients = hub_with(*"abcde")
+    for client in clients:
+        client.last_heard = 100.0
+    for slot in range(3):
+        hub.heartbeat(101.0, "2025-06-15T12:00:00Z", idle_timeout_s=60, slot=slot, slots=3)
+    assert [len(c.drain()) for c in clients] == [1, 1, 1, 1, 1]
+
+
 def test_disconnect_removes_every_subscription() -> None:
     hub, (gone, stays) = hub_with("gone", "stays")
     hub.subscribe(gone, "system")
@@ -294,3 +303,37 @@ def test_a_round_writes_each_clients_updates_together_in_order() -> None:
     for pair in sockets:
         pair.ours.close()
         pair.theirs.close()
+
+
+def test_clients_with_the_same_channels_share_one_group_and_move_when_their_channels_change() -> None:
+    hub, (a, b, c) = hub_with("a", "b", "c")
+    for client in (a, b, c):
+        hub.subscribe(client, "system")
+        hub.subscribe(client, "market/m-1")
+    assert a.group is b.group is c.group and len(hub.groups) == 1
+    hub.unsubscribe(c, "system")
+    assert c.group is not a.group and c.group is not None and c.group.channels == {"market/m-1"}
+    both, market_only = frozenset({"system", "market/m-1"}), frozenset({"market/m-1"})
+    assert {g.channels for g in hub.groups_of["market/m-1"]} == {both, market_only}
+    hub.disconnect(c)
+    assert c.group is None and len(hub.groups) == 1 and hub.groups_of["market/m-1"] == [a.group]
+    hub.disconnect(a)
+    hub.disconnect(b)
+    assert not hub.groups and not hub.groups_of
+
+
+def test_a_round_counts_each_update_against_a_busy_clients_queue() -> None:
+    hub, (busy,) = hub_with("busy", queue=3)
+    hub.subscribe(busy, "system")
+    hub.subscribe(busy, "market/m-1")
+    busy.drain()
+    hub.gather()
+    hub.publish(MARKET, market_event("m-1"), 0, 1)
+    hub.publish(SYSTEM, system_event(), 0, 2)
+    hub.flush()
+    assert busy.queued == 2 and len(busy.queue) == 1  # one write, two messages
+    hub.gather()
+    hub.publish(MARKET, market_event("m-1"), 0, 3)
+    hub.publish(SYSTEM, system_event(), 0, 4)
+    hub.flush()  # four messages waiting: over the bound of three
+    assert busy.slow and not busy.queue and busy.queued == 0

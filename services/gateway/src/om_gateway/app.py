@@ -61,16 +61,36 @@ def create_app(
 
     hub = LiveHub(settings.ws_queue_size, settings.ws_backfill)
     live = LiveEndpoint(hub, auth, settings, runtime.registry)
-    lag = Histogram(
-        "gateway_live_update_lag_seconds",
-        "Event time to the update being sent to (or queued for) its WebSocket subscribers",
-        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        registry=runtime.registry,
+    buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+    metrics = feed.FeedMetrics(
+        read_lag=Histogram(
+            "gateway_live_read_lag_seconds",
+            "Event time to the update being read from Kafka by the gateway",
+            buckets=buckets,
+            registry=runtime.registry,
+        ),
+        round=Histogram(
+            "gateway_live_round_seconds",
+            "A read's round: decoding its updates and writing them to every WebSocket subscriber (or its queue)",
+            buckets=(0.001, 0.0025, *buckets),
+            registry=runtime.registry,
+        ),
+        lag=Histogram(
+            "gateway_live_update_lag_seconds",
+            "Event time to the update being sent to (or queued for) its WebSocket subscribers",
+            buckets=buckets,
+            registry=runtime.registry,
+        ),
     )
     runtime.add_loop(
         "live-feed",
         lambda: feed.follow(
-            hub, settings.kafka_bootstrap_servers, settings.ws_history_s, settings.kafka_fetch_max_wait_ms, lag
+            hub,
+            settings.kafka_bootstrap_servers,
+            settings.ws_history_s,
+            settings.kafka_fetch_max_wait_ms,
+            metrics,
+            settings.ws_linger_ms,
         ),
     )
     runtime.add_loop("ws-heartbeats", live.heartbeats)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("om_gateway.feed")
 #: Links from a batch span to its records' traces, at most (as om_runtime.consumer).
 MAX_LINKS = 128
+#: Records in one round, at most.
+MAX_RECORDS = 2000
+#: A round waits for more records at most this many lingers.
+LINGER_MAX = 5
 
 
 def active_sources() -> dict[str, Source]:
@@ -36,10 +41,29 @@ def active_sources() -> dict[str, Source]:
     return {s.topic: s for s in SOURCES if s.topic in known}
 
 
+@dataclass(frozen=True)
+class FeedMetrics:
+    """Where a live update's delay goes, in the gateway (all but `round` per update, for live updates only)."""
+
+    #: Event time → read from Kafka (before the round).
+    read_lag: Histogram
+    #: A read's round: decoding its updates and writing them to every subscriber's socket (or queue).
+    round: Histogram
+    #: Event time → written to (or queued for) every subscriber: the end of its round.
+    lag: Histogram
+
+
 async def follow(
-    hub: LiveHub, bootstrap: str, history_s: float, fetch_max_wait_ms: int = 10, lag: Histogram | None = None
+    hub: LiveHub,
+    bootstrap: str,
+    history_s: float,
+    fetch_max_wait_ms: int = 10,
+    metrics: FeedMetrics | None = None,
+    linger_ms: float = 0.0,
 ) -> None:
-    """Read forever; `lag` observes event time → handed to the clients' queues, for live updates."""
+    """Read forever. After a read returns records, more are read until none has come for `linger_ms` (at most
+    LINGER_MAX × that in all) before the round, so that updates published together (a snapshot round's, split over
+    partitions and fetches) reach each client in one write instead of several."""
     sources = active_sources()
     topics = {t.name: t for t in TOPICS if t.name in sources}
     consumer = AIOKafkaConsumer(
@@ -67,9 +91,12 @@ async def follow(
             hub.read_from[(tp.topic, tp.partition)] = start
         log.info("following %d partitions of %s", len(partitions), ", ".join(topics))
         while True:
-            batches = await consumer.getmany(timeout_ms=1000, max_records=2000)
+            batches = await consumer.getmany(timeout_ms=1000, max_records=MAX_RECORDS)
             if not batches:
                 continue
+            if linger_ms > 0:
+                await _linger(consumer, batches, linger_ms)
+            read_at = time.time()
             # One round per read: every batch's updates are gathered, then each client's written at once (no
             # await in between, so nothing else reaches a client meanwhile).
             read: list[tuple[SpanContext, list[tuple[float, int]]]] = []
@@ -84,16 +111,33 @@ async def follow(
                     hub.flush()
                     span.set_attribute("om.websocket.updates", sum(len(updates) for _, updates in read))
                     span.set_attribute("om.websocket.deliveries", sum(n for _, updates in read for _, n in updates))
-            if lag is not None:
+            if metrics is not None:
                 now = time.time()
+                metrics.round.observe(now - read_at)
                 for _, updates in read:
                     for occurred_at, _ in updates:
-                        if (behind := now - occurred_at) < 60:
-                            lag.observe(behind)  # (not the history read at start)
+                        if (behind := now - occurred_at) < 60:  # (not the history read at start)
+                            metrics.read_lag.observe(read_at - occurred_at)
+                            metrics.lag.observe(behind)
     finally:
         with contextlib.suppress(Exception):
             await starting
         await consumer.stop()
+
+
+async def _linger(consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]], linger_ms: float) -> None:
+    """Add to `batches` what keeps arriving, until nothing has for `linger_ms`, for at most LINGER_MAX × that (and
+    at most MAX_RECORDS in all): a burst that the broker hands out over several fetches makes one round."""
+    deadline = time.monotonic() + LINGER_MAX * linger_ms / 1000
+    while (left := deadline - time.monotonic()) > 0:
+        room = MAX_RECORDS - sum(len(records) for records in batches.values())
+        if room <= 0:
+            return
+        more = await consumer.getmany(timeout_ms=max(1, round(min(left, linger_ms / 1000) * 1000)), max_records=room)
+        if not more:
+            return
+        for tp, records in more.items():
+            batches.setdefault(tp, []).extend(records)
 
 
 def read_batch(

@@ -3,15 +3,18 @@
 Each update comes from a Kafka record, and its sequence number is that record's offset in its partition. A
 channel's updates all come from one partition (the topics are keyed by the channel's id), so its numbers rise,
 and every replica, reading the same log, gives the same update the same number: a client can resume on any
-replica. An update is serialised once, into one WebSocket frame that is written as is to every subscriber's
-socket (no per-client encoding, task or await). A client whose socket cannot take more gets the frame in its
-queue instead, drained by its sender as the socket allows; a client whose queue is full is not skipped
-silently: it is marked slow and disconnected (close code 4008), and resumes from its last sequence number.
+replica. An update is serialised once, into one WebSocket frame. Clients with the same channels form a group;
+the updates of one read from Kafka are sent in a round, in which each group's frames are joined once and that one
+byte string is written to each of its clients' sockets: one write per client per read, with no per-client
+encoding, task or await. A client whose socket cannot take more gets the bytes in its queue instead, drained by its
+sender as the socket allows; a client whose queue is full is not skipped silently: it is marked slow and
+disconnected (close code 4008), and resumes from its last sequence number.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import struct
@@ -107,10 +110,18 @@ def frame(text: str) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, size) + payload
 
 
-def text_of(data: bytes) -> str:
-    """The text a frame built by `frame` carries."""
-    size = data[1]
-    return data[2 if size < 126 else 4 if size == 126 else 10 :].decode()
+def texts_of(data: bytes) -> list[str]:
+    """The texts of frames built by `frame`, joined."""
+    texts, at = [], 0
+    while at < len(data):
+        size, head = data[at + 1], 2
+        if size == 126:
+            size, head = int.from_bytes(data[at + 2 : at + 4]), 4
+        elif size == 127:
+            size, head = int.from_bytes(data[at + 2 : at + 10]), 10
+        texts.append(data[at + head : at + head + size].decode())
+        at += head + size
+    return texts
 
 
 class Socket(Protocol):
@@ -129,9 +140,14 @@ class Client:
     client_id: str
     max_queue: int
     principal: Any = None
+    #: Its number on this replica (which heartbeat slot it is in).
+    serial: int = 0
     channels: set[str] = field(default_factory=set)
-    #: Frames waiting for the socket (or all frames, without a direct socket), drained by the connection's sender.
-    queue: deque[bytes] = field(default_factory=deque)
+    #: What waits for the socket (or everything, without a direct socket), drained by the connection's sender:
+    #: (frames joined, how many), as they were offered.
+    queue: deque[tuple[bytes, int]] = field(default_factory=deque)
+    #: Messages in the queue (the bound is on messages, not on writes).
+    queued: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     slow: bool = False
     last_heard: float = 0.0
@@ -139,41 +155,54 @@ class Client:
     legacy: bool = False
     #: Written to directly when set and idle; None queues everything for the sender (any ASGI server).
     socket: Socket | None = None
+    #: The clients with exactly these channels on this endpoint (None without channels).
+    group: Group | None = None
 
-    def offer(self, data: bytes) -> bool:
-        """Send a frame now if the socket takes it, else queue it; False (and marked slow) if the client is too
-        far behind to take it."""
+    def offer(self, data: bytes, count: int = 1) -> bool:
+        """Send `count` frames (joined in `data`) now if the socket takes them, else queue them; False (and marked
+        slow) if the client is too far behind to take them."""
         if self.slow:
             return False
-        if not self.queue and self.socket is not None and self.socket.can_write():
-            self.socket.write(data)  # the hot path: no task, no await, nothing encoded
+        socket = self.socket
+        if not self.queue and socket is not None and socket.can_write():
+            socket.write(data)  # the hot path: no task, no await, nothing encoded
             return True
-        if len(self.queue) >= self.max_queue:
+        if self.queued + count > self.max_queue:
             self.slow = True
             self.queue.clear()
+            self.queued = 0
             self.ready.set()  # wake the sender, which closes the connection
             return False
-        self.queue.append(data)
+        self.queue.append((data, count))
+        self.queued += count
         self.ready.set()
         return True
 
-    def offer_all(self, frames: list[bytes]) -> None:
-        """Several frames, in order: in one write when the socket takes them at once."""
-        if len(frames) > 1 and not self.slow and not self.queue and self.socket is not None:
-            if self.socket.can_write():
-                self.socket.write(b"".join(frames))
-                return
-        for data in frames:
-            self.offer(data)
+    def take(self) -> bytes:
+        """The oldest queued write (for the sender)."""
+        data, count = self.queue.popleft()
+        self.queued -= count
+        return data
 
     def reply(self, message: dict[str, Any]) -> None:
         self.offer(frame(_json(message)))
 
     def drain(self) -> list[dict[str, Any]]:
         """Everything queued, decoded (for tests and diagnostics)."""
-        out = [json.loads(text_of(f)) for f in self.queue]
+        out = [json.loads(text) for data, _ in self.queue for text in texts_of(data)]
         self.queue.clear()
+        self.queued = 0
         return out
+
+
+@dataclass(eq=False)
+class Group:
+    """The clients with the same channels on the same endpoint: a round joins their frames once for all of them."""
+
+    channels: frozenset[str]
+    legacy: bool
+    #: In the order they joined (a dict as an ordered set).
+    clients: dict[Client, None] = field(default_factory=dict)
 
 
 @dataclass
@@ -191,16 +220,21 @@ class LiveHub:
         self.backfill = backfill
         self.clients: set[Client] = set()
         self.subscribers: dict[str, set[Client]] = {}
+        #: Clients by (channels, legacy), and each channel's groups: a round's work per client is one write.
+        self.groups: dict[tuple[frozenset[str], bool], Group] = {}
+        self.groups_of: dict[str, list[Group]] = {}
         self.history: dict[str, History] = {}
         #: (topic, partition) → the first offset this replica read; a resume from before it cannot be complete.
         self.read_from: dict[tuple[str, int], int] = {}
         self.partition_of: dict[str, tuple[str, int]] = {}
-        self._gathered: dict[Client, list[bytes]] | None = None
+        self._serials = itertools.count()
+        #: The current round's updates, in order: (channel, frame, frame in the original shape or None).
+        self._round: list[tuple[str, bytes, bytes | None]] | None = None
 
     # --- connections -------------------------------------------------------------------------------
 
     def connect(self, client_id: str, principal: Any = None) -> Client:
-        client = Client(client_id, self.queue_size, principal)
+        client = Client(client_id, self.queue_size, principal, serial=next(self._serials))
         self.clients.add(client)
         return client
 
@@ -212,11 +246,38 @@ class LiveHub:
                 if not subs:
                     del self.subscribers[channel]
         client.channels.clear()
+        self._regroup(client)
+
+    def _regroup(self, client: Client) -> None:
+        """Move the client to the group of its current channels."""
+        key = (frozenset(client.channels), client.legacy)
+        old = client.group
+        if old is not None:
+            if (old.channels, old.legacy) == key:
+                return
+            del old.clients[client]
+            if not old.clients:
+                del self.groups[(old.channels, old.legacy)]
+                for channel in old.channels:
+                    self.groups_of[channel].remove(old)
+                    if not self.groups_of[channel]:
+                        del self.groups_of[channel]
+        client.group = None
+        if not client.channels:
+            return
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = Group(*key)
+            for channel in group.channels:
+                self.groups_of.setdefault(channel, []).append(group)
+        group.clients[client] = None
+        client.group = group
 
     def subscribe(self, client: Client, channel: str, since: int | None = None) -> None:
         """Add the channel, then queue a snapshot (the latest update) or, with `since`, the updates after it."""
         client.channels.add(channel)
         self.subscribers.setdefault(channel, set()).add(client)
+        self._regroup(client)
         history = self.history.get(channel)
         if client.legacy and channel == "system":
             if history is not None and history.legacy_latest is not None:
@@ -250,6 +311,7 @@ class LiveHub:
             subs.discard(client)
             if not subs:
                 del self.subscribers[channel]
+        self._regroup(client)
 
     # --- updates -----------------------------------------------------------------------------------
 
@@ -271,42 +333,45 @@ class LiveHub:
         history.legacy_latest = legacy
         if len(history.updates) > self.backfill:
             history.trimmed_through = history.updates.popleft()[0]
-        subscribers = self.subscribers.get(channel, ())
-        data = frame(text)
-        gathered = self._gathered
-        if gathered is not None:  # within a round: each client's frames are written together at its end
-            for client in subscribers:
-                frames = gathered.get(client)
-                sent = legacy if legacy is not None and client.legacy else data
-                if frames is None:
-                    gathered[client] = [sent]
-                else:
-                    frames.append(sent)
-        elif legacy is None:
-            for client in subscribers:
-                client.offer(data)
+        if self._round is not None:  # within a round: each client's updates are written together at its end
+            self._round.append((channel, frame(text), legacy))
         else:
-            for client in subscribers:
-                client.offer(legacy if client.legacy else data)
-        return len(subscribers)
+            self._round = [(channel, frame(text), legacy)]
+            self.flush()
+        return len(self.subscribers.get(channel, ()))
 
     def gather(self) -> None:
-        """Start a round: until `flush`, `publish` collects each client's frames instead of sending them, so a
-        client that gets several updates of one read (its market's and the system's) gets them in one write — one
-        system call instead of several, which is most of a send's cost. The caller must not await in between."""
-        self._gathered = {}
+        """Start a round: until `flush`, `publish` collects the updates instead of sending them, so a client that
+        gets several updates of one read (its market's and the system's) gets them in one write — one system call
+        instead of several, which is most of a send's cost. The caller must not await in between."""
+        self._round = []
 
     def flush(self) -> None:
-        """End the round: write each client's gathered frames, in order, as one write (or queue them)."""
-        gathered, self._gathered = self._gathered or {}, None
-        for client, frames in gathered.items():
-            client.offer_all(frames)
+        """End the round: per group, join its clients' frames in order once, and write that to each of them."""
+        updates, self._round = self._round or [], None
+        frames_of: dict[Group, list[bytes]] = {}
+        for channel, data, legacy in updates:
+            for group in self.groups_of.get(channel, ()):
+                sent = legacy if legacy is not None and group.legacy else data
+                if (frames := frames_of.get(group)) is None:
+                    frames_of[group] = [sent]
+                else:
+                    frames.append(sent)
+        for group, frames in frames_of.items():
+            count = len(frames)
+            data = frames[0] if count == 1 else b"".join(frames)
+            for client in group.clients:
+                client.offer(data, count)
 
-    def heartbeat(self, now: float, stamp: str, idle_timeout_s: float) -> list[Client]:
-        """Queue a heartbeat for everyone; return the clients silent for longer than the idle timeout."""
+    def heartbeat(self, now: float, stamp: str, idle_timeout_s: float, slot: int = 0, slots: int = 1) -> list[Client]:
+        """Send a heartbeat to the clients of one slot of `slots` (everyone by default); return those of them silent
+        for longer than the idle timeout. In slots, so that 10,000 heartbeats are not one long write round that
+        the updates arriving meanwhile wait behind."""
         data = frame(_json({"type": "heartbeat", "timestamp": stamp}))
         idle = []
         for client in self.clients:
+            if client.serial % slots != slot:
+                continue
             if now - client.last_heard > idle_timeout_s:
                 idle.append(client)
             else:

@@ -56,6 +56,14 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     ws_max_connections_per_ip: int = 200
     #: Updates buffered per WebSocket client; a client further behind is disconnected (close code 4008).
     ws_queue_size: int = 256
+    #: After records arrive, the live feed keeps reading until none has come for this many milliseconds (at most 5×
+    #: that in all) before it writes them out, so that updates published together reach each client in one write
+    #: (one system call) instead of one per fetch.
+    ws_linger_ms: float = 10.0
+    #: Freeze the WebSocket connections' objects out of Python's full garbage collections (om_gateway.heap), and
+    #: collect everything at most this often (or after half the connections closed).
+    ws_gc_freeze: bool = True
+    ws_gc_full_every_s: float = 600.0
     ws_heartbeat_s: float = 15.0
     #: A client that sends nothing (not even a ping) for this long is disconnected (close code 4000).
     ws_idle_timeout_s: float = 120.0

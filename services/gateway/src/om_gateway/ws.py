@@ -25,6 +25,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from om_gateway.access import allowed
 from om_gateway.auth import Authenticator, Principal, Unauthenticated
+from om_gateway.heap import Freezer
 from om_gateway.live import (
     CHANNEL,
     CLOSE_FORBIDDEN,
@@ -35,7 +36,7 @@ from om_gateway.live import (
     CLOSE_UNAUTHENTICATED,
     Client,
     LiveHub,
-    text_of,
+    texts_of,
 )
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ LEGACY_PREFIX = "/api/v1/ai-analytics/ws/analytics/"
 PATH = "/api/v1/ws"
 MAX_CHANNELS = 200
 CLOSE_TIMEOUT_S = 10.0
+#: Heartbeats go out to one slot of the clients at a time (see LiveHub.heartbeat).
+HEARTBEAT_SLOTS = 15
 
 
 class BadMessage(ValueError):
@@ -158,6 +161,8 @@ class LiveEndpoint:
         self.settings = settings
         self.per_principal: Tally[str] = Tally()
         self.per_ip: Tally[str] = Tally()
+        self.open = 0
+        self.freezer = Freezer(settings.ws_gc_freeze, settings.ws_gc_full_every_s)
         self.connections = Gauge("gateway_ws_connections", "Open WebSocket connections", registry=registry)
         self.closes = Counter("gateway_ws_closes", "WebSocket closes by code", ["code"], registry=registry)
 
@@ -197,6 +202,8 @@ class LiveEndpoint:
             return
         self.per_principal[key] += 1
         self.connections.inc()
+        self.open += 1
+        self.freezer.opened(self.open)
         client = self.hub.connect(client_id, principal)
         client.last_heard = time.monotonic()
         client.legacy = legacy
@@ -210,6 +217,8 @@ class LiveEndpoint:
             self.hub.disconnect(client)
             _release(self.per_principal, key)
             self.connections.dec()
+            self.open -= 1
+            self.freezer.closed_one(self.open)
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
@@ -273,9 +282,10 @@ class LiveEndpoint:
                 client.ready.clear()
                 await client.ready.wait()
             elif socket is None:
-                await send({"type": "websocket.send", "text": text_of(queue.popleft())})
+                for text in texts_of(client.take()):
+                    await send({"type": "websocket.send", "text": text})
             elif socket.can_write():
-                socket.write(queue.popleft())
+                socket.write(client.take())
             elif socket.closing():
                 return  # the reader ends the connection
             else:  # wait for the socket to drain, or for the hub to close this client
@@ -290,13 +300,19 @@ class LiveEndpoint:
                 await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
     async def heartbeats(self) -> None:
-        """Every `ws_heartbeat_s`: a heartbeat to everyone; clients idle too long are closed (code 4000)."""
+        """Every `ws_heartbeat_s`: a heartbeat to everyone, one slot of clients at a time, spread over the interval;
+        clients idle too long are closed (code 4000)."""
+        slot = 0
         while True:
-            await asyncio.sleep(self.settings.ws_heartbeat_s)
+            await asyncio.sleep(self.settings.ws_heartbeat_s / HEARTBEAT_SLOTS)
             stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-            for client in self.hub.heartbeat(time.monotonic(), stamp, self.settings.ws_idle_timeout_s):
+            now = time.monotonic()
+            for client in self.hub.heartbeat(now, stamp, self.settings.ws_idle_timeout_s, slot, HEARTBEAT_SLOTS):
                 client.principal = None
                 client.ready.set()
+            slot = (slot + 1) % HEARTBEAT_SLOTS
+            if slot == 0:
+                self.freezer.tick(self.open)
 
 
 async def _first(*waits: Coroutine[Any, Any, Any]) -> None:

@@ -1,0 +1,55 @@
+"""The freezer keeps connections' objects out of full garbage collections, and still reclaims a closed
+connection's cycles once enough have closed."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+from om_gateway.heap import Freezer
+
+
+class Node:
+    link: Node | None = None
+
+
+def test_freezes_as_connections_grow_and_reclaims_frozen_cycles_after_enough_close() -> None:
+    gc.unfreeze()  # (whatever an earlier test froze)
+    freezer = Freezer(floor=3, growth=0.5)
+    try:
+        freezer.opened(2)
+        assert freezer.freezes == 0 and gc.get_freeze_count() == 0
+        cycle = Node()
+        cycle.link = cycle  # a closed connection's objects: garbage only the cyclic collector finds
+        ref = weakref.ref(cycle)
+        freezer.opened(3)
+        assert freezer.freezes == 1 and freezer.frozen_with == 3 and gc.get_freeze_count() > 0
+        del cycle
+        gc.collect()
+        assert ref() is not None  # frozen: full collections skip it
+        freezer.opened(5)
+        assert freezer.freezes == 1  # grown by 2, less than max(3, 50 % of 3)
+        freezer.opened(6)
+        assert freezer.freezes == 2 and freezer.frozen_with == 6
+        freezer.closed_one(5)
+        freezer.closed_one(4)
+        assert freezer.full_collections == 0 and ref() is not None
+        freezer.closed_one(3)  # three closed: half of the six open at the last freeze
+        assert freezer.full_collections == 1 and freezer.closed == 0 and freezer.frozen_with == 3
+        assert ref() is None
+        freezer.tick(3)  # a heartbeat: what survived since is frozen
+        assert freezer.freezes == 3 and freezer.full_collections == 1
+        freezer.full_every_s = 0
+        freezer.tick(3)  # and once it is time, everything is collected
+        assert freezer.full_collections == 2
+    finally:
+        gc.unfreeze()
+
+
+def test_does_nothing_when_disabled() -> None:
+    gc.unfreeze()
+    freezer = Freezer(enabled=False, floor=1)
+    freezer.opened(1_000_000)
+    freezer.closed_one(0)
+    freezer.tick(0)
+    assert freezer.freezes == freezer.full_collections == 0 and gc.get_freeze_count() == 0
