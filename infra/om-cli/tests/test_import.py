@@ -12,7 +12,15 @@ import httpx
 import pytest
 
 from om_cli.history.format import MarketRecord, ResolutionRecord, SignalRecord, TradeRecord, write_history
-from om_cli.history.importer import GRACE, ImportReport, import_records, make_client, market_steps, read_generic
+from om_cli.history.importer import (
+    GRACE,
+    CredentialRefused,
+    ImportReport,
+    import_records,
+    make_client,
+    market_steps,
+    read_generic,
+)
 from om_cli.history.manifold import Rejects, read_manifold
 from om_cli.history.simulated import HistoryConfig, simulate_history
 from om_cli.testing import app_client
@@ -111,6 +119,22 @@ def test_report_lists_reasons() -> None:
     report.rejected.add("bet", "no userId", "b1")
     assert "1 x bet: no userId" in "\n".join(report.lines())
     assert isinstance(make_client("http://x", "k"), httpx.AsyncClient)
+
+
+async def test_a_refused_credential_stops_the_import_at_the_first_write() -> None:
+    """Without a valid key every write would be refused; the import stops at once with the status instead of
+    counting 2,000 markets' records as rejected one by one."""
+    requests: list[httpx.Request] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(401, json={"detail": "send Authorization: Bearer <key>"})
+
+    client = make_client("http://test", "wrong", transport=httpx.MockTransport(refuse))
+    with pytest.raises(CredentialRefused, match="401"):
+        await import_records(client, list(simulate_history(5, seed=1)), source="generic", progress=False)
+    await client.aclose()
+    assert len(requests) <= 5  # the markets created concurrently in the first round, nothing after
 
 
 def test_steps_keep_every_market_event_within_the_feature_services_grace() -> None:

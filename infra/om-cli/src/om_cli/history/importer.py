@@ -48,6 +48,14 @@ def make_client(
     )
 
 
+class CredentialRefused(Exception):
+    """The platform answered 401 or 403: every later write would be refused too, so the import stops at once."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"{response.status_code} {_detail(response)}")
+        self.status_code = response.status_code
+
+
 @dataclass
 class ImportReport:
     imported: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -99,6 +107,8 @@ class _Loader:
                     raise
                 await asyncio.sleep(0.5 * 2**attempt)
                 continue
+            if response.status_code in (401, 403):
+                raise CredentialRefused(response)
             # a 500 is retried too: every write carries its Idempotency-Key, so a retry never doubles anything
             if response.status_code in (429, 500, 502, 503, 504) and attempt < 5:
                 await asyncio.sleep(0.5 * 2**attempt)
@@ -450,6 +460,12 @@ def run_from_args(args: Any) -> int:
         asyncio.run(go())
     except httpx.HTTPError as exc:
         print(f"error: the platform at {url} does not answer ({type(exc).__name__}); rerun to resume")
+        return 1
+    except CredentialRefused as exc:
+        print(
+            f"error: the platform at {url} refused the credential ({exc}); pass --api-key or set OM_API_KEY to a key"
+            " with the admin or service role (`make up` saves one in .om/credentials/admin-api-key); rerun to resume"
+        )
         return 1
     for line in report.lines():
         print(line)
