@@ -118,6 +118,7 @@ class ServiceRuntime:
         *,
         topics: Collection[Topic],
         listener: PartitionListener,
+        max_records: int = 500,
     ) -> None:
         """For a consumer that keeps its own state and checkpoints (with the offsets it covers).
 
@@ -131,7 +132,7 @@ class ServiceRuntime:
             if deliveries:
                 await process(deliveries)
 
-        self._group_consumer(topics, apply, listener)
+        self._group_consumer(topics, apply, listener, max_records=max_records)
 
     def _group_consumer(self, topics: Collection[Topic], process: Any, listener: PartitionListener, **kw: Any) -> None:
         self.consumers.append(
