@@ -421,8 +421,8 @@ async def test_a_broker_that_restarts_empty_and_refills_past_a_running_consumers
                 assert received == ["old0", "old1", "old2"]
                 # Kafka's copy of the offsets (committed in the background, for lag reports) is in place.
                 probe = AIOKafkaConsumer(bootstrap_servers=kafka.url, group_id="svc", enable_auto_commit=False)
-                await probe.start()
                 try:
+                    await probe.start()
                     assert await probe.committed(TopicPartition(TRADES, partition)) == 3
                 finally:
                     await probe.stop()

@@ -49,9 +49,6 @@ class HotModels:
     async def put(self, name: str, value: Any, ttl_s: float | None = None) -> None:
         await self.redis.set(self.keys.key(name), dumps(value), px=int(ttl_s * 1000) if ttl_s else None)
 
-    async def forget(self, name: str) -> None:
-        await self.redis.delete(self.keys.key(name))
-
     async def bump(self, name: str) -> None:
         """Say that what `name` caches changed (after the change committed): a cached copy from before is no
         longer served, even one a reader that began before the change stores after this."""

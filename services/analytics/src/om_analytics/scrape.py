@@ -42,8 +42,8 @@ async def _lag(bootstrap: str, groups: list[str]) -> dict[str, list[ConsumerLag]
     result: dict[str, list[ConsumerLag]] = {}
     for group in groups:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-        await consumer.start()
         try:
+            await consumer.start()  # inside the try: a shutdown cancelling start() must still stop the consumer
             await consumer.topics()  # load metadata, so partitions are known
             partitions = [
                 TopicPartition(t.name, p)
