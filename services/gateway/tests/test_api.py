@@ -174,3 +174,40 @@ async def test_upstream_failures_are_translated() -> None:
     assert boom.status_code == 502 and b"Traceback" not in boom.body
     assert conflict.status_code == 409 and b'"errors":[{"loc":["body","x"],"msg":"closed","type":"c"}]' in conflict.body
     assert gone.status_code == 404 and b'"detail":"no market m9"' in gone.body
+
+
+@pytest.mark.integration
+async def test_a_cached_prediction_is_read_from_predictions_cache_behind_the_same_gate(infra_env, tmp_path) -> None:
+    import uuid
+
+    from redis.asyncio import Redis
+
+    from om_contracts.caches import PREDICTION_LATEST_FIELD, prediction_latest_key
+
+    cached, missing = f"cached-{uuid.uuid4().hex[:8]}", f"missing-{uuid.uuid4().hex[:8]}"
+    body = json.dumps({"market_id": cached, "probability": 0.61, "model_version": "from-the-cache"})
+    redis = Redis.from_url(infra_env["REDIS_URL"])
+    await redis.hset(prediction_latest_key(cached), PREDICTION_LATEST_FIELD, body)
+    try:
+        async with running_gateway(gateway_settings(infra_env, tmp_path)) as (_, client):
+            path = f"/api/v1/ai-analytics/predictions/{cached}"
+            hit = await client.get(path, headers=bearer(token("viewer")))
+            assert hit.status_code == 200 and hit.text == body  # relayed as prediction cached it, not re-encoded
+            assert hit.headers["content-type"] == "application/json"
+            assert hit.headers["x-content-type-options"] == "nosniff"
+            # The gate still runs first: no credential, no prediction, even a cached one.
+            assert (await client.get(path)).status_code == 401
+            # A miss asks prediction (here the stub, which answers with its own model version).
+            miss = await client.get(f"/api/v1/ai-analytics/predictions/{missing}", headers=ADMIN)
+            assert miss.status_code == 200 and miss.json()["model_version"] != "from-the-cache"
+    finally:
+        await redis.delete(prediction_latest_key(cached))
+        await redis.aclose()
+
+
+@pytest.mark.integration
+async def test_without_redis_a_prediction_is_asked_of_prediction(infra_env, tmp_path) -> None:
+    settings = gateway_settings({**infra_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, tmp_path)
+    async with running_gateway(settings) as (_, client):
+        reply = await client.get("/api/v1/ai-analytics/predictions/m1", headers=ADMIN)
+        assert reply.status_code == 200 and reply.json()["market_id"] == "m1"

@@ -3,14 +3,17 @@ served from the cache and the history; a redelivered vector is not predicted twi
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from om_cli.testing import app_client, consume_until, eventually, produce
 from om_contracts import FeatureVectorComputed, MarketFeatures, encode
+from om_contracts.caches import PREDICTION_LATEST_FIELD, prediction_latest_key
 from om_prediction.app import create_app
 from om_prediction.settings import PredictionSettings
 
@@ -50,6 +53,12 @@ async def test_vectors_become_predictions_once(
 
         await eventually(history_has_both)
         latest = (await client.get(f"/v1/markets/{market}/prediction")).json()
+        # The gateway reads the same entry in place of this API (om_contracts.caches): it must hold the latest.
+        redis = Redis.from_url(redis_url)
+        try:
+            cached = json.loads(await redis.hget(prediction_latest_key(market), PREDICTION_LATEST_FIELD) or b"null")
+        finally:
+            await redis.aclose()
         missing = await client.get("/v1/markets/unknown/prediction")
 
     assert len(published) == 2  # the redelivered vector was not predicted again
@@ -58,3 +67,4 @@ async def test_vectors_become_predictions_once(
     assert latest["model_version"] == "baseline-market-price"
     assert latest["risk_level"] == "low"
     assert missing.status_code == 404
+    assert cached is not None and cached["probability"] == 0.9 and cached["event_id"] == latest["event_id"]

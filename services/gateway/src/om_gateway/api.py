@@ -322,6 +322,8 @@ def router(up: Upstreams, gate: Gate) -> APIRouter:
         dependencies=[read_predictions],
     )
     async def prediction(market_id: MarketIdPath) -> Response:
+        if (cached := await up.cached_prediction(market_id)) is not None:
+            return Response(cached, media_type="application/json")
         return await up.forward("prediction", "GET", f"/v1/markets/{market_id}/prediction")
 
     @api.post(

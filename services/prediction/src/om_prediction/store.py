@@ -11,9 +11,8 @@ from psycopg.types.json import Jsonb
 from redis.asyncio import Redis
 
 from om_contracts import FeatureVectorComputed, PredictionMade
-from om_runtime.cache import KeySpace
+from om_contracts.caches import PREDICTION_LATEST_FIELD, prediction_latest_key
 
-KEYS = KeySpace("prediction")
 COLUMNS = (
     "event_id, market_id, probability, confidence, risk_level, model_version, contributions, features_as_of, made_at,"
     " risk_reasons, final, market_price"
@@ -139,7 +138,7 @@ async def live_accuracy(conn: Conn) -> dict[str, dict[str, Any]]:
 _CACHE_IF_NEWER = """
 local cached = redis.call('HGET', KEYS[1], 'as_of')
 if cached and tonumber(cached) > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'as_of', ARGV[1], 'prediction', ARGV[2])
+redis.call('HSET', KEYS[1], 'as_of', ARGV[1], ARGV[4], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
@@ -149,11 +148,12 @@ async def cache_latest(redis: Redis, predictions: list[PredictionMade], ttl_s: i
     """Offer each prediction to its market's cache entry, in one round trip."""
     async with redis.pipeline(transaction=False) as pipe:
         for p in predictions:
-            key = KEYS.key("latest", p.market_id)
-            pipe.eval(_CACHE_IF_NEWER, 1, key, p.features_as_of.timestamp(), p.model_dump_json(), ttl_s)
+            key = prediction_latest_key(p.market_id)  # read in place by the gateway (om_contracts.caches)
+            as_of, body = p.features_as_of.timestamp(), p.model_dump_json()
+            pipe.eval(_CACHE_IF_NEWER, 1, key, as_of, body, ttl_s, PREDICTION_LATEST_FIELD)
         await pipe.execute()
 
 
 async def cached_latest(redis: Redis, market_id: str) -> PredictionMade | None:
-    raw = await redis.hget(KEYS.key("latest", market_id), "prediction")
+    raw = await redis.hget(prediction_latest_key(market_id), PREDICTION_LATEST_FIELD)
     return PredictionMade.model_validate_json(raw) if raw else None
