@@ -29,6 +29,8 @@ from om_contracts.api import (
     TradeIn,
     TradeOut,
 )
+from om_contracts.caches import PREDICTION_LATEST_FIELD as LATEST_FIELD
+from om_contracts.caches import prediction_latest_key
 from om_gateway.access import Role
 from om_gateway.auth import Principal
 from om_gateway.guard import Gate, require_own
@@ -118,6 +120,9 @@ def router(up: Upstreams, gate: Gate) -> APIRouter:
     read_markets = Depends(gate("markets:read"))
     write_markets = Depends(gate("markets:write"))
     read_predictions = Depends(gate("predictions:read"))
+    read_cached_prediction = Depends(
+        gate("predictions:read", read=lambda r: (prediction_latest_key(r.path_params["market_id"]), LATEST_FIELD))
+    )
     read_analytics = Depends(gate("analytics:read"))
     read_models = Depends(gate("models:read"))
     write_trades = Depends(gate("trades:write"))
@@ -319,10 +324,11 @@ def router(up: Upstreams, gate: Gate) -> APIRouter:
         summary="A market's prediction",
         response_model=PredictionMade,
         responses=READ_ONE,
-        dependencies=[read_predictions],
+        dependencies=[read_cached_prediction],
     )
-    async def prediction(market_id: MarketIdPath) -> Response:
-        if (cached := await up.cached_prediction(market_id)) is not None:
+    async def prediction(market_id: MarketIdPath, request: Request) -> Response:
+        # Read from prediction's cache in the rate limit's round trip (om_contracts.caches); a miss asks prediction.
+        if (cached := request.state.prefetched) is not None:
             return Response(cached, media_type="application/json")
         return await up.forward("prediction", "GET", f"/v1/markets/{market_id}/prediction")
 

@@ -53,7 +53,6 @@ def create_app(
         settings.upstream_timeout_s,
         retry_after_s=settings.upstream_retry_after_s,
         transports=transports,
-        cache_url=settings.redis_url,  # prediction's cache, read in place of a call (om_contracts.caches)
     )
     # Upstreams are not a readiness condition: while one is down only its routes answer 503.
     runtime.add_resource(upstreams.open(), name="services", check=upstreams.status)

@@ -29,7 +29,11 @@ class Gate:
         self.auth = auth
         self.limits = limits
 
-    def __call__(self, operation: str) -> Callable[..., Awaitable[Principal]]:
+    def __call__(
+        self, operation: str, *, read: Callable[[Request], tuple[str, str]] | None = None
+    ) -> Callable[..., Awaitable[Principal]]:
+        """`read` names a Redis hash field (key, field) to fetch in the rate limit's round trip: the route finds it
+        in `request.state.prefetched` (None on a miss), so a cached read costs one round trip in all."""
         if operation not in MATRIX:  # a route naming an operation the matrix lacks: fail at start, not per request
             raise ValueError(f"unknown operation {operation!r}")
 
@@ -42,7 +46,12 @@ class Gate:
             except Unauthenticated as exc:
                 await self._limit("anonymous", f"ip:{ip}")
                 raise HTTPException(401, str(exc), headers={"www-authenticate": "Bearer"}) from exc
-            await self._limit(principal.role.value, f"ip:{ip}", f"principal:{principal.rate_key}")
+            request.state.prefetched = await self._limit(
+                principal.role.value,
+                f"ip:{ip}",
+                f"principal:{principal.rate_key}",
+                read=read(request) if read is not None else None,
+            )
             if MATRIX[operation].get(principal.role, "no") == "no":
                 raise HTTPException(403, f"role {principal.role} may not do {operation}")
             request.state.principal = principal
@@ -50,12 +59,13 @@ class Gate:
 
         return check
 
-    async def _limit(self, role: str, *identities: str) -> None:
-        verdict = await self.limits.hit(role, *identities)
+    async def _limit(self, role: str, *identities: str, read: tuple[str, str] | None = None) -> bytes | None:
+        verdict = await self.limits.hit(role, *identities, read=read)
         if not verdict.allowed:
             raise HTTPException(
                 429, f"rate limit of role {role} reached", headers={"retry-after": str(verdict.retry_after_s)}
             )
+        return verdict.read
 
 
 def require_own(principal: Principal, operation: str, owner: str) -> None:

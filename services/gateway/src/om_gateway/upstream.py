@@ -15,10 +15,7 @@ from typing import Any
 import httpx
 from fastapi import Response
 from opentelemetry import propagate
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from om_contracts.caches import PREDICTION_LATEST_FIELD, prediction_latest_key
 from om_gateway.problems import field_errors, problem
 
 log = logging.getLogger(__name__)
@@ -35,13 +32,8 @@ class Upstreams:
         *,
         retry_after_s: int = 5,
         transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
-        cache_url: str | None = None,
     ) -> None:
-        """`cache_url`: the Redis holding prediction's latest-prediction cache (om_contracts.caches), read in place
-        of prediction's API; None always asks prediction."""
         self.urls = urls
-        self.cache_url = cache_url
-        self.cache: Redis | None = None
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
         self.transports = dict(transports or {})
@@ -54,10 +46,6 @@ class Upstreams:
                 self.clients[name] = await stack.enter_async_context(
                     httpx.AsyncClient(base_url=url, timeout=self.timeout_s, transport=self.transports.get(name))
                 )
-            if self.cache_url is not None:
-                # Bytes, not str: a hit is relayed as it is, never decoded.
-                self.cache = Redis.from_url(self.cache_url, socket_timeout=self.timeout_s)
-                stack.push_async_callback(self.cache.aclose)
             yield self
 
     async def status(self) -> dict[str, str]:
@@ -96,18 +84,6 @@ class Upstreams:
             return problem(504, f"{service} did not answer in time", headers=self._retry())
         except httpx.TransportError:
             return problem(503, f"{service} is unavailable", headers=self._retry())
-
-    async def cached_prediction(self, market_id: str) -> bytes | None:
-        """A market's latest prediction from prediction's cache: one Redis round trip instead of an HTTP call to
-        prediction (which reads the same entry first). None on a miss or when Redis fails: then ask prediction."""
-        if self.cache is None:
-            return None
-        try:
-            raw = await self.cache.hget(prediction_latest_key(market_id), PREDICTION_LATEST_FIELD)
-        except (RedisError, OSError) as exc:
-            log.warning("prediction cache unavailable, asking prediction: %r", exc)
-            return None
-        return raw.encode() if isinstance(raw, str) else raw
 
     async def forward(
         self,
