@@ -232,7 +232,11 @@ class ServiceRuntime:
             app.include_router(router)
         app.state.runtime = self
         app.add_middleware(HttpMetricsMiddleware, registry=self.registry, service=self.settings.service_name)
-        FastAPIInstrumentor.instrument_app(app, excluded_urls="/health,/ready,/metrics")
+        # One span per request: the per-message "http send"/"http receive" child spans cost two more span starts per
+        # request (a fifth of the gateway's CPU on a cached read) and say nothing the request span does not.
+        FastAPIInstrumentor.instrument_app(
+            app, excluded_urls="/health,/ready,/metrics", exclude_spans=["receive", "send"]
+        )
         return app
 
 
