@@ -7,7 +7,9 @@ cached prediction read through the gateway.
    detail lines are `Ensemble.predict` alone with and without contributions, per batch size, and the
    booster's tree SHAP (kept for on-demand explanations).
 2. Starts embedded Kafka/PostgreSQL/Redis and the five services, makes one market trade so a prediction is
-   cached, then reads `GET /api/v1/ai-analytics/predictions/{id}` sequentially and prints p50/p99.
+   cached, then reads `GET /api/v1/ai-analytics/predictions/{id}` sequentially and prints p50/p99, and the CPU
+   time the gateway and prediction processes spent per 1,000 reads (less their idle rate, measured just before),
+   which a busy machine disturbs far less than the latency.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+import psutil  # type: ignore[import-untyped]  # noqa: E402  # ships no type hints; no stubs in the lock
 
 from om_cli.history.offline_features import snapshot_rows  # noqa: E402
 from om_cli.history.simulated import simulate_history  # noqa: E402
@@ -32,7 +35,9 @@ from om_prediction.training import dataset as ds  # noqa: E402
 from om_prediction.training.pipeline import train  # noqa: E402
 
 
-async def _cached_latency(gateway: str, api_key: str, samples: int) -> list[float]:
+async def _cached_latency(
+    gateway: str, api_key: str, samples: int, on_start: Callable[[], object] = lambda: None
+) -> list[float]:
     import uuid
     from datetime import UTC, datetime, timedelta
 
@@ -56,6 +61,7 @@ async def _cached_latency(gateway: str, api_key: str, samples: int) -> list[floa
             await asyncio.sleep(0.2)
         for _ in range(50):  # warm up connections
             await api.get(f"/ai-analytics/predictions/{market}")
+        on_start()
         out = []
         for _ in range(samples):
             started = time.perf_counter()
@@ -74,15 +80,46 @@ def gateway_latency(samples: int = 2000) -> None:
         platform = Platform(env, Path(data) / "logs", ServicePorts(*(free_port() for _ in range(5))))
         try:
             platform.start(timeout_s=120)
-            lat = sorted(
-                x * 1000
-                for x in asyncio.run(_cached_latency(platform.url("gateway"), platform.admin_api_key or "", samples))
-            )
+            processes = {n: psutil.Process(platform.service(n).process.pid) for n in ("gateway", "prediction")}
+            cpu = _CpuMeter(processes)
+            cpu.idle(3.0)
+            url, key = platform.url("gateway"), platform.admin_api_key or ""
+            lat = sorted(x * 1000 for x in asyncio.run(_cached_latency(url, key, samples, on_start=cpu.start)))
+            per_1000 = {n: 1000 * used / samples for n, used in cpu.used().items()}
         finally:
             platform.stop()
             infra.stop()
     p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.99 * len(lat)))]
     print(f"cached prediction through the gateway ({samples} sequential GETs): p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+    print("  CPU-s per 1,000 reads: " + ", ".join(f"{n} {v:.3f}" for n, v in per_1000.items()))
+
+
+class _CpuMeter:
+    """CPU seconds each process spent between start() and used(), less what it spends idle (its background loops:
+    Kafka fetches, heartbeats), measured by idle() just before."""
+
+    def __init__(self, processes: dict[str, psutil.Process]) -> None:
+        self.processes = processes
+        self.idle_rate = dict.fromkeys(processes, 0.0)
+        self.begin: tuple[float, dict[str, float]] = (0.0, {})
+
+    def _now(self) -> tuple[float, dict[str, float]]:
+        times = {n: p.cpu_times() for n, p in self.processes.items()}
+        return time.monotonic(), {n: t.user + t.system for n, t in times.items()}
+
+    def idle(self, seconds: float) -> None:
+        wall, before = self._now()
+        time.sleep(seconds)
+        wall2, after = self._now()
+        self.idle_rate = {n: (after[n] - before[n]) / (wall2 - wall) for n in before}
+
+    def start(self) -> None:
+        self.begin = self._now()
+
+    def used(self) -> dict[str, float]:
+        wall, after = self._now()
+        began, before = self.begin
+        return {n: after[n] - before[n] - self.idle_rate[n] * (wall - began) for n in after}
 
 
 def _rate(fn: Callable[[int], object], batch: int, seconds: float = 3.0) -> float:
