@@ -226,6 +226,10 @@ class ServiceRuntime:
             async with self.running():
                 yield
 
+        # FastAPI's own telemetry (new in 0.16x) would add a second server span and two `fastapi.*` operation spans to
+        # every request, on top of the OpenTelemetry instrumentation below that the traces and tests are built on:
+        # off, with its metrics (ours are at /metrics) and logs bridge.
+        fastapi_kwargs.setdefault("telemetry", {"tracing": False, "metrics": False, "logs": False})
         app = FastAPI(title=title, description=description, lifespan=lifespan, **fastapi_kwargs)
         app.include_router(ops_router(self.checks, self.registry, optional=self.optional_checks))
         for router in routers:
