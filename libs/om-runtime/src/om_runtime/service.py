@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from om_contracts import Topic
 from om_runtime.consumer import ConsumerMetrics, GroupConsumer, PartitionListener
 from om_runtime.failures import Backoff
+from om_runtime.heap import frozen
 from om_runtime.http import Check, ops_router
 from om_runtime.kafka import (
     BatchHandler,
@@ -39,6 +40,7 @@ from om_runtime.kafka import (
     dispatch,
     ensure_topics,
 )
+from om_runtime.loopwatch import LoopWatch, LoopWatchSettings
 from om_runtime.metrics import HttpMetricsMiddleware
 from om_runtime.settings import ServiceSettings
 from om_runtime.telemetry import setup_logging, setup_tracing
@@ -71,6 +73,16 @@ class ServiceRuntime:
         self.kafka_started = asyncio.Event()
         self._resources: list[AbstractAsyncContextManager[Any]] = []
         self._loops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        slow = settings.event_loop_slow_callback_ms
+        self.loop_watch = LoopWatch(
+            self.registry,
+            settings.service_name,
+            LoopWatchSettings(
+                interval_s=settings.event_loop_probe_ms / 1000,
+                stall_s=settings.event_loop_stall_ms / 1000,
+                slow_callback_s=slow / 1000 if slow is not None else None,
+            ),
+        )
 
     async def _kafka_ready(self) -> None:
         if not await self.broker.ping(timeout=2.0):
@@ -119,6 +131,7 @@ class ServiceRuntime:
         topics: Collection[Topic],
         listener: PartitionListener,
         max_records: int = 500,
+        pipelined: bool = False,
     ) -> None:
         """For a consumer that keeps its own state and checkpoints (with the offsets it covers).
 
@@ -126,13 +139,14 @@ class ServiceRuntime:
         partitions move (and `on_offset_regression(partition, stored, log_end)`, if present, hears that the broker
         lost its log). `process` gets each batch of valid deliveries; it must apply all or nothing: if it raises,
         the same deliveries come again (after a pause when the failure is systemic, or one at a time to find a
-        poison event, which is then dead-lettered)."""
+        poison event, which is then dead-lettered). With `pipelined`, the next batch is fetched and decoded while
+        `process` applies the one before (batches still apply one at a time and in order)."""
 
         async def apply(deliveries: list[Delivery], offsets: Mapping[tuple[str, int], int]) -> None:
             if deliveries:
                 await process(deliveries)
 
-        self._group_consumer(topics, apply, listener, max_records=max_records)
+        self._group_consumer(topics, apply, listener, max_records=max_records, pipelined=pipelined)
 
     def _group_consumer(self, topics: Collection[Topic], process: Any, listener: PartitionListener, **kw: Any) -> None:
         self.consumers.append(
@@ -163,6 +177,7 @@ class ServiceRuntime:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            stack.push_async_callback(_cancel, asyncio.create_task(self.loop_watch.run(), name="loop-watch"))
             for resource in self._resources:
                 await stack.enter_async_context(resource)
             if self.kafka_required:
@@ -172,6 +187,8 @@ class ServiceRuntime:
             stack.push_async_callback(self._stop_kafka)
             for name, loop in self._loops:
                 stack.push_async_callback(_cancel, asyncio.create_task(_supervised(name, loop), name=name))
+            if self.settings.gc_freeze:
+                await stack.enter_async_context(frozen(self.settings.gc_freeze_again_s))
             log.info("%s started", self.settings.service_name)
             yield
 
