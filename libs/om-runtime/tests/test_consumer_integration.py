@@ -269,6 +269,51 @@ async def test_a_stateful_consumer_resumes_where_its_listener_says_and_hears_of_
     assert sample(runtime, "om_consumer_offset_regressions_total", consumer="svc", topic=TRADES) == 1
 
 
+async def test_a_pipelined_consumer_decodes_ahead_but_applies_batches_one_at_a_time_in_order_once(
+    kafka: str,
+) -> None:
+    trades = [trade(f"t{i:03d}") for i in range(120)]
+    await produce(kafka, TRADES, [encode(t) for t in trades], key=b"m1")
+    applying = False
+    applied_ids: list[str] = []
+    batches = 0
+    decoded_while_applying = 0
+
+    async def process(deliveries: list[Delivery]) -> None:
+        nonlocal applying, batches
+        assert not applying, "two batches applied at once"
+        applying = True
+        try:
+            batches += 1
+            await asyncio.sleep(0.02)  # a transaction waiting on its database
+            if batches == 2:
+                raise ConnectionError("the database went away")  # systemic: the same batch comes again, in order
+            applied_ids.extend(d.event.trade_id for d in deliveries)
+        finally:
+            applying = False
+
+    runtime = ServiceRuntime(settings(kafka))
+    runtime.consume_stateful(process, topics=(MARKET_TRADES,), listener=Checkpoints({}), max_records=10, pipelined=True)
+    [consumer] = runtime.consumers
+    decode = consumer._decode
+
+    async def watched_decode(records: list[Any]) -> list[Delivery]:
+        nonlocal decoded_while_applying
+        decoded_while_applying += applying
+        return await decode(records)
+
+    consumer._decode = watched_decode  # type: ignore[method-assign]
+    async with runtime.running():
+
+        async def all_applied() -> None:
+            assert len(applied_ids) >= len(trades)
+
+        await eventually(all_applied)
+    assert applied_ids == [t.trade_id for t in trades]  # each once, in order, the failed batch included
+    assert decoded_while_applying > 0  # the next batch was decoded while one was being applied
+    assert sample(runtime, "om_consumer_systemic_failures_total", consumer="svc", error="ConnectionError") == 1
+
+
 async def test_a_service_that_does_not_require_kafka_starts_ready_and_connects_later(tmp_path: Path) -> None:
     port = free_port()
     runtime = ServiceRuntime(settings(f"127.0.0.1:{port}"), kafka_required=False)

@@ -28,5 +28,7 @@ class IngestSettings(ServiceSettings, PostgresSettings):
     max_future_skew_s: float = Field(default=DEFAULT_MAX_FUTURE_SKEW_S, ge=0)
     #: Consume the raw upstream topics (ingest.raw-*.v1) and record their records.
     raw_intake: bool = True
+    #: Decode the next raw batch while the previous one's transaction runs (false: one batch after the other).
+    raw_pipelined: bool = True
     #: How long an Idempotency-Key and its stored reply are kept.
     idempotency_ttl_s: float = Field(default=24 * 3600, gt=0)
