@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from om_cli.embedded import EmbeddedKafka, free_port
 from om_cli.testing import app_client, consume_until, eventually, produce
 from om_contracts import TradeExecuted, encode
-from om_contracts.topics import DEAD_LETTERS, MARKET_TRADES
+from om_contracts.topics import DEAD_LETTERS, MARKET_TRADES, TOPICS
 from om_runtime.db import Database
 from om_runtime.kafka import Delivery, ensure_topics
 from om_runtime.service import ServiceRuntime
@@ -429,6 +429,54 @@ async def test_a_broker_that_restarts_empty_under_a_running_consumer_is_read_aga
         # checkpoint after noticing, which is noticed again): each time, the old position is beyond the new end.
         assert listener.regressions
         assert all(stored == 6 and end < 6 for _, stored, end in listener.regressions)
+    finally:
+        kafka.stop()
+
+
+async def partition_counts(bootstrap: str) -> dict[str, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        return {topic: len(consumer.partitions_for_topic(topic) or ()) for topic in await consumer.topics()}
+    finally:
+        await consumer.stop()
+
+
+async def test_a_broker_that_lost_its_log_gets_the_registrys_topics_back_with_their_partition_counts(
+    tmp_path: Path,
+) -> None:
+    """A topic a client names first on the emptied embedded broker is auto-created with the broker's default
+    count (4 on Tansu), so once a consumer notices the lost log the runtime creates the registry's topics itself."""
+    kafka = EmbeddedKafka("kafka", free_port(), tmp_path / "kafka")
+    kafka.start()
+    try:
+        listener = Checkpoints({})
+
+        async def process(deliveries: list[Delivery]) -> None:
+            for d in deliveries:
+                listener.resume[(TRADES, d.partition)] = d.offset + 1
+
+        runtime = ServiceRuntime(settings(kafka.url))
+        runtime.consume_stateful(process, topics=(MARKET_TRADES,), listener=listener)
+        async with runtime.running():
+            await produce(kafka.url, TRADES, [encode(trade(f"old{i}")) for i in range(6)], key=b"m1")
+
+            async def checkpointed() -> None:
+                assert sum(listener.resume.values()) == 6
+
+            await eventually(checkpointed)
+            kafka.stop()
+            kafka.start()  # empty: no topics at all
+            assert set(await partition_counts(kafka.url)) <= {TRADES}
+
+            async def provisioned_again() -> None:
+                counts = await partition_counts(kafka.url)
+                for topic in TOPICS:
+                    if topic.name != TRADES:  # (the consumer itself may have named it first)
+                        assert counts.get(topic.name) == topic.partitions, topic.name
+
+            await eventually(provisioned_again, timeout_s=60)
+        assert listener.regressions
     finally:
         kafka.stop()
 

@@ -124,10 +124,16 @@ class GroupConsumer:
         fetch_max_wait_ms: int = 10,
         max_records: int = 500,
         pipelined: bool = False,
+        on_log_lost: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         #: Decode the next batch while the previous one applies (for a processor that mostly waits on its database).
         self.pipelined = pipelined
+        #: Called (in the background, one call at a time) when the broker is found to have lost its log: the
+        #: runtime re-creates the registry's topics then, before a client's request re-creates them with the
+        #: broker's default partition count.
+        self.on_log_lost = on_log_lost
+        self._reprovisioning: asyncio.Task[Any] | None = None
         self.by_name = {t.name: t for t in topics}
         self.group = group
         self.process = process
@@ -203,10 +209,11 @@ class GroupConsumer:
             if graceful:  # between batches: let a stateful consumer checkpoint what it holds before leaving
                 await self.revoked(list(consumer.assignment()))
             self._consumer = None
-            if self._committing is not None:
-                self._committing.cancel()
-                with contextlib.suppress(BaseException):
-                    await self._committing
+            for task in (self._committing, self._reprovisioning):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), timeout=10)
 
@@ -315,11 +322,20 @@ class GroupConsumer:
                 log_end,
             )
         self.metrics.regressions.labels(self.group, tp.topic).inc()
+        if self.on_log_lost is not None and (self._reprovisioning is None or self._reprovisioning.done()):
+            self._reprovisioning = asyncio.create_task(self._reprovision(self.on_log_lost))
         if hook := getattr(self.listener, "on_offset_regression", None):
             try:
                 await hook((tp.topic, tp.partition), stored, log_end)
             except Exception:
                 log.exception("%s: on_offset_regression failed", self.group)
+
+    async def _reprovision(self, hook: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            created = await hook()
+            log.warning("%s: the broker lost its log; re-created topics %s", self.group, created or "(none missing)")
+        except Exception:
+            log.exception("%s: re-creating the topics after a lost log failed", self.group)
 
     async def _check_log_ends(self, consumer: AIOKafkaConsumer) -> None:
         """A position beyond the log end the last fetch reported means the broker lost its log: the embedded one

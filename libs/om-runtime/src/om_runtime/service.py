@@ -159,6 +159,7 @@ class ServiceRuntime:
                 publisher=self.publisher,
                 metrics=self.consumer_metrics,
                 fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
+                on_log_lost=self._provision_topics,
                 **kw,
             )
         )
@@ -192,12 +193,18 @@ class ServiceRuntime:
             log.info("%s started", self.settings.service_name)
             yield
 
-    async def _start_kafka(self) -> None:
-        await ensure_topics(
+    async def _provision_topics(self) -> list[str]:
+        """Create the registry's missing topics: at start, and again when a consumer finds the broker lost its log
+        (the embedded broker keeps it in memory), so topics come back with their own partition counts rather than
+        the broker's default for a topic a client names first (4 on Tansu); a topic re-created meanwhile keeps it."""
+        return await ensure_topics(
             self.settings.kafka_bootstrap_servers,
             replication_factor=self.settings.kafka_replication_factor,
             partitions=self.settings.kafka_topic_partitions,
         )
+
+    async def _start_kafka(self) -> None:
+        await self._provision_topics()
         await self.broker.start()
         self._consumer_tasks = [
             asyncio.create_task(_supervised(f"consumer-{i}", c.run), name=f"consumer-{i}")
