@@ -506,7 +506,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result["ratio_pipeline_to_ceiling"] = result["sustained_trades_per_s"] / result["ceiling_msgs_per_s"]
     print("latency under background load ...", flush=True)
     result["latency"] = await latency_under_load(
-        args.samples or (50 if quick else 300), 1000.0, markets, users, max_seconds=45.0 if quick else 120.0
+        args.samples or (50 if quick else 300),
+        args.background_rate,
+        markets,
+        users,
+        max_seconds=45.0 if quick else 120.0,
     )
     return result
 
@@ -526,6 +530,12 @@ def main(argv: list[str] | None = None) -> None:
         "--latency-only", action="store_true", help="only the trade -> WebSocket latency (with its hops); prints JSON"
     )
     parser.add_argument(
+        "--background-rate",
+        type=float,
+        default=1000.0,
+        help="background trades/s during the latency samples (default 1000; lower it on a machine too busy to keep up)",
+    )
+    parser.add_argument(
         "--samples",
         type=int,
         default=None,
@@ -535,7 +545,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.latency_only:
         markets, users = (50, 500) if args.quick else (500, 5000)
         samples = args.samples or (50 if args.quick else 300)
-        print(json.dumps(asyncio.run(latency_under_load(samples, 1000.0, markets, users)), indent=2))
+        result = asyncio.run(latency_under_load(samples, args.background_rate, markets, users))
+        print(json.dumps(result, indent=2))
         return
     result = asyncio.run(run(args))
     OUT_DIR.mkdir(parents=True, exist_ok=True)
