@@ -2,8 +2,8 @@
 
 A started service holds 100,000-135,000 objects the collector tracks (its imported modules, FastAPI's and pydantic's
 schemas, the contracts, the app). pydantic-core's validators and serializers are slow to traverse: a full collection
-of that heap takes 0.2-0.5 s of CPU on this machine (120k plain objects take 30 ms), and each one holds the event
-loop, so every event and request in flight waits for it. They were most of the event-loop stalls over 250 ms that
+of that heap takes 80-100 ms of CPU (0.2-1.1 s of wall time on a busy 2-core machine), and each one holds the event
+loop, so every event and request in flight waits for it. They were the longest event-loop stalls that
 `om_event_loop_lag_seconds` recorded in every service during the latency benchmark (issue 9).
 
 So once the service has started, and once more after a warm-up (lazy imports, first requests), the heap is
