@@ -187,6 +187,30 @@ async def test_redis_refusing_writes_is_systemic_retried_and_nothing_dead_letter
     assert sum((await end_offsets(kafka, DEAD_LETTERS.name)).values()) == 0
 
 
+async def test_a_batch_rolled_back_by_a_deadlock_is_retried_at_once_without_a_pause(
+    kafka: str, database_url: str, migrations: Path
+) -> None:
+    applier = Applier()
+    conflicts = {"left": 2}
+
+    def deadlock(event: TradeExecuted) -> None:
+        if conflicts["left"] > 0:
+            conflicts["left"] -= 1
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+
+    applier.fail = deadlock
+    await produce(kafka, TRADES, [encode(trade(f"t{i}")) for i in range(4)], key=b"m1")
+    async with transactional_service(kafka, database_url, migrations, applier) as (runtime, db):
+
+        async def all_applied() -> None:
+            assert await applied(db) == ["t0", "t1", "t2", "t3"]
+
+        await eventually(all_applied)
+        # Not counted as a systemic failure, so no backoff pause: the batch ran again at once.
+        assert sample(runtime, "om_consumer_systemic_failures_total", consumer="svc", error="DeadlockDetected") == 0
+        assert sample(runtime, "om_consumer_dead_letters_total", consumer="svc", topic=TRADES, cause="apply") == 0
+
+
 async def test_most_of_a_batch_failing_alone_the_same_way_is_systemic(
     kafka: str, database_url: str, migrations: Path
 ) -> None:

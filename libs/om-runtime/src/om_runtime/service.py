@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from datetime import timedelta
@@ -27,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from om_contracts import Topic
 from om_runtime.consumer import ConsumerMetrics, GroupConsumer, PartitionListener
-from om_runtime.failures import Backoff
+from om_runtime.failures import Backoff, is_retry_now
 from om_runtime.heap import frozen
 from om_runtime.http import Check, ops_router
 from om_runtime.kafka import (
@@ -261,14 +262,23 @@ class ServiceRuntime:
 
 
 async def _supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
-    """Keep a background loop alive: log a crash and start it again after a pause."""
+    """Keep a background loop alive: log a crash and start it again after a pause (at once, up to 3 times in a row
+    within a second, when PostgreSQL rolled its transaction back on a conflict)."""
+    quick: list[float] = []  # when the recent immediate restarts happened
     while True:
         try:
             await loop()
             return
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            now = time.monotonic()
+            quick = [t for t in quick if now - t < 1.0]
+            if is_retry_now(exc) and len(quick) < 3:  # a deadlock or serialization failure: the next round succeeds
+                quick.append(now)
+                log.warning("background loop %s: its transaction was rolled back (%s); restarting now", name, exc)
+                await asyncio.sleep(0.01)
+                continue
             log.exception("background loop %s crashed; restarting in 1 s", name)
             await asyncio.sleep(1.0)
 
