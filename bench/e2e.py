@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -25,6 +26,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+import prometheus_client
 import psutil  # type: ignore[import-untyped]  # ships no type hints; no stubs in the lock
 import websockets
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -36,6 +39,7 @@ from om_cli.credentials import auth_headers
 from om_cli.embedded import Ports, free_port, start_infrastructure
 from om_cli.launcher import consumer_lag
 from om_cli.platform import Platform, ServicePorts
+from om_runtime.loopwatch import LoopWatch, LoopWatchSettings
 
 OUT_DIR = Path(os.environ.get("OM_BENCH_DIR", ".om/bench"))
 CONSUMERS = ("feature", "prediction", "analytics")
@@ -70,6 +74,8 @@ def platform_up() -> Iterator[Platform]:
         finally:
             platform.stop()
             infra.stop()
+            if keep := os.environ.get("OM_BENCH_LOGS"):  # the services' logs (stall warnings) outlive the run
+                shutil.copytree(Path(data) / "logs", Path(keep), dirs_exist_ok=True)
 
 
 # --- the ceiling ----------------------------------------------------------------------------------------------
@@ -181,6 +187,31 @@ async def scrape(http: Any, platform: Platform) -> dict[str, dict[str, float]]:
     return out
 
 
+def loop_lag(text: str) -> dict[str, float]:
+    """A service's event-loop lag (`om_event_loop_lag_seconds`, see om_runtime.loopwatch): wake-ups, the share
+    later than 50 ms, stalls over the warning threshold and the p99 as its histogram bucket's upper bound."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    buckets: dict[float, float] = {}
+    stalls = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "om_event_loop_lag_seconds_bucket":
+                buckets[float(s.labels["le"])] = s.value
+            elif s.name == "om_event_loop_stalls_total":
+                stalls = s.value
+    count = buckets.get(float("inf"), 0.0)
+    if not count:
+        return {"wakeups": 0.0}
+    p99 = next((le for le in sorted(buckets) if buckets[le] >= 0.99 * count), float("inf"))
+    return {
+        "wakeups": count,
+        "late_over_50ms": count - buckets.get(0.05, 0.0),
+        "stalls": stalls,
+        "p99_le_ms": p99 * 1000,
+    }
+
+
 async def analytics_trades(http: Any, platform: Platform) -> int:
     body = (await http.get(platform.url("analytics") + "/v1/system/metrics")).json()
     return int(body["system_metrics"]["total_trades_24h"])
@@ -263,7 +294,12 @@ class HopClock:
 
 def hop_summary(hops: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return {
-        name: {"samples": len(v), "p50_ms": percentile(v, 0.5), "p99_ms": percentile(v, 0.99)}
+        name: {
+            "samples": len(v),
+            "p50_ms": percentile(v, 0.5),
+            "p95_ms": percentile(v, 0.95),
+            "p99_ms": percentile(v, 0.99),
+        }
         for name, v in hops.items()
     }
 
@@ -296,6 +332,10 @@ async def latency_under_load(
             gateway.replace("http", "ws", 1) + f"/api/v1/ai-analytics/ws/analytics/bench?token={platform.admin_api_key}"
         )
         market = "lat-m0"
+        # The bench's own loop: a stall here (its senders, its side consumer) would show as a slow gateway hop.
+        bench_registry = prometheus_client.CollectorRegistry()
+        bench_watch = LoopWatch(bench_registry, "bench", LoopWatchSettings(stall_s=0.1))
+        bench_probe = asyncio.create_task(bench_watch.run())
         clock = HopClock(platform.infra_env["KAFKA_BOOTSTRAP_SERVERS"], market)
         await clock.consumer.start()
         watcher = asyncio.create_task(clock.run())
@@ -315,7 +355,11 @@ async def latency_under_load(
                         break  # an overloaded pipeline must not stretch the run past its budget
                     started, wall = time.perf_counter(), time.time() * 1000
                     body = trade("lat", i, 1, 10)
-                    (await api.post("/trades", json=body)).raise_for_status()
+                    try:
+                        response = await api.post("/trades", json=body)
+                    except httpx.TransportError:  # a kept-alive connection the gateway closed while we waited
+                        response = await api.post("/trades", json=body)  # the same trade_id: a retry is a replay
+                    response.raise_for_status()
                     answered = time.time() * 1000
                     if not await update_arrives(ws, i + 1, deadline):
                         timed_out += 1
@@ -329,10 +373,13 @@ async def latency_under_load(
                         hops["relay"].append(on_trades - answered)
                         hops["analytics"].append(on_analytics - on_trades)
                         hops["gateway"].append(received - on_analytics)
+                loops = {s.name: loop_lag((await api.get(f"{s.url}/metrics")).text) for s in platform.running}
+                loops["bench"] = loop_lag(prometheus_client.generate_latest(bench_registry).decode())
             finally:
                 background.cancel()
                 watcher.cancel()
-                for task in (background, watcher):
+                bench_probe.cancel()
+                for task in (background, watcher, bench_probe):
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
                 await clock.consumer.stop()
@@ -345,6 +392,7 @@ async def latency_under_load(
         "mean_ms": statistics.fmean(results) if results else float("nan"),
         "timed_out": timed_out,
         "hops": hop_summary(hops),
+        "event_loop_lag": loops,
     }
 
 
@@ -458,7 +506,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result["ratio_pipeline_to_ceiling"] = result["sustained_trades_per_s"] / result["ceiling_msgs_per_s"]
     print("latency under background load ...", flush=True)
     result["latency"] = await latency_under_load(
-        50 if quick else 300, 1000.0, markets, users, max_seconds=45.0 if quick else 120.0
+        args.samples or (50 if quick else 300),
+        args.background_rate,
+        markets,
+        users,
+        max_seconds=45.0 if quick else 120.0,
     )
     return result
 
@@ -477,10 +529,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--latency-only", action="store_true", help="only the trade -> WebSocket latency (with its hops); prints JSON"
     )
+    parser.add_argument(
+        "--background-rate",
+        type=float,
+        default=1000.0,
+        help="background trades/s during the latency samples (default 1000; lower it on a machine too busy to keep up)",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="latency samples (default 300; 50 quick: then p99 is the slowest sample)",
+    )
     args = parser.parse_args(argv)
     if args.latency_only:
         markets, users = (50, 500) if args.quick else (500, 5000)
-        print(json.dumps(asyncio.run(latency_under_load(50 if args.quick else 300, 1000.0, markets, users)), indent=2))
+        samples = args.samples or (50 if args.quick else 300)
+        result = asyncio.run(latency_under_load(samples, args.background_rate, markets, users))
+        print(json.dumps(result, indent=2))
         return
     result = asyncio.run(run(args))
     OUT_DIR.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from om_cli.embedded import EmbeddedKafka, free_port
 from om_cli.testing import app_client, consume_until, eventually, produce
 from om_contracts import TradeExecuted, encode
-from om_contracts.topics import DEAD_LETTERS, MARKET_TRADES
+from om_contracts.topics import DEAD_LETTERS, MARKET_TRADES, TOPICS
 from om_runtime.db import Database
 from om_runtime.kafka import Delivery, ensure_topics
 from om_runtime.service import ServiceRuntime
@@ -187,6 +187,30 @@ async def test_redis_refusing_writes_is_systemic_retried_and_nothing_dead_letter
     assert sum((await end_offsets(kafka, DEAD_LETTERS.name)).values()) == 0
 
 
+async def test_a_batch_rolled_back_by_a_deadlock_is_retried_at_once_without_a_pause(
+    kafka: str, database_url: str, migrations: Path
+) -> None:
+    applier = Applier()
+    conflicts = {"left": 2}
+
+    def deadlock(event: TradeExecuted) -> None:
+        if conflicts["left"] > 0:
+            conflicts["left"] -= 1
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+
+    applier.fail = deadlock
+    await produce(kafka, TRADES, [encode(trade(f"t{i}")) for i in range(4)], key=b"m1")
+    async with transactional_service(kafka, database_url, migrations, applier) as (runtime, db):
+
+        async def all_applied() -> None:
+            assert await applied(db) == ["t0", "t1", "t2", "t3"]
+
+        await eventually(all_applied)
+        # Not counted as a systemic failure, so no backoff pause: the batch ran again at once.
+        assert sample(runtime, "om_consumer_systemic_failures_total", consumer="svc", error="DeadlockDetected") == 0
+        assert sample(runtime, "om_consumer_dead_letters_total", consumer="svc", topic=TRADES, cause="apply") == 0
+
+
 async def test_most_of_a_batch_failing_alone_the_same_way_is_systemic(
     kafka: str, database_url: str, migrations: Path
 ) -> None:
@@ -267,6 +291,51 @@ async def test_a_stateful_consumer_resumes_where_its_listener_says_and_hears_of_
     assert (first.topic, first.partition, first.offset) == (MARKET_TRADES, partition, 2)
     assert first.event == trades[2] and first.timestamp.tzinfo is not None
     assert sample(runtime, "om_consumer_offset_regressions_total", consumer="svc", topic=TRADES) == 1
+
+
+async def test_a_pipelined_consumer_decodes_ahead_but_applies_batches_one_at_a_time_in_order_once(
+    kafka: str,
+) -> None:
+    trades = [trade(f"t{i:03d}") for i in range(120)]
+    await produce(kafka, TRADES, [encode(t) for t in trades], key=b"m1")
+    applying = False
+    applied_ids: list[str] = []
+    batches = 0
+    decoded_while_applying = 0
+
+    async def process(deliveries: list[Delivery]) -> None:
+        nonlocal applying, batches
+        assert not applying, "two batches applied at once"
+        applying = True
+        try:
+            batches += 1
+            await asyncio.sleep(0.02)  # a transaction waiting on its database
+            if batches == 2:
+                raise ConnectionError("the database went away")  # systemic: the same batch comes again, in order
+            applied_ids.extend(d.event.trade_id for d in deliveries)
+        finally:
+            applying = False
+
+    runtime = ServiceRuntime(settings(kafka))
+    runtime.consume_stateful(process, topics=(MARKET_TRADES,), listener=Checkpoints({}), max_records=10, pipelined=True)
+    [consumer] = runtime.consumers
+    decode = consumer._decode
+
+    async def watched_decode(records: list[Any]) -> list[Delivery]:
+        nonlocal decoded_while_applying
+        decoded_while_applying += applying
+        return await decode(records)
+
+    consumer._decode = watched_decode  # type: ignore[method-assign]
+    async with runtime.running():
+
+        async def all_applied() -> None:
+            assert len(applied_ids) >= len(trades)
+
+        await eventually(all_applied)
+    assert applied_ids == [t.trade_id for t in trades]  # each once, in order, the failed batch included
+    assert decoded_while_applying > 0  # the next batch was decoded while one was being applied
+    assert sample(runtime, "om_consumer_systemic_failures_total", consumer="svc", error="ConnectionError") == 1
 
 
 async def test_a_service_that_does_not_require_kafka_starts_ready_and_connects_later(tmp_path: Path) -> None:
@@ -384,6 +453,54 @@ async def test_a_broker_that_restarts_empty_under_a_running_consumer_is_read_aga
         # checkpoint after noticing, which is noticed again): each time, the old position is beyond the new end.
         assert listener.regressions
         assert all(stored == 6 and end < 6 for _, stored, end in listener.regressions)
+    finally:
+        kafka.stop()
+
+
+async def partition_counts(bootstrap: str) -> dict[str, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        return {topic: len(consumer.partitions_for_topic(topic) or ()) for topic in await consumer.topics()}
+    finally:
+        await consumer.stop()
+
+
+async def test_a_broker_that_lost_its_log_gets_the_registrys_topics_back_with_their_partition_counts(
+    tmp_path: Path,
+) -> None:
+    """A topic a client names first on the emptied embedded broker is auto-created with the broker's default
+    count (4 on Tansu), so once a consumer notices the lost log the runtime creates the registry's topics itself."""
+    kafka = EmbeddedKafka("kafka", free_port(), tmp_path / "kafka")
+    kafka.start()
+    try:
+        listener = Checkpoints({})
+
+        async def process(deliveries: list[Delivery]) -> None:
+            for d in deliveries:
+                listener.resume[(TRADES, d.partition)] = d.offset + 1
+
+        runtime = ServiceRuntime(settings(kafka.url))
+        runtime.consume_stateful(process, topics=(MARKET_TRADES,), listener=listener)
+        async with runtime.running():
+            await produce(kafka.url, TRADES, [encode(trade(f"old{i}")) for i in range(6)], key=b"m1")
+
+            async def checkpointed() -> None:
+                assert sum(listener.resume.values()) == 6
+
+            await eventually(checkpointed)
+            kafka.stop()
+            kafka.start()  # empty: no topics at all
+            assert set(await partition_counts(kafka.url)) <= {TRADES}
+
+            async def provisioned_again() -> None:
+                counts = await partition_counts(kafka.url)
+                for topic in TOPICS:
+                    if topic.name != TRADES:  # (the consumer itself may have named it first)
+                        assert counts.get(topic.name) == topic.partitions, topic.name
+
+            await eventually(provisioned_again, timeout_s=60)
+        assert listener.regressions
     finally:
         kafka.stop()
 

@@ -8,7 +8,7 @@ import pytest
 import redis.exceptions
 from aiokafka.errors import KafkaConnectionError
 
-from om_runtime.failures import Backoff, StreakGuard, is_systemic, judge_isolated, signature
+from om_runtime.failures import Backoff, StreakGuard, is_retry_now, is_systemic, judge_isolated, signature
 
 
 @pytest.mark.parametrize(
@@ -76,3 +76,17 @@ def test_backoff_doubles_to_a_cap_and_resets() -> None:
     assert [backoff.next_delay() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     backoff.reset()
     assert backoff.next_delay() == 0.5
+
+
+@pytest.mark.parametrize(
+    ("exc", "now"),
+    [
+        (psycopg.errors.DeadlockDetected("deadlock detected"), True),
+        (psycopg.errors.SerializationFailure("could not serialize access"), True),
+        (psycopg.errors.UniqueViolation("duplicate key"), False),
+        (psycopg.OperationalError("connection refused"), False),
+        (ConnectionRefusedError(), False),
+    ],
+)
+def test_only_transactions_rolled_back_on_a_conflict_are_retried_at_once(exc: Exception, now: bool) -> None:
+    assert is_retry_now(exc) is now

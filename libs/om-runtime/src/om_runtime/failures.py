@@ -35,6 +35,15 @@ def is_systemic(exc: BaseException) -> bool:
     return False
 
 
+def is_retry_now(exc: BaseException) -> bool:
+    """A transaction PostgreSQL rolled back to resolve a conflict with another (deadlock 40P01, serialization failure
+    40001: SQLSTATE class 40): nothing is wrong, running it again at once normally succeeds. Pausing instead (a
+    backoff, a loop's restart delay) delayed every update behind it by that pause (issue 9: analytics' snapshot
+    rounds and consumer batches deadlock on `markets` rows now and then)."""
+    psycopg = sys.modules.get("psycopg")
+    return bool(psycopg and isinstance(exc, psycopg.Error) and (getattr(exc, "sqlstate", None) or "").startswith("40"))
+
+
 _VOLATILE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|\d+(\.\d+)?")
 
 

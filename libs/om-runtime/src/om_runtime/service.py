@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from datetime import timedelta
@@ -27,7 +28,8 @@ from prometheus_client import CollectorRegistry
 
 from om_contracts import Topic
 from om_runtime.consumer import ConsumerMetrics, GroupConsumer, PartitionListener
-from om_runtime.failures import Backoff
+from om_runtime.failures import Backoff, is_retry_now
+from om_runtime.heap import frozen
 from om_runtime.http import Check, ops_router
 from om_runtime.kafka import (
     BatchHandler,
@@ -39,6 +41,7 @@ from om_runtime.kafka import (
     dispatch,
     ensure_topics,
 )
+from om_runtime.loopwatch import LoopWatch, LoopWatchSettings
 from om_runtime.metrics import HttpMetricsMiddleware
 from om_runtime.settings import ServiceSettings
 from om_runtime.telemetry import setup_logging, setup_tracing
@@ -71,6 +74,16 @@ class ServiceRuntime:
         self.kafka_started = asyncio.Event()
         self._resources: list[AbstractAsyncContextManager[Any]] = []
         self._loops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        slow = settings.event_loop_slow_callback_ms
+        self.loop_watch = LoopWatch(
+            self.registry,
+            settings.service_name,
+            LoopWatchSettings(
+                interval_s=settings.event_loop_probe_ms / 1000,
+                stall_s=settings.event_loop_stall_ms / 1000,
+                slow_callback_s=slow / 1000 if slow is not None else None,
+            ),
+        )
 
     async def _kafka_ready(self) -> None:
         if not await self.broker.ping(timeout=2.0):
@@ -119,6 +132,7 @@ class ServiceRuntime:
         topics: Collection[Topic],
         listener: PartitionListener,
         max_records: int = 500,
+        pipelined: bool = False,
     ) -> None:
         """For a consumer that keeps its own state and checkpoints (with the offsets it covers).
 
@@ -126,13 +140,14 @@ class ServiceRuntime:
         partitions move (and `on_offset_regression(partition, stored, log_end)`, if present, hears that the broker
         lost its log). `process` gets each batch of valid deliveries; it must apply all or nothing: if it raises,
         the same deliveries come again (after a pause when the failure is systemic, or one at a time to find a
-        poison event, which is then dead-lettered)."""
+        poison event, which is then dead-lettered). With `pipelined`, the next batch is fetched and decoded while
+        `process` applies the one before (batches still apply one at a time and in order)."""
 
         async def apply(deliveries: list[Delivery], offsets: Mapping[tuple[str, int], int]) -> None:
             if deliveries:
                 await process(deliveries)
 
-        self._group_consumer(topics, apply, listener, max_records=max_records)
+        self._group_consumer(topics, apply, listener, max_records=max_records, pipelined=pipelined)
 
     def _group_consumer(self, topics: Collection[Topic], process: Any, listener: PartitionListener, **kw: Any) -> None:
         self.consumers.append(
@@ -145,6 +160,7 @@ class ServiceRuntime:
                 publisher=self.publisher,
                 metrics=self.consumer_metrics,
                 fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
+                on_log_lost=self._provision_topics,
                 **kw,
             )
         )
@@ -163,6 +179,7 @@ class ServiceRuntime:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            stack.push_async_callback(_cancel, asyncio.create_task(self.loop_watch.run(), name="loop-watch"))
             for resource in self._resources:
                 await stack.enter_async_context(resource)
             if self.kafka_required:
@@ -172,15 +189,23 @@ class ServiceRuntime:
             stack.push_async_callback(self._stop_kafka)
             for name, loop in self._loops:
                 stack.push_async_callback(_cancel, asyncio.create_task(_supervised(name, loop), name=name))
+            if self.settings.gc_freeze:
+                await stack.enter_async_context(frozen(self.settings.gc_freeze_again_s))
             log.info("%s started", self.settings.service_name)
             yield
 
-    async def _start_kafka(self) -> None:
-        await ensure_topics(
+    async def _provision_topics(self) -> list[str]:
+        """Create the registry's missing topics: at start, and again when a consumer finds the broker lost its log
+        (the embedded broker keeps it in memory), so topics come back with their own partition counts rather than
+        the broker's default for a topic a client names first (4 on Tansu); a topic re-created meanwhile keeps it."""
+        return await ensure_topics(
             self.settings.kafka_bootstrap_servers,
             replication_factor=self.settings.kafka_replication_factor,
             partitions=self.settings.kafka_topic_partitions,
         )
+
+    async def _start_kafka(self) -> None:
+        await self._provision_topics()
         await self.broker.start()
         self._consumer_tasks = [
             asyncio.create_task(_supervised(f"consumer-{i}", c.run), name=f"consumer-{i}")
@@ -245,14 +270,23 @@ class ServiceRuntime:
 
 
 async def _supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
-    """Keep a background loop alive: log a crash and start it again after a pause."""
+    """Keep a background loop alive: log a crash and start it again after a pause (at once, up to 3 times in a row
+    within a second, when PostgreSQL rolled its transaction back on a conflict)."""
+    quick: list[float] = []  # when the recent immediate restarts happened
     while True:
         try:
             await loop()
             return
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            now = time.monotonic()
+            quick = [t for t in quick if now - t < 1.0]
+            if is_retry_now(exc) and len(quick) < 3:  # a deadlock or serialization failure: the next round succeeds
+                quick.append(now)
+                log.warning("background loop %s: its transaction was rolled back (%s); restarting now", name, exc)
+                await asyncio.sleep(0.01)
+                continue
             log.exception("background loop %s crashed; restarting in 1 s", name)
             await asyncio.sleep(1.0)
 

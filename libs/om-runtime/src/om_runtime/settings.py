@@ -44,6 +44,19 @@ class ServiceSettings(BaseSettings):
     #: producer's retry, a replay, a broker that lost its log). Older ids are pruned; offsets do the rest.
     dedupe_window_hours: float = Field(default=24.0, gt=0)
 
+    #: The event-loop lag probe (`om_event_loop_lag_seconds`): how often it wakes, in ms.
+    event_loop_probe_ms: float = Field(default=50.0, gt=0, validation_alias=AliasChoices("OM_EVENT_LOOP_PROBE_MS"))
+    #: A stall of the event loop longer than this many ms is logged with what the loop was running.
+    event_loop_stall_ms: float = Field(default=250.0, gt=0, validation_alias=AliasChoices("OM_EVENT_LOOP_STALL_MS"))
+    #: Freeze the start-up heap out of the cyclic garbage collector once started (see om_runtime.heap).
+    gc_freeze: bool = Field(default=True, validation_alias=AliasChoices("OM_GC_FREEZE"))
+    #: ...and once more this many seconds later, after lazy imports and first requests.
+    gc_freeze_again_s: float = Field(default=30.0, gt=0, validation_alias=AliasChoices("OM_GC_FREEZE_AGAIN_S"))
+    #: For diagnosis: asyncio's debug mode, logging each callback or task step longer than this (unset: off).
+    event_loop_slow_callback_ms: float | None = Field(
+        default=None, gt=0, validation_alias=AliasChoices("OM_EVENT_LOOP_SLOW_CALLBACK_MS")
+    )
+
 
 class PostgresSettings(BaseSettings):
     database_url: str = Field(

@@ -73,7 +73,11 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     if settings.raw_intake:
         intake = RawIntake(ingest, runtime.publisher, consumer=settings.service_name)
         runtime.consume_stateful(
-            intake, topics=RAW_TOPICS, listener=StoredOffsets(db, settings.service_name), max_records=RAW_MAX_BATCH
+            intake,
+            topics=RAW_TOPICS,
+            listener=StoredOffsets(db, settings.service_name),
+            max_records=RAW_MAX_BATCH,
+            pipelined=settings.raw_pipelined,
         )
     app = runtime.create_app(
         title="Opinion Market ingest",
