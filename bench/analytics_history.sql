@@ -86,5 +86,8 @@ INSERT INTO user_categories (user_id, category, volume)
 SELECT t.user_id, m.category, sum(t.amount) FROM history_trades t JOIN markets m USING (market_id)
 GROUP BY t.user_id, m.category;
 
-UPDATE clock SET as_of = %(start)s + interval '29 days';
+-- Every history trade is in its hour and day already: the leader rolls up from the next hour on.
+UPDATE clock SET as_of = %(start)s + interval '29 days',
+                 rolled_through = date_bin('1 hour', %(start)s + interval '29 days', '1970-01-01 00:00:00+00')
+                                  + interval '1 hour';
 ANALYZE;
