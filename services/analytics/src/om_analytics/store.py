@@ -479,7 +479,8 @@ async def settle_pairs(conn: Conn, pairs: Iterable[tuple[str, str]]) -> set[str]
 
 
 async def holders(conn: Conn, market_id: str) -> list[tuple[str, str]]:
-    cur = await conn.execute("SELECT DISTINCT user_id FROM positions WHERE market_id = %s", (market_id,))
+    # Its participants are exactly the users with positions in it (a trade writes both), and are keyed by market.
+    cur = await conn.execute("SELECT user_id FROM participants WHERE market_id = %s", (market_id,))
     return [(row["user_id"], market_id) for row in await cur.fetchall()]
 
 
