@@ -242,9 +242,13 @@ async def roll_up(conn: Conn, max_hours: int = 24) -> int:
     """Leader: fold the minute buckets of hours the clock has left (by event time) into their 1h and 1d buckets,
     at most `max_hours` at a time, and move the boundary past them; return the hours rolled. It locks the clock
     row first, so it waits for batches in flight and batches wait for it (see `start_batch`)."""
-    row = await _one(await conn.execute("SELECT as_of, rolled_through FROM clock WHERE id = 1 FOR UPDATE"))
-    if row["as_of"] is None:
+    # Most calls find no hour over: say so without the lock, which would wait for the batch in flight.
+    row = await _one(await conn.execute("SELECT as_of, rolled_through FROM clock WHERE id = 1"))
+    if row["as_of"] is None or (
+        row["rolled_through"] is not None and metrics.bucket_start(row["as_of"], "1h") <= row["rolled_through"]
+    ):
         return 0
+    row = await _one(await conn.execute("SELECT as_of, rolled_through FROM clock WHERE id = 1 FOR UPDATE"))
     target = metrics.bucket_start(row["as_of"], "1h")  # hours before the clock's own are over
     start = row["rolled_through"]
     if start is None:  # the first roll-up: from the first minute with a trade
