@@ -148,8 +148,12 @@ async def replay_history(database_url: str, trades: int) -> float:
             for batch in history(trades):
                 async with db.transaction() as conn:
                     await handlers.record(conn, batch)
+                    # every trade straight into its hour and day too (`record`'s default): nothing to roll up
                     await conn.execute(
-                        "UPDATE clock SET as_of = greatest(as_of, %s::timestamptz)", (batch[-1].occurred_at,)
+                        "UPDATE clock SET as_of = greatest(as_of, %s::timestamptz), rolled_through = "
+                        "date_bin('1 hour', greatest(as_of, %s::timestamptz), '1970-01-01 00:00:00+00') "
+                        "+ interval '1 hour'",
+                        (batch[-1].occurred_at, batch[-1].occurred_at),
                     )
                 bar.update(sum(1 for e in batch if isinstance(e, TradeExecuted)))
     return time.perf_counter() - started

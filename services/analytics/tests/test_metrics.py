@@ -135,6 +135,16 @@ def test_the_batch_fold_equals_the_definition(order: list[TradeExecuted | Signal
     assert {k: metrics.Bucket(*row) for k, row in metrics.fold_all(order).items()} == expected
 
 
+def test_only_late_trades_go_straight_to_their_hour_and_day() -> None:
+    # Hours before 11:00 were rolled up already: the trade at 10:00 (2 h before) is late, the others are not.
+    rolled_through = datetime(2025, 6, 15, 11, 0, tzinfo=UTC)
+    folded = metrics.fold_all(TRADES[1:] + SIGNALS[:1], coarse_before=rolled_through)
+    coarse = {(r, start) for (_, r, start) in folded if r != "1m"}
+    assert coarse == {("1h", datetime(2025, 6, 15, 10, 0, tzinfo=UTC)), ("1d", datetime(2025, 6, 15, tzinfo=UTC))}
+    assert metrics.Bucket(*folded[("m", "1h", datetime(2025, 6, 15, 10, 0, tzinfo=UTC))]).volume == 10.0
+    assert sum(1 for (_, r, _) in folded if r == "1m") == 4  # three trades and one signal, each in its minute
+
+
 def test_on_the_same_event_time_the_larger_trade_id_closes() -> None:
     a, b = trade(0, 1.0, 0.5, 0.6, trade_id="a"), trade(0, 1.0, 0.6, 0.7, trade_id="b")
     [(_, bucket)] = metrics.fold([b, a], "1m").items()

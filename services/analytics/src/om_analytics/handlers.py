@@ -28,7 +28,7 @@ from om_analytics import metrics, store
 from om_analytics.health import UNMEASURED, Scrape, service_health
 from om_analytics.hot import HotModels, dumps
 from om_analytics.leader import Leadership
-from om_analytics.portfolio import user_metrics
+from om_analytics.portfolio import user_metrics_of
 from om_analytics.scrape import consumer_lag, scrape
 from om_analytics.settings import AnalyticsSettings
 from om_contracts import (
@@ -141,8 +141,9 @@ class AnalyticsHandlers:
         # Pipeline mode: statements whose results are not needed are sent without waiting for each reply, so
         # PostgreSQL applies one while this process prepares the next.
         async with conn.pipeline():
-            _, settled_users = await self.record(conn, [e for _, e in events])
-            await store.advance_clock(conn, max(event_time(e) for _, e in events), returning=False)
+            # First: the clock row's lock orders this batch with the leader's roll-up of hours (store.start_batch).
+            rolled_through = await store.start_batch(conn, max(event_time(e) for _, e in events))
+            _, settled_users = await self.record(conn, [e for _, e in events], rolled_through)
             # New trades' markets and users were flagged by their upserts (a repeated trade changes nothing): the
             # other events' markets and the users whose settlements changed are flagged here.
             await store.mark_dirty(
@@ -151,9 +152,13 @@ class AnalyticsHandlers:
                 list(settled_users),
             )
 
-    async def record(self, conn: store.Conn, events: list[Any]) -> tuple[list[TradeExecuted], set[str]]:
+    async def record(
+        self, conn: store.Conn, events: list[Any], rolled_through: datetime | None = None
+    ) -> tuple[list[TradeExecuted], set[str]]:
         """Write a batch's effects (no snapshot, nothing published); return its new trades and the users whose
-        settled results changed. Replaying history into the tables goes through here too (bench/analytics.py)."""
+        settled results changed. Trades in minutes before `rolled_through` also go into their hour and day buckets
+        (None: every trade; later ones are rolled up from minutes by the leader). Replaying history into the
+        tables goes through here too (bench/analytics.py)."""
         trades = [e for e in events if isinstance(e, TradeExecuted)]
         signals = [e for e in events if isinstance(e, SignalObserved)]
         predictions = [e for e in events if isinstance(e, PredictionMade)]
@@ -172,7 +177,7 @@ class AnalyticsHandlers:
                 if status in store.SETTLED:
                     ended.append(event.market_id)
         fresh = await store.insert_trades(conn, trades)
-        await store.record_buckets(conn, [*fresh, *signals])
+        await store.record_buckets(conn, [*fresh, *signals], rolled_through)
         await store.record_trades(conn, fresh)
         signal_times: dict[str, datetime] = {}
         for s in signals:
@@ -275,13 +280,12 @@ class AnalyticsHandlers:
     ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         """Users' metrics from their totals and open positions, marked at the markets' current prices, and the
         version of each user's row they were computed from."""
-        totals, held, categories, versions = await store.user_inputs(conn, user_ids)
+        totals, books, preferred, versions = await store.user_inputs(conn, user_ids)
         return {
-            user_id: {"user_id": user_id, **user_metrics(totals[user_id], held.get(user_id, []),
-                                                          categories.get(user_id, {}), as_of)}
+            user_id: {"user_id": user_id, **user_metrics_of(totals[user_id], books[user_id], preferred[user_id], as_of)}
             for user_id in user_ids
             if user_id in totals
-        }, versions  # fmt: skip
+        }, versions
 
     async def user_now(self, user_id: str) -> dict[str, Any] | None:
         """A user's metrics now (for the API: prices may have moved since the user's last snapshot)."""
@@ -346,7 +350,7 @@ class AnalyticsHandlers:
             await self.publish_users(snapshots, {u: _content_id("user", u, t) for u, t in texts.items()})
         await self.hot.put_users(snapshots, texts)
         async with self.db.transaction() as conn:
-            await store.save_user_snapshots(conn, texts, versions)
+            await store.save_user_snapshots(conn, versions)
         return len(users)
 
     # --- the leader ---------------------------------------------------------------------------------
@@ -379,6 +383,17 @@ class AnalyticsHandlers:
                 return 0
             stale = await store.stale_markets(conn, as_of, self.settings.refresh_batch)
         return await self.snapshot_markets(stale) if stale else 0
+
+    async def roll_up(self) -> int:
+        """Leader: roll the minute buckets of hours the clock has left up into 1h and 1d buckets (a day at a time,
+        each in its own short transaction: batches wait for it). Returns the hours rolled."""
+        rolled = 0
+        while True:
+            async with self.db.transaction() as conn:
+                hours = await store.roll_up(conn)
+            rolled += hours
+            if hours < 24:
+                return rolled
 
     async def health_snapshot(self) -> PlatformHealthUpdated:
         """Read every service's /metrics and the consumer groups' lag."""
@@ -420,6 +435,7 @@ class AnalyticsHandlers:
                 self.changed.clear()
                 await self.publish_dirty()  # top markets from current market snapshots
                 await self.refresh_windows()
+                await self.roll_up()
                 snapshot = await self.system_snapshot()
                 await self.hot.put("system", snapshot.model_dump(mode="json"))
                 await self.publisher.publish(ANALYTICS_SYSTEM, snapshot)

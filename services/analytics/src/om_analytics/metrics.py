@@ -1,10 +1,10 @@
 """Market metric definitions, as pure functions over per-period buckets (docs/metrics.md has the formulas).
 
-Every trade and signal lands in a bucket per market and period (1 m, 1 h, 1 d). Buckets merge in any order —
-open and close are chosen by (event time, trade id), sums add — so trades that arrive out of order give the
-same buckets, and rolling windows are sums over the minute buckets of the window, whose cost does not grow
-with history. Windows end at the latest event time seen (`as_of`), never at the wall clock, so a replay
-computes the same figures.
+Every trade and signal lands in a bucket per market and minute; hours and days are rolled up from minutes.
+Buckets merge in any order — open and close are chosen by (event time, trade id), sums add — so trades that
+arrive out of order give the same buckets, and rolling windows are sums over the minute buckets of the window,
+whose cost does not grow with history. Windows end at the latest event time seen (`as_of`), never at the wall
+clock, so a replay computes the same figures.
 """
 
 from __future__ import annotations
@@ -136,21 +136,26 @@ def fold(events: Iterable[TradeExecuted | SignalObserved], resolution: str) -> d
     return buckets
 
 
-def fold_all(events: Iterable[TradeExecuted | SignalObserved]) -> dict[tuple[str, str, datetime], list[Any]]:
-    """`fold` at every resolution in one pass (signals at 1 m only), keyed by (market, resolution, start): the
-    batch path's version, with mutable sums instead of a bucket per event. Each value holds a Bucket's fields in
-    order (`Bucket(*row)`); equal to `fold` (tested)."""
+def fold_all(
+    events: Iterable[TradeExecuted | SignalObserved], coarse_before: datetime | None = None
+) -> dict[tuple[str, str, datetime], list[Any]]:
+    """`fold` in one pass, keyed by (market, resolution, start): every event at 1 m, and trades in minutes before
+    `coarse_before` (None: every trade) also at 1 h and 1 d — later hours and days are rolled up from the minutes
+    (`store.roll_up`). The batch path's version, with mutable sums instead of a bucket per event. Each value
+    holds a Bucket's fields in order (`Bucket(*row)`); equal to `fold` (tested)."""
     acc: dict[tuple[str, str, datetime], list[Any]] = {}
     for e in events:
         minute = bucket_start(e.occurred_at, "1m")
         if isinstance(e, TradeExecuted):
             key, p = (e.occurred_at, e.trade_id), e.price_after
             move = abs(p - e.price_before)
-            for k in (
-                (e.market_id, "1m", minute),
-                (e.market_id, "1h", bucket_start(minute, "1h")),
-                (e.market_id, "1d", bucket_start(minute, "1d")),
-            ):
+            keys: tuple[tuple[str, str, datetime], ...] = ((e.market_id, "1m", minute),)
+            if coarse_before is None or minute < coarse_before:  # a late trade: its hour was rolled up already
+                keys += (
+                    (e.market_id, "1h", bucket_start(minute, "1h")),
+                    (e.market_id, "1d", bucket_start(minute, "1d")),
+                )
+            for k in keys:
                 a = acc.get(k)
                 if a is None:
                     acc[k] = [p, key, p, p, p, key, e.amount, 1, e.amount * p, move, 0, 0, 0.0, 0]

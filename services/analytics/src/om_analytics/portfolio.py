@@ -104,18 +104,64 @@ def settle(positions: Iterable[Position], status: str, resolution_price: float |
 def risk_score(open_exposures: list[float], total_volume: float, average_trade_size: float) -> float:
     """0 (nothing at risk) to 100: 40 % concentration (Herfindahl index of exposure across markets), 30 %
     exposure ratio (exposure / all-time volume), 30 % leverage (largest position / 10 average trades)."""
-    exposure = sum(open_exposures)
+    exposures = [e for e in open_exposures if e > 0]
+    return risk_score_of(
+        sum(exposures), sum(e * e for e in exposures), max(exposures, default=0.0), total_volume, average_trade_size
+    )
+
+
+def risk_score_of(
+    exposure: float, exposure_squares: float, largest: float, total_volume: float, average_trade_size: float
+) -> float:
+    """`risk_score` from the sums it needs (total exposure, sum of squared per-market exposures, the largest):
+    the Herfindahl index sum((e / E)^2) is sum(e^2) / E^2, so a user's snapshot needs no list of markets."""
     if exposure <= 0:
         return 0.0
-    concentration = sum((e / exposure) ** 2 for e in open_exposures)
+    concentration = exposure_squares / (exposure * exposure)
     exposure_ratio = min(1.0, exposure / total_volume) if total_volume > 0 else 1.0
-    leverage = min(1.0, max(open_exposures) / (LEVERAGE_TRADES * average_trade_size)) if average_trade_size else 1.0
+    leverage = min(1.0, largest / (LEVERAGE_TRADES * average_trade_size)) if average_trade_size else 1.0
     score = (
         RISK_WEIGHTS["concentration"] * concentration
         + RISK_WEIGHTS["exposure_ratio"] * exposure_ratio
         + RISK_WEIGHTS["leverage"] * leverage
     )
     return round(100.0 * score, 2)
+
+
+@dataclass(frozen=True)
+class OpenBook:
+    """A user's positions in markets still open, summed to what a snapshot needs of them. PostgreSQL computes the
+    same sums per user (`store.user_inputs`), so a snapshot costs one row per user in Python however many
+    positions the user holds; `open_book` is the definition (and the tests' reference)."""
+
+    realized: float = 0.0  # sum of Position.realized()
+    unrealized: float = 0.0  # sum of Position.unrealized(price)
+    exposure: float = 0.0  # sum over markets of the market's positive position exposures
+    exposure_squares: float = 0.0  # sum over markets of that exposure squared
+    largest_exposure: float = 0.0  # the largest market exposure
+    open_positions: int = 0  # positions with shares still held (long or short)
+
+
+def open_book(open_positions: Iterable[tuple[Position, float]]) -> OpenBook:
+    """The sums of open positions, each with its market's YES price."""
+    held = list(open_positions)
+    by_market: dict[str, float] = {}
+    for p, _ in held:
+        if p.exposure > 0:
+            by_market[p.market_id] = by_market.get(p.market_id, 0.0) + p.exposure
+    return OpenBook(
+        realized=sum(p.realized() for p, _ in held),
+        unrealized=sum(p.unrealized(price) for p, price in held),
+        exposure=sum(by_market.values()),
+        exposure_squares=sum(e * e for e in by_market.values()),
+        largest_exposure=max(by_market.values(), default=0.0),
+        open_positions=sum(1 for p, _ in held if abs(p.net_shares) > 1e-12),
+    )
+
+
+def preferred_categories(category_volume: dict[str, float]) -> list[str]:
+    """The user's top 3 categories by traded volume (ties by name)."""
+    return [c for c, _ in sorted(category_volume.items(), key=lambda cv: (-cv[1], cv[0]))][:3]
 
 
 @dataclass(frozen=True)
@@ -139,13 +185,12 @@ def user_metrics(
 ) -> dict[str, Any]:
     """A user's metrics from their totals and their positions in markets still open (with each market's YES
     price). `category_volume` is the user's traded volume per market category."""
-    held = [(p, price) for p, price in open_positions]
-    realized = totals.settled_pnl + sum(p.realized() for p, _ in held)
-    unrealized = sum(p.unrealized(price) for p, price in held)
-    by_market: dict[str, float] = {}
-    for p, _ in held:
-        if p.exposure > 0:
-            by_market[p.market_id] = by_market.get(p.market_id, 0.0) + p.exposure
+    return user_metrics_of(totals, open_book(open_positions), preferred_categories(category_volume), as_of)
+
+
+def user_metrics_of(totals: UserTotals, book: OpenBook, preferred: list[str], as_of: datetime) -> dict[str, Any]:
+    """`user_metrics` from the sums of the open positions and the preferred categories."""
+    realized = totals.settled_pnl + book.realized
     average = totals.total_volume / totals.total_trades if totals.total_trades else 0.0
     days = 1.0
     if totals.first_trade_at is not None:
@@ -161,13 +206,15 @@ def user_metrics(
             round(totals.winning_positions / totals.resolved_positions, 6) if totals.resolved_positions else None
         ),
         "realized_pnl": round(realized, 6),
-        "unrealized_pnl": round(unrealized, 6),
-        "total_pnl": round(realized + unrealized, 6),
-        "exposure": round(sum(by_market.values()), 6),
-        "open_positions": sum(1 for p, _ in held if abs(p.net_shares) > 1e-12),
-        "risk_score": risk_score(list(by_market.values()), totals.total_volume, average),
+        "unrealized_pnl": round(book.unrealized, 6),
+        "total_pnl": round(realized + book.unrealized, 6),
+        "exposure": round(book.exposure, 6),
+        "open_positions": book.open_positions,
+        "risk_score": risk_score_of(
+            book.exposure, book.exposure_squares, book.largest_exposure, totals.total_volume, average
+        ),
         "trades_per_day": round(totals.total_trades / days, 6),
-        "preferred_categories": [c for c, _ in sorted(category_volume.items(), key=lambda cv: (-cv[1], cv[0]))][:3],
+        "preferred_categories": preferred,
         "first_trade_at": totals.first_trade_at,
         "last_activity_at": totals.last_trade_at,
     }

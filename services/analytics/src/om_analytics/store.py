@@ -17,7 +17,7 @@ from psycopg.rows import tuple_row
 from om_analytics import metrics
 from om_analytics.calibration import Resolved
 from om_analytics.metrics import Bucket, WindowTotals
-from om_analytics.portfolio import Position, UserTotals, settle
+from om_analytics.portfolio import OpenBook, Position, UserTotals, settle
 from om_contracts import MarketCreated, PredictionMade, SignalObserved, TradeExecuted
 
 SETTLED = ("resolved", "cancelled")
@@ -81,6 +81,18 @@ async def advance_clock(conn: Conn, latest: datetime | None, *, returning: bool 
     return (await _one(cur))["as_of"] if returning else None
 
 
+async def start_batch(conn: Conn, latest: datetime) -> datetime:
+    """A batch's first statement: move the clock to its latest event time and return the roll-up boundary
+    (`roll_up`). Updating the clock row locks it until the batch commits, so no roll-up runs between reading the
+    boundary and committing the minutes: a trade before the boundary is merged into its hour and day here, a
+    later one by the roll-up, never both, never neither."""
+    cur = await conn.execute(
+        "UPDATE clock SET as_of = greatest(as_of, %s::timestamptz) WHERE id = 1 RETURNING rolled_through", (latest,)
+    )
+    rolled: datetime | None = (await _one(cur))["rolled_through"]
+    return rolled if rolled is not None else metrics.EPOCH  # nothing rolled up yet: no trade is late
+
+
 async def clock(conn: Conn) -> datetime | None:
     as_of: datetime | None = (await _one(await conn.execute("SELECT as_of FROM clock WHERE id = 1")))["as_of"]
     return as_of
@@ -128,12 +140,12 @@ async def insert_trades(conn: Conn, trades: list[TradeExecuted]) -> list[TradeEx
     """Store new trades' ids; return the trades whose id was not seen before (a trade counts once)."""
     if not trades:
         return []
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=tuple_row).execute(  # plain tuples: one row per trade
         "INSERT INTO trades (trade_id, executed_at) SELECT * FROM unnest(%s::text[], %s::timestamptz[]) "
         "ON CONFLICT DO NOTHING RETURNING trade_id",
         _arrays(*_columns(trades, "trade_id", "occurred_at")),
     )
-    inserted = {row["trade_id"] for row in await cur.fetchall()}
+    inserted = {row[0] for row in await cur.fetchall()}
     fresh, seen = [], set()
     for t in trades:
         if t.trade_id in inserted and t.trade_id not in seen:
@@ -142,9 +154,12 @@ async def insert_trades(conn: Conn, trades: list[TradeExecuted]) -> list[TradeEx
     return fresh
 
 
-async def record_buckets(conn: Conn, events: list[TradeExecuted | SignalObserved]) -> None:
-    """Merge a batch's trades (every resolution) and signals (minutes only) into the stored buckets."""
-    folded = metrics.fold_all(events)
+async def record_buckets(
+    conn: Conn, events: list[TradeExecuted | SignalObserved], coarse_before: datetime | None = None
+) -> None:
+    """Merge a batch's trades and signals into the stored minute buckets; trades in minutes before
+    `coarse_before` (hours already rolled up: `start_batch`) also into their hour and day (None: every trade)."""
+    folded = metrics.fold_all(events, coarse_before)
     if not folded:
         return
     keys = sorted(folded)  # rows locked in one order by every writer
@@ -163,13 +178,12 @@ async def record_buckets(conn: Conn, events: list[TradeExecuted | SignalObserved
     )  # fmt: skip
 
 
+_BUCKET_COLUMNS: LiteralString = (
+    "market_id, resolution, start, open, open_at, open_id, high, low, close, close_at, "
+    "close_id, volume, trades, price_volume, abs_move, social, news, sentiment_sum, sentiment_n"
+)
 # OHLC chosen by (event time, trade id), so the stored bucket is the same whatever order batches come in.
-_UPSERT_BUCKETS: LiteralString = (
-    "INSERT INTO buckets AS b (market_id, resolution, start, open, open_at, open_id, high, low, close, close_at, "
-    "close_id, volume, trades, price_volume, abs_move, social, news, sentiment_sum, sentiment_n) "
-    "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::float8[], %s::timestamptz[], %s::text[], "
-    "%s::float8[], %s::float8[], %s::float8[], %s::timestamptz[], %s::text[], %s::float8[], %s::int4[], "
-    "%s::float8[], %s::float8[], %s::int4[], %s::int4[], %s::float8[], %s::int4[]) "
+_MERGE_BUCKETS: LiteralString = (
     "ON CONFLICT (market_id, resolution, start) DO UPDATE SET "
     "open = CASE WHEN excluded.open_at IS NOT NULL AND (b.open_at IS NULL "
     "  OR (excluded.open_at, excluded.open_id) < (b.open_at, b.open_id)) THEN excluded.open ELSE b.open END, "
@@ -191,6 +205,65 @@ _UPSERT_BUCKETS: LiteralString = (
     "social = b.social + excluded.social, news = b.news + excluded.news, "
     "sentiment_sum = b.sentiment_sum + excluded.sentiment_sum, sentiment_n = b.sentiment_n + excluded.sentiment_n"
 )
+_UPSERT_BUCKETS: LiteralString = (
+    "INSERT INTO buckets AS b (" + _BUCKET_COLUMNS + ") "
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::float8[], %s::timestamptz[], %s::text[], "
+    "%s::float8[], %s::float8[], %s::float8[], %s::timestamptz[], %s::text[], %s::float8[], %s::int4[], "
+    "%s::float8[], %s::float8[], %s::int4[], %s::int4[], %s::float8[], %s::int4[]) " + _MERGE_BUCKETS
+)
+
+# Trade buckets of a finer resolution folded into a coarser one (`period`): open and close by (event time, trade
+# id), as `metrics.Bucket.merge` does; signals stay in minutes.
+_ROLL: LiteralString = """
+SELECT market_id, {resolution}::text AS resolution, date_bin({period}, start, '1970-01-01 00:00:00+00') AS start,
+       (array_agg(open ORDER BY open_at, open_id COLLATE "C"))[1] AS open, min(open_at) AS open_at,
+       (array_agg(open_id ORDER BY open_at, open_id COLLATE "C"))[1] AS open_id, max(high) AS high, min(low) AS low,
+       (array_agg(close ORDER BY close_at DESC, close_id COLLATE "C" DESC))[1] AS close, max(close_at) AS close_at,
+       (array_agg(close_id ORDER BY close_at DESC, close_id COLLATE "C" DESC))[1] AS close_id,
+       sum(volume) AS volume, sum(trades)::int4 AS trades, sum(price_volume) AS price_volume,
+       sum(abs_move) AS abs_move, 0 AS social, 0 AS news, 0.0::float8 AS sentiment_sum, 0 AS sentiment_n
+FROM {source} GROUP BY 1, 3 ORDER BY 1, 3
+"""
+_ROLL_UP: LiteralString = (
+    "WITH hours AS ("
+    + _ROLL.format(
+        resolution="'1h'",
+        period="interval '1 hour'",
+        source="buckets WHERE resolution = '1m' AND trades > 0 AND start >= %(from)s AND start < %(to)s",
+    )
+    + "), stored AS (INSERT INTO buckets AS b (" + _BUCKET_COLUMNS + ") SELECT * FROM hours " + _MERGE_BUCKETS
+    + ") INSERT INTO buckets AS b (" + _BUCKET_COLUMNS + ") "
+    + _ROLL.format(resolution="'1d'", period="interval '1 day'", source="hours")
+    + _MERGE_BUCKETS
+)  # fmt: skip
+
+
+async def roll_up(conn: Conn, max_hours: int = 24) -> int:
+    """Leader: fold the minute buckets of hours the clock has left (by event time) into their 1h and 1d buckets,
+    at most `max_hours` at a time, and move the boundary past them; return the hours rolled. It locks the clock
+    row first, so it waits for batches in flight and batches wait for it (see `start_batch`)."""
+    # Most calls find no hour over: say so without the lock, which would wait for the batch in flight.
+    row = await _one(await conn.execute("SELECT as_of, rolled_through FROM clock WHERE id = 1"))
+    if row["as_of"] is None or (
+        row["rolled_through"] is not None and metrics.bucket_start(row["as_of"], "1h") <= row["rolled_through"]
+    ):
+        return 0
+    row = await _one(await conn.execute("SELECT as_of, rolled_through FROM clock WHERE id = 1 FOR UPDATE"))
+    target = metrics.bucket_start(row["as_of"], "1h")  # hours before the clock's own are over
+    start = row["rolled_through"]
+    if start is None:  # the first roll-up: from the first minute with a trade
+        first = await _one(
+            await conn.execute("SELECT min(start) AS start FROM buckets WHERE resolution = '1m' AND trades > 0")
+        )
+        start = metrics.bucket_start(first["start"], "1h") if first["start"] is not None else target
+    end = min(target, start + timedelta(hours=max_hours))
+    if end <= start:  # no hour over since the boundary (which may lie ahead: see migration 0005)
+        if row["rolled_through"] is None:
+            await conn.execute("UPDATE clock SET rolled_through = %s WHERE id = 1", (start,))
+        return 0
+    await conn.execute(_ROLL_UP, {"from": start, "to": end})
+    await conn.execute("UPDATE clock SET rolled_through = %s WHERE id = 1", (end,))
+    return int((end - start) / timedelta(hours=1))
 
 
 async def record_trades(conn: Conn, trades: list[TradeExecuted]) -> None:
@@ -410,7 +483,8 @@ async def settle_pairs(conn: Conn, pairs: Iterable[tuple[str, str]]) -> set[str]
 
 
 async def holders(conn: Conn, market_id: str) -> list[tuple[str, str]]:
-    cur = await conn.execute("SELECT DISTINCT user_id FROM positions WHERE market_id = %s", (market_id,))
+    # Its participants are exactly the users with positions in it (a trade writes both), and are keyed by market.
+    cur = await conn.execute("SELECT user_id FROM participants WHERE market_id = %s", (market_id,))
     return [(row["user_id"], market_id) for row in await cur.fetchall()]
 
 
@@ -578,54 +652,66 @@ async def stale_markets(conn: Conn, as_of: datetime, limit: int) -> list[str]:
 
 class UserInputs(NamedTuple):
     totals: dict[str, UserTotals]
-    held: dict[str, list[tuple[Position, float]]]  # open positions with their market's YES price
-    categories: dict[str, dict[str, float]]  # volume per category
+    books: dict[str, OpenBook]  # the sums of each user's open positions, marked at their markets' YES prices
+    preferred: dict[str, list[str]]  # top 3 categories by volume
     versions: dict[str, str]  # each user row's `xmin`
 
 
+# One row per user: the open positions are summed here (`portfolio.open_book` is the definition), so Python's
+# cost per snapshot does not grow with the positions a user holds. Per position: net shares, average buy price,
+# what a share is worth now; per market: realized, unrealized and the positive exposures; per user: their sums.
+_USER_INPUTS: LiteralString = """
+WITH pos AS (
+    SELECT p.user_id, p.market_id, p.buy_shares - p.sell_shares AS net, p.sell_shares, p.sell_proceeds,
+           CASE WHEN p.buy_shares > 0 THEN p.buy_cost / p.buy_shares ELSE 0 END AS avg,
+           CASE WHEN p.outcome = 'YES' THEN coalesce(m.current_price, 0.5)
+                ELSE 1 - coalesce(m.current_price, 0.5) END AS worth
+    FROM positions p JOIN markets m USING (market_id)
+    WHERE p.user_id = ANY(%(ids)s::text[]) AND NOT p.settled),
+per_market AS (
+    SELECT user_id, sum(sell_proceeds - sell_shares * avg) AS realized, sum(net * (worth - avg)) AS unrealized,
+           coalesce(sum(greatest(0, net) * avg) FILTER (WHERE greatest(0, net) * avg > 0), 0) AS exposure,
+           count(*) FILTER (WHERE abs(net) > 1e-12) AS open
+    FROM pos GROUP BY user_id, market_id),
+book AS (
+    SELECT user_id, sum(realized) AS realized, sum(unrealized) AS unrealized, sum(exposure) AS exposure,
+           sum(exposure * exposure) AS squares, max(exposure) AS largest, sum(open)::int AS open
+    FROM per_market GROUP BY user_id),
+cats AS (
+    SELECT user_id, (array_agg(category ORDER BY volume DESC, category COLLATE "C"))[1:3] AS top
+    FROM user_categories WHERE user_id = ANY(%(ids)s::text[]) GROUP BY user_id)
+SELECT u.user_id, u.xmin::text, u.total_trades, u.total_volume, u.first_seen_at, u.last_trade_at, u.settled_pnl,
+       u.resolved_positions, u.winning_positions, b.realized, b.unrealized, b.exposure, b.squares, b.largest, b.open,
+       c.top
+FROM users u LEFT JOIN book b USING (user_id) LEFT JOIN cats c USING (user_id)
+WHERE u.user_id = ANY(%(ids)s::text[])
+"""
+
+
 async def user_inputs(conn: Conn, user_ids: list[str]) -> UserInputs:
-    """Per user: totals, open positions with their market's YES price, volume per category, row version."""
-    cur = await conn.execute("SELECT *, xmin::text AS row_version FROM users WHERE user_id = ANY(%s)", (user_ids,))
-    users = await cur.fetchall()
-    versions = {r["user_id"]: r["row_version"] for r in users}
-    totals = {
-        r["user_id"]: UserTotals(
-            total_trades=r["total_trades"],
-            total_volume=r["total_volume"],
-            first_trade_at=r["first_seen_at"],
-            last_trade_at=r["last_trade_at"],
-            settled_pnl=r["settled_pnl"],
-            resolved_positions=r["resolved_positions"],
-            winning_positions=r["winning_positions"],
+    """Per user: totals, the sums of the open positions, preferred categories, row version (one row each)."""
+    cur = await conn.cursor(row_factory=tuple_row).execute(_USER_INPUTS, {"ids": _array(user_ids)})
+    inputs = UserInputs({}, {}, {}, {})
+    for (user_id, version, trades, volume, first, last, pnl, resolved, won,
+         realized, unrealized, exposure, squares, largest, n_open, top) in await cur.fetchall():  # fmt: skip
+        inputs.versions[user_id] = version
+        inputs.totals[user_id] = UserTotals(
+            total_trades=trades, total_volume=volume, first_trade_at=first, last_trade_at=last, settled_pnl=pnl,
+            resolved_positions=resolved, winning_positions=won,
         )  # fmt: skip
-        for r in users
-    }
-    # Plain tuples: a user's open positions are the most rows a snapshot reads.
-    rows = await conn.cursor(row_factory=tuple_row).execute(
-        "SELECT p.user_id, p.market_id, p.outcome, p.buy_shares, p.buy_cost, p.sell_shares, p.sell_proceeds, "
-        "p.trades, coalesce(m.current_price, 0.5) FROM positions p JOIN markets m USING (market_id) "
-        "WHERE p.user_id = ANY(%s) AND NOT p.settled",
-        (user_ids,),
-    )
-    held: dict[str, list[tuple[Position, float]]] = {}
-    for user_id, *fields, price in await rows.fetchall():
-        held.setdefault(user_id, []).append((Position(*fields), price))
-    cur = await conn.execute("SELECT * FROM user_categories WHERE user_id = ANY(%s)", (user_ids,))
-    categories: dict[str, dict[str, float]] = {}
-    for r in await cur.fetchall():
-        categories.setdefault(r["user_id"], {})[r["category"]] = r["volume"]
-    return UserInputs(totals, held, categories, versions)
+        inputs.books[user_id] = (
+            OpenBook(realized, unrealized, exposure, squares, largest or 0.0, n_open)
+            if n_open is not None
+            else OpenBook()
+        )
+        inputs.preferred[user_id] = top or []
+    return inputs
 
 
-async def save_user_snapshots(conn: Conn, texts: dict[str, str], versions: dict[str, str]) -> None:
-    """Store user snapshots, as their JSON texts, and clear their flag where the row is still the version read."""
-    ids = list(texts)
-    await conn.execute(
-        "UPDATE users u SET snapshot = s.snapshot, dirty = u.dirty AND u.xmin::text <> s.version "
-        "FROM unnest(%s::text[], %s::jsonb[], %s::text[]) AS s(user_id, snapshot, version) "
-        "WHERE u.user_id = s.user_id",
-        _arrays(ids, [texts[u] for u in ids], [versions[u] for u in ids]),
-    )
+async def save_user_snapshots(conn: Conn, versions: dict[str, str]) -> None:
+    """Clear the flag of users whose row is still the version read. (Their snapshots live in Redis and on the
+    topic; the API computes a user's metrics afresh, so nothing would read a copy here.)"""
+    await unflag(conn, "users", versions)
 
 
 # --- reads for the API and the system snapshot ----------------------------------------------------
@@ -692,13 +778,27 @@ async def list_markets(
 async def market_buckets(
     conn: Conn, market_id: str, resolution: str, start: datetime, end: datetime
 ) -> dict[datetime, Bucket]:
+    """A market's buckets of `resolution` with trades, keyed by start, from `start`'s period to `end`. Hours and
+    days not rolled up yet come from their minutes (read in the same statement as the boundary, so a roll-up in
+    between never counts a minute twice or not at all)."""
     cur = await conn.execute(
-        "SELECT * FROM buckets WHERE market_id = %s AND resolution = %s AND start >= %s AND start <= %s "
-        "AND trades > 0 ORDER BY start",
-        (market_id, resolution, metrics.bucket_start(start, resolution), end),
+        "SELECT * FROM buckets WHERE market_id = %(id)s AND resolution = %(res)s AND start >= %(start)s "
+        "AND start <= %(end)s AND trades > 0 "
+        "UNION ALL SELECT b.* FROM buckets b, clock c WHERE %(res)s <> '1m' AND b.market_id = %(id)s "
+        "AND b.resolution = '1m' AND b.start >= greatest(%(start)s, coalesce(c.rolled_through, '-infinity')) "
+        "AND b.start <= %(end)s AND b.trades > 0",
+        {"id": market_id, "res": resolution, "start": metrics.bucket_start(start, resolution), "end": end},
     )
-    return {
-        r["start"]: Bucket(
+    merged: dict[datetime, Bucket] = {}
+    for r in await cur.fetchall():
+        key = metrics.bucket_start(r["start"], resolution)
+        piece = _bucket(r)
+        merged[key] = merged[key].merge(piece) if key in merged else piece
+    return dict(sorted(merged.items()))
+
+
+def _bucket(r: dict[str, Any]) -> Bucket:
+    return Bucket(
             open=r["open"],
             open_key=(r["open_at"], r["open_id"]),
             high=r["high"],
@@ -708,8 +808,6 @@ async def market_buckets(
             volume=r["volume"],
             trades=r["trades"],
         )  # fmt: skip
-        for r in await cur.fetchall()
-    }
 
 
 async def open_positions(conn: Conn, user_id: str) -> list[dict[str, Any]]:
@@ -757,7 +855,10 @@ async def prune(conn: Conn, as_of: datetime, retention: dict[str, timedelta]) ->
     for resolution in ("1m", "1h", "1d"):
         if (keep := retention.get(resolution)) is not None:
             cur = await conn.execute(
-                "DELETE FROM buckets WHERE resolution = %s AND start < %s", (resolution, as_of - keep)
+                "DELETE FROM buckets WHERE resolution = %s AND start < %s "
+                # minutes not rolled up into their hours yet are kept, whatever their age
+                "AND (resolution <> '1m' OR start < (SELECT coalesce(rolled_through, '-infinity') FROM clock))",
+                (resolution, as_of - keep),
             )
             deleted += cur.rowcount
     if (keep := retention.get("1m")) is not None:
