@@ -268,6 +268,12 @@ def test_any_order_within_grace_gives_the_same_final_state_and_features(case: tu
     b, _ = run([created(), *shuffled])
     assert a.markets["m"].semantic() == b.markets["m"].semantic()
     assert features_of(a) == features_of(b)
+    for engine in (a, b):  # late trades were inserted mid-window: the flat prices compute reads followed them
+        assert_prices_mirror_window(engine.markets["m"])
+
+
+def assert_prices_mirror_window(s: MarketState) -> None:
+    assert s.prices.tolist() == [x for _, _, before, after, amount in s.window for x in (before, after, amount)]
 
 
 @settings(max_examples=30, deadline=None)
@@ -434,5 +440,8 @@ def test_applied_ids_are_forgotten_after_the_dedupe_window_from_their_checkpoint
 def test_market_state_survives_pickling() -> None:
     engine, _ = run([created(), trade(1), signal(2)])
     s = engine.markets["m"]
-    assert pickle.loads(pickle.dumps(s)).semantic() == s.semantic()  # nosec B301
+    loaded = pickle.loads(pickle.dumps(s))  # nosec B301
+    assert loaded.semantic() == s.semantic()
+    assert loaded.prices == s.prices and len(s.prices) == 3  # not checkpointed: rebuilt from the window on load
+    assert "prices" not in s.__getstate__()
     assert isinstance(MarketState("x").semantic(), tuple)

@@ -42,13 +42,13 @@ _NAMESPACE_BYTES = VECTOR_NAMESPACE.bytes
 def vector_id(market_id: str, last_event_id: str) -> str:
     """A vector's id derives from its market and the last event it includes: a replay republishes the same id.
     Exactly `str(uuid.uuid5(VECTOR_NAMESPACE, f"{market_id}:{last_event_id}"))`, without the UUID objects."""
-    h = bytearray(
-        hashlib.sha1(_NAMESPACE_BYTES + f"{market_id}:{last_event_id}".encode(), usedforsecurity=False).digest()[:16]
-    )
-    h[6] = (h[6] & 0x0F) | 0x50
-    h[8] = (h[8] & 0x3F) | 0x80
-    x = h.hex()
+    digest = hashlib.sha1(_NAMESPACE_BYTES + f"{market_id}:{last_event_id}".encode(), usedforsecurity=False).digest()
+    x = "%032x" % (int.from_bytes(digest[:16], "big") & _CLEAR_VERSION_VARIANT | _VERSION_5_VARIANT)
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+_CLEAR_VERSION_VARIANT = ~((0xF000 << 64) | (0xC000 << 48))  # the version nibble and the variant's two bits
+_VERSION_5_VARIANT = (0x5000 << 64) | (0x8000 << 48)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,23 @@ class FeatureConfig:
 
 
 DEFAULT = FeatureConfig()
+
+#: the features `compute` returns, in its order (the vector's encoder formats them as one template)
+FEATURE_NAMES = (
+    "current_price",
+    "total_volume",
+    "participant_count",
+    "trade_count",
+    "days_remaining",
+    "price_volatility",
+    "volume_trend",
+    "social_sentiment",
+    "news_sentiment",
+    "historical_accuracy",
+    "category_risk",
+    "liquidity_score",
+    "momentum_indicator",
+)
 
 
 def user_hash(user_id: str) -> int:
@@ -142,6 +160,7 @@ class MarketState:
         "trade_count",
         "participants",
         "window",
+        "prices",
         "volume_buckets",
         "social",
         "news",
@@ -177,6 +196,10 @@ class MarketState:
         self.participants = Participants(config.hll_precision)
         #: newest trades by event time, oldest first: (time, event id, price_before, price_after, amount)
         self.window: list[tuple[float, str, float, float, float]] = []
+        #: the window's (price_before, price_after, amount), flat and contiguous: `compute` reads only these, and
+        #: the tuples' scattered float objects cost it a cache miss each once hundreds of markets interleave.
+        #: Derived from `window` (not checkpointed; rebuilt on load)
+        self.prices = array("d")
         self.volume_buckets: dict[int, int] = {}  # bucket index -> volume in millionths
         self.social: dict[int, list[int]] = {}  # bucket index -> [sum in billionths, count]
         self.news: dict[int, list[int]] = {}
@@ -219,19 +242,24 @@ class MarketState:
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in self.__slots__ if name != "prices"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
             if name in _SLOTS:  # (checkpoints from before the dedupe ids moved to the engine carry them too)
                 setattr(self, name, value)
+        self.prices = _prices(self.window)
 
     @property
     def price(self) -> float:
         return self.current_price if self.current_price is not None else self.initial_price
 
 
-_SLOTS = frozenset(MarketState.__slots__)
+_SLOTS = frozenset(MarketState.__slots__) - {"prices"}
+
+
+def _prices(window: list[tuple[float, str, float, float, float]]) -> array[float]:
+    return array("d", [x for _, _, before, after, amount in window for x in (before, after, amount)])
 
 
 def id_key(event_id: str) -> int:
@@ -280,16 +308,20 @@ def apply_trade(
     if s.last_key is None or key > s.last_key:
         s.last_key = key
         s.current_price = price_after
-    window = s.window
+    window, prices = s.window, s.prices
     entry = (at, event_id, price_before, price_after, amount)
     if not window or key >= (window[-1][0], window[-1][1]):
         window.append(entry)
+        prices.extend((price_before, price_after, amount))
     elif len(window) >= config.window_trades and key < (window[0][0], window[0][1]):
         pass  # older than every trade in a full window: it would be evicted at once
     else:
-        bisect.insort(window, entry)
+        at_index = bisect.bisect_right(window, entry)  # where bisect.insort puts it
+        window.insert(at_index, entry)
+        prices[3 * at_index : 3 * at_index] = array("d", (price_before, price_after, amount))
     if len(window) > config.window_trades:
         del window[0]
+        del prices[:3]
     bucket = int(at // config.volume_bucket_s)
     buckets = s.volume_buckets
     buckets[bucket] = buckets.get(bucket, 0) + units
@@ -422,21 +454,24 @@ def _clamp01(x: float) -> float:
 
 def compute(s: MarketState, config: FeatureConfig, history: CategoryHistory | None, as_of: float) -> dict[str, Any]:
     """The MarketFeatures fields of a market as of `as_of` (its watermark when published)."""
-    window = s.window
+    window, prices = s.window, s.prices
+    if len(prices) != 3 * len(window):  # (the window was replaced wholesale)
+        prices = s.prices = _prices(window)
     volatility = momentum = liquidity = None
     if len(window) >= 2:
-        previous = window[0][2]
+        previous = prices[0]
         squares = 0.0
         volume = 0.0
         moved = 0.0
-        for _, _, before, after, amount in window:
+        flat = iter(prices)
+        for before, after, amount in zip(flat, flat, flat, strict=True):  # the window's trades, oldest first
             d = after - previous
             squares += d * d
             previous = after
             moved += abs(after - before)
             volume += amount
         volatility = math.sqrt(squares / len(window))
-        momentum = window[-1][3] - window[0][2]
+        momentum = prices[-2] - prices[0]
         if moved > 0.0:
             liquidity = volume / (100.0 * moved)
 

@@ -249,8 +249,8 @@ async def training_snapshots(
 # --- Redis online store ---------------------------------------------------------------------------------
 
 
-async def write_online(redis: Redis, vectors: Mapping[str, str]) -> None:
-    """The latest vector event (JSON) per market, in one round trip per batch."""
+async def write_online(redis: Redis, vectors: Mapping[str, bytes] | Mapping[str, str]) -> None:
+    """The latest vector event (JSON, as bytes or text) per market, in one round trip per batch."""
     if vectors:
         await redis.mset({KEYS.key("market", market_id): body for market_id, body in vectors.items()})
 

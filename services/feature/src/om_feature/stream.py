@@ -42,7 +42,7 @@ RETRY_DELAY_S = 1.0
 _DEAD_LETTERS = uuid.UUID("1b0e4a52-8f0e-4a0c-9d7c-3f5e2b6a7c11")  # the runtime's namespace: same ids as its own
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)  # not frozen: one per consumed event, and a frozen __init__ costs 4-5 times more
 class Delivery:
     topic: Topic
     event: Any
@@ -94,6 +94,10 @@ class KafkaSink:
         self.client_id = client_id
         self.producer: AIOKafkaProducer | None = None
         self._pending: list[asyncio.Future[Any]] = []
+        #: partition per message key for the topic's current partition count (aiokafka's murmur2 is pure Python
+        #: and costs more than appending the record; a market's key comes back with every vector)
+        self._partition_of: dict[bytes, int] = {}
+        self._partitions: list[int] = []
 
     async def start(self) -> None:
         self.producer = AIOKafkaProducer(  # (aiokafka objects belong to the running event loop)
@@ -132,9 +136,15 @@ class KafkaSink:
         if self.producer is None:
             raise RuntimeError("start() the sink first")
         partitions = sorted(await self.producer.partitions_for(self.topic))
+        partition_of = self._partition_of
+        if partitions != self._partitions or len(partition_of) > 1_000_000:
+            partition_of.clear()
+            self._partitions = partitions
         batches: dict[int, Any] = {}
         for key, value in messages:
-            partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            partition = partition_of.get(key)
+            if partition is None:
+                partition = partition_of[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = self.producer.create_batch()
