@@ -533,9 +533,12 @@ async def dirty(conn: Conn, table: str, limit: int, after: str = "") -> list[str
 async def unflag(conn: Conn, table: str, versions: dict[str, str]) -> None:
     """Clear the flag of markets or users whose row is still the version given."""
     key = {"markets": "market_id", "users": "user_id"}[table]  # a fixed set: never user text in SQL
+    # SKIP LOCKED: a row a batch holds is being changed, so its version will not match anyway; waiting for it
+    # only risked a deadlock with that batch (1 s before PostgreSQL breaks it).
     query = sql.SQL(
-        "UPDATE {table} t SET dirty = false FROM unnest(%s::text[], %s::text[]) AS k(id, version) "
-        "WHERE t.{key} = k.id AND t.xmin::text = k.version"
+        "WITH free AS (SELECT t.{key} AS id FROM {table} t JOIN unnest(%s::text[], %s::text[]) AS k(id, version) "
+        "ON t.{key} = k.id WHERE t.xmin::text = k.version FOR UPDATE OF t SKIP LOCKED) "
+        "UPDATE {table} t SET dirty = false FROM free WHERE t.{key} = free.id"
     ).format(table=sql.Identifier(table), key=sql.Identifier(key))
     await conn.execute(query, _arrays(list(versions), list(versions.values())))
 
@@ -622,12 +625,15 @@ async def save_market_snapshots(
     stays flagged, for the next round). Rounds take turns, so what is stored is never older than what was."""
     ids = list(snapshots)
     await conn.execute(
+        # Rows a batch holds are skipped, not waited for (a deadlock with it cost 1 s); they stay flagged, so the
+        # next round stores them.
+        "WITH s AS (SELECT * FROM unnest(%s::text[], %s::jsonb[], %s::float8[], %s::float8[], %s::text[]) "
+        "AS s(market_id, snapshot, volume, liquidity, version)), "
+        "free AS (SELECT m.market_id FROM markets m JOIN s USING (market_id) FOR UPDATE OF m SKIP LOCKED) "
         "UPDATE markets m SET snapshot = s.snapshot, snapshot_as_of = %s, volume_24h = s.volume, "
-        "liquidity = s.liquidity, dirty = m.dirty AND m.xmin::text <> s.version FROM unnest(%s::text[], "
-        "%s::jsonb[], %s::float8[], %s::float8[], %s::text[]) AS s(market_id, snapshot, volume, liquidity, version) "
+        "liquidity = s.liquidity, dirty = m.dirty AND m.xmin::text <> s.version FROM s JOIN free USING (market_id) "
         "WHERE m.market_id = s.market_id",
         (
-            as_of,
             *_arrays(
                 ids,
                 [texts[m] for m in ids],
@@ -635,6 +641,7 @@ async def save_market_snapshots(
                 [snapshots[m]["liquidity"] for m in ids],
                 [versions[m] for m in ids],
             ),
+            as_of,
         ),
     )
 
