@@ -47,6 +47,8 @@ MAX_CHANNELS = 200
 CLOSE_TIMEOUT_S = 10.0
 #: Heartbeats go out to one slot of the clients at a time (see LiveHub.heartbeat).
 HEARTBEAT_SLOTS = 15
+#: The reader's cancellation message when its connection's sender ended.
+SENDER_ENDED = "the connection's sender ended"
 
 
 class BadMessage(ValueError):
@@ -210,10 +212,27 @@ class LiveEndpoint:
         client.socket = socket = DirectSocket.of(send)
         if legacy:
             self.hub.subscribe(client, "system")
+        # The reader awaits `receive` directly, with no task or wait per message (10,000 clients' pings at once
+        # were a long stall of the event loop); when the sender ends (slow or idle client, broken socket) it cancels
+        # the reader instead.
+        reader = asyncio.current_task()
+        assert reader is not None
         sender = asyncio.create_task(self._send(client, send, socket))
+        reading = True
+
+        def sender_ended(_: asyncio.Task[None]) -> None:
+            if reading:  # (not once the reader has ended by itself: the callback runs later than the sender ends)
+                reader.cancel(SENDER_ENDED)
+
+        sender.add_done_callback(sender_ended)
         try:
-            await self._read(client, receive, send, sender)
+            await self._read(client, receive, send)
+        except asyncio.CancelledError:
+            if not (sender.done() and reader.cancelling() == 1):
+                raise  # cancelled from outside (e.g. the server is stopping)
+            reader.uncancel()
         finally:
+            reading = False
             self.hub.disconnect(client)
             _release(self.per_principal, key)
             self.connections.dec()
@@ -247,15 +266,10 @@ class LiveEndpoint:
         await send({"type": "websocket.send", "text": json.dumps({"type": "welcome", "role": principal.role})})
         return principal
 
-    async def _read(self, client: Client, receive: Any, send: Any, sender: asyncio.Task[None]) -> None:
+    async def _read(self, client: Client, receive: Any, send: Any) -> None:
         limit = self.settings.ws_max_message_bytes
         while True:
-            getting = asyncio.ensure_future(receive())
-            done, _ = await asyncio.wait({getting, sender}, return_when=asyncio.FIRST_COMPLETED)
-            if getting not in done:  # the sender ended: slow or idle client, or a broken socket
-                getting.cancel()
-                return
-            message = getting.result()
+            message = await receive()
             if message["type"] == "websocket.disconnect":
                 return
             client.last_heard = time.monotonic()
