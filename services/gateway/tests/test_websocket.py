@@ -192,6 +192,27 @@ async def test_a_slow_reader_is_closed_and_never_delays_the_others(infra_env, tm
             assert 'gateway_ws_closes_total{code="4008"} 1.0' in metrics.text
 
 
+async def test_a_silent_client_is_closed_as_idle_and_a_talking_one_stays(infra_env, tmp_path) -> None:
+    """The reader awaits each message directly; the sender ending (here: idle) still ends the connection, and a
+    client whose pings keep coming is answered every time and kept."""
+    app = create_app(gateway_settings(infra_env, tmp_path, ws_heartbeat_s=0.3, ws_idle_timeout_s=1.0))
+    hub = app.state.hub
+    async with serving(app) as url:
+        path = f"ws://{url}/api/v1/ws?token={ADMIN_KEY}"
+        async with websockets.connect(path) as silent, websockets.connect(path) as talking:
+            await next_of(silent, "welcome")
+            await next_of(talking, "welcome")
+            for n in range(12):  # 2.4 s: past the idle timeout
+                await talking.send(json.dumps({"type": "ping", "id": n}))
+                assert (await next_of(talking, "pong"))["id"] == n
+                await asyncio.sleep(0.2)
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    await silent.recv()
+            assert silent.close_code == 4000
+            await eventually(lambda: _assert(len(hub.clients) == 1))
+
+
 async def _assert(condition: bool) -> None:
     assert condition
 
