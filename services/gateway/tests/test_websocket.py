@@ -155,13 +155,19 @@ async def test_connections_per_ip_are_limited_from_the_handshake(infra_env, tmp_
         await eventually(a_place_is_free)
 
 
-async def test_a_slow_reader_is_closed_and_never_delays_the_others(infra_env, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("split", [False, True], ids=["event-loop", "send-thread"])
+async def test_a_slow_reader_is_closed_and_never_delays_the_others(
+    infra_env, tmp_path, monkeypatch, split: bool
+) -> None:
     """Real sockets: frames go straight to each socket while it takes them and queue behind it when it does not;
     a client that stops reading fills its queue and is closed (4008) while a reading one gets every frame in
-    order."""
+    order. Also with every round split between the event loop and the send thread (from 1,000 clients by
+    default), whose partial writes and refusals go back to the event loop."""
     monkeypatch.setattr(endpoint, "CLOSE_TIMEOUT_S", 0.5)  # the stuck client will not read its close frame either
     app = create_app(gateway_settings(infra_env, tmp_path, ws_queue_size=8))
     hub = app.state.hub
+    assert hub.splitter is not None
+    hub.split_from = 1 if split else 10**9
     async with serving(app) as url:
         path = f"ws://{url}/api/v1/ws?token={ADMIN_KEY}"
         async with websockets.connect(path, max_queue=1) as stuck, websockets.connect(path, max_size=None) as reader:
@@ -180,8 +186,12 @@ async def test_a_slow_reader_is_closed_and_never_delays_the_others(infra_env, tm
             reading = asyncio.create_task(read_all())
             padding = "x" * 256 * 1024
             for n in range(150):  # ~38 MB, far more than the socket buffers hold
-                for client in list(hub.clients):
-                    client.offer(frame(json.dumps({"n": n, "padding": padding})))
+                update = frame(json.dumps({"n": n, "padding": padding}))
+                if split:  # as a round does: both clients in one flush, one of them by the send thread
+                    hub.flush_deliveries([(client, update, 1) for client in list(hub.clients)])
+                else:
+                    for client in list(hub.clients):
+                        client.offer(update)
                 await asyncio.sleep(0.005)
             async with asyncio.timeout(30):
                 await reading
