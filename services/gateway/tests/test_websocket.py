@@ -161,13 +161,13 @@ async def test_a_slow_reader_is_closed_and_never_delays_the_others(
 ) -> None:
     """Real sockets: frames go straight to each socket while it takes them and queue behind it when it does not;
     a client that stops reading fills its queue and is closed (4008) while a reading one gets every frame in
-    order. Also with every round split between the event loop and the send thread (from 1,000 clients by
-    default), whose partial writes and refusals go back to the event loop."""
+    order. Also with every round split between the event loop and the send thread (GATEWAY_WS_SEND_THREAD),
+    whose partial writes and refusals go back to the event loop."""
     monkeypatch.setattr(endpoint, "CLOSE_TIMEOUT_S", 0.5)  # the stuck client will not read its close frame either
-    app = create_app(gateway_settings(infra_env, tmp_path, ws_queue_size=8))
+    app = create_app(gateway_settings(infra_env, tmp_path, ws_queue_size=8, ws_send_thread=split))
     hub = app.state.hub
-    assert hub.splitter is not None
-    hub.split_from = 1 if split else 10**9
+    assert (hub.splitter is not None) == split
+    hub.split_from = 1  # (from 1,000 clients by default)
     async with serving(app) as url:
         path = f"ws://{url}/api/v1/ws?token={ADMIN_KEY}"
         async with websockets.connect(path, max_queue=1) as stuck, websockets.connect(path, max_size=None) as reader:
