@@ -337,3 +337,31 @@ def test_a_round_counts_each_update_against_a_busy_clients_queue() -> None:
     hub.publish(SYSTEM, system_event(), 0, 4)
     hub.flush()  # four messages waiting: over the bound of three
     assert busy.slow and not busy.queue and busy.queued == 0
+
+
+def test_a_large_round_gives_every_other_client_to_the_splitter_and_writes_what_it_leaves_after() -> None:
+    """Rounds of `split_from` clients or more: half are handed to the splitter (the send thread), the rest written
+    meanwhile, then whatever it gave back, so every client still gets the round's frames exactly once."""
+    handed: list[list[Any]] = []
+
+    def splitter(deliveries: list[Any]) -> Any:
+        handed.append(deliveries)
+        return lambda: deliveries[:1]  # it wrote all but the first itself
+
+    hub, clients = hub_with("a", "b", "c", "d", "e")
+    hub.splitter, hub.split_from = splitter, 4
+    for client in clients:
+        hub.subscribe(client, "system")
+        client.drain()
+    hub.publish(SYSTEM, system_event(), 0, 1)
+    assert len(handed) == 1 and len(handed[0]) == 2  # every other one of the 5
+    given_back = handed[0][0][0]
+    for client in clients:
+        expected = 0 if client in {c for c, _, _ in handed[0][1:]} else 1
+        assert len(client.drain()) == expected, client.client_id
+    assert given_back in clients
+
+    hub.split_from = 6  # a round below the threshold stays on the event loop
+    hub.publish(SYSTEM, system_event(), 0, 2)
+    assert len(handed) == 1
+    assert all(len(client.drain()) == 1 for client in clients)

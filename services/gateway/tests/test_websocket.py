@@ -155,13 +155,19 @@ async def test_connections_per_ip_are_limited_from_the_handshake(infra_env, tmp_
         await eventually(a_place_is_free)
 
 
-async def test_a_slow_reader_is_closed_and_never_delays_the_others(infra_env, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("split", [False, True], ids=["event-loop", "send-thread"])
+async def test_a_slow_reader_is_closed_and_never_delays_the_others(
+    infra_env, tmp_path, monkeypatch, split: bool
+) -> None:
     """Real sockets: frames go straight to each socket while it takes them and queue behind it when it does not;
     a client that stops reading fills its queue and is closed (4008) while a reading one gets every frame in
-    order."""
+    order. Also with every round split between the event loop and the send thread (GATEWAY_WS_SEND_THREAD),
+    whose partial writes and refusals go back to the event loop."""
     monkeypatch.setattr(endpoint, "CLOSE_TIMEOUT_S", 0.5)  # the stuck client will not read its close frame either
-    app = create_app(gateway_settings(infra_env, tmp_path, ws_queue_size=8))
+    app = create_app(gateway_settings(infra_env, tmp_path, ws_queue_size=8, ws_send_thread=split))
     hub = app.state.hub
+    assert (hub.splitter is not None) == split
+    hub.split_from = 1  # (from 1,000 clients by default)
     async with serving(app) as url:
         path = f"ws://{url}/api/v1/ws?token={ADMIN_KEY}"
         async with websockets.connect(path, max_queue=1) as stuck, websockets.connect(path, max_size=None) as reader:
@@ -173,13 +179,19 @@ async def test_a_slow_reader_is_closed_and_never_delays_the_others(infra_env, tm
 
             async def read_all() -> None:
                 while len(received) < 150:
-                    received.append(json.loads(await reader.recv())["n"])
+                    message = json.loads(await reader.recv())
+                    if message.get("type") != "heartbeat":  # (one may come: the test can take over a second)
+                        received.append(message["n"])
 
             reading = asyncio.create_task(read_all())
             padding = "x" * 256 * 1024
             for n in range(150):  # ~38 MB, far more than the socket buffers hold
-                for client in list(hub.clients):
-                    client.offer(frame(json.dumps({"n": n, "padding": padding})))
+                update = frame(json.dumps({"n": n, "padding": padding}))
+                if split:  # as a round does: both clients in one flush, one of them by the send thread
+                    hub.flush_deliveries([(client, update, 1) for client in list(hub.clients)])
+                else:
+                    for client in list(hub.clients):
+                        client.offer(update)
                 await asyncio.sleep(0.005)
             async with asyncio.timeout(30):
                 await reading
@@ -188,6 +200,27 @@ async def test_a_slow_reader_is_closed_and_never_delays_the_others(infra_env, tm
             async with httpx.AsyncClient() as http:
                 metrics = await http.get(f"http://{url}/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"})
             assert 'gateway_ws_closes_total{code="4008"} 1.0' in metrics.text
+
+
+async def test_a_silent_client_is_closed_as_idle_and_a_talking_one_stays(infra_env, tmp_path) -> None:
+    """The reader awaits each message directly; the sender ending (here: idle) still ends the connection, and a
+    client whose pings keep coming is answered every time and kept."""
+    app = create_app(gateway_settings(infra_env, tmp_path, ws_heartbeat_s=0.3, ws_idle_timeout_s=1.0))
+    hub = app.state.hub
+    async with serving(app) as url:
+        path = f"ws://{url}/api/v1/ws?token={ADMIN_KEY}"
+        async with websockets.connect(path) as silent, websockets.connect(path) as talking:
+            await next_of(silent, "welcome")
+            await next_of(talking, "welcome")
+            for n in range(12):  # 2.4 s: past the idle timeout
+                await talking.send(json.dumps({"type": "ping", "id": n}))
+                assert (await next_of(talking, "pong"))["id"] == n
+                await asyncio.sleep(0.2)
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    await silent.recv()
+            assert silent.close_code == 4000
+            await eventually(lambda: _assert(len(hub.clients) == 1))
 
 
 async def _assert(condition: bool) -> None:

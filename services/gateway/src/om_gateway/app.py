@@ -27,7 +27,7 @@ from om_gateway.live import LiveHub
 from om_gateway.ratelimit import RateLimits
 from om_gateway.settings import GatewaySettings
 from om_gateway.upstream import Upstreams
-from om_gateway.ws import LiveEndpoint
+from om_gateway.ws import LiveEndpoint, SendThread
 from om_runtime.db import Database
 from om_runtime.service import ServiceRuntime
 
@@ -59,7 +59,7 @@ def create_app(
     auth = Authenticator(settings, KeyStore(db))
     gate = Gate(auth, RateLimits.over_redis(settings.rate_limits, settings.redis_url))
 
-    hub = LiveHub(settings.ws_queue_size, settings.ws_backfill)
+    hub = LiveHub(settings.ws_queue_size, settings.ws_backfill, SendThread() if settings.ws_send_thread else None)
     live = LiveEndpoint(hub, auth, settings, runtime.registry)
     buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
     metrics = feed.FeedMetrics(
@@ -94,6 +94,13 @@ def create_app(
         ),
     )
     runtime.add_loop("ws-heartbeats", live.heartbeats)
+    stalls = Histogram(
+        "gateway_event_loop_lag_seconds",
+        "How late the event loop woke a 50 ms sleep: the wait of anything that became ready meanwhile",
+        buckets=(0.001, 0.0025, *buckets),
+        registry=runtime.registry,
+    )
+    runtime.add_loop("event-loop-probe", lambda: feed.probe_loop(stalls))
 
     app = runtime.create_app(
         title="Opinion Market API",

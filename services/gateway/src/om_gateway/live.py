@@ -214,10 +214,22 @@ class History:
     legacy_latest: bytes | None = None  # the latest update's frame in the original shape (channel `system` only)
 
 
+#: (client, frames joined, how many) for each client a round writes to.
+Delivery = tuple["Client", bytes, int]
+#: Writes a share of a round's deliveries elsewhere (another thread) while the event loop writes the rest; returns
+#: a callable that waits for it to finish and gives back the deliveries it left to the event loop.
+Splitter = Callable[[list[Delivery]], Callable[[], list[Delivery]]]
+
+
 class LiveHub:
-    def __init__(self, queue_size: int, backfill: int = 100) -> None:
+    def __init__(
+        self, queue_size: int, backfill: int = 100, splitter: Splitter | None = None, split_from: int = 1000
+    ) -> None:
         self.queue_size = queue_size
         self.backfill = backfill
+        #: With a splitter, a round with at least `split_from` clients to write hands half of them to it.
+        self.splitter = splitter
+        self.split_from = split_from
         self.clients: set[Client] = set()
         self.subscribers: dict[str, set[Client]] = {}
         #: Clients by (channels, legacy), and each channel's groups: a round's work per client is one write.
@@ -357,10 +369,33 @@ class LiveHub:
                     frames_of[group] = [sent]
                 else:
                     frames.append(sent)
+        if self.splitter is not None and sum(len(g.clients) for g in frames_of) >= self.split_from:
+            joined = [
+                (group, frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
+                for group, frames in frames_of.items()
+            ]
+            self.flush_deliveries([(client, data, count) for group, data, count in joined for client in group.clients])
+            return
         for group, frames in frames_of.items():
             count = len(frames)
             data = frames[0] if count == 1 else b"".join(frames)
             for client in group.clients:
+                client.offer(data, count)
+
+    def flush_deliveries(self, deliveries: list[Delivery]) -> None:
+        """Offer each client its bytes; from `split_from` clients with a splitter, every other one is handed to it
+        and the rest written here meanwhile, then what it left. Nothing else runs on the event loop until it has
+        finished, so no other write reaches those clients meanwhile and each client's bytes stay in order."""
+        if self.splitter is None or len(deliveries) < self.split_from:
+            for client, data, count in deliveries:
+                client.offer(data, count)
+            return
+        wait = self.splitter(deliveries[1::2])
+        try:
+            for client, data, count in deliveries[::2]:
+                client.offer(data, count)
+        finally:
+            for client, data, count in wait():
                 client.offer(data, count)
 
     def heartbeat(self, now: float, stamp: str, idle_timeout_s: float, slot: int = 0, slots: int = 1) -> list[Client]:

@@ -60,6 +60,9 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     #: that in all) before it writes them out, so that updates published together reach each client in one write
     #: (one system call) instead of one per fetch.
     ws_linger_ms: float = 10.0
+    #: Write half of a large round's clients (1,000 or more) from a second thread (om_gateway.ws.SendThread). Off
+    #: until measured on a quiet machine: on the loaded one its end-to-end effect was within the noise.
+    ws_send_thread: bool = False
     #: Freeze the WebSocket connections' objects out of Python's full garbage collections (om_gateway.heap), and
     #: collect everything at most this often (or after half the connections closed).
     ws_gc_freeze: bool = True

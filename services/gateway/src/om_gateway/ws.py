@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections import Counter as Tally
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -35,6 +37,7 @@ from om_gateway.live import (
     CLOSE_TOO_MANY,
     CLOSE_UNAUTHENTICATED,
     Client,
+    Delivery,
     LiveHub,
     texts_of,
 )
@@ -47,6 +50,8 @@ MAX_CHANNELS = 200
 CLOSE_TIMEOUT_S = 10.0
 #: Heartbeats go out to one slot of the clients at a time (see LiveHub.heartbeat).
 HEARTBEAT_SLOTS = 15
+#: The reader's cancellation message when its connection's sender ended.
+SENDER_ENDED = "the connection's sender ended"
 
 
 class BadMessage(ValueError):
@@ -128,11 +133,14 @@ class DirectSocket:
     protocol's own writes: every write is a whole frame, on the one event loop; an unmasked, uncompressed text
     frame is valid whatever extensions were negotiated (RFC 7692 §6)."""
 
-    __slots__ = ("_protocol", "write")
+    __slots__ = ("_protocol", "buffered", "fd", "write")
 
     def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
         self._protocol = protocol
-        self.write = protocol.transport.write
+        transport = protocol.transport
+        self.write = transport.write
+        self.buffered = transport.get_write_buffer_size
+        self.fd: int = transport.get_extra_info("socket").fileno()
 
     @classmethod
     def of(cls, send: Any) -> DirectSocket | None:
@@ -149,6 +157,44 @@ class DirectSocket:
 
     async def writable(self) -> None:
         await self._protocol.writable.wait()
+
+
+class SendThread:
+    """Writes every other client of a large round from a second thread while the event loop writes the rest.
+    Sending is mostly the kernel's work, done with the GIL released, so the two overlap: on a loaded machine the
+    gateway also gets a second share of the CPU for it. The thread takes only the plain case: a client with
+    nothing queued whose socket takes the whole write at once (`os.write` on its descriptor; its transport's
+    buffer is empty, and nothing else writes to it until the round ends). Anything else (a queue, a busy socket, a
+    partial write, an error) is given back to the event loop, which writes it after the thread has finished,
+    in order."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ws-send")
+
+    def __call__(self, deliveries: list[Delivery]) -> Callable[[], list[Delivery]]:
+        return self._pool.submit(_write_plain, deliveries).result
+
+
+def _write_plain(deliveries: list[Delivery]) -> list[Delivery]:
+    left = []
+    for delivery in deliveries:
+        client, data, count = delivery
+        socket = client.socket
+        if client.slow:
+            continue  # (as Client.offer: closing)
+        if client.queue or not isinstance(socket, DirectSocket) or not socket.can_write() or socket.buffered():
+            left.append(delivery)
+            continue
+        try:
+            sent = os.write(socket.fd, data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:  # the transport meets the error on the event loop's write, and closes
+            left.append(delivery)
+            continue
+        if sent < len(data):
+            left.append((client, data[sent:], count))
+    return left
 
 
 class LiveEndpoint:
@@ -210,10 +256,27 @@ class LiveEndpoint:
         client.socket = socket = DirectSocket.of(send)
         if legacy:
             self.hub.subscribe(client, "system")
+        # The reader awaits `receive` directly, with no task or wait per message (10,000 clients' pings at once
+        # were a long stall of the event loop); when the sender ends (slow or idle client, broken socket) it cancels
+        # the reader instead.
+        reader = asyncio.current_task()
+        assert reader is not None
         sender = asyncio.create_task(self._send(client, send, socket))
+        reading = True
+
+        def sender_ended(_: asyncio.Task[None]) -> None:
+            if reading:  # (not once the reader has ended by itself: the callback runs later than the sender ends)
+                reader.cancel(SENDER_ENDED)
+
+        sender.add_done_callback(sender_ended)
         try:
-            await self._read(client, receive, send, sender)
+            await self._read(client, receive, send)
+        except asyncio.CancelledError:
+            if not (sender.done() and reader.cancelling() == 1):
+                raise  # cancelled from outside (e.g. the server is stopping)
+            reader.uncancel()
         finally:
+            reading = False
             self.hub.disconnect(client)
             _release(self.per_principal, key)
             self.connections.dec()
@@ -247,15 +310,10 @@ class LiveEndpoint:
         await send({"type": "websocket.send", "text": json.dumps({"type": "welcome", "role": principal.role})})
         return principal
 
-    async def _read(self, client: Client, receive: Any, send: Any, sender: asyncio.Task[None]) -> None:
+    async def _read(self, client: Client, receive: Any, send: Any) -> None:
         limit = self.settings.ws_max_message_bytes
         while True:
-            getting = asyncio.ensure_future(receive())
-            done, _ = await asyncio.wait({getting, sender}, return_when=asyncio.FIRST_COMPLETED)
-            if getting not in done:  # the sender ended: slow or idle client, or a broken socket
-                getting.cancel()
-                return
-            message = getting.result()
+            message = await receive()
             if message["type"] == "websocket.disconnect":
                 return
             client.last_heard = time.monotonic()
