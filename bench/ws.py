@@ -520,7 +520,7 @@ async def _metrics(base: str, key: str) -> dict[str, float]:
             return {}
     out = {}
     for line in text.splitlines():
-        if line.startswith(("gateway_live_", "gateway_ws_", "gateway_event_loop_")) and not line.startswith("#"):
+        if line.startswith(("gateway_live_", "gateway_ws_", "om_event_loop_lag_")) and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
@@ -547,7 +547,7 @@ def _split(metrics: dict[str, float]) -> str:
         return f"≤ {bound * 1000:.0f} ms" if bound != float("inf") else f"> {buckets[-2][0] * 1000:.0f} ms"
 
     read, rounds = "gateway_live_read_lag_seconds", "gateway_live_round_seconds"
-    stalls = "gateway_event_loop_lag_seconds"
+    stalls = "om_event_loop_lag_seconds"  # the runtime's probe, which every service has
     return (
         f"read from Kafka p50 {quantile(read, 0.5)}, p99 {quantile(read, 0.99)} after event time; "
         f"{metrics.get(f'{rounds}_count', 0):.0f} rounds (one per read) taking p50 {quantile(rounds, 0.5)}, "

@@ -94,13 +94,6 @@ def create_app(
         ),
     )
     runtime.add_loop("ws-heartbeats", live.heartbeats)
-    stalls = Histogram(
-        "gateway_event_loop_lag_seconds",
-        "How late the event loop woke a 50 ms sleep: the wait of anything that became ready meanwhile",
-        buckets=(0.001, 0.0025, *buckets),
-        registry=runtime.registry,
-    )
-    runtime.add_loop("event-loop-probe", lambda: feed.probe_loop(stalls))
 
     app = runtime.create_app(
         title="Opinion Market API",

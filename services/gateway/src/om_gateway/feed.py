@@ -35,20 +35,6 @@ MAX_RECORDS = 2000
 LINGER_MAX = 5
 
 
-#: How often the event-loop probe wakes up.
-PROBE_S = 0.05
-
-
-async def probe_loop(stalls: Histogram) -> None:
-    """Observe how late a sleep of PROBE_S wakes up, forever: what any update arriving meanwhile waited for the
-    event loop (a write-out round, a burst of client messages, a garbage collection)."""
-    loop = asyncio.get_running_loop()
-    while True:
-        due = loop.time() + PROBE_S
-        await asyncio.sleep(PROBE_S)
-        stalls.observe(max(0.0, loop.time() - due))
-
-
 def active_sources() -> dict[str, Source]:
     """The sources whose topic is in the registry (user and health topics join once analytics adds them)."""
     known = {t.name for t in TOPICS}
