@@ -15,6 +15,8 @@ from array import array
 from dataclasses import dataclass
 from typing import Any
 
+from om_contracts import MarketFeatures
+
 VOLUME_SCALE = 1_000_000  # total_volume is summed in integer millionths: exact and order-independent
 SENTIMENT_SCALE = 1_000_000_000
 MAX_AMOUNT = 1e12  # an amount above this is not a trade, it is a bug upstream
@@ -49,22 +51,9 @@ class FeatureConfig:
 
 DEFAULT = FeatureConfig()
 
-#: the features `compute` returns, in its order (the vector's encoder formats them as one template)
-FEATURE_NAMES = (
-    "current_price",
-    "total_volume",
-    "participant_count",
-    "trade_count",
-    "days_remaining",
-    "price_volatility",
-    "volume_trend",
-    "social_sentiment",
-    "news_sentiment",
-    "historical_accuracy",
-    "category_risk",
-    "liquidity_score",
-    "momentum_indicator",
-)
+#: The contract's features in its order; when `compute` returns them so, the vector's encoder formats them as one
+#: template (om_feature.processor).
+FEATURE_NAMES: tuple[str, ...] = tuple(MarketFeatures.model_fields)
 
 
 def user_hash(user_id: str) -> int:
