@@ -152,7 +152,9 @@ async def check_trade_reaches_websocket(platform: Platform) -> None:
         assert prediction["model_version"] == "baseline-market-price"
         assert prediction["confidence"] == 0.7
 
-        metrics = (await http.get(f"/ai-analytics/analytics/market/{market}")).json()
+        reply = await http.get(f"/ai-analytics/analytics/market/{market}")
+        assert reply.status_code == 200, reply.text
+        metrics = reply.json()
         assert (metrics["participant_count"], metrics["trade_count"], metrics["total_volume"]) == (
             2,
             3,
