@@ -97,3 +97,27 @@ async def test_freezing_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> No
     gc.unfreeze()
     async with runtime.running():
         assert gc.get_freeze_count() == 0
+
+
+async def test_stall_warnings_are_rate_limited_and_the_next_one_counts_the_unlogged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = CollectorRegistry()
+    watch = LoopWatch(registry, "svc", LoopWatchSettings(stall_s=0.25, warn_interval_s=0.3))
+    with caplog.at_level(logging.WARNING, logger="om_runtime.loopwatch"):
+        for lag_s in (0.3, 0.4, 0.7, 0.5):  # one warning, three stalls within its interval
+            watch.observe(lag_s)
+        await asyncio.sleep(0.35)
+        watch.observe(0.26)
+    warnings = [r.getMessage() for r in caplog.records if "event loop stalled" in r.getMessage()]
+    assert len(warnings) == 2
+    assert "stalled 300 ms" in warnings[0] and "not logged" not in warnings[0]
+    assert "stalled 260 ms" in warnings[1]
+    assert "3 more stall(s) since the previous warning, not logged (longest 700 ms)" in warnings[1]
+    assert sample(registry, "om_event_loop_stalls_total", app_name="svc") == 5  # every stall counted
+
+
+def test_the_warning_interval_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OM_EVENT_LOOP_WARN_INTERVAL_S", "5")
+    runtime = ServiceRuntime(ServiceSettings(service_name="svc"))
+    assert runtime.loop_watch.settings.warn_interval_s == 5.0

@@ -34,6 +34,9 @@ class LoopWatchSettings:
     interval_s: float = 0.05
     stall_s: float = 0.25
     slow_callback_s: float | None = None
+    #: At most one stall warning (with its stack) per this many seconds; the stalls in between are counted in
+    #: `om_event_loop_stalls_total` and summed up in the next warning. 0: every stall is logged.
+    warn_interval_s: float = 30.0
 
 
 class _GcClock:
@@ -83,6 +86,9 @@ class LoopWatch:
         self._beat = time.monotonic()
         self._loop_thread = threading.get_ident()
         self._captured: str | None = None  # the loop thread's stack while the current stall was going on
+        self._warned_at: float | None = None  # monotonic time of the last warning logged
+        self._unlogged = 0  # stalls since then that were counted but not logged
+        self._unlogged_longest_s = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -118,17 +124,35 @@ class LoopWatch:
         if lag_s < self.settings.stall_s:
             return
         self.stalls.inc()
+        if not self._warning_due():
+            # A busy process can stall every few seconds: one long warning per interval, the rest summed up in it.
+            self._unlogged += 1
+            self._unlogged_longest_s = max(self._unlogged_longest_s, lag_s)
+            return
+        self._warned_at = time.monotonic()
+        unlogged = (
+            f"; {self._unlogged} more stall(s) since the previous warning, not logged (longest "
+            f"{self._unlogged_longest_s * 1000:.0f} ms)"
+            if self._unlogged
+            else ""
+        )
+        self._unlogged, self._unlogged_longest_s = 0, 0.0
         log.warning(
             "%s: event loop stalled %.0f ms (garbage collection %.0f ms in %d run(s) meanwhile, oldest "
-            "generation %d; %d objects frozen out of collection); the loop thread was in:\n%s",
+            "generation %d; %d objects frozen out of collection)%s; the loop thread was in:\n%s",
             self.service,
             lag_s * 1000,
             gc_s * 1000,
             collections,
             oldest,
             gc.get_freeze_count(),
+            unlogged,
             stack or "(not caught: the stall held the GIL throughout, e.g. one long C call or a collection)",
         )
+
+    def _warning_due(self) -> bool:
+        warned_at = self._warned_at
+        return warned_at is None or time.monotonic() - warned_at >= self.settings.warn_interval_s
 
     def _watch(self) -> None:
         """The watchdog: while the probe is overdue by more than the threshold, capture once what the loop runs."""
@@ -136,7 +160,8 @@ class LoopWatch:
         deadline = self.settings.interval_s + self.settings.stall_s / 2
         while not self._stop.wait(check):
             beat = self._beat
-            if self._captured is None and time.monotonic() - beat > deadline:
+            # (No stack to capture for a stall whose warning the interval would suppress.)
+            if self._captured is None and time.monotonic() - beat > deadline and self._warning_due():
                 frame = sys._current_frames().get(self._loop_thread)
                 if frame is not None and self._beat == beat:  # still the same stall
                     self._captured = "".join(traceback.format_stack(frame, limit=16))

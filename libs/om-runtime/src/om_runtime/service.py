@@ -82,6 +82,7 @@ class ServiceRuntime:
                 interval_s=settings.event_loop_probe_ms / 1000,
                 stall_s=settings.event_loop_stall_ms / 1000,
                 slow_callback_s=slow / 1000 if slow is not None else None,
+                warn_interval_s=settings.event_loop_warn_interval_s,
             ),
         )
 

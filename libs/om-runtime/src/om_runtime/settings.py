@@ -48,6 +48,10 @@ class ServiceSettings(BaseSettings):
     event_loop_probe_ms: float = Field(default=50.0, gt=0, validation_alias=AliasChoices("OM_EVENT_LOOP_PROBE_MS"))
     #: A stall of the event loop longer than this many ms is logged with what the loop was running.
     event_loop_stall_ms: float = Field(default=250.0, gt=0, validation_alias=AliasChoices("OM_EVENT_LOOP_STALL_MS"))
+    #: At most one stall warning per this many seconds (each stall is still counted; 0: log every stall).
+    event_loop_warn_interval_s: float = Field(
+        default=30.0, ge=0, validation_alias=AliasChoices("OM_EVENT_LOOP_WARN_INTERVAL_S")
+    )
     #: Freeze the start-up heap out of the cyclic garbage collector once started (see om_runtime.heap).
     gc_freeze: bool = Field(default=True, validation_alias=AliasChoices("OM_GC_FREEZE"))
     #: ...and once more this many seconds later, after lazy imports and first requests.
