@@ -8,7 +8,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,28 @@ async def test_events_apply_once_across_restarts_and_republished_duplicates(
         await eventually(four_applied)
         await asyncio.sleep(0.5)  # a redelivery from the start would show up as doubles now
         assert await applied(db) == ["t0", "t1", "t2", "t3"]
+
+
+async def test_applied_events_move_the_processing_latency_histogram(
+    kafka: str, database_url: str, migrations: Path
+) -> None:
+    minute_old = [
+        trade(f"t{i}").model_copy(update={"occurred_at": datetime.now(UTC) - timedelta(seconds=60)}) for i in range(3)
+    ]
+    await produce(kafka, TRADES, [encode(t) for t in minute_old], key=b"m1")
+    async with transactional_service(kafka, database_url, migrations, Applier()) as (runtime, db):
+
+        async def three_applied() -> None:
+            assert await applied(db) == ["t0", "t1", "t2"]
+
+        await eventually(three_applied)
+        name, labels = "om_consumer_processing_latency_seconds", {"consumer": "svc", "topic": TRADES}
+        assert sample(runtime, f"{name}_count", **labels) == 3
+        # Event time → applied: a minute and the time taken to apply them, so above 30 s and below 300 s.
+        assert sample(runtime, f"{name}_bucket", **labels, le="30.0") == 0
+        assert sample(runtime, f"{name}_bucket", **labels, le="300.0") == 3
+        assert 180 <= sample(runtime, f"{name}_sum", **labels) < 900
+        assert sample(runtime, "om_consumer_events_total", **labels) == 3
 
 
 async def test_an_event_that_fails_alone_is_dead_lettered_and_the_rest_applied(

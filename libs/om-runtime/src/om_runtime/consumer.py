@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from om_contracts import DecodeError, Topic, decode
 from om_runtime.failures import Backoff, StreakGuard, is_retry_now, is_systemic, judge_isolated
 from om_runtime.kafka import Delivery, EventPublisher
+from om_runtime.metrics import ProcessingLatency
 from om_runtime.offsets import Partition
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,14 @@ class ConsumerMetrics:
             ("consumer",),
             registry=registry,
         )
+        #: Event time → applied, per consumer and topic (om_runtime.metrics).
+        self.latency = ProcessingLatency(registry)
+
+    def applied(self, consumer: str, topic: str, event_times: list[datetime], now: datetime | None = None) -> None:
+        """Count a batch's events applied from one topic and observe their latency from event time (for consumers
+        with their own loop too, e.g. feature's)."""
+        self.events.labels(consumer, topic).inc(len(event_times))
+        self.latency.observe(consumer, topic, event_times, now)
 
 
 class _Prepared(NamedTuple):
@@ -578,12 +587,13 @@ class GroupConsumer:
 
     def _applied(self, deliveries: list[Delivery]) -> None:
         self.backoff.reset()
-        per_topic: dict[str, int] = {}  # one counter update per topic and batch, not per event
+        per_topic: dict[str, list[datetime]] = {}  # one metrics update per topic and batch, not per event
         for d in deliveries:
-            name = d.topic.name
-            per_topic[name] = per_topic.get(name, 0) + 1
-        for name, count in per_topic.items():
-            self.metrics.events.labels(self.group, name).inc(count)
+            # Event time; the record's timestamp for raw intake records that may leave it out.
+            per_topic.setdefault(d.topic.name, []).append(getattr(d.event, "occurred_at", None) or d.timestamp)
+        now = datetime.now(UTC)  # one clock read for the batch's latencies
+        for name, events in per_topic.items():
+            self.metrics.applied(self.group, name, events, now)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types: the base is Any

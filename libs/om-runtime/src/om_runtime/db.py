@@ -124,6 +124,14 @@ class Database:
         async with self.read_pool.connection() as conn:
             yield conn
 
+    def pool_stats(self) -> dict[str, dict[str, int]]:
+        """psycopg_pool's statistics of each pool ("primary", and "replica" with DATABASE_READ_URL): what the
+        runtime's `om_db_pool_*` series show when /metrics is scraped."""
+        stats = {"primary": self.pool.get_stats()}
+        if self.read_pool is not self.pool:
+            stats["replica"] = self.read_pool.get_stats()
+        return stats
+
     async def ping(self) -> None:
         async with self.pool.connection(timeout=2) as conn:
             await conn.execute("SELECT 1")

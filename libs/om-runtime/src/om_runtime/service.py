@@ -27,6 +27,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CollectorRegistry
 
 from om_contracts import Topic
+from om_runtime.cache import CACHE_READS
 from om_runtime.consumer import ConsumerMetrics, GroupConsumer, PartitionListener
 from om_runtime.failures import Backoff, is_retry_now
 from om_runtime.heap import frozen
@@ -42,7 +43,7 @@ from om_runtime.kafka import (
     ensure_topics,
 )
 from om_runtime.loopwatch import LoopWatch, LoopWatchSettings
-from om_runtime.metrics import HttpMetricsMiddleware
+from om_runtime.metrics import HttpMetricsMiddleware, PoolMetrics
 from om_runtime.settings import ServiceSettings
 from om_runtime.telemetry import setup_logging, setup_tracing
 
@@ -69,6 +70,8 @@ class ServiceRuntime:
         #: Checks reported by /ready that do not make the service unready when they fail.
         self.optional_checks: set[str] = set() if kafka_required else {"kafka"}
         self.consumer_metrics = ConsumerMetrics(self.registry)
+        self.pool_metrics = PoolMetrics(self.registry, settings.service_name)
+        self.registry.register(CACHE_READS)  # the process's cache hit/miss counter (om_runtime.cache)
         self.consumers: list[GroupConsumer] = []
         #: Set once the broker is connected (at start, or later when Kafka is optional and was down).
         self.kafka_started = asyncio.Event()
@@ -91,8 +94,11 @@ class ServiceRuntime:
             raise ConnectionError(f"Kafka at {self.settings.kafka_bootstrap_servers} does not answer")
 
     def add_resource(self, resource: AbstractAsyncContextManager[Any], *, name: str, check: Check) -> None:
-        """Open `resource` before the broker starts, close it after the broker stops; `check` feeds /ready."""
+        """Open `resource` before the broker starts, close it after the broker stops; `check` feeds /ready. A
+        `Database` (anything with `pool_stats()`) also gets its pools' `om_db_pool_*` series."""
         self._resources.append(resource)
+        if callable(pool_stats := getattr(resource, "pool_stats", None)):
+            self.pool_metrics.watch(pool_stats)
         self.checks[name] = check
 
     def add_loop(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:

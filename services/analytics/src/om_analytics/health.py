@@ -1,10 +1,9 @@
 """Platform health from each service's Prometheus `/metrics` text: pure parsing and arithmetic, no I/O.
 
 Rates are differences between two scrapes divided by the time between them; quantiles are read from histogram
-buckets (linear within a bucket). The series are the runtime's (`om_consumer_*`, `om_http_*`, `process_*`), which
-every service exposes. A figure a service does not expose stays None: nothing is invented. Figures no service
-exposes at all (UNMEASURED) are left out of what analytics serves rather than shown as a null that means "not
-built".
+buckets (linear within a bucket). The series are the runtime's (`om_consumer_*`, `om_http_*`, `om_cache_*`,
+`om_db_pool_*`, `process_*`), which every service exposes where it has the part they measure. A figure a service
+does not expose stays None: nothing is invented.
 """
 
 from __future__ import annotations
@@ -21,9 +20,16 @@ HTTP_HISTOGRAMS = ("om_http_request_duration_seconds", "http_server_request_dura
 PROCESSED = ("om_consumer_events_total", "faststream_received_processed_messages_total")
 FAILED = ("om_consumer_systemic_failures_total", "faststream_received_processed_messages_exceptions_total")
 DEAD_LETTERED = "om_consumer_dead_letters_total"
-#: ServiceHealth fields no service's /metrics has a series for today (no consumer histogram of event time →
-#: processed, no cache or pool gauges): analytics leaves them out of its answers (docs/metrics.md).
-UNMEASURED = frozenset({"processing_p50_s", "processing_p99_s", "cache_hit_rate", "db_pool_in_use"})
+#: Event time → applied, per consumer and topic (the runtime's group consumer and feature's loop).
+PROCESSING_HISTOGRAMS = ("om_consumer_processing_latency_seconds",)
+#: Reads of Redis caches through `om_runtime.cache.CacheReads`, labelled `result` = hit or miss.
+CACHE_READS = "om_cache_reads_total"
+#: Connections checked out of the service's database pools when it was scraped (`om_runtime.metrics.PoolMetrics`).
+POOL_IN_USE = "om_db_pool_in_use"
+#: ServiceHealth fields no service's /metrics has a series for, which analytics would leave out of its answers
+#: rather than serve as a null meaning "not built": none since the runtime measures processing latency, cache reads
+#: and pool use (a service without one of them, e.g. without a cache, reports null for it).
+UNMEASURED: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,7 @@ def service_health(service: str, now: Scrape | None, before: Scrape | None, erro
         total = now.total(requests) or 0.0
         errors = sum(v for labels, v in now.series(requests) if _status(labels).startswith("5"))
         http_error_rate = round(errors / total, 6) if total else 0.0
+    processing_p50, processing_p99 = _histogram(now, before, PROCESSING_HISTOGRAMS)
     dead_letters = _rate(now, before, DEAD_LETTERED)
     if dead_letters is None:  # a service publishing through FastStream: its published-to-dead-letters counter
         dead_letters = _rate(now, before, "faststream_published_messages_total", destination=DEAD_LETTERS.name)
@@ -143,6 +150,10 @@ def service_health(service: str, now: Scrape | None, before: Scrape | None, erro
         processing_rate=_round(_first_rate(now, before, PROCESSED)),
         error_rate=_round(_first_rate(now, before, FAILED)),
         dead_letter_rate=_round(dead_letters),
+        processing_p50_s=processing_p50,
+        processing_p99_s=processing_p99,
+        cache_hit_rate=_hit_rate(now, before),
+        db_pool_in_use=now.total(POOL_IN_USE),
         http_p50_s=http_p50,
         http_p99_s=http_p99,
         http_error_rate=http_error_rate,
@@ -150,6 +161,20 @@ def service_health(service: str, now: Scrape | None, before: Scrape | None, erro
         memory_bytes=now.total("process_resident_memory_bytes"),
         consumer_lag=lag,
     )
+
+
+def _hit_rate(now: Scrape, before: Scrape | None) -> float | None:
+    """Hits / reads of every cache the service reads: since the previous scrape when it read any meanwhile, else
+    since it started; None when it has read none (or has no cache)."""
+    hits, reads = now.total(CACHE_READS, result="hit"), now.total(CACHE_READS)
+    if not reads:
+        return None
+    hits = hits or 0.0
+    if before is not None and (reads_before := before.total(CACHE_READS)):
+        recent = reads - reads_before
+        if recent > 0:
+            return round(max(0.0, hits - (before.total(CACHE_READS, result="hit") or 0.0)) / recent, 6)
+    return round(hits / reads, 6)
 
 
 def _status(labels: dict[str, str]) -> str:

@@ -18,9 +18,11 @@ from redis.asyncio import Redis
 
 from om_feature.engine import Outcome, Vector
 from om_feature.features import MarketState
-from om_runtime.cache import KeySpace
+from om_runtime.cache import CacheReads, KeySpace
 
 KEYS = KeySpace("feature")
+#: Reads of the online store (`om_cache_reads_total{cache="feature-online"}`): a miss is a market with no vector yet.
+ONLINE_READS = CacheReads("feature-online")
 
 
 def _time(ts: float | None) -> datetime | None:
@@ -256,5 +258,5 @@ async def write_online(redis: Redis, vectors: Mapping[str, bytes] | Mapping[str,
 
 
 async def read_online(redis: Redis, market_id: str) -> dict[str, Any] | None:
-    raw = await redis.get(KEYS.key("market", market_id))
+    raw = ONLINE_READS.seen(await redis.get(KEYS.key("market", market_id)))
     return cast(dict[str, Any], json.loads(raw)) if raw else None

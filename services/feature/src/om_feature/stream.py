@@ -19,9 +19,9 @@ import asyncio
 import base64
 import logging
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -379,6 +379,10 @@ class StatefulLoop:
                 log.warning("dead-lettered: %s", reason)
                 await self.sink.dead_letter(self.group, d.topic.name, d.partition, d.offset, d.key, body, reason)
                 self.metrics.dead_letters.labels(self.group, d.topic.name, "apply").inc()
-        counts = Counter(d.topic.name for d in deliveries)
-        for name, n in counts.items():
-            self.metrics.events.labels(self.group, name).inc(n)
+        # Events applied and their latency from event time, once per topic and batch (the runtime's series).
+        per_topic: dict[str, list[datetime]] = {}
+        for d in deliveries:
+            per_topic.setdefault(d.topic.name, []).append(d.event.occurred_at)
+        now = datetime.now(UTC)
+        for name, event_times in per_topic.items():
+            self.metrics.applied(self.group, name, event_times, now)
