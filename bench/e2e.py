@@ -36,7 +36,7 @@ from tqdm import tqdm
 from bench.ingest import raw_topic_only
 from om_cli.api_client import api_client
 from om_cli.credentials import auth_headers
-from om_cli.embedded import Ports, free_port, start_infrastructure
+from om_cli.embedded import Infrastructure, Ports, free_port, start_infrastructure
 from om_cli.launcher import consumer_lag
 from om_cli.platform import Platform, ServicePorts
 from om_runtime.loopwatch import LoopWatch, LoopWatchSettings
@@ -65,12 +65,19 @@ def trade(run: str, i: int, markets: int, users: int) -> dict[str, Any]:
 @contextlib.contextmanager
 def platform_up() -> Iterator[Platform]:
     """Fresh embedded servers and the five services, stopped again afterwards."""
+    with infra_and_platform() as (platform, _):
+        yield platform
+
+
+@contextlib.contextmanager
+def infra_and_platform() -> Iterator[tuple[Platform, Infrastructure]]:
+    """`platform_up`, with the embedded servers too (to read the broker's and PostgreSQL's CPU)."""
     with tempfile.TemporaryDirectory() as data:
         infra = start_infrastructure(Path(data), Ports(free_port(), free_port(), free_port()), environ={})
         platform = Platform(infra.env(), Path(data) / "logs", ServicePorts(*(free_port() for _ in range(5))))
         try:
             platform.start(timeout_s=120)
-            yield platform
+            yield platform, infra
         finally:
             platform.stop()
             infra.stop()
@@ -187,6 +194,25 @@ async def scrape(http: Any, platform: Platform) -> dict[str, dict[str, float]]:
     return out
 
 
+def server_cpu_s(infra: Infrastructure) -> dict[str, float]:
+    """CPU seconds each embedded server (kafka, postgres, redis) has used so far, its child processes included:
+    PostgreSQL's work happens in one backend per connection, and those it has reaped count in its children's
+    times."""
+    out: dict[str, float] = {}
+    for server in infra.started:
+        if server.process is None:
+            continue
+        proc = psutil.Process(server.process.pid)
+        t = proc.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                c = child.cpu_times()
+                total += c.user + c.system
+        out[server.name] = total
+    return out
+
+
 def loop_lag(text: str) -> dict[str, float]:
     """A service's event-loop lag (`om_event_loop_lag_seconds`, see om_runtime.loopwatch): wake-ups, the share
     later than 50 ms, stalls over the warning threshold and the p99 as its histogram bucket's upper bound."""
@@ -225,12 +251,16 @@ class Step:
     achieved_rate: float = 0.0
     backlog_trades: float = 0.0
     passed: bool = False
+    #: What is left at the step's end, per consumer (the largest is the step's backlog, which fails it).
+    backlog: dict[str, float] = field(default_factory=dict)
+    cpu_s_per_1000_total: float = 0.0
+    cpu_bound_trades_per_s: float = 0.0
     per_service: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 async def sustained_step(rate: float, seconds: float, markets: int, users: int) -> Step:
     step = Step(rate, seconds)
-    with platform_up() as platform:
+    with infra_and_platform() as (platform, infra):
         # the gateway's /metrics wants a credential; the other services ignore it
         http = api_client("http://127.0.0.1", timeout=60, headers=auth_headers(platform.admin_api_key))
         ingest = api_client(platform.url("ingest"), timeout=60)
@@ -238,15 +268,19 @@ async def sustained_step(rate: float, seconds: float, markets: int, users: int) 
             run = f"s{int(rate)}"
             await create_markets(ingest, run, markets)
             before = await scrape(http, platform)
+            servers_before = server_cpu_s(infra)
             started = time.monotonic()
             step.sent = await offer(ingest, run, rate, seconds, markets=markets, users=users)
             elapsed = time.monotonic() - started
             step.achieved_rate = step.sent / elapsed
             after = await scrape(http, platform)
+            servers_after = server_cpu_s(infra)
             counted = await analytics_trades(http, platform)
-            step.backlog_trades = max(
-                step.sent - counted, after["feature"]["lag"], after["prediction"]["lag"], after["analytics"]["lag"]
-            )
+            step.backlog = {
+                "analytics_uncounted": float(step.sent - counted),
+                **{f"{name}_lag": after[name]["lag"] for name in CONSUMERS},
+            }
+            step.backlog_trades = max(step.backlog.values())
             # passes when the input rate was really offered and the backlog is at most one second of it
             step.passed = step.achieved_rate >= 0.95 * rate and step.backlog_trades <= rate
             for name, a in after.items():
@@ -256,6 +290,15 @@ async def sustained_step(rate: float, seconds: float, markets: int, users: int) 
                     "cpu_s_per_1000_trades": (a["cpu_s"] - b["cpu_s"]) / max(1, step.sent) * 1000,
                     "rss_mib": a["rss_mib"],
                 }
+            for name, cpu in servers_after.items():
+                step.per_service[name] = {
+                    "events_per_s": 0.0,
+                    "cpu_s_per_1000_trades": (cpu - servers_before.get(name, 0.0)) / max(1, step.sent) * 1000,
+                    "rss_mib": 0.0,
+                }
+            # Every process's CPU per trade, summed: on this machine's cores, the rate the CPU alone allows.
+            step.cpu_s_per_1000_total = sum(c["cpu_s_per_1000_trades"] for c in step.per_service.values())
+            step.cpu_bound_trades_per_s = (os.cpu_count() or 1) / max(1e-9, step.cpu_s_per_1000_total / 1000)
     return step
 
 
@@ -442,24 +485,37 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["| hop | p50 ms | p99 ms |", "|---|---|---|"]
         for name, h in hops.items():
             lines.append(f"| {name} | {h['p50_ms']:.0f} | {h['p99_ms']:.0f} |")
-    lines += ["", "| step (offered trades/s) | achieved | backlog at end (trades) | passed |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| step (offered trades/s) | achieved | backlog at end (trades) | by consumer | passed |",
+        "|---|---|---|---|---|",
+    ]
     for s in result["steps"]:
-        lines.append(f"| {s['rate']:,.0f} | {s['achieved_rate']:,.0f} | {s['backlog_trades']:,.0f} | {s['passed']} |")
+        by = ", ".join(f"{k} {v:,.0f}" for k, v in s.get("backlog", {}).items())
+        lines.append(
+            f"| {s['rate']:,.0f} | {s['achieved_rate']:,.0f} | {s['backlog_trades']:,.0f} | {by} | {s['passed']} |"
+        )
     if result["steps"]:
         services = list(result["steps"][0]["per_service"])
         lines += [
             "",
-            "CPU-seconds per 1,000 trades, per service and step (events/s; RSS MiB at the end of the step):",
+            "CPU-seconds per 1,000 trades, per process and step (services: events/s and RSS MiB at the end of the",
+            f"step; the embedded servers with their child processes); the total bounds the rate: {os.cpu_count()} "
+            "cores / total:",
             "",
-            "| step | " + " | ".join(services) + " |",
-            "|---|" + "---|" * len(services),
+            "| step | " + " | ".join(services) + " | total | CPU bound |",
+            "|---|" + "---|" * (len(services) + 2),
         ]
         for step in result["steps"]:
             cells = [
-                f"{c['cpu_s_per_1000_trades']:.2f} ({c['events_per_s']:,.0f}/s; {c['rss_mib']:.0f} MiB)"
-                for c in (step["per_service"][name] for name in services)
+                f"{c['cpu_s_per_1000_trades']:.2f}"
+                + (f" ({c['events_per_s']:,.0f}/s; {c['rss_mib']:.0f} MiB)" if c["rss_mib"] else "")
+                for c in (step["per_service"].get(name, {}) for name in services)
+                if c
             ]
-            lines.append(f"| {step['rate']:,.0f} | " + " | ".join(cells) + " |")
+            total = f"{step.get('cpu_s_per_1000_total', 0.0):.2f}"
+            bound = f"{step.get('cpu_bound_trades_per_s', 0.0):,.0f} trades/s"
+            lines.append(f"| {step['rate']:,.0f} | " + " | ".join([*cells, total, bound]) + " |")
     lines += [
         "",
         "ingest's om_consumer_events count its raw-topic intake only (HTTP writes are not consumed events) and the",
@@ -497,7 +553,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"sustained step at {rate:,.0f} trades/s for {seconds:.0f} s ...", flush=True)
         step = await sustained_step(rate, seconds, markets, users)
         steps.append(step)
-        print(f"  achieved {step.achieved_rate:,.0f}/s, backlog {step.backlog_trades:,.0f}, passed {step.passed}")
+        print(
+            f"  achieved {step.achieved_rate:,.0f}/s, backlog {step.backlog_trades:,.0f} ({step.backlog}), "
+            f"passed {step.passed}; CPU-s per 1,000 trades {step.cpu_s_per_1000_total:.2f} (bound "
+            f"{step.cpu_bound_trades_per_s:,.0f}/s)",
+            flush=True,
+        )
         if not step.passed:
             break
     result["steps"] = [s.__dict__ for s in steps]
