@@ -43,6 +43,7 @@ from om_runtime.loopwatch import LoopWatch, LoopWatchSettings
 
 OUT_DIR = Path(os.environ.get("OM_BENCH_DIR", ".om/bench"))
 CONSUMERS = ("feature", "prediction", "analytics")
+IDLE_SECONDS = 5.0  # the idle platform's CPU is measured this long before each step
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -255,6 +256,10 @@ class Step:
     backlog: dict[str, float] = field(default_factory=dict)
     cpu_s_per_1000_total: float = 0.0
     cpu_bound_trades_per_s: float = 0.0
+    #: Cores each process used with the platform up and no load (before the step), and what grows with the rate.
+    idle_cores: dict[str, float] = field(default_factory=dict)
+    cpu_s_per_1000_marginal: float = 0.0
+    cpu_bound_marginal_trades_per_s: float = 0.0
     per_service: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
@@ -267,8 +272,20 @@ async def sustained_step(rate: float, seconds: float, markets: int, users: int) 
         async with http, ingest:
             run = f"s{int(rate)}"
             await create_markets(ingest, run, markets)
+            # The platform's idle CPU first (polling, probes, timers), to tell the fixed cost from the per-trade one.
+            await asyncio.sleep(2.0)
+            idle_from, servers_idle_from, idle_started = (
+                await scrape(http, platform),
+                server_cpu_s(infra),
+                time.monotonic(),
+            )
+            await asyncio.sleep(IDLE_SECONDS)
             before = await scrape(http, platform)
             servers_before = server_cpu_s(infra)
+            idle_s = time.monotonic() - idle_started
+            idle_cores = {n: (before[n]["cpu_s"] - idle_from[n]["cpu_s"]) / idle_s for n in before} | {
+                n: (servers_before[n] - servers_idle_from.get(n, 0.0)) / idle_s for n in servers_before
+            }
             started = time.monotonic()
             step.sent = await offer(ingest, run, rate, seconds, markets=markets, users=users)
             elapsed = time.monotonic() - started
@@ -296,9 +313,17 @@ async def sustained_step(rate: float, seconds: float, markets: int, users: int) 
                     "cpu_s_per_1000_trades": (cpu - servers_before.get(name, 0.0)) / max(1, step.sent) * 1000,
                     "rss_mib": 0.0,
                 }
-            # Every process's CPU per trade, summed: on this machine's cores, the rate the CPU alone allows.
+            # Every process's CPU per trade, summed: on this machine's cores, the rate the CPU alone allows. Part of
+            # it is spent whatever the rate (idle polling and timers: `idle_cores`); the rest grows with the rate, so
+            # the bound is what the idle platform leaves of the cores over the per-trade rest.
+            cores = os.cpu_count() or 1
             step.cpu_s_per_1000_total = sum(c["cpu_s_per_1000_trades"] for c in step.per_service.values())
-            step.cpu_bound_trades_per_s = (os.cpu_count() or 1) / max(1e-9, step.cpu_s_per_1000_total / 1000)
+            step.cpu_bound_trades_per_s = cores / max(1e-9, step.cpu_s_per_1000_total / 1000)
+            step.idle_cores = idle_cores
+            idle_total = sum(idle_cores.values())
+            per_trade_s = max(1e-9, (step.cpu_s_per_1000_total / 1000) - idle_total * elapsed / max(1, step.sent))
+            step.cpu_s_per_1000_marginal = per_trade_s * 1000
+            step.cpu_bound_marginal_trades_per_s = max(0.0, cores - idle_total) / per_trade_s
     return step
 
 
@@ -516,6 +541,23 @@ def markdown(result: dict[str, Any]) -> str:
             total = f"{step.get('cpu_s_per_1000_total', 0.0):.2f}"
             bound = f"{step.get('cpu_bound_trades_per_s', 0.0):,.0f} trades/s"
             lines.append(f"| {step['rate']:,.0f} | " + " | ".join([*cells, total, bound]) + " |")
+        lines += [
+            "",
+            "Fixed and per-trade CPU: the idle platform's cores per process (measured before each step), the CPU-s",
+            "per 1,000 trades beyond that, and the rate the cores the idle platform leaves allow at that cost:",
+            "",
+            "| step | idle cores (all processes) | busiest idle | per-trade CPU-s per 1,000 | bound |",
+            "|---|---|---|---|---|",
+        ]
+        for step in result["steps"]:
+            idle = step.get("idle_cores", {})
+            if not idle:
+                continue
+            busiest = ", ".join(f"{n} {c:.2f}" for n, c in sorted(idle.items(), key=lambda kv: -kv[1])[:3])
+            lines.append(
+                f"| {step['rate']:,.0f} | {sum(idle.values()):.2f} | {busiest} | "
+                f"{step['cpu_s_per_1000_marginal']:.2f} | {step['cpu_bound_marginal_trades_per_s']:,.0f} trades/s |"
+            )
     lines += [
         "",
         "ingest's om_consumer_events count its raw-topic intake only (HTTP writes are not consumed events) and the",
@@ -556,7 +598,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(
             f"  achieved {step.achieved_rate:,.0f}/s, backlog {step.backlog_trades:,.0f} ({step.backlog}), "
             f"passed {step.passed}; CPU-s per 1,000 trades {step.cpu_s_per_1000_total:.2f} (bound "
-            f"{step.cpu_bound_trades_per_s:,.0f}/s)",
+            f"{step.cpu_bound_trades_per_s:,.0f}/s); idle {sum(step.idle_cores.values()):.2f} cores, per trade "
+            f"{step.cpu_s_per_1000_marginal:.2f} CPU-s per 1,000 (bound {step.cpu_bound_marginal_trades_per_s:,.0f}/s)",
             flush=True,
         )
         if not step.passed:
