@@ -259,7 +259,7 @@ async def raw_topic_only(raw_trades: int) -> dict[str, Any]:
         kafka.stop()
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
+async def run(args: argparse.Namespace) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     kafka = EmbeddedKafka("kafka", free_port(), data / "kafka")
     postgres = EmbeddedPostgres("postgres", free_port(), data / "postgres")
@@ -282,7 +282,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return {"machine": f"{os.cpu_count()} CPUs (shared with other work)", "batch_http": http, "raw_topic": raw}
 
 
-def cli() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """`python -m bench.ingest [args]`, or `python -m bench ingest [args]` (bench/__main__.py calls `main(argv)`)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--http-trades", type=int, default=40_000)
     parser.add_argument("--batch", type=int, default=1000, help="trades per HTTP batch (1 to 1000)")
@@ -290,8 +291,8 @@ def cli() -> None:
     parser.add_argument("--raw-trades", type=int, default=100_000)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--profile", type=Path, help="run ingest under cProfile and write its profile here")
-    args = parser.parse_args()
-    result = asyncio.run(main(args))
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args))
     h, r = result["batch_http"], result["raw_topic"]
     print(f"ingest benchmark ({result['machine']})")
     print(
@@ -310,4 +311,4 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
-    cli()
+    main()
