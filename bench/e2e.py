@@ -214,6 +214,39 @@ def server_cpu_s(infra: Infrastructure) -> dict[str, float]:
     return out
 
 
+def postgres_backends(infra: Infrastructure, platform: Platform) -> dict[int, tuple[str, float]]:
+    """PostgreSQL's processes: pid -> (who it works for, CPU seconds so far). A backend is attributed to the service
+    holding its client's TCP port; the rest (autovacuum, WAL writer, checkpointer, the benchmark's own connections)
+    is "other"."""
+    server = next((s for s in infra.started if s.name == "postgres"), None)
+    if server is None or server.process is None:
+        return {}
+    ports: dict[int, str] = {}
+    for service in platform.running:
+        with contextlib.suppress(psutil.Error):
+            for conn in psutil.Process(service.process.pid).net_connections(kind="tcp"):
+                if conn.raddr and conn.raddr.port == int(infra.database_url.rsplit(":", 1)[1].split("/")[0]):
+                    ports[conn.laddr.port] = service.name
+    out: dict[int, tuple[str, float]] = {}
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            cmdline = " ".join(child.cmdline())
+            owner = "other"
+            if "127.0.0.1(" in cmdline:
+                owner = ports.get(int(cmdline.split("127.0.0.1(", 1)[1].split(")", 1)[0]), "other")
+            t = child.cpu_times()
+            out[child.pid] = (owner, t.user + t.system)
+    return out
+
+
+def postgres_by_service(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds PostgreSQL spent for each service between two `postgres_backends` snapshots."""
+    out: dict[str, float] = {}
+    for pid, (owner, cpu) in after.items():
+        out[owner] = out.get(owner, 0.0) + cpu - before.get(pid, (owner, 0.0))[1]
+    return out
+
+
 def loop_lag(text: str) -> dict[str, float]:
     """A service's event-loop lag (`om_event_loop_lag_seconds`, see om_runtime.loopwatch): wake-ups, the share
     later than 50 ms, stalls over the warning threshold and the p99 as its histogram bucket's upper bound."""
@@ -259,6 +292,8 @@ class Step:
     #: Cores each process used with the platform up and no load (before the step), and what grows with the rate.
     idle_cores: dict[str, float] = field(default_factory=dict)
     cpu_s_per_1000_marginal: float = 0.0
+    #: PostgreSQL's CPU-s per 1,000 trades by the service its backends served ("other": its own background work).
+    postgres_cpu_s_per_1000_by_service: dict[str, float] = field(default_factory=dict)
     cpu_bound_marginal_trades_per_s: float = 0.0
     per_service: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -282,6 +317,7 @@ async def sustained_step(rate: float, seconds: float, markets: int, users: int) 
             await asyncio.sleep(IDLE_SECONDS)
             before = await scrape(http, platform)
             servers_before = server_cpu_s(infra)
+            backends_before = postgres_backends(infra, platform)
             idle_s = time.monotonic() - idle_started
             idle_cores = {n: (before[n]["cpu_s"] - idle_from[n]["cpu_s"]) / idle_s for n in before} | {
                 n: (servers_before[n] - servers_idle_from.get(n, 0.0)) / idle_s for n in servers_before
@@ -292,6 +328,10 @@ async def sustained_step(rate: float, seconds: float, markets: int, users: int) 
             step.achieved_rate = step.sent / elapsed
             after = await scrape(http, platform)
             servers_after = server_cpu_s(infra)
+            step.postgres_cpu_s_per_1000_by_service = {
+                name: cpu / max(1, step.sent) * 1000
+                for name, cpu in postgres_by_service(backends_before, postgres_backends(infra, platform)).items()
+            }
             counted = await analytics_trades(http, platform)
             step.backlog = {
                 "analytics_uncounted": float(step.sent - counted),
@@ -558,6 +598,11 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {step['rate']:,.0f} | {sum(idle.values()):.2f} | {busiest} | "
                 f"{step['cpu_s_per_1000_marginal']:.2f} | {step['cpu_bound_marginal_trades_per_s']:,.0f} trades/s |"
             )
+        lines += ["", "PostgreSQL's CPU-s per 1,000 trades by the service its backends served:", ""]
+        for step in result["steps"]:
+            pg = step.get("postgres_cpu_s_per_1000_by_service", {})
+            split = ", ".join(f"{n} {c:.3f}" for n, c in sorted(pg.items(), key=lambda kv: -kv[1]))
+            lines.append(f"- step {step['rate']:,.0f}: {split or 'not measured'}")
     lines += [
         "",
         "ingest's om_consumer_events count its raw-topic intake only (HTTP writes are not consumed events) and the",
