@@ -36,13 +36,14 @@ from tqdm import tqdm
 from bench.ingest import raw_topic_only
 from om_cli.api_client import api_client
 from om_cli.credentials import auth_headers
-from om_cli.embedded import Ports, free_port, start_infrastructure
+from om_cli.embedded import Infrastructure, Ports, free_port, start_infrastructure
 from om_cli.launcher import consumer_lag
 from om_cli.platform import Platform, ServicePorts
 from om_runtime.loopwatch import LoopWatch, LoopWatchSettings
 
 OUT_DIR = Path(os.environ.get("OM_BENCH_DIR", ".om/bench"))
 CONSUMERS = ("feature", "prediction", "analytics")
+IDLE_SECONDS = 5.0  # the idle platform's CPU is measured this long before each step
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -65,12 +66,19 @@ def trade(run: str, i: int, markets: int, users: int) -> dict[str, Any]:
 @contextlib.contextmanager
 def platform_up() -> Iterator[Platform]:
     """Fresh embedded servers and the five services, stopped again afterwards."""
+    with infra_and_platform() as (platform, _):
+        yield platform
+
+
+@contextlib.contextmanager
+def infra_and_platform() -> Iterator[tuple[Platform, Infrastructure]]:
+    """`platform_up`, with the embedded servers too (to read the broker's and PostgreSQL's CPU)."""
     with tempfile.TemporaryDirectory() as data:
         infra = start_infrastructure(Path(data), Ports(free_port(), free_port(), free_port()), environ={})
         platform = Platform(infra.env(), Path(data) / "logs", ServicePorts(*(free_port() for _ in range(5))))
         try:
             platform.start(timeout_s=120)
-            yield platform
+            yield platform, infra
         finally:
             platform.stop()
             infra.stop()
@@ -187,6 +195,58 @@ async def scrape(http: Any, platform: Platform) -> dict[str, dict[str, float]]:
     return out
 
 
+def server_cpu_s(infra: Infrastructure) -> dict[str, float]:
+    """CPU seconds each embedded server (kafka, postgres, redis) has used so far, its child processes included:
+    PostgreSQL's work happens in one backend per connection, and those it has reaped count in its children's
+    times."""
+    out: dict[str, float] = {}
+    for server in infra.started:
+        if server.process is None:
+            continue
+        proc = psutil.Process(server.process.pid)
+        t = proc.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                c = child.cpu_times()
+                total += c.user + c.system
+        out[server.name] = total
+    return out
+
+
+def postgres_backends(infra: Infrastructure, platform: Platform) -> dict[int, tuple[str, float]]:
+    """PostgreSQL's processes: pid -> (who it works for, CPU seconds so far). A backend is attributed to the service
+    holding its client's TCP port; the rest (autovacuum, WAL writer, checkpointer, the benchmark's own connections)
+    is "other"."""
+    server = next((s for s in infra.started if s.name == "postgres"), None)
+    if server is None or server.process is None:
+        return {}
+    ports: dict[int, str] = {}
+    for service in platform.running:
+        with contextlib.suppress(psutil.Error):
+            for conn in psutil.Process(service.process.pid).net_connections(kind="tcp"):
+                if conn.raddr and conn.raddr.port == int(infra.database_url.rsplit(":", 1)[1].split("/")[0]):
+                    ports[conn.laddr.port] = service.name
+    out: dict[int, tuple[str, float]] = {}
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            cmdline = " ".join(child.cmdline())
+            owner = "other"
+            if "127.0.0.1(" in cmdline:
+                owner = ports.get(int(cmdline.split("127.0.0.1(", 1)[1].split(")", 1)[0]), "other")
+            t = child.cpu_times()
+            out[child.pid] = (owner, t.user + t.system)
+    return out
+
+
+def postgres_by_service(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds PostgreSQL spent for each service between two `postgres_backends` snapshots."""
+    out: dict[str, float] = {}
+    for pid, (owner, cpu) in after.items():
+        out[owner] = out.get(owner, 0.0) + cpu - before.get(pid, (owner, 0.0))[1]
+    return out
+
+
 def loop_lag(text: str) -> dict[str, float]:
     """A service's event-loop lag (`om_event_loop_lag_seconds`, see om_runtime.loopwatch): wake-ups, the share
     later than 50 ms, stalls over the warning threshold and the p99 as its histogram bucket's upper bound."""
@@ -225,28 +285,59 @@ class Step:
     achieved_rate: float = 0.0
     backlog_trades: float = 0.0
     passed: bool = False
+    #: What is left at the step's end, per consumer (the largest is the step's backlog, which fails it).
+    backlog: dict[str, float] = field(default_factory=dict)
+    cpu_s_per_1000_total: float = 0.0
+    cpu_bound_trades_per_s: float = 0.0
+    #: Cores each process used with the platform up and no load (before the step), and what grows with the rate.
+    idle_cores: dict[str, float] = field(default_factory=dict)
+    cpu_s_per_1000_marginal: float = 0.0
+    #: PostgreSQL's CPU-s per 1,000 trades by the service its backends served ("other": its own background work).
+    postgres_cpu_s_per_1000_by_service: dict[str, float] = field(default_factory=dict)
+    cpu_bound_marginal_trades_per_s: float = 0.0
     per_service: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 async def sustained_step(rate: float, seconds: float, markets: int, users: int) -> Step:
     step = Step(rate, seconds)
-    with platform_up() as platform:
+    with infra_and_platform() as (platform, infra):
         # the gateway's /metrics wants a credential; the other services ignore it
         http = api_client("http://127.0.0.1", timeout=60, headers=auth_headers(platform.admin_api_key))
         ingest = api_client(platform.url("ingest"), timeout=60)
         async with http, ingest:
             run = f"s{int(rate)}"
             await create_markets(ingest, run, markets)
+            # The platform's idle CPU first (polling, probes, timers), to tell the fixed cost from the per-trade one.
+            await asyncio.sleep(2.0)
+            idle_from, servers_idle_from, idle_started = (
+                await scrape(http, platform),
+                server_cpu_s(infra),
+                time.monotonic(),
+            )
+            await asyncio.sleep(IDLE_SECONDS)
             before = await scrape(http, platform)
+            servers_before = server_cpu_s(infra)
+            backends_before = postgres_backends(infra, platform)
+            idle_s = time.monotonic() - idle_started
+            idle_cores = {n: (before[n]["cpu_s"] - idle_from[n]["cpu_s"]) / idle_s for n in before} | {
+                n: (servers_before[n] - servers_idle_from.get(n, 0.0)) / idle_s for n in servers_before
+            }
             started = time.monotonic()
             step.sent = await offer(ingest, run, rate, seconds, markets=markets, users=users)
             elapsed = time.monotonic() - started
             step.achieved_rate = step.sent / elapsed
             after = await scrape(http, platform)
+            servers_after = server_cpu_s(infra)
+            step.postgres_cpu_s_per_1000_by_service = {
+                name: cpu / max(1, step.sent) * 1000
+                for name, cpu in postgres_by_service(backends_before, postgres_backends(infra, platform)).items()
+            }
             counted = await analytics_trades(http, platform)
-            step.backlog_trades = max(
-                step.sent - counted, after["feature"]["lag"], after["prediction"]["lag"], after["analytics"]["lag"]
-            )
+            step.backlog = {
+                "analytics_uncounted": float(step.sent - counted),
+                **{f"{name}_lag": after[name]["lag"] for name in CONSUMERS},
+            }
+            step.backlog_trades = max(step.backlog.values())
             # passes when the input rate was really offered and the backlog is at most one second of it
             step.passed = step.achieved_rate >= 0.95 * rate and step.backlog_trades <= rate
             for name, a in after.items():
@@ -256,6 +347,23 @@ async def sustained_step(rate: float, seconds: float, markets: int, users: int) 
                     "cpu_s_per_1000_trades": (a["cpu_s"] - b["cpu_s"]) / max(1, step.sent) * 1000,
                     "rss_mib": a["rss_mib"],
                 }
+            for name, cpu in servers_after.items():
+                step.per_service[name] = {
+                    "events_per_s": 0.0,
+                    "cpu_s_per_1000_trades": (cpu - servers_before.get(name, 0.0)) / max(1, step.sent) * 1000,
+                    "rss_mib": 0.0,
+                }
+            # Every process's CPU per trade, summed: on this machine's cores, the rate the CPU alone allows. Part of
+            # it is spent whatever the rate (idle polling and timers: `idle_cores`); the rest grows with the rate, so
+            # the bound is what the idle platform leaves of the cores over the per-trade rest.
+            cores = os.cpu_count() or 1
+            step.cpu_s_per_1000_total = sum(c["cpu_s_per_1000_trades"] for c in step.per_service.values())
+            step.cpu_bound_trades_per_s = cores / max(1e-9, step.cpu_s_per_1000_total / 1000)
+            step.idle_cores = idle_cores
+            idle_total = sum(idle_cores.values())
+            per_trade_s = max(1e-9, (step.cpu_s_per_1000_total / 1000) - idle_total * elapsed / max(1, step.sent))
+            step.cpu_s_per_1000_marginal = per_trade_s * 1000
+            step.cpu_bound_marginal_trades_per_s = max(0.0, cores - idle_total) / per_trade_s
     return step
 
 
@@ -442,24 +550,59 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["| hop | p50 ms | p99 ms |", "|---|---|---|"]
         for name, h in hops.items():
             lines.append(f"| {name} | {h['p50_ms']:.0f} | {h['p99_ms']:.0f} |")
-    lines += ["", "| step (offered trades/s) | achieved | backlog at end (trades) | passed |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| step (offered trades/s) | achieved | backlog at end (trades) | by consumer | passed |",
+        "|---|---|---|---|---|",
+    ]
     for s in result["steps"]:
-        lines.append(f"| {s['rate']:,.0f} | {s['achieved_rate']:,.0f} | {s['backlog_trades']:,.0f} | {s['passed']} |")
+        by = ", ".join(f"{k} {v:,.0f}" for k, v in s.get("backlog", {}).items())
+        lines.append(
+            f"| {s['rate']:,.0f} | {s['achieved_rate']:,.0f} | {s['backlog_trades']:,.0f} | {by} | {s['passed']} |"
+        )
     if result["steps"]:
         services = list(result["steps"][0]["per_service"])
         lines += [
             "",
-            "CPU-seconds per 1,000 trades, per service and step (events/s; RSS MiB at the end of the step):",
+            "CPU-seconds per 1,000 trades, per process and step (services: events/s and RSS MiB at the end of the",
+            f"step; the embedded servers with their child processes); the total bounds the rate: {os.cpu_count()} "
+            "cores / total:",
             "",
-            "| step | " + " | ".join(services) + " |",
-            "|---|" + "---|" * len(services),
+            "| step | " + " | ".join(services) + " | total | CPU bound |",
+            "|---|" + "---|" * (len(services) + 2),
         ]
         for step in result["steps"]:
             cells = [
-                f"{c['cpu_s_per_1000_trades']:.2f} ({c['events_per_s']:,.0f}/s; {c['rss_mib']:.0f} MiB)"
-                for c in (step["per_service"][name] for name in services)
+                f"{c['cpu_s_per_1000_trades']:.2f}"
+                + (f" ({c['events_per_s']:,.0f}/s; {c['rss_mib']:.0f} MiB)" if c["rss_mib"] else "")
+                for c in (step["per_service"].get(name, {}) for name in services)
+                if c
             ]
-            lines.append(f"| {step['rate']:,.0f} | " + " | ".join(cells) + " |")
+            total = f"{step.get('cpu_s_per_1000_total', 0.0):.2f}"
+            bound = f"{step.get('cpu_bound_trades_per_s', 0.0):,.0f} trades/s"
+            lines.append(f"| {step['rate']:,.0f} | " + " | ".join([*cells, total, bound]) + " |")
+        lines += [
+            "",
+            "Fixed and per-trade CPU: the idle platform's cores per process (measured before each step), the CPU-s",
+            "per 1,000 trades beyond that, and the rate the cores the idle platform leaves allow at that cost:",
+            "",
+            "| step | idle cores (all processes) | busiest idle | per-trade CPU-s per 1,000 | bound |",
+            "|---|---|---|---|---|",
+        ]
+        for step in result["steps"]:
+            idle = step.get("idle_cores", {})
+            if not idle:
+                continue
+            busiest = ", ".join(f"{n} {c:.2f}" for n, c in sorted(idle.items(), key=lambda kv: -kv[1])[:3])
+            lines.append(
+                f"| {step['rate']:,.0f} | {sum(idle.values()):.2f} | {busiest} | "
+                f"{step['cpu_s_per_1000_marginal']:.2f} | {step['cpu_bound_marginal_trades_per_s']:,.0f} trades/s |"
+            )
+        lines += ["", "PostgreSQL's CPU-s per 1,000 trades by the service its backends served:", ""]
+        for step in result["steps"]:
+            pg = step.get("postgres_cpu_s_per_1000_by_service", {})
+            split = ", ".join(f"{n} {c:.3f}" for n, c in sorted(pg.items(), key=lambda kv: -kv[1]))
+            lines.append(f"- step {step['rate']:,.0f}: {split or 'not measured'}")
     lines += [
         "",
         "ingest's om_consumer_events count its raw-topic intake only (HTTP writes are not consumed events) and the",
@@ -497,7 +640,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"sustained step at {rate:,.0f} trades/s for {seconds:.0f} s ...", flush=True)
         step = await sustained_step(rate, seconds, markets, users)
         steps.append(step)
-        print(f"  achieved {step.achieved_rate:,.0f}/s, backlog {step.backlog_trades:,.0f}, passed {step.passed}")
+        print(
+            f"  achieved {step.achieved_rate:,.0f}/s, backlog {step.backlog_trades:,.0f} ({step.backlog}), "
+            f"passed {step.passed}; CPU-s per 1,000 trades {step.cpu_s_per_1000_total:.2f} (bound "
+            f"{step.cpu_bound_trades_per_s:,.0f}/s); idle {sum(step.idle_cores.values()):.2f} cores, per trade "
+            f"{step.cpu_s_per_1000_marginal:.2f} CPU-s per 1,000 (bound {step.cpu_bound_marginal_trades_per_s:,.0f}/s)",
+            flush=True,
+        )
         if not step.passed:
             break
     result["steps"] = [s.__dict__ for s in steps]

@@ -19,7 +19,7 @@ import subprocess  # nosec B404  # starts ingest, our own module, with a fixed a
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -103,10 +103,55 @@ class Ingest:
                 self.process.wait()
 
 
+def servers_cpu_s(servers: Sequence[EmbeddedKafka | EmbeddedPostgres]) -> dict[str, float]:
+    """CPU seconds each embedded server has used so far, its child processes (PostgreSQL's backends) included."""
+    out: dict[str, float] = {}
+    for server in servers:
+        if server.process is None:
+            continue
+        proc = psutil.Process(server.process.pid)
+        t = proc.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system  # children it has reaped
+        for child in proc.children(recursive=True):
+            try:
+                c = child.cpu_times()
+            except psutil.Error:
+                continue
+            total += c.user + c.system
+        out[server.name] = total
+    return out
+
+
+def _per_1000(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    return {f"{name}_cpu_s_per_1000": round((after[name] - before.get(name, 0.0)) / n * 1000, 3) for name in after}
+
+
+_probes: dict[str, psycopg.Connection[Any]] = {}
+
+
 def _scalar(database_url: str, query: str) -> int:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(query.encode()).fetchone()
-        return int(row[0]) if row else 0
+    # One kept connection per database: the waits poll every 50 ms, and a connection per poll (a PostgreSQL backend
+    # forked each time) was part of the CPU the benchmark charged to PostgreSQL per trade.
+    conn = _probes.get(database_url)
+    if conn is None or conn.closed:
+        conn = _probes[database_url] = psycopg.connect(database_url, autocommit=True)
+    row = conn.execute(query.encode()).fetchone()
+    return int(row[0]) if row else 0
+
+
+def close_probes() -> None:
+    for conn in _probes.values():
+        conn.close()
+    _probes.clear()
+
+
+def raw_consumed(database_url: str) -> int:
+    """Raw-trade records ingest has recorded (or dead-lettered): the offsets it saved with them. Cheaper to poll
+    than counting a table that grows by every trade (an index scan of it per poll)."""
+    return _scalar(
+        database_url,
+        "SELECT coalesce(sum(next_offset), 0) FROM ingest.consumer_offsets WHERE topic = 'ingest.raw-trades.v1'",
+    )
 
 
 def count(database_url: str, table: str) -> int:
@@ -137,7 +182,14 @@ async def create_markets(url: str, markets: list[str]) -> None:
             ).raise_for_status()
 
 
-async def bench_http(ingest: Ingest, database_url: str, total: int, batch: int, clients: int) -> dict[str, Any]:
+async def bench_http(
+    ingest: Ingest,
+    database_url: str,
+    total: int,
+    batch: int,
+    clients: int,
+    servers: Sequence[EmbeddedKafka | EmbeddedPostgres] = (),
+) -> dict[str, Any]:
     """`clients` concurrent clients, each posting batches of `batch` trades over its own 25 markets."""
     markets = market_ids("http", clients * 25)
     await create_markets(ingest.url, markets)
@@ -151,12 +203,13 @@ async def bench_http(ingest: Ingest, database_url: str, total: int, batch: int, 
                 trades = [trade(mine[i % 25], f"h{c}-{i}", i) for i in range(start, min(start + batch, per_client))]
                 (await http.post("/v1/trades/batch", json={"trades": trades})).raise_for_status()
 
-    started, cpu = time.perf_counter(), ingest.cpu_s()
+    started, cpu, servers_before = time.perf_counter(), ingest.cpu_s(), servers_cpu_s(servers)
     await asyncio.gather(*(client(c) for c in range(clients)))
     recorded = time.perf_counter()
     published = await wait_until(lambda: unpublished(database_url) == 0)
     n = per_client * clients
     return {
+        **_per_1000(servers_before, servers_cpu_s(servers), n),
         "trades": n,
         "batch": batch,
         "clients": clients,
@@ -166,7 +219,14 @@ async def bench_http(ingest: Ingest, database_url: str, total: int, batch: int, 
     }
 
 
-async def bench_raw(kafka: str, ingest: Ingest, database_url: str, total: int, already: int) -> dict[str, Any]:
+async def bench_raw(
+    kafka: str,
+    ingest: Ingest,
+    database_url: str,
+    total: int,
+    already: int,
+    servers: Sequence[EmbeddedKafka | EmbeddedPostgres] = (),
+) -> dict[str, Any]:
     """Produce `total` raw trades as fast as possible while ingest runs; time until all are recorded."""
     markets = market_ids("raw", 200)
     await create_markets(ingest.url, markets)
@@ -175,7 +235,8 @@ async def bench_raw(kafka: str, ingest: Ingest, database_url: str, total: int, a
     )
     await producer.start()
     print(f"raw topic: producing {total} trades ...", flush=True)
-    started, cpu = time.perf_counter(), ingest.cpu_s()
+    consumed_before = raw_consumed(database_url)
+    started, cpu, servers_before = time.perf_counter(), ingest.cpu_s(), servers_cpu_s(servers)
     try:
         for start in range(0, total, 5000):
             sends = []
@@ -187,9 +248,10 @@ async def bench_raw(kafka: str, ingest: Ingest, database_url: str, total: int, a
     finally:
         await producer.stop()
     produced = time.perf_counter()
-    recorded = await wait_until(lambda: count(database_url, "trades") >= already + total)
+    recorded = await wait_until(lambda: raw_consumed(database_url) >= consumed_before + total)
     published = await wait_until(lambda: unpublished(database_url) == 0)
     return {
+        **_per_1000(servers_before, servers_cpu_s(servers), total),
         "trades": total,
         "produce_per_s": round(total / (produced - started)),
         "recorded_per_s": round(total / (recorded - started)),
@@ -210,15 +272,18 @@ async def raw_topic_only(raw_trades: int) -> dict[str, Any]:
         env = {"KAFKA_BOOTSTRAP_SERVERS": kafka.url, "DATABASE_URL": postgres.url, "DATABASE_POOL_SIZE": "8"}
         ingest = Ingest(env, data / "ingest.log")
         await ingest.start()
-        return await bench_raw(kafka.url, ingest, postgres.url, raw_trades, count(postgres.url, "trades"))
+        return await bench_raw(
+            kafka.url, ingest, postgres.url, raw_trades, count(postgres.url, "trades"), [kafka, postgres]
+        )
     finally:
         if ingest:
             ingest.stop()
+        close_probes()
         postgres.stop()
         kafka.stop()
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
+async def run(args: argparse.Namespace) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     kafka = EmbeddedKafka("kafka", free_port(), data / "kafka")
     postgres = EmbeddedPostgres("postgres", free_port(), data / "postgres")
@@ -229,17 +294,21 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         env = {"KAFKA_BOOTSTRAP_SERVERS": kafka.url, "DATABASE_URL": postgres.url, "DATABASE_POOL_SIZE": "8"}
         ingest = Ingest(env, data / "ingest.log", args.profile)
         await ingest.start()
-        http = await bench_http(ingest, postgres.url, args.http_trades, args.batch, args.clients)
-        raw = await bench_raw(kafka.url, ingest, postgres.url, args.raw_trades, count(postgres.url, "trades"))
+        servers: list[EmbeddedKafka | EmbeddedPostgres] = [kafka, postgres]
+        http = await bench_http(ingest, postgres.url, args.http_trades, args.batch, args.clients, servers)
+        already = count(postgres.url, "trades")
+        raw = await bench_raw(kafka.url, ingest, postgres.url, args.raw_trades, already, servers)
     finally:
         if ingest:
             ingest.stop()
+        close_probes()
         postgres.stop()
         kafka.stop()
     return {"machine": f"{os.cpu_count()} CPUs (shared with other work)", "batch_http": http, "raw_topic": raw}
 
 
-def cli() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """`python -m bench.ingest [args]`, or `python -m bench ingest [args]` (bench/__main__.py calls `main(argv)`)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--http-trades", type=int, default=40_000)
     parser.add_argument("--batch", type=int, default=1000, help="trades per HTTP batch (1 to 1000)")
@@ -247,20 +316,24 @@ def cli() -> None:
     parser.add_argument("--raw-trades", type=int, default=100_000)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--profile", type=Path, help="run ingest under cProfile and write its profile here")
-    args = parser.parse_args()
-    result = asyncio.run(main(args))
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args))
     h, r = result["batch_http"], result["raw_topic"]
     print(f"ingest benchmark ({result['machine']})")
-    print("| path | trades | recorded trades/s | published trades/s | ingest CPU-s per 1,000 | goal |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| path | trades | recorded trades/s | published trades/s | CPU-s per 1,000: ingest | kafka | postgres | goal |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     http_path = f"batch HTTP ({h['clients']} clients x {h['batch']}/batch)"
     raw_path = f"raw topic (produced at {r['produce_per_s']}/s)"
     for path, figures, goal in ((http_path, h, "5,000"), (raw_path, r, "20,000")):
-        cells = [figures[k] for k in ("trades", "recorded_per_s", "published_per_s", "ingest_cpu_s_per_1000")]
+        keys = ["trades", "recorded_per_s", "published_per_s", "ingest_cpu_s_per_1000"]
+        keys += ["kafka_cpu_s_per_1000", "postgres_cpu_s_per_1000"]
+        cells = [figures[k] for k in keys]
         print(f"| {path} | " + " | ".join(str(c) for c in cells) + f" | {goal} |")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    cli()
+    main()

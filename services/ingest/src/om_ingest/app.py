@@ -79,6 +79,9 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
             max_records=RAW_MAX_BATCH,
             pipelined=settings.raw_pipelined,
         )
+        # Raw producers write in bulk: an idle raw topic need not be polled every KAFKA_FETCH_MAX_WAIT_MS (the
+        # runtime's consume_stateful takes no per-consumer wait; the consumer reads it when it connects).
+        runtime.consumers[-1].fetch_max_wait_ms = settings.raw_fetch_max_wait_ms
     app = runtime.create_app(
         title="Opinion Market ingest",
         description="Internal API of the system of record: markets, trades, signals.",

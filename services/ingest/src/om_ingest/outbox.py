@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -182,8 +183,8 @@ async def publish_pending(
     confirm_timeout_s: float = 10.0,
     confirmed: PublishedOffsets | None = None,
 ) -> int:
-    """Publish up to `batch_size` unpublished outbox events of those `slots` no other relay holds, in id order;
-    mark them published in the same transaction once Kafka confirmed every one (and note the confirmed offsets in
+    """Publish up to `batch_size` unpublished outbox events of those `slots` no other relay holds, each slot's in id
+    order; mark them published in the same transaction once Kafka confirmed every one (and note the confirmed offsets in
     `confirmed`). Return how many were published.
 
     Confirmations that take longer than `confirm_timeout_s` (the broker is down) fail the batch: the rows stay and
@@ -196,11 +197,20 @@ async def publish_pending(
         mine = [row["slot"] for row in await cur.fetchall()]
         if not mine:
             return 0
-        # Headers as text: the rows of one write share them, so each distinct text is parsed once (below).
+        # Slot by slot, each in id order (a market's events share a slot: their order is all that matters), each
+        # slot an index range scan that stops at the batch's size. One `ORDER BY id` over all of them sorted every
+        # pending row of those slots for each batch: under a backlog of 100,000 rows PostgreSQL spent 3x the CPU
+        # per published row and the relay fell behind for good. The first slot rotates from batch to batch, so
+        # a busy slot cannot keep the others waiting. Headers as text: the rows of one write share them, so each
+        # distinct text is parsed once (below).
+        start = next(_rotation) % len(mine)
         cur = await conn.execute(
-            "SELECT id, topic, key, payload, headers::text AS headers FROM outbox "
-            "WHERE slot = ANY(%s) AND published_at IS NULL ORDER BY id LIMIT %s",
-            (mine, batch_size),
+            "SELECT o.id, o.topic, o.key, o.payload, o.headers::text AS headers "
+            "FROM unnest(%s::smallint[]) WITH ORDINALITY AS s(slot, n) CROSS JOIN LATERAL ("
+            "  SELECT id, topic, key, payload, headers FROM outbox "
+            "  WHERE outbox.slot = s.slot AND published_at IS NULL ORDER BY id LIMIT %s"
+            ") AS o ORDER BY s.n, o.id LIMIT %s",
+            (mine[start:] + mine[:start], batch_size, batch_size),
         )
         rows = await cur.fetchall()
         if not rows:
@@ -283,6 +293,7 @@ class _Confirmed(NamedTuple):
 
 
 _PARTITIONER = DefaultPartitioner()
+_rotation = itertools.count()  # which of its slots a relay loop reads first
 
 
 async def republish_window(db: Database, retention: timedelta) -> int:
