@@ -1,7 +1,8 @@
 -- Prior history for bench/analytics.py, generated inside PostgreSQL into the tables analytics' replay fills:
 -- %(trades)s trades over 29 days on 2,000 markets (all but m0..m199 resolved at the end), 5,000 users.
--- The same rows replay would write (buckets at 1m/1h/1d, positions, participants, users, settlements, ...),
--- made set-wise because producing a million trades through the broker would take longer than the benchmark.
+-- The same rows replay would write (buckets at 1m/1h/1d, positions, participants, users with their categories,
+-- settlements, ...), made set-wise because producing a million trades through the broker would take longer than the
+-- benchmark.
 SELECT setseed(0.42);
 
 INSERT INTO markets (market_id, category, created_at, close_at, opening_price, current_price, status,
@@ -85,9 +86,11 @@ FROM (SELECT user_id, min(executed_at) AS first_at, max(executed_at) AS last_at,
 LEFT JOIN (SELECT user_id, sum(pnl) AS pnl, count(*) AS n, count(*) FILTER (WHERE won) AS won
            FROM settlements GROUP BY user_id) AS s USING (user_id);
 
-INSERT INTO user_categories (user_id, category, volume)
-SELECT t.user_id, m.category, sum(t.amount) FROM history_trades t JOIN markets m USING (market_id)
-GROUP BY t.user_id, m.category;
+UPDATE users u SET categories = c.categories
+FROM (SELECT user_id, jsonb_object_agg(category, volume) AS categories
+      FROM (SELECT t.user_id, m.category, sum(t.amount) AS volume FROM history_trades t JOIN markets m USING (market_id)
+            GROUP BY t.user_id, m.category) AS per GROUP BY user_id) AS c
+WHERE u.user_id = c.user_id;
 
 -- Every history trade is in its hour and day already: the leader rolls up from the next hour on.
 UPDATE clock SET as_of = %(start)s + interval '29 days',
