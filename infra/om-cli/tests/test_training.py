@@ -5,6 +5,7 @@ refused while the previous model keeps serving."""
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -353,3 +354,42 @@ def test_models_cli_promote_refusal_show_list_and_rollback(
     assert prediction_main(["models", "--models-dir", root, "show", first["version"]]) == 0
     shown = capsys.readouterr().out
     assert '"state": "production"' in shown and first["checksum"] in shown
+
+
+def test_report_and_manifest_hold_what_the_registry_promises(no_edge: tuple[Registry, dict]) -> None:
+    """Item 4 and 5: the markdown report beside the model has the overall row and the slices by time to close and
+    by volume, the confidence check and both PNGs; the manifest has the metrics, data range, features, library
+    versions, sha256 and the candidate state."""
+    from om_prediction.model import FEATURES
+    from om_prediction.registry import sha256
+
+    registry, entry = no_edge
+    folder = Path(entry["report"]).parent
+    report = Path(entry["report"]).read_text()
+    for text in ("| all held-out |", "| time to close: < 1 day |", "| liquidity: volume < ", "Confidence check"):
+        assert text in report, text
+    assert report.count("| time to close: ") >= 2 and report.count("| liquidity: ") == 3
+    assert (folder / "importance.png").stat().st_size > 1000 and (folder / "reliability.png").stat().st_size > 1000
+    stored = registry.get(entry["version"])
+    assert stored["checksum"] == sha256(registry.root / stored["artifact"])
+    assert stored["features"] == list(FEATURES) and set(stored["libraries"]) >= {"lightgbm", "scikit-learn"}
+    assert stored["data"]["first_as_of"] < stored["data"]["last_resolved_at"]
+    assert stored["data"]["test_markets"] > 0 and stored["state"] in ("candidate", "production", "archived")
+    m = stored["metrics"]
+    assert {"brier", "log_loss", "ece", "auc", "market_brier", "brier_diff_low", "brier_diff_high"} <= m.keys()
+    assert {b["group"] for b in stored["buckets"]} == {"time to close", "liquidity"}
+
+
+def test_om_train_from_a_history_folder_prints_the_verdict_and_where_the_report_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from om_cli.__main__ import main
+    from om_cli.history.format import write_history
+
+    write_history(tmp_path / "h", simulate_history(150, seed=12, history=FAST))
+    assert main(["train", "--history", str(tmp_path / "h"), "--models-dir", str(tmp_path / "models")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"candidate m\S+: Brier 0\.\d{4} vs market 0\.\d{4}, diff [+-]0\.\d{4} \[95% ", out), out
+    assert "promotable" in out  # or "not promotable: <the numbers>"
+    report = Path(re.findall(r"report: (\S+)", out)[-1])
+    assert report.is_file() and report.parent.parent == tmp_path / "models"
