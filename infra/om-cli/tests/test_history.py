@@ -79,3 +79,28 @@ def test_om_simulate_history_writes_a_folder(tmp_path: Path, capsys) -> None:
     back = read_history(tmp_path / "h")
     assert len(back["markets"]) == 20 and len(back["resolutions"]) == 20
     assert "Brier" in capsys.readouterr().out
+
+
+def test_late_information_is_calibrated_and_sharpens_mostly_near_close() -> None:
+    """`information` and `late_exponent` (docs/history-formats.md): the informed probability starts at the prior
+    truth and learns the fate as information * f**late_exponent accrues. With the committed defaults (10, 2) it
+    is calibrated at every moment (a martingale: its mean stays the share of YES) and gains more in the second
+    half of the life than in the first; with `information` 0 it never moves."""
+    from datetime import UTC, datetime
+
+    from om_cli.simulator.world import WorldConfig, draw_market
+
+    config, rng, start = WorldConfig(), random.Random(8), datetime(2025, 1, 1, tzinfo=UTC)
+    markets = [draw_market(rng, config, f"m{i}", start) for i in range(3000)]
+    markets = [m for m in markets if m.fate in ("YES", "NO")]
+    y = [1.0 if m.fate == "YES" else 0.0 for m in markets]
+    briers, means = [], []
+    for f in (0.0, 0.5, 1.0):
+        beliefs = [m.reveal(m.created_at + (m.trade_until - m.created_at) * f, 10.0, 2.0) for m in markets]
+        briers.append(statistics.fmean((b - o) ** 2 for b, o in zip(beliefs, y, strict=True)))
+        means.append(statistics.fmean(beliefs))
+    assert briers[0] > briers[1] > briers[2]
+    assert briers[1] - briers[2] > briers[0] - briers[1]  # late: most is learnt in the second half
+    assert all(abs(mean - statistics.fmean(y)) < 0.03 for mean in means)  # calibrated on average
+    quiet = draw_market(random.Random(1), config, "q", start)
+    assert quiet.reveal(quiet.trade_until, 0.0, 2.0) == quiet.truth

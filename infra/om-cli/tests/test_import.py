@@ -4,7 +4,10 @@ nothing (integration test against ingest on real PostgreSQL and Kafka)."""
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from om_cli.history.importer import (
 )
 from om_cli.history.manifold import Rejects, read_manifold
 from om_cli.history.simulated import HistoryConfig, simulate_history
-from om_cli.testing import app_client
+from om_cli.testing import app_client, consume_until
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -80,6 +83,13 @@ async def test_import_twice_gives_one_copy_and_resumes(kafka_bootstrap: str, dat
 
     start = datetime.now(UTC) - timedelta(days=30)
     records = list(simulate_history(4, seed=9, history=HistoryConfig(trades_per_market=12, start=start)))
+    # one market cancelled, so every kind of life-cycle event is imported
+    records = [
+        replace(r, resolution="CANCEL", resolution_price=None, reason="ambiguous")
+        if isinstance(r, ResolutionRecord) and r is next(x for x in records if isinstance(x, ResolutionRecord))
+        else r
+        for r in records
+    ]
     settings = IngestSettings(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, DATABASE_URL=database_url)
     async with app_client(create_app(settings)) as ingest:
         # the gateway's /api/v1 is ingest's /v1; the importer only sees a base URL and a path prefix
@@ -112,6 +122,39 @@ async def test_import_twice_gives_one_copy_and_resumes(kafka_bootstrap: str, dat
             assert market["status"] in ("resolved", "cancelled")
         assert stored == n_trades
         await client.aclose()
+    # every event keeps its original time: creation, trades, close, resolution or cancellation
+    expected = {}
+    for r in records:
+        if isinstance(r, MarketRecord):
+            expected[("market.created", r.market_id)] = r.created_at
+        elif isinstance(r, TradeRecord):
+            expected[("trade.executed", r.trade_id)] = r.executed_at
+        elif isinstance(r, ResolutionRecord):
+            expected[("market.closed", r.market_id)] = r.closed_at
+            kind = "market.cancelled" if r.resolution == "CANCEL" else "market.resolved"
+            expected[(kind, r.market_id)] = r.resolved_at
+    assert {k for k, _ in expected} == {
+        "market.created",
+        "trade.executed",
+        "market.closed",
+        "market.resolved",
+        "market.cancelled",
+    }
+    seen: dict[tuple[str, str], datetime] = {}
+
+    def seen_all(kinds: set[str]) -> Callable[[list[dict]], bool]:
+        def check(messages: list[dict]) -> bool:
+            for m in messages:
+                ident = m.get("trade_id") if m["event_type"] == "trade.executed" else m.get("market_id")
+                seen[(m["event_type"], ident)] = datetime.fromisoformat(m["occurred_at"])
+            messages.clear()
+            return {k for k in expected if k[0] in kinds} <= seen.keys()
+
+        return check
+
+    await consume_until(kafka_bootstrap, "market.lifecycle.v1", seen_all({k for k, _ in expected} - {"trade.executed"}))
+    await consume_until(kafka_bootstrap, "market.trades.v1", seen_all({"trade.executed"}))
+    assert {k: seen[k] for k in expected} == expected
 
 
 def test_report_lists_reasons() -> None:
@@ -162,3 +205,61 @@ def test_steps_keep_every_market_event_within_the_feature_services_grace() -> No
     naive = [(t.executed_at, 0) for t in trades] + [(s.observed_at, 1) for s in signals]
     late = sum(at < max(t.executed_at for t in trades) - GRACE for at, kind in naive if kind == 1)
     assert late > 0  # all trades, then all signals: signals arrive too late to count
+
+
+async def test_rows_the_platform_refuses_are_rejected_with_its_reason_and_the_rest_imported() -> None:
+    """Bad input: a trades batch holding one trade the platform refuses (422) is all or nothing, so the importer
+    retries its trades one by one: the bad one is rejected with the platform's reason, every other is imported,
+    and the market is still settled."""
+    records = list(simulate_history(2, seed=3, history=HistoryConfig(trades_per_market=8)))
+    trades = [r for r in records if isinstance(r, TradeRecord)]
+    bad = trades[len(trades) // 2].trade_id
+    seen: list[str] = []
+
+    def platform(request: httpx.Request) -> httpx.Response:
+        path, body = request.url.path, json.loads(request.content or b"{}")
+        seen.append(path)
+        if path == "/api/v1/trades/batch":
+            if any(t["trade_id"] == bad for t in body["trades"]):
+                return httpx.Response(422, json={"detail": [{"loc": ["body", "trades", 3, "amount"], "msg": "bad"}]})
+            return httpx.Response(201, json={"recorded": len(body["trades"])})
+        if path == "/api/v1/trades" and body["trade_id"] == bad:
+            return httpx.Response(422, json={"detail": [{"loc": ["body", "amount"], "msg": "must be > 0"}]})
+        if path == "/api/v1/signals/batch":
+            return httpx.Response(201, json={"recorded": len(body["signals"])})
+        return httpx.Response(200 if path.endswith(("/close", "/resolve", "/cancel")) else 201, json={})
+
+    client = make_client("http://test", "k", transport=httpx.MockTransport(platform))
+    report = await import_records(client, records, source="t", progress=False)
+    await client.aclose()
+    assert report.rejected.total == 1, report.lines()
+    assert "trades: HTTP 422: body.amount: must be > 0" in report.rejected.counts
+    assert any(bad in e for e in report.rejected.examples)
+    assert report.imported["trades"] == len(trades) - 1 and report.imported["markets"] == 2, report.lines()
+    settled = sum(isinstance(r, ResolutionRecord) for r in records)
+    assert report.imported["closes"] == settled and seen.count("/api/v1/trades") >= 1
+
+
+def test_manifold_path_may_be_one_markets_file(tmp_path: Path) -> None:
+    """PATH a single file: a markets dump alone (here JSON lines, camelCase, ISO times) gives markets and their
+    settlements; a bets dump alone has no markets to attach them to and says so."""
+    markets = tmp_path / "dump.jsonl"
+    markets.write_text(
+        json.dumps(
+            {
+                "id": "solo",
+                "question": "Alone?",
+                "createdTime": "2024-03-01T00:00:00Z",
+                "closeTime": "2024-03-05T00:00:00Z",
+                "isResolved": True,
+                "resolution": "NO",
+            }
+        )  # fmt: skip
+        + "\n"
+    )
+    rejects = Rejects()
+    records = read_manifold(markets, rejects)
+    assert [type(r).__name__ for r in records] == ["MarketRecord", "ResolutionRecord"] and not rejects.total
+    assert records[1].resolved_at == datetime(2024, 3, 5, tzinfo=UTC)  # no resolutionTime: the close
+    with pytest.raises(ValueError, match="no markets file"):
+        read_manifold(FIXTURES / "manifold" / "bets.jsonl", Rejects())

@@ -95,6 +95,28 @@ def exported_markets(feature_url: str) -> int:
                 return len(markets)
 
 
+def assert_no_look_ahead(history: Path, feature_url: str) -> None:
+    """Every exported row, from the real platform fed by the import, counts only the trades of its market up to
+    its `as_of`: a row that knew of a later trade (count or volume) fails this."""
+    from om_cli.history.format import TradeRecord, read_history
+    from om_prediction.cli import export_rows
+
+    trades: dict[str, list[TradeRecord]] = {}
+    for t in read_history(history)["trades"]:
+        assert isinstance(t, TradeRecord)
+        trades.setdefault(t.market_id, []).append(t)
+    rows = list(export_rows(feature_url))
+    exact = 0
+    for row in rows:
+        as_of = datetime.fromisoformat(row["as_of"])
+        known = [t for t in trades.get(row["market_id"], []) if t.executed_at <= as_of]
+        assert row["features"]["trade_count"] <= len(known), row
+        # feature sums volume in whole millionths: each trade may round up by half of one
+        assert row["features"]["total_volume"] <= sum(t.amount for t in known) + 1e-6 * (1 + len(known)), row
+        exact += row["features"]["trade_count"] == len(known)
+    assert rows and exact > 0.9 * len(rows), f"{exact} of {len(rows)} rows count exactly the trades before as_of"
+
+
 @pytest.mark.timeout(1500)  # two platform starts and an import on a shared machine
 def test_simulate_import_train_promote_up_serves_the_model(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL")}
@@ -114,6 +136,7 @@ def test_simulate_import_train_promote_up_serves_the_model(tmp_path: Path) -> No
         while (exported := exported_markets(up.feature)) < resolved:  # feature catches up with the imported events
             assert time.monotonic() < deadline, f"feature exported {exported} of {resolved} resolved markets"
             time.sleep(2)
+        assert_no_look_ahead(history, up.feature)
         trained = om("train", "--feature-url", up.feature, env=env)
         version = re.search(r"candidate (\S+):", trained)
         assert version, trained

@@ -5,6 +5,7 @@ refused while the previous model keeps serving."""
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -203,3 +204,192 @@ def test_export_rows_are_sampled_per_market_over_its_life_and_offline_rows_kept(
     assert sorted(data.market_price[data.market_ids == "quiet"]) == [r["features"]["current_price"] for r in quiet]
     assert np.array_equal(ds.build(busy + quiet).market_price, data.market_price)  # seeded
     assert len(ds.build(busy, per_market=None)) == len(busy)
+
+
+def _serving_pair(no_edge: tuple[Registry, dict], root: Path) -> tuple[Registry, ModelHolder, dict, dict]:
+    """A registry of its own with the trained model twice: `first` in production and served, `second` promoted
+    after it (so its artifact passed `load` once), for a test to damage."""
+    from om_prediction.registry import load
+
+    registry, entry = no_edge
+    model = load(registry.root, entry)
+    ours = Registry(root)
+    anything = PromotionRule(max_upper_vs_market=1.0, max_worse_than_production=1.0)  # this is about loading
+    first = ours.add(ours.new_version(), model, {"metrics": entry["metrics"]})
+    ours.promote(first["version"], anything)
+    holder = ModelHolder(ours.root)
+    assert holder.refresh() and holder.version == first["version"]
+    second = ours.add(ours.new_version(), model, {"metrics": entry["metrics"]})
+    ours.promote(second["version"], anything)
+    return ours, holder, first, second
+
+
+def _replace_artifact(registry: Registry, entry: dict, content: bytes) -> None:
+    """Another artifact with a matching checksum in the registry: what a registry written elsewhere holds."""
+    import json
+
+    from om_prediction.registry import sha256
+
+    path = registry.root / entry["artifact"]
+    path.write_bytes(content)
+    data = json.loads(registry.index.read_text())
+    data["versions"][entry["version"]]["checksum"] = sha256(path)
+    registry.index.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        ("lightgbm", "built with lightgbm 3.3.5"),
+        ("scikit-learn", "built with scikit-learn 0.24.2"),
+        ("feature", "needs features this service does not have: ['crystal_ball']"),
+        ("not a pickle", "artifact does not load"),
+        ("no ensemble", "artifact holds no ensemble"),
+    ],
+)
+def test_incompatible_artifact_is_refused_at_load_and_the_previous_model_keeps_serving(
+    no_edge: tuple[Registry, dict], tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str, why: str
+) -> None:
+    """Bad input: an artifact whose checksum matches but which was built with other library versions, needs a
+    feature the service does not have, does not unpickle or holds something else is refused with one ERROR line
+    naming the version and the reason; the model served before goes on serving (and scoring)."""
+    import copy
+    import pickle
+
+    from om_prediction.registry import library_versions
+
+    registry, holder, first, second = _serving_pair(no_edge, tmp_path / "models")
+    model = holder.model
+    assert model is not None
+    blob: object = {"format": 1, "libraries": library_versions(), "ensemble": model}
+    if damage in ("lightgbm", "scikit-learn"):
+        blob = {**blob, "libraries": {**library_versions(), damage: "3.3.5" if damage == "lightgbm" else "0.24.2"}}
+    elif damage == "feature":
+        odd = copy.copy(model)
+        odd.features = (*model.features[:-1], "crystal_ball")
+        blob = {**blob, "ensemble": odd}
+    elif damage == "no ensemble":
+        blob = {**blob, "ensemble": {"weights": [0, 1, 1]}}
+    _replace_artifact(registry, second, b"not a pickle" if damage == "not a pickle" else pickle.dumps(blob))
+    with caplog.at_level(logging.ERROR, logger="om_prediction.serving"):
+        assert not holder.refresh()
+    assert holder.version == first["version"] and holder.model is model
+    [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert line.getMessage().startswith(f"refusing model {second['version']}: ")
+    assert why in line.getMessage() and f"still serving {first['version']}" in line.getMessage()
+    caplog.clear()
+    assert not holder.refresh() and not caplog.records  # refused once, not retried every poll
+    bare = MarketFeatures(current_price=0.3, total_volume=50, participant_count=4, trade_count=6)
+    (score,) = score_batch(*holder.current, [bare])
+    assert score.model_version == first["version"]
+
+
+def test_missing_values_take_the_training_median(no_edge: tuple[Registry, dict]) -> None:
+    """The documented imputation: a missing (None), NaN or infinite feature is scored as the training median of
+    that feature, so a gap gives exactly the prediction of the same vector with the median filled in."""
+    from om_prediction.registry import load
+    from om_prediction.scoring import feature_matrix
+
+    registry, entry = no_edge
+    model = load(registry.root, entry)
+    medians = dict(zip(model.features, model.medians.tolist(), strict=True))
+    known = {"current_price": 0.35, "total_volume": 800.0, "participant_count": 9, "trade_count": 40}
+    gaps = MarketFeatures(**known, volume_trend=float("nan"), momentum_indicator=float("inf"))  # the rest: None
+    filled = MarketFeatures(
+        **known,
+        **{f: medians[f] for f in model.features if f not in known and f not in ("participant_count", "trade_count")},
+    )
+    assert np.isnan(feature_matrix(model.features, [gaps])).sum() == len(model.features) - len(known)
+    (with_gaps,), (with_medians,) = score_batch(model, "v", [gaps]), score_batch(model, "v", [filled])
+    assert with_gaps.probability == with_medians.probability
+    assert with_gaps.confidence == with_medians.confidence
+    assert "missing_features" in with_gaps.risk_reasons and "missing_features" not in with_medians.risk_reasons
+    assert all(c.value is None for c in with_gaps.contributions if c.feature not in known)
+
+
+def _entry(version: str, brier: float, high: float, state: str = "candidate") -> dict:
+    return {
+        "version": version,
+        "state": state,
+        "metrics": {"brier": brier, "market_brier": 0.1, "brier_diff": high - 0.01, "brier_diff_high": high},
+    }
+
+
+def test_promotion_rule_says_why_in_numbers_and_is_configurable() -> None:
+    rule = PromotionRule()
+    assert rule.refusal(_entry("c", 0.09, -0.001), None) is None
+    assert "upper bound +0.00100, not below +0.00000" in (rule.refusal(_entry("c", 0.09, 0.001), None) or "")
+    production = _entry("p", 0.0900, -0.01, "production")
+    assert rule.refusal(_entry("c", 0.0909, -0.001), production) is None  # 0.0009 worse: within 0.001
+    refusal = rule.refusal(_entry("c", 0.0925, -0.001), production)
+    assert refusal is not None and "0.00250 worse than production p (0.09000)" in refusal
+    assert PromotionRule(max_worse_than_production=0.005).refusal(_entry("c", 0.0925, -0.001), production) is None
+    assert PromotionRule(max_upper_vs_market=0.01).refusal(_entry("c", 0.09, 0.001), None) is None
+
+
+def test_models_cli_promote_refusal_show_list_and_rollback(
+    no_edge: tuple[Registry, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`om models` (prediction's CLI): a refused promotion exits 1 with the numbers and changes nothing; rollback
+    puts the previous version back in production and archives the current one."""
+    from om_prediction.cli import main as prediction_main
+
+    registry, holder, first, second = _serving_pair(no_edge, tmp_path / "models")
+    assert holder.refresh() and holder.version == second["version"]
+    third = registry.add(
+        registry.new_version(), holder.model, {"metrics": {**first["metrics"], "brier_diff_high": 0.02}}
+    )
+    root = str(registry.root)
+    assert prediction_main(["models", "--models-dir", root, "promote", third["version"]]) == 1
+    assert "upper bound +0.02000, not below +0.00000" in capsys.readouterr().out
+    assert registry.get(third["version"])["state"] == "candidate"
+    assert prediction_main(["models", "--models-dir", root, "list"]) == 0
+    listed = capsys.readouterr().out
+    for entry, state in ((first, "archived"), (second, "production"), (third, "candidate")):
+        assert f"{entry['version']:<24} {state}" in listed
+    back = registry.rollback()
+    assert back["version"] == first["version"] and registry.production()["version"] == first["version"]
+    assert registry.get(second["version"])["state"] == "archived"
+    assert holder.refresh() and holder.version == first["version"]  # served again after the rollback
+    assert prediction_main(["models", "--models-dir", root, "show", first["version"]]) == 0
+    shown = capsys.readouterr().out
+    assert '"state": "production"' in shown and first["checksum"] in shown
+
+
+def test_report_and_manifest_hold_what_the_registry_promises(no_edge: tuple[Registry, dict]) -> None:
+    """Item 4 and 5: the markdown report beside the model has the overall row and the slices by time to close and
+    by volume, the confidence check and both PNGs; the manifest has the metrics, data range, features, library
+    versions, sha256 and the candidate state."""
+    from om_prediction.model import FEATURES
+    from om_prediction.registry import sha256
+
+    registry, entry = no_edge
+    folder = Path(entry["report"]).parent
+    report = Path(entry["report"]).read_text()
+    for text in ("| all held-out |", "| time to close: < 1 day |", "| liquidity: volume < ", "Confidence check"):
+        assert text in report, text
+    assert report.count("| time to close: ") >= 2 and report.count("| liquidity: ") == 3
+    assert (folder / "importance.png").stat().st_size > 1000 and (folder / "reliability.png").stat().st_size > 1000
+    stored = registry.get(entry["version"])
+    assert stored["checksum"] == sha256(registry.root / stored["artifact"])
+    assert stored["features"] == list(FEATURES) and set(stored["libraries"]) >= {"lightgbm", "scikit-learn"}
+    assert stored["data"]["first_as_of"] < stored["data"]["last_resolved_at"]
+    assert stored["data"]["test_markets"] > 0 and stored["state"] in ("candidate", "production", "archived")
+    m = stored["metrics"]
+    assert {"brier", "log_loss", "ece", "auc", "market_brier", "brier_diff_low", "brier_diff_high"} <= m.keys()
+    assert {b["group"] for b in stored["buckets"]} == {"time to close", "liquidity"}
+
+
+def test_om_train_from_a_history_folder_prints_the_verdict_and_where_the_report_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from om_cli.__main__ import main
+    from om_cli.history.format import write_history
+
+    write_history(tmp_path / "h", simulate_history(150, seed=12, history=FAST))
+    assert main(["train", "--history", str(tmp_path / "h"), "--models-dir", str(tmp_path / "models")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"candidate m\S+: Brier 0\.\d{4} vs market 0\.\d{4}, diff [+-]0\.\d{4} \[95% ", out), out
+    assert "promotable" in out  # or "not promotable: <the numbers>"
+    report = Path(re.findall(r"report: (\S+)", out)[-1])
+    assert report.is_file() and report.parent.parent == tmp_path / "models"

@@ -18,6 +18,7 @@ from om_cli.history.simulated import HistoryConfig, simulate_history
 from om_cli.testing import app_client, consume_until, eventually, produce
 from om_contracts import (
     FeatureVectorComputed,
+    MarketCancelled,
     MarketFeatures,
     MarketResolved,
     ModelLifecycleChanged,
@@ -98,6 +99,9 @@ async def test_swap_under_load_corrupt_refusal_and_final_prediction(
             for m in markets:
                 stored += (await client.get(f"/v1/markets/{m}/predictions", params={"limit": 1000})).json()["items"]
             assert set(ids) <= {p["event_id"] for p in stored}
+            # after the swap every open market (all 20 had vectors before it) was re-scored by the new model, once
+            again = Counter(p["market_id"] for p in stored if p["event_id"] not in set(ids))
+            assert again == dict.fromkeys(markets, 1), again
             return stored
 
         stored = await eventually(every_vector_stored, timeout_s=60)
@@ -105,7 +109,7 @@ async def test_swap_under_load_corrupt_refusal_and_final_prediction(
         assert len(stored) == len(by_id)  # no duplicate rows
         rescored = [p for p in stored if p["event_id"] not in set(ids)]
         assert {p["model_version"] for p in rescored} == {first["version"]}
-        assert {p["market_id"] for p in rescored} <= set(markets)
+        assert sorted(p["market_id"] for p in rescored) == sorted(markets)
         versions = {p["model_version"] for p in stored}
         assert versions <= {first["version"], "baseline-market-price"} and first["version"] in versions
         published = await consume_until(
@@ -135,10 +139,14 @@ async def test_swap_under_load_corrupt_refusal_and_final_prediction(
             occurred_at=datetime.now(UTC), producer="t", market_id=markets[1], resolution="YES", resolution_price=1.0
         )
         await produce(kafka_bootstrap, "market.lifecycle.v1", [encode(resolved)], key=markets[1].encode())
+        cancelled = MarketCancelled(occurred_at=datetime.now(UTC), producer="t", market_id=markets[3], reason="void")
+        await produce(kafka_bootstrap, "market.lifecycle.v1", [encode(cancelled)], key=markets[3].encode())
 
         async def final_made() -> None:
-            items = (await client.get(f"/v1/markets/{markets[1]}/predictions")).json()["items"]
-            assert [p for p in items if p["final"]]
+            for m in (markets[1], markets[3]):  # resolved, cancelled: one final prediction each
+                items = (await client.get(f"/v1/markets/{m}/predictions")).json()["items"]
+                finals = [p for p in items if p["final"]]
+                assert len(finals) == 1 and finals[0]["model_version"] == first["version"], m
             models = (await client.get("/v1/models")).json()
             live = next(v for v in models["items"] if v["version"] == first["version"])["live"]
             assert live and live["markets"] == 1
@@ -155,10 +163,10 @@ async def test_swap_under_load_corrupt_refusal_and_final_prediction(
         metrics = await eventually(live_recorded, timeout_s=30)
         by_version = _samples(metrics, "prediction_predictions_total")
         assert by_version[(first["version"], "false")] >= len(rescored)
-        assert by_version[(first["version"], "true")] == 1  # the final prediction of the resolved market
-        # Every stored prediction is counted (+ the late one and the final). A counter counts work done, so a batch
+        assert by_version[(first["version"], "true")] == 2  # the final predictions of the resolved and cancelled ones
+        # Every stored prediction is counted (+ the late one and the two finals). A counter counts work done, so a batch
         # the broker redelivers (a rebalance under load) is counted again though its rows dedupe: at least, not equal.
-        assert sum(by_version.values()) >= len(stored) + 2
+        assert sum(by_version.values()) >= len(stored) + 3
         assert f'prediction_live_markets{{model_version="{first["version"]}"}} 1.0' in metrics
         assert f'prediction_live_brier{{model_version="{first["version"]}"}}' in metrics
 

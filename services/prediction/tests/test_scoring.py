@@ -169,3 +169,31 @@ def test_features_as_of_is_in_utc_even_for_offset_input() -> None:
 def test_prediction_round_trips_on_its_topic() -> None:
     p = prediction_for(vector_event())
     assert decode(PREDICTIONS, encode(p)) == p
+
+
+# --- the model path's risk reasons (docs/prediction.md) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("p", "confidence", "traders", "volume", "price", "imputed", "reasons", "level"),
+    [
+        (0.9, 0.9, 20, 500, 0.85, 0, (), "low"),
+        (0.9, 0.9, 2, 500, 0.85, 0, ("few_participants",), "high"),
+        (0.9, 0.9, 3, 99.9, 0.85, 0, ("thin_volume",), "medium"),
+        (0.6, 0.9, 20, 100, 0.6, 0, ("near_coin_flip",), "medium"),
+        (0.61, 0.59, 20, 100, 0.6, 0, ("model_uncertain",), "high"),
+        (0.9, 0.6, 20, 100, 0.74, 0, ("disagrees_with_market",), "medium"),
+        (0.9, 0.6, 20, 100, 0.76, 3, ("missing_features",), "medium"),
+        (0.9, 0.6, 20, 100, 0.76, 2, (), "low"),
+        (0.5, 0.9, 20, 50, 0.5, 0, ("thin_volume", "near_coin_flip"), "high"),
+        (0.9, 0.9, 20, 50, 0.5, 5, ("thin_volume", "disagrees_with_market", "missing_features"), "high"),
+    ],
+)
+def test_model_risk_reasons_follow_the_documented_thresholds(
+    p: float, confidence: float, traders: int, volume: float, price: float, imputed: int, reasons: tuple, level: str
+) -> None:
+    f = MarketFeatures(current_price=price, total_volume=volume, participant_count=traders, trade_count=10)
+    got = scoring.risk_reasons(p, confidence, f, baseline=False, imputed=imputed)
+    assert got == reasons
+    assert scoring.risk_level_of(got) == level
+    assert scoring.risk_level_of(("baseline_only", *got)) == level  # the label alone is no risk

@@ -21,6 +21,7 @@ from om_prediction.registry import PromotionRule, Registry, RegistryError
 
 log = logging.getLogger("om_prediction.cli")
 DEFAULT_FEATURE_URL = "http://127.0.0.1:8002"
+MODELS_DIR_HELP = "registry folder (default $OM_MODELS_DIR, else $PREDICTION_MODELS_DIR)"
 
 
 def export_rows(base_url: str, *, resolved_after: str | None = None, page: int = 5000) -> Iterator[dict[str, Any]]:
@@ -45,7 +46,7 @@ def export_rows(base_url: str, *, resolved_after: str | None = None, page: int =
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models-dir", type=Path, default=None, help="registry folder (default $OM_MODELS_DIR)")
+    parser.add_argument("--models-dir", type=Path, default=None, help=MODELS_DIR_HELP)
     sub = parser.add_subparsers(dest="models_command", required=True)
     sub.add_parser("list", help="every version with state and held-out metrics")
     show = sub.add_parser("show", help="one version's manifest")
@@ -122,9 +123,11 @@ def _announce(bootstrap: str, entry: dict[str, Any]) -> None:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--feature-url", default=os.environ.get("OM_FEATURE_URL", DEFAULT_FEATURE_URL))
+    # PREDICTION_FEATURE_URL: what the chart gives the prediction image (its upstream), where the CronJob runs this
+    feature_url = os.environ.get("OM_FEATURE_URL") or os.environ.get("PREDICTION_FEATURE_URL") or DEFAULT_FEATURE_URL
+    parser.add_argument("--feature-url", default=feature_url)
     parser.add_argument("--resolved-after", default=None, help="only markets resolved after this ISO time")
-    parser.add_argument("--models-dir", type=Path, default=None, help="registry folder (default $OM_MODELS_DIR)")
+    parser.add_argument("--models-dir", type=Path, default=None, help=MODELS_DIR_HELP)
     parser.add_argument("--seed", type=int, default=0)
 
 

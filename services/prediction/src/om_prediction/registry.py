@@ -29,7 +29,9 @@ log = logging.getLogger("om_prediction.registry")
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("OM_MODELS_DIR") or DEFAULT_ROOT)
+    """$OM_MODELS_DIR (the `om` tools), else $PREDICTION_MODELS_DIR (the service's setting, so the jobs in its
+    image use the registry it serves from), else the default folder."""
+    return Path(os.environ.get("OM_MODELS_DIR") or os.environ.get("PREDICTION_MODELS_DIR") or DEFAULT_ROOT)
 
 
 class RegistryError(RuntimeError):

@@ -39,7 +39,7 @@ class Dataset:
     days_remaining: np.ndarray
     liquidity: np.ndarray  # total volume at as_of
     x: np.ndarray
-    y: np.ndarray  # 1 YES, 0 NO; MKT rows use their resolution price as a soft label
+    y: np.ndarray  # 1 YES, 0 NO (MKT-resolved and cancelled markets are left out)
     market_price: np.ndarray
     first_as_of: datetime | None
     last_resolved: datetime | None
