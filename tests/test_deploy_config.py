@@ -597,8 +597,9 @@ def test_every_pod_is_restricted_and_bounded(variant: str, rendered: dict[str, l
                     assert probe in container, f"{name} has no {probe}"
                 assert container["livenessProbe"]["httpGet"]["path"] == "/health"
                 assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
-        for volume in spec.get("volumes", []):
-            assert set(volume) <= {"name", "emptyDir", "configMap", "secret", "projected"}, f"{name}: {volume}"
+        for volume in spec.get("volumes", []):  # the volume types the restricted Pod Security Standard allows
+            allowed = {"name", "emptyDir", "configMap", "secret", "projected", "persistentVolumeClaim"}
+            assert set(volume) <= allowed, f"{name}: {volume}"
 
 
 def test_namespace_enforces_restricted(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -696,14 +697,30 @@ def test_hook_jobs_provision_topics_and_migrate_before_the_release(rendered: dic
     assert "ensure_topics(" in command and "TOPICS" not in command, "topics come from the registry's default"
 
 
-def test_retraining_cronjob_runs_prediction_train(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    [cron] = [d for d in rendered["default"] if d["kind"] == "CronJob"]
+def test_retraining_cronjob_trains_and_promotes_into_the_registry_prediction_serves(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The job's models must reach serving: it promotes by rule, into the one registry volume that prediction's
+    pods mount at PREDICTION_MODELS_DIR (the root filesystem is read-only, so without it a model is lost)."""
+    docs = rendered["default"]
+    [cron] = [d for d in docs if d["kind"] == "CronJob"]
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
-    [container] = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
-    assert container["command"] == ["prediction", "train"]
+    job_pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [container] = job_pod["containers"]
+    assert container["command"] == ["prediction", "retrain-loop", "--once"]
     env = {e["name"]: e for e in container["env"]}
     assert env["PREDICTION_FEATURE_URL"]["value"] == "http://om-opinion-market-feature:8002"
     assert "DATABASE_URL" in env and container["image"].startswith("prediction:")
+
+    [claim] = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    [serving] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-prediction")]
+    for pod in (job_pod, serving["spec"]["template"]["spec"]):
+        [workload] = pod["containers"]
+        models_dir = {e["name"]: e.get("value") for e in workload["env"]}["PREDICTION_MODELS_DIR"]
+        [mount] = [m for m in workload["volumeMounts"] if m["mountPath"] == models_dir]
+        [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        assert not mount.get("readOnly")
 
 
 def test_secrets_are_referenced_never_inlined(rendered: dict[str, list[dict[str, Any]]]) -> None:

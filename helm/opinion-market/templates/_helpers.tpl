@@ -101,6 +101,10 @@ its extra env. Call with (dict "root" $ "name" "<component>"). Shared by its Dep
 - name: {{ printf "%s_%s_URL" $prefix (include "opinion-market.envPrefix" $upstream) }}
   value: {{ printf "http://%s:%v" (include "opinion-market.componentName" (dict "root" $root "name" $upstream)) $u.port | quote }}
 {{- end }}
+{{- if and (eq .name "prediction") $root.Values.modelStore.enabled }}
+- name: PREDICTION_MODELS_DIR
+  value: {{ $root.Values.modelStore.mountPath | quote }}
+{{- end }}
 {{- range $key, $value := $c.env }}
 - name: {{ $key }}
   value: {{ $value | toString | quote }}
@@ -159,4 +163,11 @@ securityContext:
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end }}
+
+{{/*
+The model registry's volume and mount (modelStore), for prediction's pods and the retraining job.
+*/}}
+{{- define "opinion-market.modelStoreClaim" -}}
+{{- .Values.modelStore.existingClaim | default (printf "%s-models" (include "opinion-market.fullname" .)) }}
 {{- end }}
