@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from om_contracts import FeatureVectorComputed, PredictionMade
 from om_contracts.caches import PREDICTION_LATEST_FIELD, prediction_latest_key
+from om_runtime.cache import CacheReads
 
 COLUMNS = (
     "event_id, market_id, probability, confidence, risk_level, model_version, contributions, features_as_of, made_at,"
@@ -160,6 +161,9 @@ async def cache_latest(redis: Redis, predictions: list[PredictionMade], ttl_s: i
         await pipe.execute()
 
 
+LATEST_READS = CacheReads("prediction-latest")  # hits and misses at /metrics, for platform health
+
+
 async def cached_latest(redis: Redis, market_id: str) -> PredictionMade | None:
-    raw = await redis.hget(prediction_latest_key(market_id), PREDICTION_LATEST_FIELD)
+    raw = LATEST_READS.seen(await redis.hget(prediction_latest_key(market_id), PREDICTION_LATEST_FIELD))
     return PredictionMade.model_validate_json(raw) if raw else None
