@@ -8,42 +8,77 @@ collections skip it, reference counting still frees it as usual) whenever the op
 tenth (at least `floor`) and at every heartbeat. Only cycles among frozen objects (a closed connection's) are
 then left for later: once as many connections have closed as half of those open at the last full collection,
 or `full_every_s` after it, everything is unfrozen, collected once (that one pause) and frozen again.
+
+The collection for closes is deferred until they pause (`settle_s` without one, at most `defer_s` after it was
+due), so a burst of closes costs one collection. Collected at once, 10,000 clients leaving together set off one
+full collection after every few hundred closes (the threshold halves as the connections go), each walking the whole
+unfrozen heap: 39 collections held the event loop for 6-8 s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 
 
 class Freezer:
     def __init__(
-        self, enabled: bool = True, full_every_s: float = 600.0, floor: int = 100, growth: float = 0.1
+        self,
+        enabled: bool = True,
+        full_every_s: float = 600.0,
+        floor: int = 100,
+        growth: float = 0.1,
+        settle_s: float = 1.0,
+        defer_s: float = 10.0,
     ) -> None:
         self.enabled = enabled
         self.full_every_s = full_every_s
         self.floor = floor
         self.growth = growth
+        self.settle_s = settle_s
+        self.defer_s = defer_s
         self.frozen_with = 0  # open connections at the last freeze
         self.collected_with = 0  # open connections at the last full collection
         self.closed = 0  # connections closed since then
+        self.open = 0  # open connections, as last told
         self.collected_at = time.monotonic()
+        self.last_close = 0.0
+        self.due_since: float | None = None  # when enough had closed for a collection, until it runs
         self.freezes = 0
         self.full_collections = 0
 
     def opened(self, open_now: int) -> None:
+        self.open = open_now
         if self.enabled and open_now - self.frozen_with >= max(self.floor, self.growth * self.frozen_with):
             self.freeze(open_now)
 
     def closed_one(self, open_now: int) -> None:
+        """Count a close; once enough have closed, collect when the closes pause (on the running event loop)."""
+        self.open = open_now
         if not self.enabled:
             return
         self.closed += 1
-        if self.closed >= max(self.floor, self.collected_with / 2):
-            self.collect(open_now)
+        self.last_close = time.monotonic()
+        if self.due_since is None and self.closed >= max(self.floor, self.collected_with / 2):
+            self.due_since = self.last_close
+            asyncio.get_running_loop().call_later(self.settle_s, self._settled)
+
+    def _settled(self) -> None:
+        """Collect now if no connection closed for `settle_s` (or the collection is `defer_s` overdue); else look
+        again when that will be so (one timer per burst, not one per close)."""
+        if self.due_since is None:  # collected meanwhile (a heartbeat's tick)
+            return
+        now = time.monotonic()
+        at = min(self.last_close + self.settle_s, self.due_since + self.defer_s)
+        if now >= at:
+            self.collect(self.open)
+        else:
+            asyncio.get_running_loop().call_later(at - now, self._settled)
 
     def tick(self, open_now: int) -> None:
         """At every heartbeat: freeze what has survived since, or collect everything once it is time."""
+        self.open = open_now
         if not self.enabled:
             return
         if time.monotonic() - self.collected_at >= self.full_every_s:
@@ -63,5 +98,6 @@ class Freezer:
         gc.freeze()
         self.frozen_with = self.collected_with = open_now
         self.closed = 0
+        self.due_since = None
         self.collected_at = time.monotonic()
         self.full_collections += 1
