@@ -111,6 +111,7 @@ def create_app(
     app.state.hub = hub
     app.state.auth = auth
     app.state.upstreams = upstreams
+    app.state.gate = gate
     problems.install(app)
     _document(app)
 
