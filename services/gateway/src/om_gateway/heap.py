@@ -47,6 +47,7 @@ class Freezer:
         self.due_since: float | None = None  # when enough had closed for a collection, until it runs
         self.freezes = 0
         self.full_collections = 0
+        self.full_collection_s = 0.0  # time spent in them, in all
 
     def opened(self, open_now: int) -> None:
         self.open = open_now
@@ -93,9 +94,11 @@ class Freezer:
         self.freezes += 1
 
     def collect(self, open_now: int) -> None:
+        started = time.perf_counter()
         gc.unfreeze()
         gc.collect()
         gc.freeze()
+        self.full_collection_s += time.perf_counter() - started
         self.frozen_with = self.collected_with = open_now
         self.closed = 0
         self.due_since = None
