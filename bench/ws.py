@@ -552,12 +552,14 @@ async def mass_disconnect(base: str, key: str, clients: list[subprocess.Popen[st
     stalls = window.get('om_event_loop_stalls_total{app_name="gateway"}', 0.0)
     collections = window.get("gateway_ws_gc_full_collections", float("nan"))
     collection_ms = window.get("gateway_ws_gc_full_collection_seconds", float("nan")) * 1000
+    collection_cpu_ms = window.get("gateway_ws_gc_full_collection_cpu_seconds", float("nan")) * 1000
     lag = "om_event_loop_lag_seconds"
     return (
         f"{connected:,} clients gone in {closed_in:.1f} s (connections left "
         f"{after.get('gateway_ws_connections', float('nan')):.0f}); slowest probe request {slowest * 1000:,.0f} ms; "
         f"event loop late by p99 {_quantile(window, lag, 0.99)}, max {_quantile(window, lag, 1.0)}; "
-        f"{stalls:.0f} stalls over 250 ms; {collections:.0f} full garbage collection(s) taking {collection_ms:,.0f} ms"
+        f"{stalls:.0f} stalls over 250 ms; {collections:.0f} full garbage collection(s) taking {collection_ms:,.0f} ms "
+        f"({collection_cpu_ms:,.0f} ms of CPU)"
     )
 
 

@@ -60,7 +60,8 @@ async def test_one_collection_for_a_burst_of_closes() -> None:
         for open_now in range(999, -1, -1):  # all of them, as when a client machine goes away
             freezer.closed_one(open_now)
         await asyncio.sleep(0.2)
-        assert freezer.full_collections == 1 and freezer.collected_with == 0 and freezer.full_collection_s > 0
+        assert freezer.full_collections == 1 and freezer.collected_with == 0
+        assert freezer.full_collection_s > 0 and freezer.full_collection_cpu_s > 0  # (measured, for /metrics)
     finally:
         gc.unfreeze()
 

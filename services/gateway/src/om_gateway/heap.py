@@ -48,6 +48,7 @@ class Freezer:
         self.freezes = 0
         self.full_collections = 0
         self.full_collection_s = 0.0  # time spent in them, in all
+        self.full_collection_cpu_s = 0.0  # ...of which the event loop's thread had the CPU (the rest: waiting for it)
 
     def opened(self, open_now: int) -> None:
         self.open = open_now
@@ -94,11 +95,12 @@ class Freezer:
         self.freezes += 1
 
     def collect(self, open_now: int) -> None:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         gc.unfreeze()
         gc.collect()
         gc.freeze()
         self.full_collection_s += time.perf_counter() - started
+        self.full_collection_cpu_s += time.thread_time() - cpu
         self.frozen_with = self.collected_with = open_now
         self.closed = 0
         self.due_since = None

@@ -221,6 +221,11 @@ class LiveEndpoint:
             "Time the event loop spent in those collections, in all",
             registry=registry,
         ).set_function(lambda: self.freezer.full_collection_s)
+        Gauge(
+            "gateway_ws_gc_full_collection_cpu_seconds",
+            "CPU time of those collections, in all (less than their time on a machine short of CPU)",
+            registry=registry,
+        ).set_function(lambda: self.freezer.full_collection_cpu_s)
 
     def serves(self, path: str) -> bool:
         return path == PATH or (path.startswith(LEGACY_PREFIX) and len(path) > len(LEGACY_PREFIX))
