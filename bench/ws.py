@@ -455,6 +455,7 @@ async def bench(args: argparse.Namespace) -> None:
             # Before the clients exit: their 10,000 closes at once would stall the gateway, and its histograms
             # (the event loop's lag) would count that stall, which is outside the window.
             metrics = _subtract(await _metrics(base, key), metrics0)
+            disconnect = await mass_disconnect(base, key, clients, connected=sum(r["connected"] for r in results))
         finally:
             stop.set()
             if producer is not None:
@@ -506,7 +507,60 @@ async def bench(args: argparse.Namespace) -> None:
     print(f"  gateway CPU         {gateway_cpu / args.duration:.0%} of a core; {per_message:.1f} µs per message")
     print(f"  gateway RSS         {rss:.0f} MiB; {(rss - rss_idle) * 1024 / max(1, connected):.1f} KiB per client")
     print(f"  client processes    {client_cpu / args.duration:.0%} of a core in all")
+    print(f"  mass disconnect     {disconnect}")
     print("  (one 2-core machine: the gateway, the clients, Kafka and the producer share it)")
+
+
+async def mass_disconnect(base: str, key: str, clients: list[subprocess.Popen[str]], connected: int) -> str:
+    """End the client processes at once (the kernel closes all their sockets) and measure how long the gateway's
+    event loop is held while it closes them: a probe request every 20 ms (its slowest answer is the stall a client
+    of the gateway would see) and the runtime's event-loop lag and stall count over the time until the gateway has
+    no connection left."""
+    import httpx
+
+    before = await _metrics(base, key)
+    started = time.monotonic()
+    for client in clients:
+        client.kill()
+    slowest = 0.0
+    done = asyncio.Event()
+
+    async def probe() -> None:
+        nonlocal slowest
+        async with httpx.AsyncClient(timeout=120) as http:
+            while not done.is_set():
+                sent = time.monotonic()
+                try:
+                    await http.get(f"{base}/health")
+                except httpx.HTTPError:
+                    pass
+                slowest = max(slowest, time.monotonic() - sent)
+                await asyncio.sleep(0.02)
+
+    probing = asyncio.create_task(probe())
+    after: dict[str, float] = {}
+    while time.monotonic() - started < 120:
+        await asyncio.sleep(0.25)
+        after = await _metrics(base, key)
+        if after.get("gateway_ws_connections", 1) <= 0:
+            break
+    closed_in = time.monotonic() - started
+    await asyncio.sleep(3.0)  # the gateway collects once the closes have paused for a second
+    done.set()
+    await probing
+    window = _subtract(await _metrics(base, key), before)
+    stalls = window.get('om_event_loop_stalls_total{app_name="gateway"}', 0.0)
+    collections = window.get("gateway_ws_gc_full_collections", float("nan"))
+    collection_ms = window.get("gateway_ws_gc_full_collection_seconds", float("nan")) * 1000
+    collection_cpu_ms = window.get("gateway_ws_gc_full_collection_cpu_seconds", float("nan")) * 1000
+    lag = "om_event_loop_lag_seconds"
+    return (
+        f"{connected:,} clients gone in {closed_in:.1f} s (connections left "
+        f"{after.get('gateway_ws_connections', float('nan')):.0f}); slowest probe request {slowest * 1000:,.0f} ms; "
+        f"event loop late by p99 {_quantile(window, lag, 0.99)}, max {_quantile(window, lag, 1.0)}; "
+        f"{stalls:.0f} stalls over 250 ms; {collections:.0f} full garbage collection(s) taking {collection_ms:,.0f} ms "
+        f"({collection_cpu_ms:,.0f} ms of CPU)"
+    )
 
 
 async def _metrics(base: str, key: str) -> dict[str, float]:
@@ -520,7 +574,7 @@ async def _metrics(base: str, key: str) -> dict[str, float]:
             return {}
     out = {}
     for line in text.splitlines():
-        if line.startswith(("gateway_live_", "gateway_ws_", "om_event_loop_lag_")) and not line.startswith("#"):
+        if line.startswith(("gateway_live_", "gateway_ws_", "om_event_loop_")) and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
@@ -530,21 +584,26 @@ def _subtract(after: dict[str, float], before: dict[str, float]) -> dict[str, fl
     return {name: value - before.get(name, 0.0) for name, value in after.items()}
 
 
+def _quantile(metrics: dict[str, float], metric: str, q: float) -> str:
+    """The bucket bound of a Prometheus histogram's q-quantile."""
+    buckets = sorted(
+        (float(name.split('le="')[1].split('"')[0]), count)
+        for name, count in metrics.items()
+        if name.startswith(f"{metric}_bucket{{")
+    )
+    total = buckets[-1][1] if buckets else 0.0
+    if not total:
+        return "n/a"
+    bound = next(le for le, count in buckets if count >= q * total)
+    return f"≤ {bound * 1000:,.0f} ms" if bound != float("inf") else f"> {buckets[-2][0] * 1000:,.0f} ms"
+
+
 def _split(metrics: dict[str, float]) -> str:
     """Medians and 99th percentiles from the gateway's histograms, over the window: event time → read from Kafka,
     and a read's round (every subscriber written or queued)."""
 
     def quantile(metric: str, q: float) -> str:
-        buckets = sorted(
-            (float(name.split('le="')[1].split('"')[0]), count)
-            for name, count in metrics.items()
-            if name.startswith(f"{metric}_bucket{{")
-        )
-        total = buckets[-1][1] if buckets else 0.0
-        if not total:
-            return "n/a"
-        bound = next(le for le, count in buckets if count >= q * total)
-        return f"≤ {bound * 1000:.0f} ms" if bound != float("inf") else f"> {buckets[-2][0] * 1000:.0f} ms"
+        return _quantile(metrics, metric, q)
 
     read, rounds = "gateway_live_read_lag_seconds", "gateway_live_round_seconds"
     stalls = "om_event_loop_lag_seconds"  # the runtime's probe, which every service has

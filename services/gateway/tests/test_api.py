@@ -211,3 +211,32 @@ async def test_without_redis_a_prediction_is_asked_of_prediction(infra_env, tmp_
     async with running_gateway(settings) as (_, client):
         reply = await client.get("/api/v1/ai-analytics/predictions/m1", headers=ADMIN)
         assert reply.status_code == 200 and reply.json()["market_id"] == "m1"
+
+
+@pytest.mark.integration
+async def test_what_the_first_requests_would_wait_for_is_done_before_serving(infra_env, tmp_path, monkeypatch) -> None:
+    """Started (before any request): the OpenAPI document is built, and with it every route that FastAPI builds
+    lazily, and the rate limiter is connected to Redis with its script loaded."""
+    from fastapi.routing import _IncludedRouter  # (where FastAPI keeps an included router's routes, built lazily)
+    from redis.asyncio import Redis
+
+    from om_gateway.ratelimit import RateLimits
+
+    connected: list[RateLimits] = []
+    connect = RateLimits.connect
+
+    async def spy(self: RateLimits) -> None:
+        connected.append(self)
+        await connect(self)
+
+    monkeypatch.setattr(RateLimits, "connect", spy)
+    async with running_gateway(gateway_settings(infra_env, tmp_path)) as (app, _):
+        assert app.openapi_schema is not None
+        included = [r for r in app.router.routes if isinstance(r, _IncludedRouter)]
+        assert included and all(r._effective_candidates_version is not None for r in included)
+        assert connected == [app.state.gate.limits]
+        redis = Redis.from_url(infra_env["REDIS_URL"])
+        try:
+            assert await redis.script_exists(app.state.gate.limits.script.sha) == [True]
+        finally:
+            await redis.aclose()

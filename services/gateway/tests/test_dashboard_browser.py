@@ -4,6 +4,7 @@ trade's price. Saves the screenshot shown in the README (docs/dashboard.png)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,14 +20,19 @@ from om_cli.platform import Platform, ServicePorts
 pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOT = Path(__file__).parents[3] / "docs" / "dashboard.png"
+SERVICES = ("ingest", "feature", "prediction", "analytics", "gateway")
 
 
 @pytest.fixture
 def platform(infra_env: dict[str, str], tmp_path: Path) -> Iterator[Platform]:
-    running = Platform(
-        infra_env, tmp_path / "logs", ServicePorts(*(free_port() for _ in range(5))),
-        extra_env={"ANALYTICS_SYSTEM_INTERVAL_S": "0.2"},
-    )  # fmt: skip
+    ports = ServicePorts(*(free_port() for _ in range(5)))
+    # Analytics reads each service's /metrics for the health panel: at these ports, soon, and the gateway's too.
+    urls = {name: f"http://127.0.0.1:{ports.of(name)}" for name in SERVICES}
+    extra_env = {
+        "ANALYTICS_SYSTEM_INTERVAL_S": "0.2", "ANALYTICS_SERVICE_URLS": json.dumps(urls),
+        "ANALYTICS_HEALTH_INTERVAL_S": "1", "GATEWAY_PUBLIC_METRICS": "true",
+    }  # fmt: skip
+    running = Platform(infra_env, tmp_path / "logs", ports, extra_env=extra_env)
     running.start(timeout_s=90)
     yield running
     running.stop()
@@ -69,6 +75,8 @@ def drive(gateway: str, api: httpx.Client, key: str) -> None:
         expect(row).to_contain_text("73.0%")
         expect(page.locator("#trades")).to_contain_text("bob", timeout=10_000)  # recent trades follow updates
         assert page.evaluate("window.omDashboard.state.series[1].at(-1)") == 0.73
+        for service in SERVICES:  # the health panel: each service by name, read from its /metrics
+            expect(page.locator("#health li", has_text=service)).to_contain_text("up", timeout=30_000)
         assert not errors, errors  # nothing blocked by the Content-Security-Policy
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)

@@ -63,6 +63,14 @@ class RateLimits:
     def over_redis(cls, limits_by_role: dict[str, str], redis_url: str) -> RateLimits:
         return cls(limits_by_role, Redis.from_url(redis_url))
 
+    async def connect(self) -> None:
+        """Open the first Redis connection and load the script now (at start-up), not on the first request; with
+        Redis down, only log (requests are let through until it is back)."""
+        try:
+            await self.redis.script_load(_HIT)
+        except (RedisError, OSError) as exc:
+            log.warning("rate limiter unavailable at start-up: %r", exc)
+
     async def hit(self, role: str, *identities: str, read: tuple[str, str] | None = None) -> Verdict:
         """Count one request for each identity (e.g. the IP, then the principal) under `role`'s limit, and read
         hash field `read` = (key, field) in the same round trip when the request is allowed."""

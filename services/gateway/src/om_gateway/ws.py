@@ -211,6 +211,21 @@ class LiveEndpoint:
         self.freezer = Freezer(settings.ws_gc_freeze, settings.ws_gc_full_every_s)
         self.connections = Gauge("gateway_ws_connections", "Open WebSocket connections", registry=registry)
         self.closes = Counter("gateway_ws_closes", "WebSocket closes by code", ["code"], registry=registry)
+        Gauge(
+            "gateway_ws_gc_full_collections",
+            "Full garbage collections of the frozen heap (om_gateway.heap), since start",
+            registry=registry,
+        ).set_function(lambda: self.freezer.full_collections)
+        Gauge(
+            "gateway_ws_gc_full_collection_seconds",
+            "Time the event loop spent in those collections, in all",
+            registry=registry,
+        ).set_function(lambda: self.freezer.full_collection_s)
+        Gauge(
+            "gateway_ws_gc_full_collection_cpu_seconds",
+            "CPU time of those collections, in all (less than their time on a machine short of CPU)",
+            registry=registry,
+        ).set_function(lambda: self.freezer.full_collection_cpu_s)
 
     def serves(self, path: str) -> bool:
         return path == PATH or (path.startswith(LEGACY_PREFIX) and len(path) > len(LEGACY_PREFIX))

@@ -6,6 +6,7 @@
 const API = "/api/v1";
 const TIMEFRAMES = { "1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400 };
 const fmt = new Intl.NumberFormat(undefined, { maximumFractionDigits: 0 });
+const fmt1 = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
 const pct = v => (v == null ? "–" : `${(v * 100).toFixed(1)}%`);
 const $ = id => document.getElementById(id);
 
@@ -196,13 +197,30 @@ function renderSystem(update) {
   renderMarkets();
 }
 
+// Analytics' platform health: a list of each service's figures (`services`), or a plain {name: status} map.
 function renderHealth(health) {
-  const entries = Object.entries((health && (health.services || health)) || {});
+  const services = (health && (health.services || health)) || {};
+  const entries = Array.isArray(services) ? services.map(s => [s.service, s]) : Object.entries(services);
   $("health").replaceChildren(...entries.map(([name, value]) => {
-    const text = typeof value === "object" && value !== null ? (value.status || JSON.stringify(value)) : String(value);
-    const li = el("li"); li.append(el("span", name), el("span", text, /ok|up|healthy|ready/i.test(text) ? "ok" : "bad"));
+    const li = el("li");
+    if (value && typeof value === "object" && "up" in value) {
+      const reason = value.error ? `down: ${String(value.error).split(":")[0]}` : "down";
+      li.append(el("span", name), el("span", value.up ? healthSummary(value) : reason, value.up ? "ok" : "bad"));
+      if (value.error) li.title = value.error;
+    } else {
+      const text = typeof value === "object" && value !== null ? (value.status || JSON.stringify(value)) : String(value);
+      li.append(el("span", name), el("span", text, /ok|up|healthy|ready/i.test(text) ? "ok" : "bad"));
+    }
     return li;
   }));
+}
+
+function healthSummary(s) {
+  const parts = ["up"];
+  if (s.processing_rate != null) parts.push(`${fmt1.format(s.processing_rate)}/s`);
+  if (s.http_p99_s != null) parts.push(`p99 ${fmt.format(s.http_p99_s * 1000)} ms`);
+  if (s.consumer_lag && s.consumer_lag.length) parts.push(`lag ${s.consumer_lag.reduce((n, l) => n + l.lag, 0)}`);
+  return parts.join(" · ");
 }
 
 async function pollHealth() {
