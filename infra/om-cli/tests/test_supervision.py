@@ -3,13 +3,14 @@ and counted; the status file and `om status` say so; consumer lag is read from a
 
 from __future__ import annotations
 
+import json
 import subprocess  # nosec B404  # runs fixed programs from argument lists, never a shell
 import sys
 import time
 from pathlib import Path
 
 from om_cli import launcher
-from om_cli.platform import Platform, RunningService
+from om_cli.platform import SERVICES, Platform, RunningService, ServicePorts, service_env
 
 
 class ShortLived(Platform):
@@ -74,3 +75,13 @@ def test_consumer_lag_sums_the_partitions_of_a_metrics_page() -> None:
     )
     assert launcher.consumer_lag(page) == 42
     assert launcher.consumer_lag("# nothing here\n") is None
+
+
+def test_platform_health_scrapes_the_services_where_they_run() -> None:
+    """Analytics' health panel reads each service's /metrics: at the platform's ports (not the defaults), and the
+    gateway's without a credential on this loopback-only platform."""
+    ports = ServicePorts(gateway=18000, ingest=18001, feature=18002, prediction=18003, analytics=18004)
+    urls = json.loads(service_env("analytics", {}, ports)["ANALYTICS_SERVICE_URLS"])
+    assert urls == {name: f"http://127.0.0.1:{ports.of(name)}" for name in SERVICES}
+    assert service_env("gateway", {}, ports)["GATEWAY_PUBLIC_METRICS"] == "true"
+    assert "GATEWAY_PUBLIC_METRICS" not in service_env("ingest", {}, ports)

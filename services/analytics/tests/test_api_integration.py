@@ -7,15 +7,13 @@ from __future__ import annotations
 import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from om_analytics.app import create_app
 from om_analytics.leader import Leadership
 from om_analytics.settings import AnalyticsSettings
-from om_cli.testing import app_client, consume_until, eventually, produce
+from om_cli.testing import app_client, cache_reads, consume_until, eventually, produce
 from om_contracts import MarketCreated, MarketResolved, PredictionMade, SignalObserved, TradeExecuted, encode
 
 pytestmark = pytest.mark.integration
@@ -44,16 +42,6 @@ def prediction(market: str, p: float) -> PredictionMade:
         occurred_at=BASE, producer="t", market_id=market, probability=p, confidence=max(p, 1 - p),
         risk_level="low", model_version="v1", features_as_of=BASE + timedelta(minutes=30),
     )  # fmt: skip
-
-
-async def cache_reads(client: Any, cache: str) -> tuple[float, float]:
-    """(hits, misses) of one cache, as the service's /metrics shows them."""
-    counts = {"hit": 0.0, "miss": 0.0}
-    for family in text_string_to_metric_families((await client.get("/metrics")).text):
-        for sample in family.samples:
-            if sample.name == "om_cache_reads_total" and sample.labels.get("cache") == cache:
-                counts[sample.labels["result"]] = sample.value
-    return counts["hit"], counts["miss"]
 
 
 async def test_internal_api_serves_every_view(kafka_bootstrap: str, database_url: str, redis_url: str) -> None:
@@ -124,10 +112,10 @@ async def test_internal_api_serves_every_view(kafka_bootstrap: str, database_url
         assert (m["participant_count"], m["active_traders_24h"], m["price_change_24h"]) == (2, 2, 0.0)
         assert m["sentiment_24h"] == 0.4 and m["liquidity"] == 0.3  # 12 / (100 * (0.1 + 0.2 + 0.1))
         assert m["prediction_accuracy"] == {"resolved_markets": 1, "accuracy": 1.0, "brier": 0.0625}  # (0.75 - 1)²
-        reads = await cache_reads(client, "analytics-market")
+        reads = cache_reads((await client.get("/metrics")).text, "analytics-market")
         assert (await client.get(f"/v1/markets/{a}/metrics")).status_code == 200
         assert (await client.get("/v1/markets/nope/metrics")).status_code == 404
-        hits, misses = await cache_reads(client, "analytics-market")
+        hits, misses = cache_reads((await client.get("/metrics")).text, "analytics-market")
         assert (hits - reads[0], misses - reads[1]) == (1, 1)  # what platform health's cache hit rate is made of
 
         # Listing: category filter, sort by close time, cursor paging, validation.

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from om_cli.embedded import free_port
+from om_cli.testing import cache_reads
 from om_gateway.access import MATRIX, ROLES
 from om_gateway.testing import ADMIN_KEY, bearer, gateway_settings, running_gateway, token
 from om_gateway.upstream import Upstreams
@@ -190,6 +191,7 @@ async def test_a_cached_prediction_is_read_from_predictions_cache_behind_the_sam
     await redis.hset(prediction_latest_key(cached), PREDICTION_LATEST_FIELD, body)
     try:
         async with running_gateway(gateway_settings(infra_env, tmp_path)) as (_, client):
+            reads_before = cache_reads((await client.get("/metrics", headers=ADMIN)).text, "prediction-latest")
             path = f"/api/v1/ai-analytics/predictions/{cached}"
             hit = await client.get(path, headers=bearer(token("viewer")))
             assert hit.status_code == 200 and hit.text == body  # relayed as prediction cached it, not re-encoded
@@ -200,6 +202,9 @@ async def test_a_cached_prediction_is_read_from_predictions_cache_behind_the_sam
             # A miss asks prediction (here the stub, which answers with its own model version).
             miss = await client.get(f"/api/v1/ai-analytics/predictions/{missing}", headers=ADMIN)
             assert miss.status_code == 200 and miss.json()["model_version"] != "from-the-cache"
+            # One hit and one miss at /metrics, which platform health turns into the gateway's cache hit rate.
+            hits, misses = cache_reads((await client.get("/metrics", headers=ADMIN)).text, "prediction-latest")
+            assert (hits - reads_before[0], misses - reads_before[1]) == (1, 1)
     finally:
         await redis.delete(prediction_latest_key(cached))
         await redis.aclose()

@@ -4,7 +4,6 @@ trade's price. Saves the screenshot shown in the README (docs/dashboard.png)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,12 +25,8 @@ SERVICES = ("ingest", "feature", "prediction", "analytics", "gateway")
 @pytest.fixture
 def platform(infra_env: dict[str, str], tmp_path: Path) -> Iterator[Platform]:
     ports = ServicePorts(*(free_port() for _ in range(5)))
-    # Analytics reads each service's /metrics for the health panel: at these ports, soon, and the gateway's too.
-    urls = {name: f"http://127.0.0.1:{ports.of(name)}" for name in SERVICES}
-    extra_env = {
-        "ANALYTICS_SYSTEM_INTERVAL_S": "0.2", "ANALYTICS_SERVICE_URLS": json.dumps(urls),
-        "ANALYTICS_HEALTH_INTERVAL_S": "1", "GATEWAY_PUBLIC_METRICS": "true",
-    }  # fmt: skip
+    # The health panel soon (the platform points analytics' scrapes at these ports and opens the gateway's /metrics).
+    extra_env = {"ANALYTICS_SYSTEM_INTERVAL_S": "0.2", "ANALYTICS_HEALTH_INTERVAL_S": "1"}
     running = Platform(infra_env, tmp_path / "logs", ports, extra_env=extra_env)
     running.start(timeout_s=90)
     yield running

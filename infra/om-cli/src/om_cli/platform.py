@@ -4,6 +4,7 @@ started) in reverse order. Used by `om up`, the benchmark, the fault suite and t
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess  # nosec B404  # runs fixed programs from argument lists, never a shell
@@ -47,6 +48,11 @@ def service_env(service: str, infra_env: dict[str, str], ports: ServicePorts) ->
     if service == "gateway":
         for upstream in ("ingest", "prediction", "analytics"):
             env[f"GATEWAY_{upstream.upper()}_URL"] = f"http://127.0.0.1:{ports.of(upstream)}"
+        # Platform health reads every service's /metrics; on this loopback-only platform the gateway's is open,
+        # as Compose's is (a cluster gives Prometheus a service key instead: docs/operations.md).
+        env["GATEWAY_PUBLIC_METRICS"] = "true"
+    if service == "analytics":  # platform health scrapes the services where they run, not at the default ports
+        env["ANALYTICS_SERVICE_URLS"] = json.dumps({name: f"http://127.0.0.1:{ports.of(name)}" for name in SERVICES})
     return env
 
 

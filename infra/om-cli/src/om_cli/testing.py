@@ -168,3 +168,15 @@ def read_until(process: subprocess.Popen[str], marker: str, timeout_s: float) ->
         if marker in line:
             return "".join(lines)
     raise AssertionError(f"no {marker!r} from om up:\n{''.join(lines)}")
+
+
+def cache_reads(metrics_page: str, cache: str) -> tuple[float, float]:
+    """(hits, misses) of one cache in a service's /metrics page (om_cache_reads_total)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {"hit": 0.0, "miss": 0.0}
+    for family in text_string_to_metric_families(metrics_page):
+        for sample in family.samples:
+            if sample.name == "om_cache_reads_total" and sample.labels.get("cache") == cache:
+                counts[sample.labels["result"]] = sample.value
+    return counts["hit"], counts["miss"]
