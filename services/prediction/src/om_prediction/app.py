@@ -73,7 +73,9 @@ def create_app(settings: PredictionSettings | None = None) -> FastAPI:
     runtime.add_resource(loaded(), name="model", check=_always_ready)
     runtime.add_loop("registry-watch", watch_registry)
     runtime.add_loop("live-accuracy", publish_live_accuracy)
-    runtime.consume_in_transaction(db, handlers.apply_batch, topics=(FEATURE_VECTORS, MARKET_LIFECYCLE))
+    runtime.consume_in_transaction(
+        db, handlers.apply_batch, topics=(FEATURE_VECTORS, MARKET_LIFECYCLE), max_records=settings.max_batch
+    )
     runtime.consume({MODEL_LIFECYCLE: on_lifecycle}, fanout=True)
     return runtime.create_app(
         title="Opinion Market prediction",

@@ -17,3 +17,6 @@ class PredictionSettings(ServiceSettings, PostgresSettings, RedisSettings):
     registry_poll_s: float = 10.0
     # Live accuracy per model version (resolved markets) to the metrics and the registry, this often.
     live_accuracy_every_s: float = 60.0
+    # Vectors per consumed batch at most (fewer when fewer wait): under a backlog, larger batches share each
+    # batch's fixed round trips (dedupe claim, offsets, commit, confirmations) among more events.
+    max_batch: int = 2000
