@@ -226,3 +226,20 @@ async def test_two_replicas_elect_one_leader(kafka_bootstrap: str, database_url:
             assert leaders.count(True) == 1, leaders
 
         await eventually(one_leader)
+
+
+async def test_what_the_first_request_would_wait_for_is_done_before_serving(
+    kafka_bootstrap: str, database_url: str, redis_url: str
+) -> None:
+    """Started (before any request): the runtime built the OpenAPI document and every included router's routes,
+    which FastAPI builds lazily (all of them on the first request OpenTelemetry names)."""
+    from fastapi.routing import _IncludedRouter  # (where FastAPI keeps an included router's routes, built lazily)
+
+    app = create_app(settings(kafka_bootstrap, database_url, redis_url, f"t{uuid.uuid4().hex[:6]}"))
+    included = [r for r in app.router.routes if isinstance(r, _IncludedRouter)]
+    assert len(included) == 2  # the runtime's probes and metrics, and analytics' API
+    assert app.openapi_schema is None and all(r._effective_candidates_version is None for r in included)
+    async with app_client(app):
+        assert app.openapi_schema is not None
+        assert "/v1/markets/{market_id}/metrics" in app.openapi_schema["paths"]
+        assert all(r._effective_candidates_version is not None for r in included)

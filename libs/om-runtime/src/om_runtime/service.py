@@ -8,6 +8,9 @@ background loops run, and an HTTP app with probes and metrics — all closed aga
 
 A service that must serve while Kafka is down (ingest) passes `kafka_required=False`: the broker connection and
 the consumers are then retried in the background, and /ready reports Kafka without failing on it.
+
+Before the app serves (and so before /ready answers), it is warmed up: what the first requests would otherwise wait for
+is done at start-up (see `warm_up`), with any service-specific steps added by `add_warm_up`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import APIRouter, FastAPI
+from fastapi.routing import iter_route_contexts
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CollectorRegistry
 
@@ -77,6 +81,7 @@ class ServiceRuntime:
         self.kafka_started = asyncio.Event()
         self._resources: list[AbstractAsyncContextManager[Any]] = []
         self._loops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self._warm_ups: list[Callable[[], Awaitable[object]]] = []
         slow = settings.event_loop_slow_callback_ms
         self.loop_watch = LoopWatch(
             self.registry,
@@ -104,6 +109,24 @@ class ServiceRuntime:
     def add_loop(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """Run `loop()` as a task while the service is up (it should loop until cancelled)."""
         self._loops.append((name, loop))
+
+    def add_warm_up(self, step: Callable[[], Awaitable[object]]) -> None:
+        """Await `step()` at start-up, after the resources are open and the generic warm-up, before the app serves
+        (e.g. a first connection or a script load the first request would otherwise wait for). It should not raise:
+        a step whose dependency may be down logs and returns, as the service must start anyway."""
+        self._warm_ups.append(step)
+
+    async def warm_up(self, app: FastAPI) -> None:
+        """Do before serving what the first requests would otherwise wait for (0.05-1 s after a start): FastAPI
+        builds an included router's routes lazily, all of them on the first request OpenTelemetry names (it lists
+        every route), and the OpenAPI document on its first request; then the service's own steps."""
+        started = time.perf_counter()
+        app.openapi()  # (lists every route in the schema, which builds each one)
+        for _ in iter_route_contexts(app.routes):  # (and the rest, as OpenTelemetry's route lookup would)
+            pass
+        for step in self._warm_ups:
+            await step()
+        log.info("warmed up in %.0f ms", (time.perf_counter() - started) * 1000)
 
     def consume(self, handlers: Mapping[Topic, Handler], *, fanout: bool = False) -> None:
         """Call each event's topic handler; with `fanout`, every process receives every new event."""
@@ -254,8 +277,9 @@ class ServiceRuntime:
         self, *, title: str, description: str = "", routers: Sequence[APIRouter] = (), **fastapi_kwargs: Any
     ) -> FastAPI:
         @contextlib.asynccontextmanager
-        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             async with self.running():
+                await self.warm_up(app)
                 yield
 
         # FastAPI's own telemetry (new in 0.16x) would add a second server span and two `fastapi.*` operation spans to

@@ -4,18 +4,15 @@ the dashboard, behind the edge middleware (security headers, body limit, operati
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
-import logging
 import re
-import time
 import types
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
@@ -33,8 +30,6 @@ from om_gateway.upstream import Upstreams
 from om_gateway.ws import LiveEndpoint, SendThread
 from om_runtime.db import Database
 from om_runtime.service import ServiceRuntime
-
-log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -63,6 +58,10 @@ def create_app(
     runtime.add_resource(upstreams.open(), name="services", check=upstreams.status)
     auth = Authenticator(settings, KeyStore(db))
     gate = Gate(auth, RateLimits.over_redis(settings.rate_limits, settings.redis_url))
+    # Before serving (besides the runtime's routes and OpenAPI document): the rate limiter's first Redis connection
+    # and script load, and the first connections to the upstreams (each answers or fails within a second).
+    runtime.add_warm_up(gate.limits.connect)
+    runtime.add_warm_up(upstreams.status)
 
     hub = LiveHub(settings.ws_queue_size, settings.ws_backfill, SendThread() if settings.ws_send_thread else None)
     live = LiveEndpoint(hub, auth, settings, runtime.registry)
@@ -104,7 +103,7 @@ def create_app(
         title="Opinion Market API",
         description=DESCRIPTION,
         version="1.1.0",
-        routers=[api.router(upstreams, gate), admin.router(KeyStore(db), auth, gate), _warm_up(gate, upstreams)],
+        routers=[api.router(upstreams, gate), admin.router(KeyStore(db), auth, gate)],
         docs_url=None,
         redoc_url=None,
     )
@@ -139,24 +138,6 @@ def create_app(
     app.add_middleware(SecurityHeaders)
     _websockets_bypass_middleware(app, live)
     return app
-
-
-def _warm_up(gate: Gate, upstreams: Upstreams) -> APIRouter:
-    """Does at start-up, before the gateway serves (and so reports ready), what the first requests would otherwise
-    wait for: 0.05-1.2 s on the first request after a start. FastAPI builds an included router's routes lazily, all of
-    them on the first request that OpenTelemetry names (it lists every route), and the OpenAPI document on its first
-    request; the rate limiter's first Redis connection and script load; the first connections to the upstreams."""
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        started = time.perf_counter()
-        app.openapi()  # (lists every route, which builds each one)
-        await gate.limits.connect()
-        await upstreams.status()  # (each answers or fails within a second; only its routes depend on it)
-        log.info("warmed up in %.0f ms", (time.perf_counter() - started) * 1000)
-        yield
-
-    return APIRouter(lifespan=lifespan)
 
 
 def _websockets_bypass_middleware(app: FastAPI, live: LiveEndpoint) -> None:
