@@ -238,6 +238,9 @@ def test_an_event_far_outside_grace_counts_in_totals_only() -> None:
     assert after["participant_count"] == 2
     assert len(engine.markets["m"].window) == 1 and after["current_price"] == 0.7
     assert after["price_volatility"] == before["price_volatility"]
+    assert engine.late == {"trade": 1, "signal": 0}  # om_feature_late_events_total
+    run([signal(10_000 - DEFAULT.grace_s - 1), signal(10_000 - DEFAULT.grace_s)], engine)
+    assert engine.late == {"trade": 1, "signal": 1}  # exactly at the grace's edge is in time
 
 
 def _stream(draw: st.DrawFn, span_s: float) -> list[Any]:

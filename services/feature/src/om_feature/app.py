@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from fastapi import FastAPI
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from om_contracts.topics import FEATURE_VECTORS, MARKET_LIFECYCLE, MARKET_SIGNALS, MARKET_TRADES
 from om_feature import api
@@ -21,6 +23,23 @@ from om_runtime.service import ServiceRuntime
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 TOPICS = (MARKET_LIFECYCLE, MARKET_TRADES, MARKET_SIGNALS)
+
+
+class LateEvents(Collector):
+    """om_feature_late_events_total{kind}: the engine's count, read at scrape time (nothing on the hot path)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "om_feature_late_events",
+            "Trades and signals more than the grace period behind their market's newest event (totals only)",
+            labels=("kind",),
+        )
+        for kind, count in self.engine.late.items():
+            family.add_metric((kind,), count)
+        yield family
 
 
 def engine_config(settings: FeatureSettings) -> EngineConfig:
@@ -40,9 +59,9 @@ def create_app(settings: FeatureSettings | None = None) -> FastAPI:
     db = Database(settings.database_url, schema="feature", migrations=MIGRATIONS, pool_size=settings.database_pool_size)
     redis = create_redis(settings.redis_url)
     sink = KafkaSink(settings.kafka_bootstrap_servers, client_id=settings.service_name, topic=FEATURE_VECTORS.name)
-    processor = FeatureProcessor(
-        Engine(engine_config(settings)), db, redis, sink, checkpoint_interval_s=settings.checkpoint_interval_s
-    )
+    engine = Engine(engine_config(settings))
+    processor = FeatureProcessor(engine, db, redis, sink, checkpoint_interval_s=settings.checkpoint_interval_s)
+    runtime.registry.register(LateEvents(engine))
     loop = StatefulLoop(
         settings.kafka_bootstrap_servers,
         TOPICS,

@@ -130,6 +130,9 @@ class Engine:
         self.categories: dict[str, CategoryHistory] = {}
         self.dirty: set[str] = set()
         self.held_total = 0
+        #: trades and signals that arrived more than the grace period behind their market's newest event (totals
+        #: only, no windows or sentiment: docs/features.md), by kind; /metrics shows them as om_feature_late_events
+        self.late: dict[str, int] = {"trade": 0, "signal": 0}
         #: markets with changes not yet in a published vector (insertion order: deterministic output order)
         self.unpublished: dict[str, MarketState] = {}
         self.clocks: dict[int, float] = {}  # newest event time seen per partition: closes coalescing buckets
@@ -268,6 +271,8 @@ class Engine:
                 out.duplicates += 1
                 return
             at = event.occurred_at.timestamp()
+            if at < s.watermark - self.config.features.grace_s:
+                self.late["trade" if isinstance(event, TradeExecuted) else "signal"] += 1
             self._coalesce(s, at, out)
             if isinstance(event, TradeExecuted):
                 apply_trade(
