@@ -12,7 +12,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -64,6 +64,37 @@ class HttpMetricsMiddleware:
             method = scope["method"]
             self.requests.labels(self.service, method, route, str(status)).inc()
             self.latency.labels(self.service, method, route).observe(time.perf_counter() - started)
+
+
+# -- caches: hits and misses -------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+#: One counter for the process, so any read path can count without a registry handed down to it; every
+#: `ServiceRuntime` registers it into its own registry (om_runtime.service).
+CACHE_READS = Counter(
+    "om_cache_reads", "Reads of a Redis cache, by cache and result (hit, miss)", ("cache", "result"), registry=None
+)
+
+
+class CacheReads:
+    """Counts the reads of one cache (create one per cache, at import: the labelled children are looked up once)."""
+
+    def __init__(self, cache: str) -> None:
+        self.cache = cache
+        self._hit = CACHE_READS.labels(cache, "hit")
+        self._miss = CACHE_READS.labels(cache, "miss")
+
+    def seen(self, value: T) -> T:
+        """Count `value` as read (None or empty: a miss) and return it unchanged."""
+        (self._hit if value else self._miss).inc()
+        return value
+
+    def hit(self) -> None:
+        self._hit.inc()
+
+    def miss(self) -> None:
+        self._miss.inc()
 
 
 # -- consumers: event time → applied ------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CollectorRegistry
 
 from om_contracts import Topic
-from om_runtime.cache import CACHE_READS
 from om_runtime.consumer import ConsumerMetrics, GroupConsumer, PartitionListener
 from om_runtime.failures import Backoff, is_retry_now
 from om_runtime.heap import frozen
@@ -47,7 +46,7 @@ from om_runtime.kafka import (
     ensure_topics,
 )
 from om_runtime.loopwatch import LoopWatch, LoopWatchSettings
-from om_runtime.metrics import HttpMetricsMiddleware, PoolMetrics
+from om_runtime.metrics import CACHE_READS, HttpMetricsMiddleware, PoolMetrics
 from om_runtime.settings import ServiceSettings
 from om_runtime.telemetry import setup_logging, setup_tracing
 
@@ -75,7 +74,7 @@ class ServiceRuntime:
         self.optional_checks: set[str] = set() if kafka_required else {"kafka"}
         self.consumer_metrics = ConsumerMetrics(self.registry)
         self.pool_metrics = PoolMetrics(self.registry, settings.service_name)
-        self.registry.register(CACHE_READS)  # the process's cache hit/miss counter (om_runtime.cache)
+        self.registry.register(CACHE_READS)  # the process's cache hit/miss counter (om_runtime.metrics)
         self.consumers: list[GroupConsumer] = []
         #: Set once the broker is connected (at start, or later when Kafka is optional and was down).
         self.kafka_started = asyncio.Event()
